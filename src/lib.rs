@@ -1,0 +1,6 @@
+//! lpworker: a GPU transcoding and AI inference worker for the Livepeer network.
+//!
+//! `video` holds the transcode engine and its backends; the transports
+//! (CLI, gRPC worker, go-livepeer attach, orchestrator shim) sit on top.
+
+pub mod video;

@@ -1,0 +1,29 @@
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// lpworker: GPU transcoding and AI inference worker for the Livepeer network.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "LPWORKER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Transcode one segment or clip into a ladder of renditions.
+    Transcode(cli::transcode::TranscodeArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse_from(cli::normalize_go_flags(std::env::args()));
+    cli::init_logging(cli.log_json, "warn");
+    match cli.command {
+        Command::Transcode(args) => cli::transcode::run(args),
+    }
+}

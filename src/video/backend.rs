@@ -1,0 +1,103 @@
+//! The three backend traits the engine is written against, and the frame type
+//! that flows between them. A backend decides where a frame's pixels live
+//! (host memory for the CPU backend, device memory for NVIDIA); the engine never
+//! looks inside.
+
+use ffmpeg_next as ff;
+
+use super::{profile::VideoProfile, VideoError};
+
+/// Where a frame's pixels live.
+pub enum FrameData {
+    /// A planar YUV frame in host memory, as libavcodec/libswscale use it.
+    Host(ff::frame::Video),
+}
+
+/// One picture with its presentation time, in the input stream's time base.
+pub struct Frame {
+    pub pts: i64,
+    pub width: u32,
+    pub height: u32,
+    pub data: FrameData,
+}
+
+impl Frame {
+    pub fn host(mut video: ff::frame::Video, pts: i64) -> Frame {
+        video.set_pts(Some(pts));
+        Frame {
+            pts,
+            width: video.width(),
+            height: video.height(),
+            data: FrameData::Host(video),
+        }
+    }
+
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// What the demuxer found about the video stream, enough to open a decoder.
+pub struct VideoStreamInfo {
+    pub parameters: ff::codec::Parameters,
+    pub time_base: ff::Rational,
+    pub frame_rate: Option<ff::Rational>,
+}
+
+/// Turns compressed packets into frames. One decoder per segment.
+pub trait Decoder: Send {
+    /// Feeds one packet (`None` drains the decoder at the end of the stream)
+    /// and hands each finished frame to `emit`. A packet that fails to decode
+    /// is reported as `Err` with the decoder still usable for the next one.
+    fn decode(
+        &mut self,
+        packet: Option<&ff::Packet>,
+        emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
+    ) -> Result<(), VideoError>;
+}
+
+/// Resizes frames to one rendition's size. One scaler per rendition.
+pub trait Scaler: Send {
+    fn scale(&mut self, frame: &Frame) -> Result<Frame, VideoError>;
+}
+
+/// What an encoder needs to know about one rendition.
+#[derive(Debug, Clone)]
+pub struct EncoderSettings {
+    pub profile: VideoProfile,
+    pub width: u32,
+    pub height: u32,
+    /// Time base of the frames' `pts` (the input stream's).
+    pub time_base: ff::Rational,
+    /// Output frame rate (the profile's, or the input's when it keeps it).
+    pub frame_rate: ff::Rational,
+    /// The muxer wants codec headers out of band (MP4) rather than in the stream (MPEG-TS).
+    pub global_header: bool,
+    /// libx264/libx265 preset.
+    pub preset: String,
+    /// Encoder threads; 0 lets the encoder choose.
+    pub threads: usize,
+}
+
+/// Compresses frames of one rendition.
+pub trait Encoder: Send {
+    /// Encodes one frame (`None` flushes at the end) and hands each finished
+    /// packet, timestamped in [`EncoderSettings::time_base`], to `emit`.
+    fn encode(
+        &mut self,
+        frame: Option<&Frame>,
+        emit: &mut dyn FnMut(ff::Packet),
+    ) -> Result<(), VideoError>;
+
+    /// Codec parameters for the muxer (valid once the encoder is open).
+    fn parameters(&self) -> ff::codec::Parameters;
+}
+
+/// A family of decoders, scalers and encoders that share a memory domain.
+pub trait VideoBackend: Send + Sync {
+    /// Short name for logs, metrics and `Capabilities` ("cpu", "nvidia").
+    fn name(&self) -> &'static str;
+    fn decoder(&self, stream: &VideoStreamInfo) -> Result<Box<dyn Decoder>, VideoError>;
+    fn scaler(&self, width: u32, height: u32) -> Result<Box<dyn Scaler>, VideoError>;
+    fn encoder(&self, settings: &EncoderSettings) -> Result<Box<dyn Encoder>, VideoError>;
+}

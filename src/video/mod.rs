@@ -1,0 +1,32 @@
+//! The transcode engine: demux a segment once, decode it once, and for every
+//! rendition convert the frame rate, scale and encode, then mux.
+//!
+//! Backends (CPU today, NVIDIA behind the `nvidia` feature) implement the three
+//! small traits in [`backend`]; the engine in [`engine`] only talks to those.
+
+pub mod backend;
+pub mod container;
+pub mod cpu;
+pub mod engine;
+mod error;
+pub mod fps;
+pub mod probe;
+pub mod profile;
+
+pub use backend::{Decoder, Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
+pub use engine::{
+    InputInfo, OutputContainer, PixelCount, Rendition, TranscodeOptions, TranscodeOutput,
+    Transcoder,
+};
+pub use error::VideoError;
+pub use profile::{Gop, H264Profile, VideoCodec, VideoProfile};
+
+/// Initialises FFmpeg once per process and quiets its logging (errors are
+/// returned as values; FFmpeg's own chatter would flood worker logs).
+pub fn init_ffmpeg() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        ffmpeg_next::init().expect("FFmpeg libraries failed to initialise");
+        ffmpeg_next::util::log::set_level(ffmpeg_next::util::log::Level::Fatal);
+    });
+}
