@@ -1,0 +1,146 @@
+//! Test media and verification helpers: media is generated with the FFmpeg CLI's
+//! lavfi sources (no downloads) and checked with ffprobe and FFmpeg's psnr filter.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs the `ffmpeg` CLI with `args` and returns the file it wrote to `out`.
+pub fn ffmpeg(args: &[&str], out: &Path) -> Vec<u8> {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("ffmpeg CLI runs (scripts/install-deps installs it)");
+    assert!(status.success(), "ffmpeg {args:?} failed");
+    std::fs::read(out).expect("ffmpeg wrote its output")
+}
+
+/// A test clip description for [`clip`].
+pub struct Clip<'a> {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub seconds: f64,
+    /// FFmpeg encoder for the video ("libx264", "libx265", "mpeg2video", ...).
+    pub codec: &'a str,
+    pub audio: bool,
+    /// Output container by extension ("ts", "mp4", "mkv").
+    pub ext: &'a str,
+}
+
+impl Default for Clip<'_> {
+    fn default() -> Self {
+        Clip {
+            width: 320,
+            height: 180,
+            fps: 30,
+            seconds: 1.0,
+            codec: "libx264",
+            audio: true,
+            ext: "ts",
+        }
+    }
+}
+
+/// Generates a clip from FFmpeg's `testsrc2` (moving, textured: a fair test
+/// for an encoder) and a sine tone, and returns its path and bytes.
+pub fn clip(dir: &Path, name: &str, c: &Clip) -> (PathBuf, Vec<u8>) {
+    let out = dir.join(format!("{name}.{}", c.ext));
+    let video = format!("testsrc2=size={}x{}:rate={}", c.width, c.height, c.fps);
+    let t = format!("{}", c.seconds);
+    let gop = format!("{}", c.fps * 2);
+    let mut args: Vec<&str> = vec!["-f", "lavfi", "-i", &video];
+    if c.audio {
+        args.extend(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
+    }
+    args.extend(["-t", &t, "-pix_fmt", "yuv420p", "-c:v", c.codec, "-g", &gop]);
+    match c.codec {
+        "libx264" => args.extend(["-preset", "veryfast", "-crf", "18"]),
+        "libx265" => args.extend(["-preset", "ultrafast", "-crf", "18", "-x265-params", "log-level=none"]),
+        _ => args.extend(["-q:v", "2"]),
+    }
+    if c.audio {
+        args.extend(["-c:a", "aac", "-b:a", "96k"]);
+    }
+    let bytes = ffmpeg(&args, &out);
+    (out, bytes)
+}
+
+/// What ffprobe says about a file's first video stream (frames counted by decoding).
+#[derive(Debug)]
+pub struct Probed {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: f64,
+    pub frames: u64,
+    pub start: f64,
+    pub duration: f64,
+    pub audio_codec: Option<String>,
+    pub format: String,
+}
+
+pub fn ffprobe(path: &Path) -> Probed {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    let json: Value = serde_json::from_slice(&out.stdout).expect("ffprobe JSON");
+    let streams = json["streams"].as_array().expect("streams");
+    let v = streams
+        .iter()
+        .find(|s| s["codec_type"] == "video")
+        .unwrap_or_else(|| panic!("no video stream in {}", path.display()));
+    let num = |v: &Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let rate = v["r_frame_rate"].as_str().unwrap_or("0/1");
+    let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
+    Probed {
+        codec: v["codec_name"].as_str().unwrap_or_default().to_string(),
+        width: v["width"].as_u64().unwrap_or(0) as u32,
+        height: v["height"].as_u64().unwrap_or(0) as u32,
+        fps: n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0),
+        frames: num(&v["nb_read_frames"]) as u64,
+        start: num(&v["start_time"]),
+        duration: num(&json["format"]["duration"]),
+        audio_codec: streams
+            .iter()
+            .find(|s| s["codec_type"] == "audio")
+            .map(|a| a["codec_name"].as_str().unwrap_or_default().to_string()),
+        format: json["format"]["format_name"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+/// Average PSNR (dB, over Y, U and V) of `rendition` against `source` scaled to
+/// the rendition's size with the same (bicubic) filter and frame rate.
+pub fn psnr(rendition: &Path, source: &Path, width: u32, height: u32, fps: f64) -> f64 {
+    let graph = format!(
+        "[1:v]scale={width}:{height}:flags=bicubic,fps={fps}[ref];[0:v][ref]psnr=shortest=1"
+    );
+    let out = Command::new("ffmpeg")
+        .args(["-hide_banner", "-nostats", "-copyts", "-i"])
+        .arg(rendition)
+        .arg("-copyts")
+        .arg("-i")
+        .arg(source)
+        .args(["-filter_complex", &graph, "-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let avg = log
+        .lines()
+        .filter_map(|l| l.split("average:").nth(1))
+        .filter_map(|s| s.split_whitespace().next())
+        .filter_map(|v| if v == "inf" { Some(f64::INFINITY) } else { v.parse().ok() })
+        .next_back();
+    avg.unwrap_or_else(|| panic!("no PSNR in ffmpeg output:\n{log}"))
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
