@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use common::{clip, ffprobe, psnr, tempdir, Clip};
 use lpworker::video::cpu::CpuBackend;
-use lpworker::video::{OutputContainer, TranscodeOptions, TranscodeOutput, Transcoder, VideoProfile};
+use lpworker::video::{
+    OutputContainer, TranscodeOptions, TranscodeOutput, Transcoder, VideoProfile,
+};
 
 fn transcoder() -> Transcoder {
     Transcoder::new(Arc::new(CpuBackend))
@@ -42,7 +44,13 @@ fn write_all(dir: &Path, out: &TranscodeOutput) -> Vec<std::path::PathBuf> {
 #[test]
 fn ladder_from_1080p_h264_ts() {
     let dir = tempdir();
-    let src = Clip { width: 1920, height: 1080, fps: 30, seconds: 2.0, ..Default::default() };
+    let src = Clip {
+        width: 1920,
+        height: 1080,
+        fps: 30,
+        seconds: 2.0,
+        ..Default::default()
+    };
     let (src_path, bytes) = clip(dir.path(), "src", &src);
     let source = ffprobe(&src_path);
     let opts = options("P720p30fps16x9,P576p30fps16x9,P360p30fps16x9,P240p30fps16x9");
@@ -61,11 +69,31 @@ fn ladder_from_1080p_h264_ts() {
         assert_eq!((p.width, p.height), (w, h), "{}", r.profile);
         assert_eq!((r.width, r.height), (w, h));
         assert!((p.fps - 30.0).abs() < 0.01, "{} fps {}", r.profile, p.fps);
-        assert!(p.frames.abs_diff(60) <= 1, "{} has {} frames", r.profile, p.frames);
-        assert!((p.duration - source.duration).abs() < 0.1, "{} lasts {}", r.profile, p.duration);
+        assert!(
+            p.frames.abs_diff(60) <= 1,
+            "{} has {} frames",
+            r.profile,
+            p.frames
+        );
+        assert!(
+            (p.duration - source.duration).abs() < 0.1,
+            "{} lasts {}",
+            r.profile,
+            p.duration
+        );
         // Timestamps preserved: the rendition starts where the source starts.
-        assert!((p.start - source.start).abs() < 0.034, "{} starts {} vs {}", r.profile, p.start, source.start);
-        assert_eq!(p.audio_codec.as_deref(), Some("aac"), "audio copied through");
+        assert!(
+            (p.start - source.start).abs() < 0.034,
+            "{} starts {} vs {}",
+            r.profile,
+            p.start,
+            source.start
+        );
+        assert_eq!(
+            p.audio_codec.as_deref(),
+            Some("aac"),
+            "audio copied through"
+        );
         assert!(p.format.contains("mpegts"));
         // Billing: every encoded frame at the rendition's size.
         assert_eq!(r.encoded.frames, p.frames);
@@ -78,7 +106,12 @@ fn ladder_from_1080p_h264_ts() {
 #[test]
 fn hevc_input_and_hevc_output() {
     let dir = tempdir();
-    let src = Clip { width: 640, height: 360, codec: "libx265", ..Default::default() };
+    let src = Clip {
+        width: 640,
+        height: 360,
+        codec: "libx265",
+        ..Default::default()
+    };
     let (src_path, bytes) = clip(dir.path(), "src", &src);
     let profiles = dir.path().join("profiles.json");
     std::fs::write(
@@ -91,26 +124,53 @@ fn hevc_input_and_hevc_output() {
     assert_eq!(out.input.codec, "hevc");
     let paths = write_all(dir.path(), &out);
     let h264 = ffprobe(&paths[0]);
-    assert_eq!((h264.codec.as_str(), h264.width, h264.height), ("h264", 426, 240));
+    assert_eq!(
+        (h264.codec.as_str(), h264.width, h264.height),
+        ("h264", 426, 240)
+    );
     let hevc = ffprobe(&paths[1]);
-    assert_eq!((hevc.codec.as_str(), hevc.width, hevc.height), ("hevc", 640, 360));
+    assert_eq!(
+        (hevc.codec.as_str(), hevc.width, hevc.height),
+        ("hevc", 640, 360)
+    );
     assert!(hevc.frames.abs_diff(30) <= 1);
     assert!(psnr(&paths[1], &src_path, 640, 360, 30.0) >= 35.0);
     // gop "intra": every frame is a keyframe.
     let keyframes = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v", "-show_entries", "frame=key_frame", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "frame=key_frame",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(&paths[1])
         .output()
         .unwrap();
     let flags = String::from_utf8(keyframes.stdout).unwrap();
-    let flags: Vec<_> = flags.lines().map(|l| l.trim().trim_end_matches(',')).filter(|l| !l.is_empty()).collect();
-    assert!(flags.len() >= 29 && flags.iter().all(|f| *f == "1"), "{flags:?}");
+    let flags: Vec<_> = flags
+        .lines()
+        .map(|l| l.trim().trim_end_matches(','))
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(
+        flags.len() >= 29 && flags.iter().all(|f| *f == "1"),
+        "{flags:?}"
+    );
 }
 
 #[test]
 fn mp4_input_and_fragmented_mp4_output() {
     let dir = tempdir();
-    let src = Clip { width: 640, height: 480, ext: "mp4", ..Default::default() };
+    let src = Clip {
+        width: 640,
+        height: 480,
+        ext: "mp4",
+        ..Default::default()
+    };
     let (_, bytes) = clip(dir.path(), "src", &src);
     let mut opts = options("P360p30fps4x3,P240p30fps16x9");
     opts.container = OutputContainer::Mp4;
@@ -131,35 +191,68 @@ fn mp4_input_and_fragmented_mp4_output() {
 #[test]
 fn frame_rate_conversion_both_ways() {
     let dir = tempdir();
-    let src = Clip { width: 640, height: 360, fps: 60, seconds: 2.0, audio: false, ..Default::default() };
+    let src = Clip {
+        width: 640,
+        height: 360,
+        fps: 60,
+        seconds: 2.0,
+        audio: false,
+        ..Default::default()
+    };
     let (src_path, bytes) = clip(dir.path(), "src60", &src);
     let out = run(&bytes, &options("P360p30fps16x9,P720p60fps16x9"));
     let paths = write_all(dir.path(), &out);
     let half = ffprobe(&paths[0]);
     assert!((half.fps - 30.0).abs() < 0.01);
-    assert!(half.frames.abs_diff(60) <= 1, "60→30 fps gives {} frames", half.frames);
+    assert!(
+        half.frames.abs_diff(60) <= 1,
+        "60→30 fps gives {} frames",
+        half.frames
+    );
     assert!(psnr(&paths[0], &src_path, 640, 360, 30.0) >= 35.0);
     let same = ffprobe(&paths[1]);
     assert!(same.frames.abs_diff(120) <= 1);
 
-    let src30 = Clip { width: 640, height: 360, fps: 30, seconds: 1.0, audio: false, ..Default::default() };
+    let src30 = Clip {
+        width: 640,
+        height: 360,
+        fps: 30,
+        seconds: 1.0,
+        audio: false,
+        ..Default::default()
+    };
     let (_, bytes) = clip(dir.path(), "src30", &src30);
     let out = run(&bytes, &options("P720p60fps16x9"));
     let paths = write_all(dir.path(), &out);
     let up = ffprobe(&paths[0]);
     assert!((up.fps - 60.0).abs() < 0.01);
-    assert!(up.frames.abs_diff(60) <= 1, "30→60 fps gives {} frames", up.frames);
+    assert!(
+        up.frames.abs_diff(60) <= 1,
+        "30→60 fps gives {} frames",
+        up.frames
+    );
     assert_eq!(out.renditions[0].encoded.frames, up.frames);
 }
 
 #[test]
 fn portrait_input_gives_portrait_renditions() {
     let dir = tempdir();
-    let src = Clip { width: 360, height: 640, audio: false, ..Default::default() };
+    let src = Clip {
+        width: 360,
+        height: 640,
+        audio: false,
+        ..Default::default()
+    };
     let (_, bytes) = clip(dir.path(), "portrait", &src);
     let out = run(&bytes, &options("P360p30fps16x9,P240p30fps16x9"));
-    assert_eq!((out.renditions[0].width, out.renditions[0].height), (360, 640));
-    assert_eq!((out.renditions[1].width, out.renditions[1].height), (240, 426));
+    assert_eq!(
+        (out.renditions[0].width, out.renditions[0].height),
+        (360, 640)
+    );
+    assert_eq!(
+        (out.renditions[1].width, out.renditions[1].height),
+        (240, 426)
+    );
     let paths = write_all(dir.path(), &out);
     let p = ffprobe(&paths[1]);
     assert_eq!((p.width, p.height), (240, 426));
@@ -171,14 +264,31 @@ fn profile_json_fields_are_honoured() {
     let (_, bytes) = clip(dir.path(), "src", &Clip::default());
     let json = r#"[{"name":"base","width":320,"height":180,"bitrate":400000,"fps":15,
                     "profile":"H264Baseline","gop":"0.5"}]"#;
-    let out = run(&bytes, &TranscodeOptions { profiles: VideoProfile::parse_json(json).unwrap(), ..Default::default() });
+    let out = run(
+        &bytes,
+        &TranscodeOptions {
+            profiles: VideoProfile::parse_json(json).unwrap(),
+            ..Default::default()
+        },
+    );
     let path = dir.path().join("base.ts");
     std::fs::write(&path, &out.renditions[0].data).unwrap();
     let p = ffprobe(&path);
     assert!((p.fps - 15.0).abs() < 0.01);
     assert!(p.frames.abs_diff(15) <= 1);
     let info = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v", "-show_entries", "stream=profile,has_b_frames", "-show_entries", "frame=key_frame", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=profile,has_b_frames",
+            "-show_entries",
+            "frame=key_frame",
+            "-of",
+            "json",
+        ])
         .arg(&path)
         .output()
         .unwrap();
@@ -186,6 +296,11 @@ fn profile_json_fields_are_honoured() {
     let profile = json["streams"][0]["profile"].as_str().unwrap();
     assert!(profile.contains("Baseline"), "{profile}");
     // gop 0.5 s at 15 fps: a keyframe at least every 7 frames.
-    let keys = json["frames"].as_array().unwrap().iter().filter(|f| f["key_frame"] == 1).count();
+    let keys = json["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["key_frame"] == 1)
+        .count();
     assert!(keys >= 2, "{keys} keyframes");
 }

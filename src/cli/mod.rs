@@ -23,7 +23,10 @@ pub fn normalize_go_flags<I: IntoIterator<Item = String>>(args: I) -> Vec<String
             && arg.starts_with('-')
             && !arg.starts_with("--")
             && arg[1..].chars().take_while(|c| *c != '=').count() >= 2
-            && arg[1..].chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+            && arg[1..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic());
         out.push(if go_style { format!("-{arg}") } else { arg });
     }
     out
@@ -56,8 +59,28 @@ mod tests {
     #[test]
     fn go_flags_become_long_flags() {
         assert_eq!(
-            norm(&["lpworker", "serve", "-maxSessions", "4", "-orchAddr=h:1", "-v", "--out", "-", "-1"]),
-            ["lpworker", "serve", "--maxSessions", "4", "--orchAddr=h:1", "-v", "--out", "-", "-1"]
+            norm(&[
+                "lpworker",
+                "serve",
+                "-maxSessions",
+                "4",
+                "-orchAddr=h:1",
+                "-v",
+                "--out",
+                "-",
+                "-1"
+            ]),
+            [
+                "lpworker",
+                "serve",
+                "--maxSessions",
+                "4",
+                "--orchAddr=h:1",
+                "-v",
+                "--out",
+                "-",
+                "-1"
+            ]
         );
         assert_eq!(norm(&["x", "--", "-notAFlag"]), ["x", "--", "-notAFlag"]);
     }

@@ -47,13 +47,17 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
     };
     let input = if args.input == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
         buf
     } else {
         std::fs::read(&args.input).with_context(|| format!("reading {}", args.input))?
     };
     let timeout = match args.timeout {
-        Some(t) if !(t > 0.0 && t.is_finite()) => bail!("--timeout must be a positive number of seconds"),
+        Some(t) if !(t > 0.0 && t.is_finite()) => {
+            bail!("--timeout must be a positive number of seconds")
+        }
         t => t.map(Duration::from_secs_f64),
     };
     let caps = probe::probe();
@@ -70,8 +74,10 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} decoding {bar:40} {pos}/{len} packets {elapsed}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{spinner} decoding {bar:40} {pos}/{len} packets {elapsed}",
+            )
+            .expect("valid template"),
         );
         Some(bar)
     } else {
@@ -88,10 +94,13 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
     }
     let output = result.with_context(|| format!("transcoding {}", args.input))?;
 
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let mut files = Vec::new();
     for r in &output.renditions {
-        let path = args.out.join(format!("{}.{}", r.profile, r.container.extension()));
+        let path = args
+            .out
+            .join(format!("{}.{}", r.profile, r.container.extension()));
         std::fs::write(&path, &r.data).with_context(|| format!("writing {}", path.display()))?;
         files.push(path);
     }
@@ -122,7 +131,10 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
             output.backend,
             output.elapsed.as_secs_f64(),
         );
-        println!("{:<18} {:>10} {:>7} {:>13} {:>10}  file", "profile", "size", "frames", "pixels", "bytes");
+        println!(
+            "{:<18} {:>10} {:>7} {:>13} {:>10}  file",
+            "profile", "size", "frames", "pixels", "bytes"
+        );
         for (r, path) in output.renditions.iter().zip(&files) {
             println!(
                 "{:<18} {:>10} {:>7} {:>13} {:>10}  {}",
@@ -135,7 +147,10 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
             );
         }
         if i.duration_seconds > 0.0 {
-            println!("real-time ratio: {:.2}x", i.duration_seconds / output.elapsed.as_secs_f64());
+            println!(
+                "real-time ratio: {:.2}x",
+                i.duration_seconds / output.elapsed.as_secs_f64()
+            );
         }
     }
     Ok(())

@@ -6,9 +6,9 @@ use std::io::{Cursor, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ffmpeg_next as ff;
 use ff::format::context::StreamIo;
 use ff::media::Type;
+use ffmpeg_next as ff;
 
 use super::backend::VideoStreamInfo;
 use super::VideoError;
@@ -62,11 +62,15 @@ pub fn demux(
     if bytes.is_empty() {
         return Err(VideoError::EmptyInput);
     }
-    let io = StreamIo::from_read_seek(Cursor::new(bytes)).map_err(VideoError::internal("open input"))?;
+    let io =
+        StreamIo::from_read_seek(Cursor::new(bytes)).map_err(VideoError::internal("open input"))?;
     let mut input = ff::format::input_from_stream_with_interrupt(io, None, None, move || {
         deadline.is_some_and(|d| Instant::now() > d)
     })
-    .map_err(VideoError::Demux)?;
+    .map_err(|e| match e {
+        ff::Error::Exit => VideoError::Timeout(Default::default()),
+        e => VideoError::Demux(e),
+    })?;
 
     let video_stream = input
         .streams()
@@ -76,7 +80,9 @@ pub fn demux(
     let parameters = video_stream.parameters();
     let codec = parameters.id();
     if !matches!(codec, ff::codec::Id::H264 | ff::codec::Id::HEVC) {
-        return Err(VideoError::UnsupportedCodec(format!("{codec:?}").to_lowercase()));
+        return Err(VideoError::UnsupportedCodec(
+            format!("{codec:?}").to_lowercase(),
+        ));
     }
     // SAFETY: `parameters` wraps the stream's live AVCodecParameters; we read two ints.
     let (width, height) = unsafe {
@@ -119,9 +125,11 @@ pub fn demux(
     } else {
         start_time as f64 / f64::from(ff::ffi::AV_TIME_BASE)
     };
-    let duration_seconds = (input.duration() > 0)
-        .then(|| input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE))
-        .unwrap_or(0.0);
+    let duration_seconds = if input.duration() > 0 {
+        input.duration() as f64 / f64::from(ff::ffi::AV_TIME_BASE)
+    } else {
+        0.0
+    };
 
     let mut video_packets = Vec::new();
     let mut damaged = 0usize;
@@ -193,8 +201,8 @@ pub struct MuxTrack<'a> {
 pub fn mux(format: &str, tracks: &[MuxTrack<'_>]) -> Result<Vec<u8>, VideoError> {
     let sink = SharedBuffer::default();
     let io = StreamIo::from_write(sink.clone()).map_err(VideoError::internal("open output"))?;
-    let mut output =
-        ff::format::output_to_stream(io, None, Some(format)).map_err(VideoError::internal("open muxer"))?;
+    let mut output = ff::format::output_to_stream(io, None, Some(format))
+        .map_err(VideoError::internal("open muxer"))?;
     for track in tracks {
         let mut stream = output
             .add_stream(ff::encoder::find(ff::codec::Id::None))
@@ -216,6 +224,7 @@ pub fn mux(format: &str, tracks: &[MuxTrack<'_>]) -> Result<Vec<u8>, VideoError>
 
     // Merge the tracks in decode-time order so the muxer need not buffer.
     let mut next = vec![0usize; tracks.len()];
+    let mut last_dts: Vec<Option<i64>> = vec![None; tracks.len()];
     loop {
         let mut pick: Option<(usize, f64)> = None;
         for (i, track) in tracks.iter().enumerate() {
@@ -232,6 +241,16 @@ pub fn mux(format: &str, tracks: &[MuxTrack<'_>]) -> Result<Vec<u8>, VideoError>
         packet.set_stream(i);
         packet.set_position(-1);
         packet.rescale_ts(tracks[i].time_base, out_bases[i]);
+        // Copied packets from damaged or spliced input may lack timestamps or
+        // run backwards; muxers refuse those, so they are dropped, as FFmpeg
+        // drops what it cannot mux.
+        let Some(dts) = packet.dts().or(packet.pts()) else {
+            continue;
+        };
+        if last_dts[i].is_some_and(|last| dts <= last) {
+            continue;
+        }
+        last_dts[i] = Some(dts);
         packet
             .write_interleaved(&mut output)
             .map_err(VideoError::internal("write packet"))?;

@@ -201,7 +201,11 @@ impl Transcoder {
             cancel: options.cancel.as_deref(),
             failed: AtomicBool::new(false),
         };
-        let segment = container::demux(input, &options.limits, stop.deadline)?;
+        let segment =
+            container::demux(input, &options.limits, stop.deadline).map_err(|e| match e {
+                VideoError::Timeout(_) => VideoError::Timeout(options.timeout.unwrap_or_default()),
+                e => e,
+            })?;
         let input_fps = segment
             .video
             .frame_rate
@@ -263,9 +267,13 @@ impl Transcoder {
                 match r {
                     Ok(r) => renditions.push(r),
                     Err(e) => {
-                        let cancelled = matches!(e, VideoError::Cancelled) && stop.cancel.is_none_or(|c| !c.load(Ordering::Relaxed));
+                        let cancelled = matches!(e, VideoError::Cancelled)
+                            && stop.cancel.is_none_or(|c| !c.load(Ordering::Relaxed));
                         if first_err.is_none() || !cancelled {
-                            let wrapped = VideoError::Rendition { profile: profile.name.clone(), source: Box::new(e) };
+                            let wrapped = VideoError::Rendition {
+                                profile: profile.name.clone(),
+                                source: Box::new(e),
+                            };
                             if first_err.as_ref().is_none_or(|(was_cancel, _)| *was_cancel) {
                                 first_err = Some((cancelled, wrapped));
                             }
@@ -390,7 +398,8 @@ impl RenditionJob<'_> {
             (out_rate.numerator() as u32, out_rate.denominator() as u32),
         );
         // One input frame's duration in the input time base.
-        let frame_ticks = ((f64::from(time_base).recip() / f64::from(self.input_fps)).round() as i64).max(1);
+        let frame_ticks =
+            ((f64::from(time_base).recip() / f64::from(self.input_fps)).round() as i64).max(1);
 
         let mut pipeline: Option<Pipeline> = None;
         let mut packets = Vec::new();
@@ -409,7 +418,8 @@ impl RenditionJob<'_> {
             }
             let (_, scaled) = p.last.as_mut().expect("scaled frame was just stored");
             scaled.pts = pts;
-            p.encoder.encode(Some(scaled), &mut |pkt| packets.push(pkt))?;
+            p.encoder
+                .encode(Some(scaled), &mut |pkt| packets.push(pkt))?;
             encoded.frames += 1;
             encoded.pixels += u64::from(p.width) * u64::from(p.height);
             Ok(())
@@ -422,10 +432,15 @@ impl RenditionJob<'_> {
         self.stop.check()?;
         converter.finish(last_pts.map(|p| p + frame_ticks), &mut emit)?;
         let Some(mut pipeline) = pipeline else {
-            return Err(VideoError::NoFrames { errors: 0, last: None });
+            return Err(VideoError::NoFrames {
+                errors: 0,
+                last: None,
+            });
         };
         pipeline.last = None;
-        pipeline.encoder.encode(None, &mut |pkt| packets.push(pkt))?;
+        pipeline
+            .encoder
+            .encode(None, &mut |pkt| packets.push(pkt))?;
 
         let mut tracks = vec![MuxTrack {
             parameters: pipeline.encoder.parameters(),
@@ -451,7 +466,12 @@ impl RenditionJob<'_> {
         })
     }
 
-    fn pipeline(&self, in_w: u32, in_h: u32, out_rate: ff::Rational) -> Result<Pipeline, VideoError> {
+    fn pipeline(
+        &self,
+        in_w: u32,
+        in_h: u32,
+        out_rate: ff::Rational,
+    ) -> Result<Pipeline, VideoError> {
         let (width, height) = self.profile.output_size(in_w, in_h);
         let settings = EncoderSettings {
             profile: self.profile.clone(),

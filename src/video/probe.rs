@@ -80,7 +80,10 @@ pub fn probe() -> Capabilities {
 }
 
 /// Picks the backend for `choice` from what `caps` found.
-pub fn select_backend(choice: BackendChoice, caps: &Capabilities) -> Result<Arc<dyn VideoBackend>, VideoError> {
+pub fn select_backend(
+    choice: BackendChoice,
+    caps: &Capabilities,
+) -> Result<Arc<dyn VideoBackend>, VideoError> {
     match choice {
         BackendChoice::Auto | BackendChoice::Cpu => {
             if caps.decoders.is_empty() || caps.encoders.is_empty() {
@@ -108,7 +111,10 @@ mod tests {
         assert!(caps.cpu_cores >= 1);
         assert!(caps.decoders.contains(&"h264".to_string()), "{caps:?}");
         assert!(caps.encoders.contains(&"libx264".to_string()), "{caps:?}");
-        assert_eq!(select_backend(BackendChoice::Auto, &caps).unwrap().name(), "cpu");
+        assert_eq!(
+            select_backend(BackendChoice::Auto, &caps).unwrap().name(),
+            "cpu"
+        );
         assert!(select_backend(BackendChoice::Nvidia, &caps).is_err());
     }
 }

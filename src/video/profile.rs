@@ -132,7 +132,9 @@ impl VideoProfile {
 
     /// Looks up a predefined profile by its go-livepeer name.
     pub fn by_name(name: &str) -> Option<VideoProfile> {
-        Self::standard_profiles().into_iter().find(|p| p.name == name)
+        Self::standard_profiles()
+            .into_iter()
+            .find(|p| p.name == name)
     }
 
     /// Parses a comma-separated list of predefined profile names, as
@@ -241,8 +243,18 @@ pub struct SizeLimits {
 impl VideoCodec {
     pub fn size_limits(self) -> SizeLimits {
         match self {
-            VideoCodec::H264 => SizeLimits { min_w: 146, min_h: 50, max_w: 4096, max_h: 4096 },
-            VideoCodec::Hevc => SizeLimits { min_w: 132, min_h: 40, max_w: 8192, max_h: 8192 },
+            VideoCodec::H264 => SizeLimits {
+                min_w: 146,
+                min_h: 50,
+                max_w: 4096,
+                max_h: 4096,
+            },
+            VideoCodec::Hevc => SizeLimits {
+                min_w: 132,
+                min_h: 40,
+                max_w: 8192,
+                max_h: 8192,
+            },
         }
     }
 }
@@ -288,15 +300,22 @@ impl JsonProfile {
             // go-livepeer's name for an unnamed custom profile.
             self.name = format!("custom_{}x{}_{}", self.width, self.height, self.bitrate);
         }
-        let bad = |what: String| VideoError::InvalidProfile(format!("profile {:?}: {what}", self.name));
+        let bad =
+            |what: String| VideoError::InvalidProfile(format!("profile {:?}: {what}", self.name));
         if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
-            return Err(bad(format!("size {}x{} is outside 1..=8192", self.width, self.height)));
+            return Err(bad(format!(
+                "size {}x{} is outside 1..=8192",
+                self.width, self.height
+            )));
         }
         if self.bitrate == 0 && self.quality == 0 {
             return Err(bad("needs a bitrate or a quality".into()));
         }
         if self.fps > 240 * self.fps_den.max(1) {
-            return Err(bad(format!("frame rate {}/{} is above 240", self.fps, self.fps_den)));
+            return Err(bad(format!(
+                "frame rate {}/{} is above 240",
+                self.fps, self.fps_den
+            )));
         }
         if self.color_depth > 0 || self.chroma_format != 0 {
             return Err(bad("only 8-bit 4:2:0 output is supported".into()));
@@ -305,7 +324,11 @@ impl JsonProfile {
         let codec = match self.encoder.as_str() {
             "" | "H.264" | "H264" => VideoCodec::H264,
             "HEVC" => VideoCodec::Hevc,
-            other => return Err(bad(format!("encoder {other:?} is not supported (H.264, HEVC)"))),
+            other => {
+                return Err(bad(format!(
+                    "encoder {other:?} is not supported (H.264, HEVC)"
+                )))
+            }
         };
         let h264_profile = match self.profile.to_ascii_lowercase().as_str() {
             "" | "none" => None,
@@ -319,9 +342,13 @@ impl JsonProfile {
             "" => Gop::Default,
             "intra" => Gop::Intra,
             secs => match secs.parse::<f64>() {
-                Ok(s) if s == 0.0 => Gop::Default,
+                Ok(0.0) => Gop::Default,
                 Ok(s) if s > 0.0 && s.is_finite() => Gop::Seconds(s),
-                _ => return Err(bad(format!("gop {secs:?} is neither \"intra\" nor seconds"))),
+                _ => {
+                    return Err(bad(format!(
+                        "gop {secs:?} is neither \"intra\" nor seconds"
+                    )))
+                }
             },
         };
         Ok(VideoProfile {
@@ -346,7 +373,10 @@ mod tests {
     #[test]
     fn standard_names_resolve() {
         let p = VideoProfile::by_name("P720p30fps16x9").unwrap();
-        assert_eq!((p.width, p.height, p.fps, p.bitrate), (1280, 720, 30, 4_000_000));
+        assert_eq!(
+            (p.width, p.height, p.fps, p.bitrate),
+            (1280, 720, 30, 4_000_000)
+        );
         let p = VideoProfile::by_name("P240p30fps4x3").unwrap();
         assert_eq!((p.width, p.height, p.bitrate), (320, 240, 600_000));
         assert!(VideoProfile::by_name("P9000p").is_none());
@@ -355,7 +385,12 @@ mod tests {
 
     #[test]
     fn parse_list_rejects_unknown_names() {
-        assert_eq!(VideoProfile::parse_list("P720p30fps16x9, P360p30fps16x9").unwrap().len(), 2);
+        assert_eq!(
+            VideoProfile::parse_list("P720p30fps16x9, P360p30fps16x9")
+                .unwrap()
+                .len(),
+            2
+        );
         let err = VideoProfile::parse_list("P720p30fps16x9,bogus").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
         assert!(VideoProfile::parse_list(" , ").is_err());

@@ -60,7 +60,14 @@ pub fn clip(dir: &Path, name: &str, c: &Clip) -> (PathBuf, Vec<u8>) {
     args.extend(["-t", &t, "-pix_fmt", "yuv420p", "-c:v", c.codec, "-g", &gop]);
     match c.codec {
         "libx264" => args.extend(["-preset", "veryfast", "-crf", "18"]),
-        "libx265" => args.extend(["-preset", "ultrafast", "-crf", "18", "-x265-params", "log-level=none"]),
+        "libx265" => args.extend([
+            "-preset",
+            "ultrafast",
+            "-crf",
+            "18",
+            "-x265-params",
+            "log-level=none",
+        ]),
         _ => args.extend(["-q:v", "2"]),
     }
     if c.audio {
@@ -86,7 +93,15 @@ pub struct Probed {
 
 pub fn ffprobe(path: &Path) -> Probed {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_streams", "-show_format", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs");
@@ -97,7 +112,11 @@ pub fn ffprobe(path: &Path) -> Probed {
         .iter()
         .find(|s| s["codec_type"] == "video")
         .unwrap_or_else(|| panic!("no video stream in {}", path.display()));
-    let num = |v: &Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let num = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     let rate = v["r_frame_rate"].as_str().unwrap_or("0/1");
     let (n, d) = rate.split_once('/').unwrap_or((rate, "1"));
     Probed {
@@ -112,7 +131,10 @@ pub fn ffprobe(path: &Path) -> Probed {
             .iter()
             .find(|s| s["codec_type"] == "audio")
             .map(|a| a["codec_name"].as_str().unwrap_or_default().to_string()),
-        format: json["format"]["format_name"].as_str().unwrap_or_default().to_string(),
+        format: json["format"]["format_name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     }
 }
 
@@ -136,7 +158,13 @@ pub fn psnr(rendition: &Path, source: &Path, width: u32, height: u32, fps: f64) 
         .lines()
         .filter_map(|l| l.split("average:").nth(1))
         .filter_map(|s| s.split_whitespace().next())
-        .filter_map(|v| if v == "inf" { Some(f64::INFINITY) } else { v.parse().ok() })
+        .filter_map(|v| {
+            if v == "inf" {
+                Some(f64::INFINITY)
+            } else {
+                v.parse().ok()
+            }
+        })
         .next_back();
     avg.unwrap_or_else(|| panic!("no PSNR in ffmpeg output:\n{log}"))
 }

@@ -41,7 +41,10 @@ impl Decoder for CpuDecoder {
                     let pts = frame.timestamp().or(frame.pts()).unwrap_or(0);
                     emit(Frame::host(frame, pts))?;
                 }
-                Err(ff::Error::Other { errno: ff::error::EAGAIN }) | Err(ff::Error::Eof) => break,
+                Err(ff::Error::Other {
+                    errno: ff::error::EAGAIN,
+                })
+                | Err(ff::Error::Eof) => break,
                 // A damaged picture: skip it, later ones may be fine.
                 Err(e) => return Err(VideoError::Decode(e)),
             }

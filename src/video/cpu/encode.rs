@@ -33,7 +33,10 @@ impl CpuEncoder {
             count: settings.threads,
             ..Default::default()
         });
-        let mut encoder = context.encoder().video().map_err(VideoError::internal("encoder setup"))?;
+        let mut encoder = context
+            .encoder()
+            .video()
+            .map_err(VideoError::internal("encoder setup"))?;
         encoder.set_width(settings.width);
         encoder.set_height(settings.height);
         encoder.set_format(ff::format::Pixel::YUV420P);
@@ -59,12 +62,19 @@ impl CpuEncoder {
             Gop::Intra => encoder.set_gop(1),
             Gop::Seconds(s) => encoder.set_gop(((s * fps) as u32).max(1)),
         }
-        encoder.set_max_b_frames(if no_b_frames || profile.gop == Gop::Intra { 0 } else { 3 });
+        encoder.set_max_b_frames(if no_b_frames || profile.gop == Gop::Intra {
+            0
+        } else {
+            3
+        });
 
         let mut options = ff::Dictionary::new();
         options.set("preset", &settings.preset);
         options.set("forced-idr", "1");
-        if let Some(p) = profile.h264_profile.filter(|_| profile.codec == VideoCodec::H264) {
+        if let Some(p) = profile
+            .h264_profile
+            .filter(|_| profile.codec == VideoCodec::H264)
+        {
             options.set("profile", p.x264_name());
         }
         if let Some(q) = profile.quality {
@@ -75,7 +85,10 @@ impl CpuEncoder {
         }
         let encoder = encoder
             .open_with(options)
-            .map_err(|e| VideoError::Internal { stage: "encoder open", source: e })?;
+            .map_err(|e| VideoError::Internal {
+                stage: "encoder open",
+                source: e,
+            })?;
         Ok(CpuEncoder { encoder })
     }
 
@@ -84,15 +97,27 @@ impl CpuEncoder {
             let mut packet = ff::Packet::empty();
             match self.encoder.receive_packet(&mut packet) {
                 Ok(()) => emit(packet),
-                Err(ff::Error::Other { errno: ff::error::EAGAIN }) | Err(ff::Error::Eof) => return Ok(()),
-                Err(e) => return Err(VideoError::Internal { stage: "encode", source: e }),
+                Err(ff::Error::Other {
+                    errno: ff::error::EAGAIN,
+                })
+                | Err(ff::Error::Eof) => return Ok(()),
+                Err(e) => {
+                    return Err(VideoError::Internal {
+                        stage: "encode",
+                        source: e,
+                    })
+                }
             }
         }
     }
 }
 
 impl Encoder for CpuEncoder {
-    fn encode(&mut self, frame: Option<&Frame>, emit: &mut dyn FnMut(ff::Packet)) -> Result<(), VideoError> {
+    fn encode(
+        &mut self,
+        frame: Option<&Frame>,
+        emit: &mut dyn FnMut(ff::Packet),
+    ) -> Result<(), VideoError> {
         let sent = match frame {
             Some(frame) => {
                 let FrameData::Host(video) = &frame.data;
@@ -101,7 +126,10 @@ impl Encoder for CpuEncoder {
             }
             None => self.encoder.send_eof(),
         };
-        sent.map_err(|e| VideoError::Internal { stage: "encode", source: e })?;
+        sent.map_err(|e| VideoError::Internal {
+            stage: "encode",
+            source: e,
+        })?;
         self.drain(emit)
     }
 

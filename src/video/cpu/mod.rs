@@ -35,7 +35,10 @@ impl VideoBackend for CpuBackend {
 
 /// Makes a new reference to `src`'s pixel buffers (no copy) with a fresh
 /// timestamp and no frame type, ready to hand to an encoder or a muxer.
-pub(crate) fn frame_ref(src: &ffmpeg_next::frame::Video, pts: i64) -> Result<ffmpeg_next::frame::Video, VideoError> {
+pub(crate) fn frame_ref(
+    src: &ffmpeg_next::frame::Video,
+    pts: i64,
+) -> Result<ffmpeg_next::frame::Video, VideoError> {
     let mut dst = ffmpeg_next::frame::Video::empty();
     // SAFETY: both pointers are valid AVFrames owned by live wrappers; `dst` is
     // empty as av_frame_ref requires, and it takes its own buffer references.

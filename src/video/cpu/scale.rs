@@ -1,6 +1,6 @@
-use ffmpeg_next as ff;
 use ff::format::Pixel;
 use ff::software::scaling;
+use ffmpeg_next as ff;
 
 use crate::video::backend::{Frame, FrameData, Scaler};
 use crate::video::VideoError;
