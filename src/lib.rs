@@ -3,4 +3,6 @@
 //! `video` holds the transcode engine and its backends; the transports
 //! (CLI, gRPC worker, go-livepeer attach, orchestrator shim) sit on top.
 
+pub mod proto;
 pub mod video;
+pub mod worker;

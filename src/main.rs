@@ -16,14 +16,22 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the stateless gRPC worker (transcoding; AI inference later).
+    Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
     Transcode(cli::transcode::TranscodeArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse_from(cli::normalize_go_flags(std::env::args()));
-    cli::init_logging(cli.log_json, "warn");
     match cli.command {
-        Command::Transcode(args) => cli::transcode::run(args),
+        Command::Serve(args) => {
+            cli::init_logging(cli.log_json, "info");
+            cli::serve::run(args)
+        }
+        Command::Transcode(args) => {
+            cli::init_logging(cli.log_json, "warn");
+            cli::transcode::run(args)
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Command-line front end: argument parsing helpers and one module per subcommand.
 
+pub mod serve;
 pub mod transcode;
 
 /// Rewrites go-livepeer's single-dash long flags (`-maxSessions 4`,

@@ -179,14 +179,14 @@ impl VideoProfile {
 
     /// Parses go-livepeer's JSON profile format: a top-level array of objects.
     pub fn parse_json(text: &str) -> Result<Vec<VideoProfile>, VideoError> {
-        let list: Vec<JsonProfile> = serde_json::from_str(text)
+        let list: Vec<ProfileSpec> = serde_json::from_str(text)
             .map_err(|e| VideoError::InvalidProfile(format!("profiles JSON: {e}")))?;
         if list.is_empty() {
             return Err(VideoError::InvalidProfile(
                 "profiles JSON holds no profiles".into(),
             ));
         }
-        list.into_iter().map(JsonProfile::into_profile).collect()
+        list.into_iter().map(ProfileSpec::into_profile).collect()
     }
 
     /// Output frame rate as (num, den), or None to keep the input's.
@@ -266,36 +266,41 @@ fn scale_even(other: u64, num: u64, den: u64) -> u64 {
     (half * 2).max(2)
 }
 
-/// One entry of go-livepeer's `-transcodingOptions` JSON file.
-#[derive(Deserialize)]
+/// A profile as go-livepeer writes it: one entry of its `-transcodingOptions`
+/// JSON file, or the same fields arriving over the wire. Validated into a
+/// [`VideoProfile`] by [`ProfileSpec::into_profile`].
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JsonProfile {
+pub struct ProfileSpec {
     #[serde(default)]
-    name: String,
-    width: u32,
-    height: u32,
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
     /// Bits per second.
-    bitrate: u64,
+    pub bitrate: u64,
     #[serde(default)]
-    fps: u32,
+    pub fps: u32,
     #[serde(default, rename = "fpsDen")]
-    fps_den: u32,
+    pub fps_den: u32,
+    /// "", "none", "H264Baseline", "H264Main", "H264High", "H264ConstrainedHigh" (any case).
     #[serde(default)]
-    profile: String,
+    pub profile: String,
+    /// "", "intra", or seconds.
     #[serde(default)]
-    gop: String,
+    pub gop: String,
+    /// "H.264" (or "H264") or "HEVC".
     #[serde(default)]
-    encoder: String,
+    pub encoder: String,
     #[serde(default)]
-    quality: u32,
+    pub quality: u32,
     #[serde(default, rename = "colorDepth")]
-    color_depth: u32,
+    pub color_depth: u32,
     #[serde(default, rename = "chromaFormat")]
-    chroma_format: u32,
+    pub chroma_format: u32,
 }
 
-impl JsonProfile {
-    fn into_profile(mut self) -> Result<VideoProfile, VideoError> {
+impl ProfileSpec {
+    pub fn into_profile(mut self) -> Result<VideoProfile, VideoError> {
         if self.name.is_empty() {
             // go-livepeer's name for an unnamed custom profile.
             self.name = format!("custom_{}x{}_{}", self.width, self.height, self.bitrate);

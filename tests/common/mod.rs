@@ -172,3 +172,107 @@ pub fn psnr(rendition: &Path, source: &Path, width: u32, height: u32, fps: f64) 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// A running `lpworker serve` child process, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub grpc: std::net::SocketAddr,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+impl ServeProcess {
+    /// Starts `lpworker serve` on loopback ports chosen by the OS, with `extra` args.
+    pub fn start(extra: &[&str]) -> ServeProcess {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpworker"));
+        cmd.args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ]);
+        if !extra.contains(&"--preset") {
+            cmd.args(["--preset", "veryfast"]);
+        }
+        let mut child = cmd
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("lpworker serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        if !line.starts_with("lpworker serve listening") {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "lpworker serve did not start: {line:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.parse().ok())
+        };
+        // Keep stderr drained so the child never blocks on a full pipe.
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if std::env::var_os("LPWORKER_TEST_LOGS").is_some() {
+                    eprintln!("[serve] {l}");
+                }
+            }
+        });
+        ServeProcess {
+            grpc: field("grpc=").expect("grpc address"),
+            metrics: field("metrics="),
+            child,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server, and its peak, in KiB.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let get = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("VmRSS:"), get("VmHWM:"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

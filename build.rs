@@ -1,0 +1,12 @@
+//! Compiles the gRPC definitions in `proto/` with tonic/prost (uses `protoc`,
+//! installed by scripts/install-deps) and records a descriptor set for gRPC
+//! server reflection.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("lpworker_descriptor.bin"))
+        .compile_protos(&["proto/lpworker/v1/worker.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `lpworker serve`: run the stateless gRPC worker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use lpworker::video::probe::BackendChoice;
+use lpworker::worker::service::RequestLimits;
+use lpworker::worker::{BoundWorker, TlsFiles, WorkerConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// gRPC listen address (Worker, grpc.health.v1 and reflection).
+    #[arg(long, default_value = "0.0.0.0:50051", env = "LPWORKER_ADDR")]
+    pub addr: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(long, default_value = "0.0.0.0:9095", env = "LPWORKER_METRICS_ADDR")]
+    pub metrics_addr: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Concurrent transcode sessions admitted; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        alias = "maxSessions",
+        default_value_t = 10,
+        env = "LP_MAXSESSIONS"
+    )]
+    pub max_sessions: u32,
+    /// Seconds a shutdown (SIGTERM) waits for in-flight work.
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    pub drain_timeout: f64,
+    /// Longest a request may run, in seconds (a shorter gRPC deadline wins).
+    #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
+    pub request_timeout: f64,
+    /// Largest segment accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_segment_bytes: usize,
+    /// Most renditions per segment.
+    #[arg(long, default_value_t = 16)]
+    pub max_profiles: usize,
+    /// PEM certificate for TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA: callers must present a certificate it signed (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Shared secret callers send as `authorization: Bearer <secret>`.
+    #[arg(long, env = "LPWORKER_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// Which backend transcodes.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
+    pub backend: BackendChoice,
+    /// x264/x265 preset (go-livepeer uses medium).
+    #[arg(long, default_value = "medium")]
+    pub preset: String,
+    /// Accept self-signed certificates when fetching segment URLs.
+    #[arg(long)]
+    pub fetch_insecure: bool,
+}
+
+fn seconds(name: &str, v: f64) -> Result<Duration> {
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("--{name} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    if args.max_sessions == 0 {
+        bail!("--max-sessions must be at least 1");
+    }
+    if args.auth_secret.as_deref() == Some("") {
+        bail!("--auth-secret must not be empty");
+    }
+    let config = WorkerConfig {
+        addr: args.addr,
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
+        max_sessions: args.max_sessions,
+        drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
+        limits: RequestLimits {
+            timeout: seconds("request-timeout", args.request_timeout)?,
+            max_segment_bytes: args.max_segment_bytes,
+            max_profiles: args.max_profiles.max(1),
+            preset: args.preset,
+        },
+        backend: args.backend,
+        tls: match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca,
+            }),
+            _ => None,
+        },
+        auth_secret: args.auth_secret,
+        fetch_insecure: args.fetch_insecure,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let worker = BoundWorker::bind(config).await?;
+        // One machine-readable line for supervisors and tests.
+        println!(
+            "lpworker serve listening grpc={} metrics={}",
+            worker.grpc_addr(),
+            worker
+                .metrics_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "off".into())
+        );
+        worker.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}

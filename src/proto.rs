@@ -1,0 +1,10 @@
+//! Generated gRPC types.
+
+/// lpworker's own worker API (`proto/lpworker/v1/worker.proto`).
+pub mod worker {
+    tonic::include_proto!("lpworker.v1");
+
+    /// Serialized descriptors, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("lpworker_descriptor");
+}

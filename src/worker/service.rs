@@ -1,0 +1,490 @@
+//! The `lpworker.v1.Worker` gRPC service: a thin adapter from requests to the
+//! transcode engine, with admission control, deadlines and metrics.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn, Instrument};
+
+use super::admission::{Admission, Permit, Refusal};
+use super::fetch::{FetchError, Fetcher};
+use super::metrics::Metrics;
+use crate::proto::worker as pb;
+use crate::video::probe::Capabilities;
+use crate::video::profile::ProfileSpec;
+use crate::video::{
+    OutputContainer, TranscodeOptions, TranscodeOutput, Transcoder, VideoError, VideoProfile,
+};
+
+/// Rendition bytes per response message: well under gRPC's customary 4 MiB.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Per-request limits.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Longest a request may run when the caller sets no shorter deadline.
+    pub timeout: Duration,
+    /// Largest segment accepted, inline or fetched.
+    pub max_segment_bytes: usize,
+    /// Most renditions per request.
+    pub max_profiles: usize,
+    /// x264/x265 preset.
+    pub preset: String,
+}
+
+pub struct WorkerService {
+    transcoder: Transcoder,
+    capabilities: Capabilities,
+    admission: Arc<Admission>,
+    metrics: Metrics,
+    fetcher: Fetcher,
+    limits: RequestLimits,
+}
+
+impl WorkerService {
+    pub fn new(
+        transcoder: Transcoder,
+        capabilities: Capabilities,
+        admission: Arc<Admission>,
+        metrics: Metrics,
+        fetcher: Fetcher,
+        limits: RequestLimits,
+    ) -> Self {
+        metrics.capacity.set(i64::from(admission.capacity()));
+        WorkerService {
+            transcoder,
+            capabilities,
+            admission,
+            metrics,
+            fetcher,
+            limits,
+        }
+    }
+
+    fn admit(&self, method: &str) -> Result<Permit, Status> {
+        match self.admission.try_admit() {
+            Ok(permit) => {
+                self.metrics
+                    .in_flight
+                    .set(i64::from(self.admission.in_flight()));
+                Ok(permit)
+            }
+            Err(refusal) => {
+                let (reason, status) = match refusal {
+                    Refusal::Full => (
+                        "full",
+                        Status::resource_exhausted(format!(
+                            "worker is at capacity ({} sessions); retry on another worker",
+                            self.admission.capacity()
+                        )),
+                    ),
+                    Refusal::Draining => (
+                        "draining",
+                        Status::unavailable("worker is draining for shutdown"),
+                    ),
+                };
+                self.metrics.rejected.with_label_values(&[reason]).inc();
+                self.count(method, &status);
+                Err(status)
+            }
+        }
+    }
+
+    fn count(&self, method: &str, status: &Status) {
+        self.metrics
+            .requests
+            .with_label_values(&[method, &format!("{:?}", status.code())])
+            .inc();
+    }
+
+    /// Turns the request's profile names and custom profiles into one list.
+    fn profiles(&self, req: &pb::TranscodeRequest) -> Result<Vec<VideoProfile>, Status> {
+        let mut profiles = Vec::new();
+        if !req.profile_names.is_empty() {
+            profiles = VideoProfile::parse_list(&req.profile_names.join(","))
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        for p in &req.profiles {
+            let spec = ProfileSpec {
+                name: p.name.clone(),
+                width: p.width,
+                height: p.height,
+                bitrate: p.bitrate,
+                fps: p.fps,
+                fps_den: p.fps_den,
+                profile: p.profile.clone(),
+                gop: p.gop.clone(),
+                encoder: p.encoder.clone(),
+                quality: p.quality,
+                ..Default::default()
+            };
+            profiles.push(
+                spec.into_profile()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            );
+        }
+        if profiles.is_empty() {
+            return Err(Status::invalid_argument("no profiles requested"));
+        }
+        if profiles.len() > self.limits.max_profiles {
+            return Err(Status::invalid_argument(format!(
+                "{} profiles requested; at most {} per segment",
+                profiles.len(),
+                self.limits.max_profiles
+            )));
+        }
+        Ok(profiles)
+    }
+
+    async fn segment(
+        &self,
+        source: Option<pb::transcode_request::Source>,
+    ) -> Result<Vec<u8>, Status> {
+        match source {
+            Some(pb::transcode_request::Source::Segment(bytes)) => Ok(bytes),
+            Some(pb::transcode_request::Source::Url(url)) => {
+                self.fetcher.get(&url).await.map_err(|e| match e {
+                    FetchError::BadUrl(_) | FetchError::TooLarge { .. } => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    FetchError::Status { status, .. } if (400..500).contains(&status) => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    _ => Status::unavailable(e.to_string()),
+                })
+            }
+            None => Err(Status::invalid_argument(
+                "request has neither segment bytes nor a URL",
+            )),
+        }
+    }
+}
+
+/// The gRPC status for an engine error.
+pub fn status_for(e: &VideoError) -> Status {
+    let message = e.to_string();
+    if e.is_bad_input() {
+        return Status::invalid_argument(message);
+    }
+    match e {
+        VideoError::Timeout(_) => Status::deadline_exceeded(message),
+        VideoError::Cancelled => Status::cancelled(message),
+        VideoError::BackendUnavailable(_) | VideoError::EncoderUnavailable(_) => {
+            Status::failed_precondition(message)
+        }
+        _ => Status::internal(message),
+    }
+}
+
+/// The caller's deadline from the `grpc-timeout` header ("100m", "5S", ...).
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn request_id<T>(request: &Request<T>, given: &str) -> String {
+    if !given.is_empty() {
+        return given.chars().take(128).collect();
+    }
+    request
+        .metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(128).collect())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Sets its flag when dropped unless disarmed: tells the engine to stop when
+/// the caller goes away mid-request.
+struct CancelOnDrop(Option<Arc<AtomicBool>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0.take() {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn response_messages(
+    output: TranscodeOutput,
+    request_id: String,
+    queue: Duration,
+) -> Vec<pb::TranscodeResponse> {
+    use pb::transcode_response::Event;
+    let container = |c: OutputContainer| match c {
+        OutputContainer::Mpegts => pb::Container::Mpegts as i32,
+        OutputContainer::Mp4 => pb::Container::Mp4 as i32,
+    };
+    let mut messages = Vec::new();
+    let summary = pb::TranscodeSummary {
+        request_id,
+        backend: output.backend.to_string(),
+        decoded_frames: output.decoded.frames,
+        decoded_pixels: output.decoded.pixels,
+        input_width: output.input.width,
+        input_height: output.input.height,
+        input_codec: output.input.codec.clone(),
+        input_duration_seconds: output.input.duration_seconds,
+        decode_errors: output.decode_errors as u32,
+        queue_seconds: queue.as_secs_f64(),
+        compute_seconds: output.elapsed.as_secs_f64(),
+    };
+    for (index, r) in output.renditions.into_iter().enumerate() {
+        let index = index as u32;
+        messages.push(pb::TranscodeResponse {
+            event: Some(Event::Rendition(pb::RenditionHeader {
+                index,
+                profile: r.profile,
+                width: r.width,
+                height: r.height,
+                frames: r.encoded.frames,
+                pixels: r.encoded.pixels,
+                size: r.data.len() as u64,
+                container: container(r.container),
+            })),
+        });
+        for chunk in r.data.chunks(CHUNK_BYTES) {
+            messages.push(pb::TranscodeResponse {
+                event: Some(Event::Chunk(pb::RenditionChunk {
+                    index,
+                    data: chunk.to_vec(),
+                })),
+            });
+        }
+    }
+    messages.push(pb::TranscodeResponse {
+        event: Some(Event::Summary(summary)),
+    });
+    messages
+}
+
+#[tonic::async_trait]
+impl pb::worker_server::Worker for WorkerService {
+    type TranscodeStream = ReceiverStream<Result<pb::TranscodeResponse, Status>>;
+
+    async fn transcode(
+        &self,
+        request: Request<pb::TranscodeRequest>,
+    ) -> Result<Response<Self::TranscodeStream>, Status> {
+        let arrived = Instant::now();
+        let caller_deadline = grpc_timeout(&request);
+        let request_id = request_id(&request, &request.get_ref().request_id);
+        let span = tracing::info_span!("transcode", request_id = %request_id);
+        let permit = self.admit("Transcode")?;
+        let result = async {
+            let req = request.into_inner();
+            let profiles = self.profiles(&req)?;
+            let mut timeout = self.limits.timeout;
+            if req.timeout_ms > 0 {
+                timeout = timeout.min(Duration::from_millis(u64::from(req.timeout_ms)));
+            }
+            if let Some(d) = caller_deadline {
+                timeout = timeout.min(d);
+            }
+            let container = match pb::Container::try_from(req.container) {
+                Ok(pb::Container::Mpegts) => OutputContainer::Mpegts,
+                Ok(pb::Container::Mp4) => OutputContainer::Mp4,
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown container {}",
+                        req.container
+                    )))
+                }
+            };
+            let segment = self.segment(req.source).await?;
+            let cancel = Arc::new(AtomicBool::new(false));
+            let options = TranscodeOptions {
+                profiles,
+                container,
+                timeout: Some(timeout.saturating_sub(arrived.elapsed())),
+                max_input_bytes: self.limits.max_segment_bytes,
+                preset: self.limits.preset.clone(),
+                cancel: Some(Arc::clone(&cancel)),
+                ..Default::default()
+            };
+            let guard = CancelOnDrop(Some(cancel));
+            let transcoder = self.transcoder.clone();
+            let queued = arrived.elapsed();
+            let backend = self.transcoder.backend_name();
+            self.metrics
+                .queue_seconds
+                .with_label_values(&[backend])
+                .observe(queued.as_secs_f64());
+            let output = tokio::task::spawn_blocking(move || {
+                transcoder.transcode(segment, &options, &mut |_| {})
+            })
+            .await
+            .map_err(|e| Status::internal(format!("transcode task failed: {e}")))?;
+            drop(guard);
+            let output = output.map_err(|e| {
+                self.metrics
+                    .errors
+                    .with_label_values(&[backend, e.kind()])
+                    .inc();
+                let status = status_for(&e);
+                warn!(error = %e, code = ?status.code(), "transcode failed");
+                status
+            })?;
+            self.metrics
+                .compute_seconds
+                .with_label_values(&[backend])
+                .observe(output.elapsed.as_secs_f64());
+            self.metrics.segments.with_label_values(&[backend]).inc();
+            self.metrics
+                .pixels
+                .with_label_values(&[backend, "decoded"])
+                .inc_by(output.decoded.pixels);
+            for r in &output.renditions {
+                self.metrics
+                    .renditions
+                    .with_label_values(&[backend, &r.profile])
+                    .inc();
+                self.metrics
+                    .pixels
+                    .with_label_values(&[backend, "encoded"])
+                    .inc_by(r.encoded.pixels);
+            }
+            info!(
+                renditions = output.renditions.len(),
+                decoded_pixels = output.decoded.pixels,
+                compute_ms = output.elapsed.as_millis() as u64,
+                queue_ms = queued.as_millis() as u64,
+                "transcoded"
+            );
+            Ok((output, queued))
+        }
+        .instrument(span)
+        .await;
+
+        let (output, queued) = match result {
+            Ok(ok) => ok,
+            Err(status) => {
+                self.count("Transcode", &status);
+                drop(permit);
+                self.metrics
+                    .in_flight
+                    .set(i64::from(self.admission.in_flight()));
+                return Err(status);
+            }
+        };
+        self.count("Transcode", &Status::ok(""));
+        // The permit travels with the sender, so the slot stays taken (and a
+        // drain waits) until the last byte is handed to the transport.
+        let (tx, rx) = mpsc::channel(4);
+        let messages = response_messages(output, request_id.clone(), queued);
+        let in_flight = self.metrics.in_flight.clone();
+        let admission = Arc::clone(&self.admission);
+        tokio::spawn(async move {
+            for m in messages {
+                if tx.send(Ok(m)).await.is_err() {
+                    break;
+                }
+            }
+            drop(permit);
+            in_flight.set(i64::from(admission.in_flight()));
+        });
+        let mut response = Response::new(ReceiverStream::new(rx));
+        if let Ok(v) = request_id.parse() {
+            response.metadata_mut().insert("x-request-id", v);
+        }
+        Ok(response)
+    }
+
+    async fn infer(
+        &self,
+        request: Request<pb::InferRequest>,
+    ) -> Result<Response<pb::InferResponse>, Status> {
+        let pipeline = &request.get_ref().pipeline;
+        let status = Status::unimplemented(format!(
+            "pipeline {pipeline:?} is not loaded: this worker serves no AI pipelines yet"
+        ));
+        self.count("Infer", &status);
+        Err(status)
+    }
+
+    async fn capabilities(
+        &self,
+        _request: Request<pb::CapabilitiesRequest>,
+    ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
+        let caps = &self.capabilities;
+        let in_flight = self.admission.in_flight();
+        let response = pb::CapabilitiesResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            backend: self.transcoder.backend_name().to_string(),
+            backends: caps.backends.clone(),
+            cpu_model: caps.cpu_model.clone(),
+            cpu_cores: caps.cpu_cores as u32,
+            gpus: caps
+                .gpus
+                .iter()
+                .enumerate()
+                .map(|(i, name)| pb::Gpu {
+                    index: i as u32,
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            decoders: caps.decoders.clone(),
+            encoders: caps.encoders.clone(),
+            pipelines: Vec::new(),
+            capacity: self.admission.capacity(),
+            free_slots: self.admission.capacity().saturating_sub(in_flight),
+            draining: self.admission.is_draining(),
+        };
+        self.count("Capabilities", &Status::ok(""));
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let with = |v: &str| {
+            let mut r = Request::new(());
+            r.metadata_mut().insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&r)
+        };
+        assert_eq!(with("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(with("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(with("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(with("x"), None);
+        assert_eq!(with("10Q"), None);
+    }
+
+    #[test]
+    fn engine_errors_map_to_grpc_codes() {
+        use tonic::Code;
+        assert_eq!(
+            status_for(&VideoError::EmptyInput).code(),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            status_for(&VideoError::Timeout(Duration::from_secs(1))).code(),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(status_for(&VideoError::Cancelled).code(), Code::Cancelled);
+        let internal = VideoError::Internal {
+            stage: "encode",
+            source: ffmpeg_next::Error::Bug,
+        };
+        assert_eq!(status_for(&internal).code(), Code::Internal);
+    }
+}
