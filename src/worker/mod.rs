@@ -275,7 +275,7 @@ impl BoundWorker {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(worker)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), stopped(stop_rx))
+            .serve_with_incoming_shutdown(incoming(grpc), stopped(stop_rx))
             .await
             .map_err(WorkerError::Serve);
         if let Some(task) = metrics_task {
@@ -284,6 +284,20 @@ impl BoundWorker {
         info!("stopped");
         result
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small response messages
+/// must not wait for the peer's delayed ACK (the builder's `tcp_nodelay` does
+/// not reach sockets from a custom incoming stream).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    })
 }
 
 #[cfg(test)]
