@@ -6,7 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("lpworker_descriptor.bin"))
-        .compile_protos(&["proto/lpworker/v1/worker.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/lpworker/v1/worker.proto", "proto/net/lp_rpc.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

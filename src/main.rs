@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Join a go-livepeer orchestrator as a remote transcoder.
+    Attach(cli::attach::AttachArgs),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
     Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
@@ -25,6 +27,10 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse_from(cli::normalize_go_flags(std::env::args()));
     match cli.command {
+        Command::Attach(args) => {
+            cli::init_logging(cli.log_json, "info");
+            cli::attach::run(args)
+        }
         Command::Serve(args) => {
             cli::init_logging(cli.log_json, "info");
             cli::serve::run(args)

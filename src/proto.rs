@@ -8,3 +8,8 @@ pub mod worker {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("lpworker_descriptor");
 }
+
+/// go-livepeer's `lp_rpc` wire protocol (`proto/net/lp_rpc.proto`), package `net`.
+pub mod lp_rpc {
+    tonic::include_proto!("net");
+}

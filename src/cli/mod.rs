@@ -1,5 +1,6 @@
 //! Command-line front end: argument parsing helpers and one module per subcommand.
 
+pub mod attach;
 pub mod serve;
 pub mod transcode;
 

@@ -13,44 +13,18 @@ use serde::Serialize;
 use super::backend::{Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
 use super::container::{self, DemuxLimits, DemuxedSegment, MuxTrack};
 use super::fps::FpsConverter;
-use super::profile::VideoProfile;
+use super::profile::{OutputContainer, VideoProfile};
 use super::VideoError;
 
 /// Frames buffered between the decoder and each rendition thread: enough to
 /// ride out encoder stalls, small enough to bound memory.
 const FRAME_QUEUE: usize = 8;
 
-/// Container of the rendition files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputContainer {
-    /// MPEG transport stream, as go-livepeer returns renditions.
-    #[default]
-    Mpegts,
-    /// Fragmented MP4.
-    Mp4,
-}
-
-impl OutputContainer {
-    pub fn muxer(self) -> &'static str {
-        match self {
-            OutputContainer::Mpegts => "mpegts",
-            OutputContainer::Mp4 => "mp4",
-        }
-    }
-
-    pub fn extension(self) -> &'static str {
-        match self {
-            OutputContainer::Mpegts => "ts",
-            OutputContainer::Mp4 => "mp4",
-        }
-    }
-}
-
 /// How to transcode one segment.
 #[derive(Debug, Clone)]
 pub struct TranscodeOptions {
     pub profiles: Vec<VideoProfile>,
+    /// Container of renditions whose profile does not name one.
     pub container: OutputContainer,
     /// Give up (with [`VideoError::Timeout`]) after this long.
     pub timeout: Option<Duration>,
@@ -454,12 +428,13 @@ impl RenditionJob<'_> {
                 packets,
             });
         }
-        let data = container::mux(self.options.container.muxer(), &tracks)?;
+        let format = self.profile.format.unwrap_or(self.options.container);
+        let data = container::mux(format.muxer(), &tracks)?;
         Ok(Rendition {
             profile: self.profile.name.clone(),
             width: pipeline.width,
             height: pipeline.height,
-            container: self.options.container,
+            container: format,
             encoded,
             bytes: data.len(),
             data,
@@ -479,7 +454,8 @@ impl RenditionJob<'_> {
             height,
             time_base: self.time_base,
             frame_rate: out_rate,
-            global_header: self.options.container == OutputContainer::Mp4,
+            global_header: self.profile.format.unwrap_or(self.options.container)
+                == OutputContainer::Mp4,
             preset: self.options.preset.clone(),
             threads: self.options.encoder_threads,
         };

@@ -14,12 +14,9 @@ pub mod probe;
 pub mod profile;
 
 pub use backend::{Decoder, Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
-pub use engine::{
-    InputInfo, OutputContainer, PixelCount, Rendition, TranscodeOptions, TranscodeOutput,
-    Transcoder,
-};
+pub use engine::{InputInfo, PixelCount, Rendition, TranscodeOptions, TranscodeOutput, Transcoder};
 pub use error::VideoError;
-pub use profile::{Gop, H264Profile, VideoCodec, VideoProfile};
+pub use profile::{Gop, H264Profile, OutputContainer, VideoCodec, VideoProfile};
 
 /// Initialises FFmpeg once per process and quiets its logging (errors are
 /// returned as values; FFmpeg's own chatter would flood worker logs).

@@ -24,6 +24,33 @@ impl VideoCodec {
     }
 }
 
+/// Container of the rendition files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputContainer {
+    /// MPEG transport stream, as go-livepeer returns renditions.
+    #[default]
+    Mpegts,
+    /// Fragmented MP4.
+    Mp4,
+}
+
+impl OutputContainer {
+    pub fn muxer(self) -> &'static str {
+        match self {
+            OutputContainer::Mpegts => "mpegts",
+            OutputContainer::Mp4 => "mp4",
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputContainer::Mpegts => "ts",
+            OutputContainer::Mp4 => "mp4",
+        }
+    }
+}
+
 /// H.264 profile requested by a rendition (go-livepeer's `profile` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum H264Profile {
@@ -73,6 +100,8 @@ pub struct VideoProfile {
     pub gop: Gop,
     /// Constant-quality value (CRF-like); when set, `bitrate` is only the maximum.
     pub quality: Option<u32>,
+    /// Container of this rendition; `None` uses the request's.
+    pub format: Option<OutputContainer>,
 }
 
 /// (name, width, height, fps, bitrate in kbit/s): lpms' predefined profiles.
@@ -116,6 +145,7 @@ impl VideoProfile {
             h264_profile: None,
             gop: Gop::Default,
             quality: None,
+            format: None,
         }
     }
 
@@ -364,6 +394,7 @@ impl ProfileSpec {
             h264_profile,
             gop,
             quality: (self.quality > 0).then_some(self.quality),
+            format: None,
             width: self.width,
             height: self.height,
             name: self.name,

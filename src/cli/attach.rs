@@ -1,0 +1,146 @@
+//! `lpworker attach`: work for an existing go-livepeer orchestrator.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tracing::info;
+
+use lpworker::attach::{capabilities, transcoder, AttachConfig};
+use lpworker::video::probe::{self, BackendChoice};
+use lpworker::video::Transcoder;
+use lpworker::worker::service::RequestLimits;
+use lpworker::worker::{BoundWorker, WorkerConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct AttachArgs {
+    /// Orchestrator address, host:port (go-livepeer's -orchAddr).
+    #[arg(long, alias = "orchAddr", env = "LP_ORCHADDR")]
+    pub orch_addr: String,
+    /// Secret shared with the orchestrator (go-livepeer's -orchSecret).
+    #[arg(
+        long,
+        alias = "orchSecret",
+        env = "LP_ORCHSECRET",
+        hide_env_values = true
+    )]
+    pub orch_secret: String,
+    /// Segments transcoded at once; registered as this worker's capacity.
+    #[arg(
+        long,
+        alias = "maxSessions",
+        default_value_t = 10,
+        env = "LP_MAXSESSIONS"
+    )]
+    pub max_sessions: u32,
+    /// Work as a remote transcoder (the default unless --ai is given).
+    #[arg(long)]
+    pub transcode: bool,
+    /// Work as a remote AI worker, with the models in --ai-models.
+    #[arg(long)]
+    pub ai: bool,
+    /// aiModels.json (go-livepeer's format) listing the pipelines and models to serve.
+    #[arg(long, alias = "aiModels", env = "LP_AIMODELS")]
+    pub ai_models: Option<PathBuf>,
+    /// Also serve the lpworker gRPC Worker API on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<SocketAddr>,
+    /// go-livepeer version whose protocol is spoken, sent in capabilities so
+    /// orchestrators and gateways with a minimum version accept this worker.
+    #[arg(long, default_value = "0.9.1")]
+    pub livepeer_version: String,
+    /// Which backend transcodes.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
+    pub backend: BackendChoice,
+    /// x264/x265 preset (go-livepeer uses medium).
+    #[arg(long, default_value = "medium")]
+    pub preset: String,
+    /// Seconds a shutdown waits for jobs in flight.
+    #[arg(long, default_value_t = 60.0)]
+    pub drain_timeout: f64,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+pub fn run(args: AttachArgs) -> Result<()> {
+    if args.max_sessions == 0 {
+        bail!("--max-sessions must be at least 1 (the orchestrator refuses zero capacity)");
+    }
+    if args.orch_secret.is_empty() {
+        bail!("--orch-secret must not be empty");
+    }
+    if !(args.drain_timeout > 0.0 && args.drain_timeout.is_finite()) {
+        bail!("--drain-timeout must be a positive number of seconds");
+    }
+    if args.ai || args.ai_models.is_some() {
+        bail!(
+            "--ai: this lpworker has no AI pipelines built in yet, so it cannot register as an AI worker \
+             (it advertises only what it can run); attach as a transcoder only"
+        );
+    }
+    let probe = probe::probe();
+    let backend = probe::select_backend(args.backend, &probe)?;
+    let transcoder = Transcoder::new(backend);
+    let net_caps = capabilities::to_net(
+        &capabilities::transcoder_capabilities(&probe),
+        &args.livepeer_version,
+    );
+    let config = AttachConfig {
+        orch_addr: args.orch_addr.clone(),
+        orch_secret: args.orch_secret.clone(),
+        max_sessions: args.max_sessions,
+        livepeer_version: args.livepeer_version.clone(),
+        preset: args.preset.clone(),
+        max_segment_bytes: 300_000_000,
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let worker = match args.serve {
+            Some(addr) => {
+                let worker = BoundWorker::bind(WorkerConfig {
+                    addr,
+                    metrics_addr: None,
+                    max_sessions: args.max_sessions,
+                    drain_timeout: config.drain_timeout,
+                    limits: RequestLimits {
+                        timeout: Duration::from_secs(60),
+                        max_segment_bytes: 64 << 20,
+                        max_profiles: 16,
+                        preset: args.preset.clone(),
+                    },
+                    backend: args.backend,
+                    tls: None,
+                    auth_secret: None,
+                    fetch_insecure: false,
+                })
+                .await?;
+                println!("lpworker attach serving grpc={}", worker.grpc_addr());
+                let mut rx = stop_rx.clone();
+                Some(tokio::spawn(worker.run(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })))
+            }
+            None => None,
+        };
+        info!(orch = %config.orch_addr, "attaching as remote transcoder");
+        let attach = tokio::spawn(transcoder::run(config, transcoder, net_caps, stop_rx));
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        attach.await.context("attach loop")?;
+        if let Some(w) = worker {
+            w.await.context("worker task")??;
+        }
+        Ok(())
+    })
+}
