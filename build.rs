@@ -6,6 +6,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("lpworker_descriptor.bin"))
+        // Ordered maps encode deterministically (sorted keys), like go-livepeer's
+        // and protobuf's deterministic serialization.
+        .btree_map(".")
         .compile_protos(
             &["proto/lpworker/v1/worker.proto", "proto/net/lp_rpc.proto"],
             &["proto"],

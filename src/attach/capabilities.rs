@@ -1,7 +1,7 @@
 //! go-livepeer's capability bitstring: which codecs, containers and features a
 //! node offers, as the orchestrator matches them against segments.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::proto::lp_rpc;
 use crate::video::probe::Capabilities as Probe;
@@ -94,7 +94,7 @@ pub fn to_net(caps: &[Capability], version: &str) -> lp_rpc::Capabilities {
         capacities: caps
             .iter()
             .map(|c| (*c as u32, 1))
-            .collect::<HashMap<_, _>>(),
+            .collect::<BTreeMap<_, _>>(),
         version: version.to_string(),
         constraints: None,
     }
