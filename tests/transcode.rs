@@ -304,3 +304,21 @@ fn profile_json_fields_are_honoured() {
         .count();
     assert!(keys >= 2, "{keys} keyframes");
 }
+
+#[test]
+fn ts_with_adts_audio_into_fragmented_mp4() {
+    let dir = tempdir();
+    let (_, bytes) = clip(dir.path(), "src", &Clip::default());
+    let mut opts = options("P240p30fps16x9");
+    opts.container = OutputContainer::Mp4;
+    let out = run(&bytes, &opts);
+    let paths = write_all(dir.path(), &out);
+    let p = ffprobe(&paths[0]);
+    assert!(p.format.contains("mp4"), "{}", p.format);
+    assert_eq!(p.audio_codec.as_deref(), Some("aac"));
+    assert!(p.frames.abs_diff(30) <= 1);
+    // The same source still gives an MPEG-TS rendition with ADTS audio.
+    let ts = run(&bytes, &options("P240p30fps16x9"));
+    let paths = write_all(dir.path(), &ts);
+    assert_eq!(ffprobe(&paths[0]).audio_codec.as_deref(), Some("aac"));
+}

@@ -162,6 +162,7 @@ pub fn demux(
     if deadline.is_some_and(|d| Instant::now() > d) {
         return Err(VideoError::Timeout(Default::default()));
     }
+    let audio = audio.map(normalize_aac).transpose()?;
     Ok(DemuxedSegment {
         video,
         video_packets,
@@ -172,6 +173,30 @@ pub fn demux(
         start_seconds,
         duration_seconds,
     })
+}
+
+/// AAC from MPEG-TS arrives as ADTS frames with no codec extradata. MP4 needs
+/// raw frames plus an AudioSpecificConfig, which `aac_adtstoasc` produces;
+/// the MPEG-TS muxer rebuilds ADTS headers from it, so one form serves both.
+fn normalize_aac(mut track: AudioTrack) -> Result<AudioTrack, VideoError> {
+    let is_adts = track.parameters.id() == ff::codec::Id::AAC
+        && track
+            .packets
+            .first()
+            .and_then(|p| p.data())
+            .is_some_and(|d| d.len() > 2 && d[0] == 0xFF && d[1] & 0xF0 == 0xF0);
+    if !is_adts {
+        return Ok(track);
+    }
+    let mut bsf =
+        super::bsf::BitstreamFilter::new("aac_adtstoasc", &track.parameters, track.time_base)?;
+    let packets = std::mem::take(&mut track.packets)
+        .into_iter()
+        .flat_map(|p| bsf.filter(p))
+        .collect();
+    track.parameters = bsf.output_parameters();
+    track.packets = packets;
+    Ok(track)
 }
 
 /// A `Write` sink whose bytes stay reachable after the muxer that owns the

@@ -5,6 +5,7 @@
 //! small traits in [`backend`]; the engine in [`engine`] only talks to those.
 
 pub mod backend;
+mod bsf;
 pub mod container;
 pub mod cpu;
 pub mod engine;

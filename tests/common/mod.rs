@@ -2,6 +2,8 @@
 //! lavfi sources (no downloads) and checked with ffprobe and FFmpeg's psnr filter.
 #![allow(dead_code)]
 
+pub mod orch;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
