@@ -3,6 +3,7 @@
 //! `video` holds the transcode engine and its backends; the transports
 //! (CLI, gRPC worker, go-livepeer attach, orchestrator shim) sit on top.
 
+pub mod ai;
 pub mod attach;
 pub mod proto;
 pub mod video;

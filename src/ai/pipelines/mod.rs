@@ -1,0 +1,113 @@
+//! One module per ai-runner route.
+
+pub mod image;
+
+use super::{AiError, PipelineOutput, PipelineRequest};
+
+/// ai-runner's pipelines, with go-livepeer's capability numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PipelineKind {
+    TextToImage,
+    ImageToImage,
+    ImageToVideo,
+    Upscale,
+    AudioToText,
+    SegmentAnything2,
+    Llm,
+    ImageToText,
+    TextToSpeech,
+}
+
+impl PipelineKind {
+    pub const ALL: [PipelineKind; 9] = [
+        PipelineKind::TextToImage,
+        PipelineKind::ImageToImage,
+        PipelineKind::ImageToVideo,
+        PipelineKind::Upscale,
+        PipelineKind::AudioToText,
+        PipelineKind::SegmentAnything2,
+        PipelineKind::Llm,
+        PipelineKind::ImageToText,
+        PipelineKind::TextToSpeech,
+    ];
+
+    /// The route / pipeline name ("upscale", "text-to-image", ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            PipelineKind::TextToImage => "text-to-image",
+            PipelineKind::ImageToImage => "image-to-image",
+            PipelineKind::ImageToVideo => "image-to-video",
+            PipelineKind::Upscale => "upscale",
+            PipelineKind::AudioToText => "audio-to-text",
+            PipelineKind::SegmentAnything2 => "segment-anything-2",
+            PipelineKind::Llm => "llm",
+            PipelineKind::ImageToText => "image-to-text",
+            PipelineKind::TextToSpeech => "text-to-speech",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<PipelineKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// go-livepeer's capability number (core/capabilities.go).
+    pub fn capability(self) -> u32 {
+        match self {
+            PipelineKind::TextToImage => 27,
+            PipelineKind::ImageToImage => 28,
+            PipelineKind::ImageToVideo => 29,
+            PipelineKind::Upscale => 30,
+            PipelineKind::AudioToText => 31,
+            PipelineKind::SegmentAnything2 => 32,
+            PipelineKind::Llm => 33,
+            PipelineKind::ImageToText => 34,
+            PipelineKind::TextToSpeech => 36,
+        }
+    }
+
+    /// The multipart file field carrying this pipeline's input, if any.
+    pub fn file_field(self) -> Option<&'static str> {
+        match self {
+            PipelineKind::ImageToImage
+            | PipelineKind::ImageToVideo
+            | PipelineKind::Upscale
+            | PipelineKind::SegmentAnything2
+            | PipelineKind::ImageToText => Some("image"),
+            PipelineKind::AudioToText => Some("audio"),
+            PipelineKind::TextToImage | PipelineKind::Llm | PipelineKind::TextToSpeech => None,
+        }
+    }
+
+    /// The request field naming the model (`model` for the LLM, as ai-runner).
+    pub fn model_field(self) -> &'static str {
+        if self == PipelineKind::Llm {
+            "model"
+        } else {
+            "model_id"
+        }
+    }
+}
+
+/// A loaded model serving one pipeline.
+pub trait Pipeline: Send + Sync {
+    fn kind(&self) -> PipelineKind;
+    fn model_id(&self) -> &str;
+    /// "onnx" or "candle".
+    fn runtime(&self) -> &'static str;
+    fn run(&self, request: &PipelineRequest) -> Result<PipelineOutput, AiError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_capabilities() {
+        for k in PipelineKind::ALL {
+            assert_eq!(PipelineKind::from_name(k.name()), Some(k));
+        }
+        assert_eq!(PipelineKind::Upscale.capability(), 30);
+        assert_eq!(PipelineKind::Llm.model_field(), "model");
+        assert_eq!(PipelineKind::from_name("nope"), None);
+    }
+}

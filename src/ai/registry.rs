@@ -1,0 +1,136 @@
+//! The models a process serves, loaded from `aiModels.json` entries and a
+//! local models directory in Hugging Face layout. Nothing is downloaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tracing::info;
+
+use super::config::AiModelConfig;
+use super::pipelines::image::ImagePipeline;
+use super::{AiError, Pipeline, PipelineKind};
+
+/// One served model.
+pub struct Entry {
+    pub config: AiModelConfig,
+    pub pipeline: Arc<dyn Pipeline>,
+    /// Requests allowed at once (`capacity`, at least 1).
+    pub slots: Arc<Semaphore>,
+    pub capacity: u32,
+}
+
+pub struct Registry {
+    entries: Vec<Entry>,
+}
+
+/// The directory holding `model_id`: `<dir>/<org>/<name>`, or a Hugging Face
+/// cache snapshot `<dir>/models--<org>--<name>/snapshots/<rev>`.
+pub fn model_dir(models_dir: &Path, model_id: &str) -> Option<PathBuf> {
+    if model_id
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return None;
+    }
+    let direct = models_dir.join(model_id);
+    if direct.is_dir() {
+        return Some(direct);
+    }
+    let snapshots = models_dir
+        .join(format!("models--{}", model_id.replace('/', "--")))
+        .join("snapshots");
+    std::fs::read_dir(snapshots)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+}
+
+impl Registry {
+    pub fn empty() -> Registry {
+        Registry {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Loads every configured model. A pipeline this build cannot run is an
+    /// error, never a silent stub.
+    pub fn load(
+        configs: &[AiModelConfig],
+        models_dir: &Path,
+        threads: usize,
+    ) -> Result<Registry, AiError> {
+        let mut entries = Vec::new();
+        for config in configs {
+            let kind = PipelineKind::from_name(&config.pipeline).ok_or_else(|| {
+                AiError::UnknownModel(format!("unknown pipeline {:?}", config.pipeline))
+            })?;
+            let dir = model_dir(models_dir, &config.model_id).ok_or_else(|| {
+                AiError::UnknownModel(format!(
+                    "model {} not found under {} (see models/README.md for fetching it)",
+                    config.model_id,
+                    models_dir.display()
+                ))
+            })?;
+            let pipeline: Arc<dyn Pipeline> = match kind {
+                PipelineKind::Upscale | PipelineKind::ImageToImage
+                    if dir.join("model.onnx").is_file() =>
+                {
+                    Arc::new(ImagePipeline::load_onnx(
+                        kind,
+                        &config.model_id,
+                        &dir,
+                        threads,
+                    )?)
+                }
+                _ => {
+                    return Err(AiError::UnknownModel(format!(
+                        "pipeline {} with model {} is not supported by this lpworker build",
+                        kind.name(),
+                        config.model_id
+                    )))
+                }
+            };
+            let capacity = config.capacity.max(1);
+            info!(pipeline = kind.name(), model = %config.model_id, runtime = pipeline.runtime(), capacity, "model loaded");
+            entries.push(Entry {
+                config: config.clone(),
+                pipeline,
+                slots: Arc::new(Semaphore::new(capacity as usize)),
+                capacity,
+            });
+        }
+        Ok(Registry { entries })
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The model for `kind` named `model_id`, or the pipeline's first model
+    /// when `model_id` is empty.
+    pub fn find(&self, kind: PipelineKind, model_id: &str) -> Result<&Entry, AiError> {
+        self.entries
+            .iter()
+            .filter(|e| e.pipeline.kind() == kind)
+            .find(|e| model_id.is_empty() || e.pipeline.model_id() == model_id)
+            .ok_or_else(|| {
+                if model_id.is_empty() {
+                    AiError::UnknownModel(format!(
+                        "no model is loaded for pipeline {}",
+                        kind.name()
+                    ))
+                } else {
+                    AiError::UnknownModel(format!(
+                        "model {model_id} is not loaded for pipeline {}",
+                        kind.name()
+                    ))
+                }
+            })
+    }
+}
