@@ -53,6 +53,7 @@ fn config() -> WorkerConfig {
         tls: None,
         auth_secret: None,
         fetch_insecure: false,
+        ai: None,
     }
 }
 

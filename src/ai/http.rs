@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 
-use super::{AiError, OutputFile, PipelineKind, PipelineOutput, PipelineRequest, Registry};
+use super::{AiError, OutputFile, PipelineKind, PipelineRequest, Registry};
 
 /// Request bodies larger than this are refused (ai-runner's audio limit is 50 MiB).
 pub const DEFAULT_MAX_BODY: usize = 64 << 20;
@@ -53,31 +53,6 @@ pub fn resolve_urls(
             .for_each(|v| resolve_urls(v, files, resolve)),
         _ => {}
     }
-}
-
-/// Runs `kind` on the registry with capacity control, off the async threads.
-pub async fn run(
-    registry: &Registry,
-    kind: PipelineKind,
-    request: PipelineRequest,
-) -> Result<PipelineOutput, AiError> {
-    let model_id = request.string(kind.model_field())?.unwrap_or_default();
-    let entry = registry.find(kind, &model_id)?;
-    let permit = Arc::clone(&entry.slots).try_acquire_owned().map_err(|_| {
-        AiError::Busy(format!(
-            "model {} is at capacity ({})",
-            entry.pipeline.model_id(),
-            entry.capacity
-        ))
-    })?;
-    let pipeline = Arc::clone(&entry.pipeline);
-    let output = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        pipeline.run(&request)
-    })
-    .await
-    .map_err(|e| AiError::Internal(format!("pipeline task failed: {e}")))??;
-    Ok(output)
 }
 
 impl AiHttp {
@@ -257,7 +232,7 @@ async fn handle(State(state): State<AiHttp>, kind: PipelineKind, request: Reques
     }
     let started = Instant::now();
     let result = match read_request(kind, &state, request).await {
-        Ok(req) => run(&state.registry, kind, req).await,
+        Ok(req) => state.registry.run(kind, req).await,
         Err(e) => Err(e),
     };
     match result {

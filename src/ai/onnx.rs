@@ -60,6 +60,12 @@ pub fn find_library() -> Option<PathBuf> {
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// Loads ONNX Runtime from `library` (or [`find_library`]'s choice) if it is
+/// not loaded yet. Call before loading models to choose the library.
+pub fn init(library: Option<&Path>) -> Result<(), AiError> {
+    environment(library).map(|_| ())
+}
+
 /// Loads ONNX Runtime once per process.
 pub fn environment(
     library: Option<&Path>,

@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::config::AiModelConfig;
 use super::pipelines::image::ImagePipeline;
-use super::{AiError, Pipeline, PipelineKind};
+use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
 
 /// One served model.
 pub struct Entry {
@@ -22,6 +22,18 @@ pub struct Entry {
 
 pub struct Registry {
     entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.entries
+                    .iter()
+                    .map(|e| format!("{}/{}", e.pipeline.kind().name(), e.pipeline.model_id())),
+            )
+            .finish()
+    }
 }
 
 /// The directory holding `model_id`: `<dir>/<org>/<name>`, or a Hugging Face
@@ -132,5 +144,31 @@ impl Registry {
                     ))
                 }
             })
+    }
+
+    /// Runs `kind` on the model the request names (or the default), refusing
+    /// with `Busy` when that model is at capacity; the work runs off the async
+    /// threads.
+    pub async fn run(
+        &self,
+        kind: PipelineKind,
+        request: PipelineRequest,
+    ) -> Result<PipelineOutput, AiError> {
+        let model_id = request.string(kind.model_field())?.unwrap_or_default();
+        let entry = self.find(kind, &model_id)?;
+        let permit = Arc::clone(&entry.slots).try_acquire_owned().map_err(|_| {
+            AiError::Busy(format!(
+                "model {} is at capacity ({})",
+                entry.pipeline.model_id(),
+                entry.capacity
+            ))
+        })?;
+        let pipeline = Arc::clone(&entry.pipeline);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            pipeline.run(&request)
+        })
+        .await
+        .map_err(|e| AiError::Internal(format!("pipeline task failed: {e}")))?
     }
 }

@@ -122,6 +122,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
                     tls: None,
                     auth_secret: None,
                     fetch_insecure: false,
+                    ai: None,
                 })
                 .await?;
                 println!("lpworker attach serving grpc={}", worker.grpc_addr());

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use lpworker::video::probe::BackendChoice;
 use lpworker::worker::service::RequestLimits;
-use lpworker::worker::{BoundWorker, TlsFiles, WorkerConfig};
+use lpworker::worker::{AiServing, BoundWorker, TlsFiles, WorkerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -62,6 +62,51 @@ pub struct ServeArgs {
     /// Accept self-signed certificates when fetching segment URLs.
     #[arg(long)]
     pub fetch_insecure: bool,
+    #[command(flatten)]
+    pub ai: AiArgs,
+    /// Serve the ai-runner HTTP API for the loaded models on this address.
+    #[arg(long, value_name = "HOST:PORT", requires = "ai_models")]
+    pub http_addr: Option<SocketAddr>,
+    /// Bearer token required on ai-runner pipeline routes (ai-runner's AUTH_TOKEN).
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub ai_auth_token: Option<String>,
+}
+
+/// The AI models to load, shared by `serve` and `attach`.
+#[derive(Debug, clap::Args)]
+pub struct AiArgs {
+    /// aiModels.json (go-livepeer's format) or `pipeline:model_id[:warm],...`.
+    #[arg(long, alias = "aiModels", env = "LP_AIMODELS")]
+    pub ai_models: Option<String>,
+    /// Directory of model folders in Hugging Face layout (`<org>/<name>/...`).
+    #[arg(
+        long,
+        alias = "aiModelsDir",
+        env = "LP_AIMODELSDIR",
+        default_value = "models"
+    )]
+    pub models_dir: PathBuf,
+    /// libonnxruntime to load (default: found next to the binary, in a Python
+    /// onnxruntime wheel, or in the system library directories).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
+    /// Threads per model for ONNX Runtime (0: its default).
+    #[arg(long, default_value_t = 0)]
+    pub ai_threads: usize,
+}
+
+impl AiArgs {
+    /// Loads every listed model, or None when no models are configured.
+    pub fn load(&self) -> Result<Option<std::sync::Arc<lpworker::ai::Registry>>> {
+        let Some(spec) = &self.ai_models else {
+            return Ok(None);
+        };
+        let configs = lpworker::ai::config::load(spec)?;
+        lpworker::ai::onnx::init(self.onnxruntime.as_deref()).context("starting ONNX Runtime")?;
+        let registry = lpworker::ai::Registry::load(&configs, &self.models_dir, self.ai_threads)
+            .with_context(|| format!("loading the models in {spec}"))?;
+        Ok(Some(std::sync::Arc::new(registry)))
+    }
 }
 
 fn seconds(name: &str, v: f64) -> Result<Duration> {
@@ -110,18 +155,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         auth_secret: args.auth_secret,
         fetch_insecure: args.fetch_insecure,
+        ai: args.ai.load()?.map(|registry| AiServing {
+            registry,
+            http_addr: args.http_addr,
+            auth_token: args.ai_auth_token,
+            max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+        }),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let worker = BoundWorker::bind(config).await?;
         // One machine-readable line for supervisors and tests.
+        let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
         println!(
-            "lpworker serve listening grpc={} metrics={}",
+            "lpworker serve listening grpc={} metrics={} http={}",
             worker.grpc_addr(),
-            worker
-                .metrics_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| "off".into())
+            show(worker.metrics_addr()),
+            show(worker.ai_http_addr()),
         );
         worker.run(shutdown_signal()).await?;
         Ok(())

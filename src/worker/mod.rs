@@ -24,6 +24,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::ai::Registry;
 use crate::proto::worker as pb;
 use crate::video::probe::{self, BackendChoice};
 use crate::video::Transcoder;
@@ -47,6 +48,18 @@ pub struct WorkerConfig {
     pub auth_secret: Option<String>,
     /// Trust self-signed certificates when fetching segment URLs.
     pub fetch_insecure: bool,
+    /// AI pipelines served over gRPC `Infer` and, with an address, the ai-runner HTTP API.
+    pub ai: Option<AiServing>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AiServing {
+    pub registry: Arc<Registry>,
+    /// Where to serve the ai-runner HTTP API.
+    pub http_addr: Option<SocketAddr>,
+    /// ai-runner's `AUTH_TOKEN`: required as a bearer token on pipeline routes.
+    pub auth_token: Option<String>,
+    pub max_body: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +97,7 @@ pub struct BoundWorker {
     config: WorkerConfig,
     grpc: TcpListener,
     metrics_listener: Option<TcpListener>,
+    ai_listener: Option<TcpListener>,
     admission: Arc<Admission>,
     metrics: Metrics,
     service: WorkerService,
@@ -149,6 +163,19 @@ impl BoundWorker {
             ),
             None => None,
         };
+        let ai_listener = match config.ai.as_ref().and_then(|a| a.http_addr) {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| WorkerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        let registry = config
+            .ai
+            .as_ref()
+            .map(|a| Arc::clone(&a.registry))
+            .unwrap_or_else(|| Arc::new(Registry::empty()));
         let admission = Admission::new(config.max_sessions);
         let metrics = Metrics::new();
         let fetcher = fetch::Fetcher::new(
@@ -163,11 +190,13 @@ impl BoundWorker {
             metrics.clone(),
             fetcher,
             config.limits.clone(),
+            registry,
         );
         Ok(BoundWorker {
             config,
             grpc,
             metrics_listener,
+            ai_listener,
             admission,
             metrics,
             service,
@@ -184,6 +213,11 @@ impl BoundWorker {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// Where the ai-runner HTTP API listens, if it is served.
+    pub fn ai_http_addr(&self) -> Option<SocketAddr> {
+        self.ai_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(
         self,
@@ -193,6 +227,7 @@ impl BoundWorker {
             config,
             grpc,
             metrics_listener,
+            ai_listener,
             admission,
             metrics,
             service,
@@ -269,6 +304,20 @@ impl BoundWorker {
                 stopped(stop_rx.clone()),
             ))
         });
+        let ai_task = match (ai_listener, &config.ai) {
+            (Some(listener), Some(ai)) => {
+                let router =
+                    crate::ai::http::AiHttp::new(Arc::clone(&ai.registry), ai.auth_token.clone())
+                        .router(ai.max_body);
+                let shutdown = stopped(stop_rx.clone());
+                Some(tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }))
+            }
+            _ => None,
+        };
         info!(addr = %grpc.local_addr().map(|a| a.to_string()).unwrap_or_default(), capacity = admission.capacity(), "serving");
         tokio::spawn(drain);
         let result = builder
@@ -279,6 +328,9 @@ impl BoundWorker {
             .await
             .map_err(WorkerError::Serve);
         if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
+        if let Some(task) = ai_task {
             let _ = task.await;
         }
         info!("stopped");

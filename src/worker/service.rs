@@ -13,6 +13,7 @@ use tracing::{info, warn, Instrument};
 use super::admission::{Admission, Permit, Refusal};
 use super::fetch::{FetchError, Fetcher};
 use super::metrics::Metrics;
+use crate::ai::{AiError, PipelineKind, PipelineRequest, Registry};
 use crate::proto::worker as pb;
 use crate::video::probe::Capabilities;
 use crate::video::profile::ProfileSpec;
@@ -37,6 +38,7 @@ pub struct RequestLimits {
 }
 
 pub struct WorkerService {
+    registry: Arc<Registry>,
     transcoder: Transcoder,
     capabilities: Capabilities,
     admission: Arc<Admission>,
@@ -53,9 +55,11 @@ impl WorkerService {
         metrics: Metrics,
         fetcher: Fetcher,
         limits: RequestLimits,
+        registry: Arc<Registry>,
     ) -> Self {
         metrics.capacity.set(i64::from(admission.capacity()));
         WorkerService {
+            registry,
             transcoder,
             capabilities,
             admission,
@@ -177,6 +181,16 @@ pub fn status_for(e: &VideoError) -> Status {
             Status::failed_precondition(message)
         }
         _ => Status::internal(message),
+    }
+}
+
+/// The gRPC status for an AI engine error.
+pub fn ai_status(e: &AiError) -> Status {
+    match e {
+        AiError::UnknownModel(m) => Status::not_found(m.clone()),
+        AiError::Busy(m) => Status::resource_exhausted(m.clone()),
+        AiError::Internal(m) => Status::internal(m.clone()),
+        other => Status::invalid_argument(other.to_string()),
     }
 }
 
@@ -409,12 +423,62 @@ impl pb::worker_server::Worker for WorkerService {
         &self,
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
-        let pipeline = &request.get_ref().pipeline;
-        let status = Status::unimplemented(format!(
-            "pipeline {pipeline:?} is not loaded: this worker serves no AI pipelines yet"
-        ));
-        self.count("Infer", &status);
-        Err(status)
+        let request_id = request_id(&request, &request.get_ref().request_id);
+        let _permit = self.admit("Infer")?;
+        let req = request.into_inner();
+        let started = Instant::now();
+        let result = async {
+            let kind = PipelineKind::from_name(&req.pipeline).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown pipeline {:?}", req.pipeline))
+            })?;
+            let params = match req.params_json.as_slice() {
+                [] => serde_json::Map::new(),
+                bytes => match serde_json::from_slice(bytes) {
+                    Ok(serde_json::Value::Object(map)) => map,
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "params_json must be a JSON object",
+                        ))
+                    }
+                },
+            };
+            let mut request = PipelineRequest {
+                params,
+                files: req.files.into_iter().collect(),
+            };
+            if !req.model_id.is_empty() {
+                request
+                    .params
+                    .insert(kind.model_field().into(), req.model_id.clone().into());
+            }
+            let run = self.registry.run(kind, request);
+            let output = match req.timeout_ms {
+                0 => run.await,
+                ms => tokio::time::timeout(Duration::from_millis(u64::from(ms)), run)
+                    .await
+                    .map_err(|_| Status::deadline_exceeded("inference did not finish in time"))?,
+            }
+            .map_err(|e| ai_status(&e))?;
+            Ok(pb::InferResponse {
+                request_id: request_id.clone(),
+                result_json: serde_json::to_vec(&output.body).expect("JSON values serialize"),
+                files: output.files.into_iter().map(|f| (f.name, f.data)).collect(),
+                units: output.units,
+                unit_kind: output.unit_kind.to_string(),
+                compute_seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        .await;
+        match result {
+            Ok(r) => {
+                self.count("Infer", &Status::ok(""));
+                Ok(Response::new(r))
+            }
+            Err(status) => {
+                self.count("Infer", &status);
+                Err(status)
+            }
+        }
     }
 
     async fn capabilities(
@@ -441,7 +505,16 @@ impl pb::worker_server::Worker for WorkerService {
                 .collect(),
             decoders: caps.decoders.clone(),
             encoders: caps.encoders.clone(),
-            pipelines: Vec::new(),
+            pipelines: self
+                .registry
+                .entries()
+                .iter()
+                .map(|e| pb::Pipeline {
+                    pipeline: e.pipeline.kind().name().to_string(),
+                    model_id: e.pipeline.model_id().to_string(),
+                    warm: e.config.warm,
+                })
+                .collect(),
             capacity: self.admission.capacity(),
             free_slots: self.admission.capacity().saturating_sub(in_flight),
             draining: self.admission.is_draining(),

@@ -180,6 +180,8 @@ pub struct ServeProcess {
     pub child: std::process::Child,
     pub grpc: std::net::SocketAddr,
     pub metrics: Option<std::net::SocketAddr>,
+    /// The ai-runner HTTP API, when served.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl ServeProcess {
@@ -236,6 +238,7 @@ impl ServeProcess {
         ServeProcess {
             grpc: field("grpc=").expect("grpc address"),
             metrics: field("metrics="),
+            http: field("http="),
             child,
         }
     }

@@ -1,0 +1,297 @@
+//! The AI engine served by `lpworker serve`: ai-runner's HTTP API and the gRPC
+//! `Infer` call, with the generated nearest-neighbour 2x ONNX upscaler.
+
+mod common;
+
+use common::ServeProcess;
+use image::RgbImage;
+use lpworker::proto::worker as pb;
+use reqwest::multipart::{Form, Part};
+use serde_json::Value;
+
+const MODEL: &str = "lpworker/nearest-2x";
+
+fn start(extra: &[&str]) -> ServeProcess {
+    let mut args = vec![
+        "--ai-models",
+        "upscale:lpworker/nearest-2x:true",
+        "--models-dir",
+        "models",
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(extra);
+    ServeProcess::start(&args)
+}
+
+fn test_image(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 11) as u8, ((x ^ y) * 3) as u8])
+    })
+}
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    lpworker::ai::media::encode_png(img).unwrap()
+}
+
+fn form(image: Vec<u8>) -> Form {
+    Form::new()
+        .text("prompt", "a sharper picture")
+        .text("seed", "7")
+        .part(
+            "image",
+            Part::bytes(image)
+                .file_name("in.png")
+                .mime_str("image/png")
+                .unwrap(),
+        )
+}
+
+async fn post(server: &ServeProcess, route: &str, form: Form, token: Option<&str>) -> (u16, Value) {
+    let url = format!("http://{}/{route}", server.http.expect("http API served"));
+    let mut req = reqwest::Client::new().post(url).multipart(form);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn decode_data_url(url: &str) -> RgbImage {
+    use base64::Engine;
+    let b64 = url
+        .strip_prefix("data:image/png;base64,")
+        .unwrap_or_else(|| panic!("not a PNG data URL: {}", &url[..40.min(url.len())]));
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    image::load_from_memory(&bytes).unwrap().to_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upscale_over_http_matches_ai_runner_and_is_correct() {
+    let server = start(&[]);
+    let input = test_image(33, 17);
+    let (status, body) = post(&server, "upscale", form(png(&input)), None).await;
+    assert_eq!(status, 200, "{body}");
+    let images = body["images"].as_array().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["seed"], 7);
+    assert_eq!(images[0]["nsfw"], false);
+    let out = decode_data_url(images[0]["url"].as_str().unwrap());
+    assert_eq!(
+        out,
+        image::imageops::resize(&input, 66, 34, image::imageops::FilterType::Nearest)
+    );
+
+    // The model can be named explicitly, and a JPEG input works too.
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    input.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let (status, body) = post(
+        &server,
+        "upscale",
+        form(jpeg.into_inner()).text("model_id", MODEL),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decode_data_url(body["images"][0]["url"].as_str().unwrap()).dimensions(),
+        (66, 34)
+    );
+
+    let http = |path: &str| format!("http://{}{path}", server.http.unwrap());
+    let health: Value = reqwest::get(http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health, serde_json::json!({"status": "OK"}));
+    let info: Value = reqwest::get(http("/hardware/info"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (info["pipeline"].as_str(), info["model_id"].as_str()),
+        (Some("upscale"), Some(MODEL))
+    );
+    assert!(info["gpu_info"].is_object());
+    let version: Value = reqwest::get(http("/version"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["pipeline"], "upscale");
+    assert_eq!(
+        reqwest::get(http("/text-to-image"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404,
+        "pipelines not loaded have no route"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ai_requests_get_ai_runner_errors() {
+    let server = start(&[]);
+    let good = png(&test_image(8, 8));
+    // Missing prompt: FastAPI-style 422 with the field location.
+    let no_prompt = Form::new().part("image", Part::bytes(good.clone()).file_name("a.png"));
+    let (status, body) = post(&server, "upscale", no_prompt, None).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["detail"][0]["loc"],
+        serde_json::json!(["body", "prompt"])
+    );
+    let (status, body) = post(&server, "upscale", Form::new().text("prompt", "x"), None).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"][1], "image");
+    // Not an image, a truncated image, a GIF.
+    for (bytes, want) in [
+        (b"plain text".to_vec(), 400),
+        (good[..good.len() / 2].to_vec(), 400),
+        (b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec(), 415),
+    ] {
+        let (status, body) = post(&server, "upscale", form(bytes), None).await;
+        assert_eq!(status, want, "{body}");
+        assert!(
+            body["detail"]["msg"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    // Oversize: 3000x2000 is above the 2048x2048 input limit.
+    let (status, body) = post(
+        &server,
+        "upscale",
+        form(png(&RgbImage::new(3000, 2000))),
+        None,
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    // Unknown model, wrong field types.
+    let (status, body) = post(
+        &server,
+        "upscale",
+        form(good.clone()).text("model_id", "nope/none"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["detail"]["msg"]
+        .as_str()
+        .unwrap()
+        .contains("nope/none"));
+    let (status, _) = post(
+        &server,
+        "upscale",
+        form(good.clone()).text("safety_check", "maybe"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    // A JSON body on a multipart route.
+    let url = format!("http://{}/upscale", server.http.unwrap());
+    let r = reqwest::Client::new()
+        .post(&url)
+        .json(&serde_json::json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    // Still serving.
+    let (status, _) = post(&server, "upscale", form(good), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_is_required_when_configured() {
+    let server = start(&["--ai-auth-token", "tok"]);
+    let img = png(&test_image(4, 4));
+    let (status, body) = post(&server, "upscale", form(img.clone()), None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["detail"]["msg"], "Invalid bearer token.");
+    assert_eq!(
+        post(&server, "upscale", form(img.clone()), Some("wrong"))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        post(&server, "upscale", form(img), Some("tok")).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infer_over_grpc() {
+    let server = start(&[]);
+    let mut client = pb::worker_client::WorkerClient::connect(server.endpoint())
+        .await
+        .unwrap();
+    let caps = client
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.pipelines.len(), 1);
+    assert_eq!(
+        (
+            caps.pipelines[0].pipeline.as_str(),
+            caps.pipelines[0].model_id.as_str(),
+            caps.pipelines[0].warm
+        ),
+        ("upscale", MODEL, true)
+    );
+
+    let input = test_image(10, 6);
+    let request = pb::InferRequest {
+        pipeline: "upscale".into(),
+        model_id: MODEL.into(),
+        params_json: br#"{"prompt": "x", "seed": 3}"#.to_vec(),
+        files: [("image".to_string(), png(&input))].into(),
+        ..Default::default()
+    };
+    let r = client.infer(request.clone()).await.unwrap().into_inner();
+    assert_eq!((r.units, r.unit_kind.as_str()), (20 * 12, "pixels"));
+    let body: Value = serde_json::from_slice(&r.result_json).unwrap();
+    let name = body["images"][0]["url"].as_str().unwrap();
+    let out = image::load_from_memory(&r.files[name]).unwrap().to_rgb8();
+    assert_eq!(
+        out,
+        image::imageops::resize(&input, 20, 12, image::imageops::FilterType::Nearest)
+    );
+
+    let unknown = pb::InferRequest {
+        pipeline: "text-to-video".into(),
+        ..request.clone()
+    };
+    assert_eq!(
+        client.infer(unknown).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    let not_loaded = pb::InferRequest {
+        model_id: "other/model".into(),
+        ..request.clone()
+    };
+    assert_eq!(
+        client.infer(not_loaded).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let bad_image = pb::InferRequest {
+        files: [("image".to_string(), b"junk".to_vec())].into(),
+        ..request
+    };
+    assert_eq!(
+        client.infer(bad_image).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+}
