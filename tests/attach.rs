@@ -450,3 +450,161 @@ async fn survives_an_orchestrator_restart_mid_job_and_drains_on_sigterm() {
     };
     assert_eq!(status.code(), Some(0));
 }
+
+fn ai_job(
+    task_id: i64,
+    pipeline: &str,
+    input_url: &str,
+    request: serde_json::Value,
+) -> net::NotifyAiJob {
+    let data = serde_json::json!({"input_url": input_url, "request": request});
+    net::NotifyAiJob {
+        task_id,
+        ai_job_data: Some(net::AiJobData {
+            pipeline: pipeline.into(),
+            request_data: serde_json::to_vec(&data).unwrap(),
+        }),
+    }
+}
+
+async fn wait_ai_result(orch: &TestOrch, task_id: i64) -> Posted {
+    let id = task_id.to_string();
+    orch.wait_for(
+        Duration::from_secs(30),
+        &format!("AI result {task_id}"),
+        |s| {
+            s.ai_results
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|p| p.headers.get("taskid") == Some(&id))
+        },
+    )
+    .await;
+    orch.shared
+        .ai_results
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|p| p.headers["taskid"] == id)
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_worker_registers_models_runs_jobs_and_posts_results() {
+    let dir = tempdir();
+    let orch = TestOrch::start(SECRET, dir.path()).await;
+    // Both roles from one process.
+    let mut attach = Attach::start(
+        &orch,
+        SECRET,
+        &[
+            "--transcode",
+            "-aiModels",
+            "upscale:lpworker/nearest-2x:true",
+            "--models-dir",
+            "models",
+        ],
+    );
+    orch.wait_for(Duration::from_secs(20), "both registrations", |s| {
+        !s.ai_registrations.lock().unwrap().is_empty()
+            && !s.registrations.lock().unwrap().is_empty()
+    })
+    .await;
+    let reg = orch.shared.ai_registrations.lock().unwrap()[0].clone();
+    assert!(reg.secret_ok);
+    let caps = reg.capabilities.unwrap();
+    assert_eq!(caps.bitstring, vec![1 << 30], "Upscale is capability 30");
+    let model =
+        &caps.constraints.as_ref().unwrap().per_capability[&30].models["lpworker/nearest-2x"];
+    assert!(model.warm);
+    assert_eq!(model.capacity, 1);
+    assert_eq!(
+        (
+            reg.hardware[0].pipeline.as_str(),
+            reg.hardware[0].model_id.as_str()
+        ),
+        ("upscale", "lpworker/nearest-2x")
+    );
+
+    let input = image::RgbImage::from_fn(9, 6, |x, y| {
+        image::Rgb([(x * 20) as u8, (y * 40) as u8, 99])
+    });
+    let png = lpworker::ai::media::encode_png(&input).unwrap();
+    let url = orch.put_segment("ai-req", 1, png);
+    orch.push_ai(ai_job(
+        5,
+        "upscale",
+        &url,
+        serde_json::json!({"prompt": "x", "model_id": "lpworker/nearest-2x", "seed": 11}),
+    ))
+    .await;
+    let post = wait_ai_result(&orch, 5).await;
+    assert_eq!(post.headers["authorization"], "Livepeer-AI-Worker-1.0");
+    assert_eq!(post.headers["credentials"], SECRET);
+    assert_eq!(post.headers["pipeline"], "upscale");
+    let boundary = post.headers["content-type"]
+        .strip_prefix("multipart/mixed; boundary=")
+        .unwrap()
+        .to_string();
+    let parts = parse_multipart(&post.body, &boundary);
+    assert_eq!(parts.len(), 2, "the image, then the JSON");
+    assert_eq!(parts[0].headers["content-type"], "image/png");
+    assert_eq!(
+        parts[0].headers["content-disposition"],
+        "attachment; filename=image_0.png"
+    );
+    assert_eq!(
+        parts[0].headers["content-length"],
+        parts[0].data.len().to_string()
+    );
+    let out = image::load_from_memory(&parts[0].data).unwrap().to_rgb8();
+    assert_eq!(
+        out,
+        image::imageops::resize(&input, 18, 12, image::imageops::FilterType::Nearest)
+    );
+    assert_eq!(parts[1].headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&parts[1].data).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"images": [{"url": "image_0.png", "seed": 11, "nsfw": false}]})
+    );
+
+    // Failures are posted in go-livepeer's error form and the worker stays up.
+    let bad = orch.put_segment("ai-req", 2, b"not an image".to_vec());
+    orch.push_ai(ai_job(
+        6,
+        "upscale",
+        &bad,
+        serde_json::json!({"prompt": "x", "model_id": "lpworker/nearest-2x"}),
+    ))
+    .await;
+    orch.push_ai(ai_job(
+        7,
+        "llm",
+        "",
+        serde_json::json!({"model": "some/llm", "messages": []}),
+    ))
+    .await;
+    orch.push_ai(ai_job(
+        8,
+        "upscale",
+        &url,
+        serde_json::json!({"prompt": "x"}),
+    ))
+    .await;
+    for (task, expect) in [(6, "decode"), (7, "not loaded"), (8, "model_id")] {
+        let post = wait_ai_result(&orch, task).await;
+        assert_eq!(
+            post.headers["content-type"], "livepeer/ai-worker-error",
+            "task {task}"
+        );
+        let text = String::from_utf8(post.body).unwrap();
+        assert!(
+            text.contains(expect) || text.contains("image"),
+            "task {task}: {text}"
+        );
+    }
+    assert!(attach.alive());
+}

@@ -1,11 +1,14 @@
 //! `lpworker attach`: join an existing go-livepeer orchestrator as a remote
-//! transcoder, speaking its `lp_rpc` protocol (see proto/net/lp_rpc.proto).
+//! transcoder and/or AI worker, speaking its `lp_rpc` protocol (see
+//! proto/net/lp_rpc.proto).
 
+pub mod ai_worker;
 pub mod backoff;
 pub mod capabilities;
 pub mod insecure_tls;
 pub mod results;
 pub mod segment;
+pub mod session;
 pub mod transcoder;
 
 use std::time::Duration;

@@ -1,17 +1,16 @@
 //! `lpworker attach`: work for an existing go-livepeer orchestrator.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tracing::info;
 
-use lpworker::attach::{capabilities, transcoder, AttachConfig};
+use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
 use lpworker::video::probe::{self, BackendChoice};
 use lpworker::video::Transcoder;
 use lpworker::worker::service::RequestLimits;
-use lpworker::worker::{BoundWorker, WorkerConfig};
+use lpworker::worker::{AiServing, BoundWorker, WorkerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct AttachArgs {
@@ -37,12 +36,12 @@ pub struct AttachArgs {
     /// Work as a remote transcoder (the default unless --ai is given).
     #[arg(long)]
     pub transcode: bool,
-    /// Work as a remote AI worker, with the models in --ai-models.
+    /// Work as a remote AI worker with the models in --ai-models (implied by
+    /// --ai-models; add --transcode to do both).
     #[arg(long)]
     pub ai: bool,
-    /// aiModels.json (go-livepeer's format) listing the pipelines and models to serve.
-    #[arg(long, alias = "aiModels", env = "LP_AIMODELS")]
-    pub ai_models: Option<PathBuf>,
+    #[command(flatten)]
+    pub models: super::serve::AiArgs,
     /// Also serve the lpworker gRPC Worker API on this address.
     #[arg(long, value_name = "ADDR")]
     pub serve: Option<SocketAddr>,
@@ -80,11 +79,11 @@ pub fn run(args: AttachArgs) -> Result<()> {
     if !(args.drain_timeout > 0.0 && args.drain_timeout.is_finite()) {
         bail!("--drain-timeout must be a positive number of seconds");
     }
-    if args.ai || args.ai_models.is_some() {
-        bail!(
-            "--ai: this lpworker has no AI pipelines built in yet, so it cannot register as an AI worker \
-             (it advertises only what it can run); attach as a transcoder only"
-        );
+    let ai_role = args.ai || args.models.ai_models.is_some();
+    let transcode_role = args.transcode || !ai_role;
+    let registry = args.models.load()?;
+    if ai_role && registry.is_none() {
+        bail!("--ai needs --ai-models (aiModels.json or pipeline:model_id[:warm],...)");
     }
     let probe = probe::probe();
     let backend = probe::select_backend(args.backend, &probe)?;
@@ -122,7 +121,12 @@ pub fn run(args: AttachArgs) -> Result<()> {
                     tls: None,
                     auth_secret: None,
                     fetch_insecure: false,
-                    ai: None,
+                    ai: registry.as_ref().map(|r| AiServing {
+                        registry: std::sync::Arc::clone(r),
+                        http_addr: None,
+                        auth_token: None,
+                        max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+                    }),
                 })
                 .await?;
                 println!("lpworker attach serving grpc={}", worker.grpc_addr());
@@ -133,12 +137,21 @@ pub fn run(args: AttachArgs) -> Result<()> {
             }
             None => None,
         };
-        info!(orch = %config.orch_addr, "attaching as remote transcoder");
-        let attach = tokio::spawn(transcoder::run(config, transcoder, net_caps, stop_rx));
+        let mut roles = Vec::new();
+        if transcode_role {
+            info!(orch = %config.orch_addr, "attaching as remote transcoder");
+            roles.push(tokio::spawn(transcoder::run(config.clone(), transcoder, net_caps, stop_rx.clone())));
+        }
+        if let Some(registry) = registry {
+            info!(orch = %config.orch_addr, models = registry.entries().len(), "attaching as remote AI worker");
+            roles.push(tokio::spawn(ai_worker::run(config.clone(), registry, stop_rx.clone())));
+        }
         shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
-        attach.await.context("attach loop")?;
+        for role in roles {
+            role.await.context("attach loop")?;
+        }
         if let Some(w) = worker {
             w.await.context("worker task")??;
         }

@@ -33,10 +33,21 @@ pub struct Registration {
     pub capabilities: Option<net::Capabilities>,
 }
 
+/// One `RegisterAIWorker` call.
+#[derive(Debug, Clone)]
+pub struct AiRegistration {
+    pub secret_ok: bool,
+    pub capabilities: Option<net::Capabilities>,
+    pub hardware: Vec<net::HardwareInformation>,
+}
+
 #[derive(Default)]
 pub struct Shared {
     pub registrations: Mutex<Vec<Registration>>,
     pub results: Mutex<Vec<Posted>>,
+    pub ai_registrations: Mutex<Vec<AiRegistration>>,
+    pub ai_results: Mutex<Vec<Posted>>,
+    ai_jobs: Mutex<Option<mpsc::Sender<Result<net::NotifyAiJob, Status>>>>,
     segments: Mutex<HashMap<String, Vec<u8>>>,
     jobs: Mutex<Option<mpsc::Sender<Result<net::NotifySegment, Status>>>>,
     /// Jobs between their segment download and their result post, and the most at once.
@@ -91,6 +102,62 @@ impl net::transcoder_server::Transcoder for TranscoderService {
         *self.shared.jobs.lock().unwrap() = Some(tx);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+struct AiWorkerService {
+    secret: String,
+    shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl net::ai_worker_server::AiWorker for AiWorkerService {
+    type RegisterAIWorkerStream = ReceiverStream<Result<net::NotifyAiJob, Status>>;
+
+    async fn register_ai_worker(
+        &self,
+        request: Request<net::RegisterAiWorkerRequest>,
+    ) -> Result<Response<Self::RegisterAIWorkerStream>, Status> {
+        let r = request.into_inner();
+        let secret_ok = r.secret == self.secret;
+        self.shared
+            .ai_registrations
+            .lock()
+            .unwrap()
+            .push(AiRegistration {
+                secret_ok,
+                capabilities: r.capabilities,
+                hardware: r.hardware,
+            });
+        self.shared.changed.notify_waiters();
+        if !secret_ok {
+            return Err(Status::unknown("invalid secret"));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        *self.shared.ai_jobs.lock().unwrap() = Some(tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn ai_results(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
+    let headers = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    shared.ai_results.lock().unwrap().push(Posted {
+        headers,
+        body: body.to_vec(),
+    });
+    shared.changed.notify_waiters();
+    "OK"
 }
 
 async fn get_segment(
@@ -218,11 +285,17 @@ impl TestOrch {
             secret: self.secret.clone(),
             shared: Arc::clone(&self.shared),
         });
+        let ai = net::ai_worker_server::AiWorkerServer::new(AiWorkerService {
+            secret: self.secret.clone(),
+            shared: Arc::clone(&self.shared),
+        });
         let http = axum::Router::new()
             .route("/stream/{*path}", axum::routing::get(get_segment))
             .route("/transcodeResults", axum::routing::post(transcode_results))
+            .route("/aiResults", axum::routing::post(ai_results))
             .with_state(Arc::clone(&self.shared));
         let app = tonic::service::Routes::new(grpc)
+            .add_service(ai)
             .into_axum_router()
             .merge(http);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&self.cert_dir));
@@ -290,6 +363,18 @@ impl TestOrch {
             .clone()
             .expect("a transcoder is registered");
         tx.send(Ok(notify)).await.expect("job stream open");
+    }
+
+    /// Sends an AI job to the registered AI worker.
+    pub async fn push_ai(&self, job: net::NotifyAiJob) {
+        let tx = self
+            .shared
+            .ai_jobs
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an AI worker is registered");
+        tx.send(Ok(job)).await.expect("job stream open");
     }
 
     /// Waits until `check` holds on the shared records, or panics after `limit`.
