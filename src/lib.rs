@@ -5,6 +5,7 @@
 
 pub mod ai;
 pub mod attach;
+pub mod bench;
 pub mod proto;
 pub mod video;
 pub mod worker;

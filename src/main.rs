@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Join a go-livepeer orchestrator as a remote transcoder.
     Attach(cli::attach::AttachArgs),
+    /// Benchmark this machine: concurrent real-time streams and AI requests.
+    Bench(cli::bench::BenchArgs),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
     Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
@@ -30,6 +32,10 @@ fn main() -> Result<()> {
         Command::Attach(args) => {
             cli::init_logging(cli.log_json, "info");
             cli::attach::run(args)
+        }
+        Command::Bench(args) => {
+            cli::init_logging(cli.log_json, "warn");
+            cli::bench::run(args)
         }
         Command::Serve(args) => {
             cli::init_logging(cli.log_json, "info");

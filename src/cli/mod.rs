@@ -1,6 +1,7 @@
 //! Command-line front end: argument parsing helpers and one module per subcommand.
 
 pub mod attach;
+pub mod bench;
 pub mod serve;
 pub mod transcode;
 

@@ -1,0 +1,253 @@
+//! `lpworker bench`: measure what this machine carries and write a report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use lpworker::ai::PipelineKind;
+use lpworker::bench::{self, hardware, input, report, Report};
+use lpworker::video::probe::{self, BackendChoice};
+use lpworker::video::{TranscodeOptions, Transcoder, VideoProfile};
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Benchmark this file (MPEG-TS or MP4) instead of a generated clip.
+    #[arg(long, conflicts_with = "generate")]
+    pub input: Option<PathBuf>,
+    /// Generate the input: SIZEpFPS:LENGTH, e.g. 1080p30:60s or 1280x720p60:20s.
+    #[arg(long, default_value = "1080p30:10s")]
+    pub generate: String,
+    /// Segment length in seconds (go-livepeer gateways cut 2 s segments).
+    #[arg(long, default_value_t = 2.0)]
+    pub segment_seconds: f64,
+    /// Profiles: standard names or a -transcodingOptions JSON file.
+    #[arg(
+        long,
+        alias = "transcodingOptions",
+        default_value = "P720p30fps16x9,P360p30fps16x9,P240p30fps16x9"
+    )]
+    pub profiles: String,
+    /// Concurrency levels; the default doubles from 1 up to twice the cores,
+    /// stopping once streams fall well behind real time.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// x264/x265 preset (go-livepeer uses medium).
+    #[arg(long, default_value = "medium")]
+    pub preset: String,
+    /// Benchmark an AI pipeline too: PIPELINE:MODEL_ID (repeatable).
+    #[arg(long, value_name = "PIPELINE:MODEL")]
+    pub ai: Vec<String>,
+    /// Requests per concurrent AI client and level.
+    #[arg(long, default_value_t = 8)]
+    pub ai_requests: usize,
+    #[command(flatten)]
+    pub models: super::serve::AiArgs,
+    /// Run the ffmpeg CLI with the same settings alongside and report the ratio.
+    #[arg(long)]
+    pub compare_ffmpeg: bool,
+    /// Where the report, summary and plots go.
+    #[arg(long, default_value = "bench-report")]
+    pub out: PathBuf,
+}
+
+fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {
+    if !args.concurrency.is_empty() {
+        return args.concurrency.clone();
+    }
+    std::iter::successors(Some(1usize), |c| Some(c * 2))
+        .take_while(|c| *c <= (2 * cores).max(2))
+        .collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.concurrency.contains(&0) {
+        bail!("--concurrency levels must be at least 1");
+    }
+    if !(args.segment_seconds >= 0.5 && args.segment_seconds <= 300.0) {
+        bail!("--segment-seconds must be between 0.5 and 300");
+    }
+    let profiles = VideoProfile::from_spec(&args.profiles)?;
+    let ai_targets: Vec<(PipelineKind, String)> = args
+        .ai
+        .iter()
+        .map(|spec| {
+            let (pipeline, model) = spec
+                .split_once(':')
+                .with_context(|| format!("--ai {spec:?}: expected PIPELINE:MODEL_ID"))?;
+            let kind = PipelineKind::from_name(pipeline)
+                .with_context(|| format!("--ai: unknown pipeline {pipeline:?}"))?;
+            Ok((kind, model.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let media_dir = args.out.join("media");
+    let _ = std::fs::remove_dir_all(&media_dir);
+    std::fs::create_dir_all(&media_dir)?;
+
+    let hardware = hardware::detect();
+    let caps = probe::probe();
+    let backend = probe::select_backend(args.backend, &caps)?;
+    let transcoder = Transcoder::new(backend);
+
+    let progress =
+        MultiProgress::with_draw_target(if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+    let style = ProgressStyle::with_template("{prefix:>28} {bar:30} {pos}/{len} {elapsed}")
+        .expect("valid template");
+    let spinner = progress.add(ProgressBar::new_spinner().with_prefix("preparing media"));
+
+    let (source, input_name) = match &args.input {
+        Some(path) => (path.clone(), path.display().to_string()),
+        None => {
+            let spec = input::ClipSpec::parse(&args.generate)?;
+            let path = input::generate(spec, &media_dir)?;
+            (
+                path,
+                format!(
+                    "generated {}x{} {} fps, {} s",
+                    spec.width, spec.height, spec.fps, spec.seconds
+                ),
+            )
+        }
+    };
+    let segments = input::segment(&source, &media_dir, args.segment_seconds)?;
+    let media_seconds = bench::media_seconds(&segments);
+    let first = lpworker::video::container::demux(
+        segments[0].bytes.clone().into(),
+        &Default::default(),
+        None,
+    )?;
+    let input_size = (first.width, first.height);
+    spinner.finish_and_clear();
+
+    let options = TranscodeOptions {
+        profiles: profiles.clone(),
+        preset: args.preset.clone(),
+        ..Default::default()
+    };
+    let mut video = Vec::new();
+    for c in levels(&args, hardware.cpu_cores) {
+        let bar = progress.add(
+            ProgressBar::new((segments.len() * c) as u64)
+                .with_style(style.clone())
+                .with_prefix(format!("lpworker, {c} stream(s)")),
+        );
+        let mut level =
+            bench::run_video_level(&transcoder, &segments, &options, c, media_seconds, &|| {
+                bar.inc(1)
+            })?;
+        bar.finish();
+        if args.compare_ffmpeg {
+            let bar = progress.add(
+                ProgressBar::new((segments.len() * c) as u64)
+                    .with_style(style.clone())
+                    .with_prefix(format!("ffmpeg CLI, {c} stream(s)")),
+            );
+            let wall = bench::run_ffmpeg_level(
+                &segments,
+                &profiles,
+                input_size,
+                &args.preset,
+                c,
+                &media_dir,
+                &|| bar.inc(1),
+            )?;
+            bar.finish();
+            level.ffmpeg = Some(bench::FfmpegStats {
+                wall_seconds: wall,
+                realtime_ratio: media_seconds / wall,
+                lpworker_speedup: wall / level.wall_seconds,
+            });
+        }
+        let behind = level.realtime_ratio < 0.5;
+        video.push(level);
+        // Past this point every level only takes longer and says the same.
+        if behind && args.concurrency.is_empty() {
+            break;
+        }
+    }
+
+    let mut ai = Vec::new();
+    if !ai_targets.is_empty() {
+        let registry = if args.models.ai_models.is_some() {
+            args.models.load()?.expect("models configured")
+        } else {
+            let spec = ai_targets
+                .iter()
+                .map(|(k, m)| format!("{}:{m}", k.name()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let configs = lpworker::ai::config::load(&spec)?;
+            lpworker::ai::onnx::init(args.models.onnxruntime.as_deref())?;
+            Arc::new(lpworker::ai::Registry::load(
+                &configs,
+                &args.models.models_dir,
+                args.models.ai_threads,
+            )?)
+        };
+        for (kind, model) in &ai_targets {
+            let mut levels_out = Vec::new();
+            for c in levels(&args, hardware.cpu_cores) {
+                let bar = progress.add(
+                    ProgressBar::new((c * args.ai_requests) as u64)
+                        .with_style(style.clone())
+                        .with_prefix(format!("{}, {c} client(s)", kind.name())),
+                );
+                levels_out.push(bench::run_ai_level(
+                    &registry,
+                    *kind,
+                    model,
+                    c,
+                    args.ai_requests,
+                    &|| bar.inc(1),
+                )?);
+                bar.finish();
+            }
+            let runtime = registry
+                .find(*kind, model)
+                .map(|e| e.pipeline.runtime())
+                .unwrap_or("?");
+            ai.push(bench::AiBench {
+                pipeline: kind.name().into(),
+                model_id: model.clone(),
+                runtime: runtime.into(),
+                levels: levels_out,
+            });
+        }
+    }
+
+    let report = Report {
+        lpworker_version: env!("CARGO_PKG_VERSION").into(),
+        hardware,
+        backend: transcoder.backend_name().into(),
+        input: input_name,
+        media_seconds,
+        segments: segments.len(),
+        profiles: profiles.iter().map(|p| p.name.clone()).collect(),
+        preset: args.preset.clone(),
+        max_realtime_concurrency: bench::max_realtime(&video),
+        video,
+        ai,
+    };
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let summary = report::markdown(&report);
+    std::fs::write(args.out.join("summary.md"), &summary)?;
+    report::plot(&report, &args.out, "bench")?;
+    println!("{summary}");
+    println!(
+        "report: {}/report.json, summary.md, bench.svg, bench.png",
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `lpworker bench` on a tiny clip: the report's numbers are consistent and the
+//! summary and plots are valid files.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn short_bench_writes_a_consistent_report_summary_and_plots() {
+    let dir = common::tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "bench",
+            "--generate",
+            "320x180p30:4s",
+            "--profiles",
+            "P240p30fps16x9,P144p30fps16x9",
+        ])
+        .args([
+            "--concurrency",
+            "1,2",
+            "--preset",
+            "ultrafast",
+            "--compare-ffmpeg",
+        ])
+        .args([
+            "--ai",
+            "upscale:lpworker/nearest-2x",
+            "--models-dir",
+            "models",
+            "--ai-requests",
+            "2",
+            "--out",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+
+    assert_eq!(report["backend"], "cpu");
+    assert!(report["hardware"]["cpu_cores"].as_u64().unwrap() >= 1);
+    assert!(report["hardware"]["memory_mib"].as_u64().unwrap() > 0);
+    let media = report["media_seconds"].as_f64().unwrap();
+    assert!((media - 4.0).abs() < 0.2, "media {media}");
+    let segments = report["segments"].as_u64().unwrap();
+    assert_eq!(segments, 2, "4 s cut into 2 s segments");
+    let levels = report["video"].as_array().unwrap();
+    assert_eq!(
+        levels
+            .iter()
+            .map(|l| l["concurrency"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    for l in levels {
+        let c = l["concurrency"].as_f64().unwrap();
+        let wall = l["wall_seconds"].as_f64().unwrap();
+        let ratio = l["realtime_ratio"].as_f64().unwrap();
+        assert!(
+            (ratio - media / wall).abs() < 1e-9,
+            "real-time ratio = duration / wall time"
+        );
+        assert!((l["aggregate_realtime_ratio"].as_f64().unwrap() - c * media / wall).abs() < 1e-9);
+        assert_eq!(l["segments"].as_u64().unwrap(), segments * c as u64);
+        // Encoded pixels are the sum over renditions, and each rendition's are frames x size.
+        let renditions = l["renditions"].as_array().unwrap();
+        let sum: u64 = renditions
+            .iter()
+            .map(|r| r["pixels"].as_u64().unwrap())
+            .sum();
+        assert_eq!(l["encoded_pixels"].as_u64().unwrap(), sum);
+        for r in renditions {
+            let (w, h, frames) = (
+                r["width"].as_u64().unwrap(),
+                r["height"].as_u64().unwrap(),
+                r["frames"].as_u64().unwrap(),
+            );
+            assert_eq!(r["pixels"].as_u64().unwrap(), frames * w * h);
+            assert!(
+                frames.abs_diff(120 * c as u64) <= 2 * c as u64,
+                "{frames} frames"
+            );
+            assert!((r["fps"].as_f64().unwrap() - frames as f64 / wall).abs() < 1e-6);
+        }
+        assert_eq!(
+            l["decoded_pixels"].as_u64().unwrap(),
+            120 * c as u64 * 320 * 180
+        );
+        assert!((l["pixels_per_second"].as_f64().unwrap() - sum as f64 / wall).abs() < 1e-3);
+        let lat = &l["segment_latency_ms"];
+        assert!(lat["p50"].as_f64().unwrap() <= lat["p95"].as_f64().unwrap());
+        assert!(lat["p95"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+        let ff = &l["ffmpeg"];
+        let ff_wall = ff["wall_seconds"].as_f64().unwrap();
+        assert!((ff["lpworker_speedup"].as_f64().unwrap() - ff_wall / wall).abs() < 1e-9);
+    }
+    let max = report["max_realtime_concurrency"].as_u64();
+    let expected = levels
+        .iter()
+        .filter(|l| l["realtime_ratio"].as_f64().unwrap() >= 1.0)
+        .map(|l| l["concurrency"].as_u64().unwrap())
+        .max();
+    assert_eq!(max, expected);
+
+    let ai = &report["ai"][0];
+    assert_eq!(
+        (ai["pipeline"].as_str(), ai["runtime"].as_str()),
+        (Some("upscale"), Some("onnx"))
+    );
+    for l in ai["levels"].as_array().unwrap() {
+        let n = l["requests"].as_f64().unwrap();
+        assert_eq!(n, 2.0 * l["concurrency"].as_f64().unwrap());
+        assert!(
+            (l["requests_per_second"].as_f64().unwrap() - n / l["wall_seconds"].as_f64().unwrap())
+                .abs()
+                < 1e-9
+        );
+    }
+
+    let summary = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+    assert!(summary.starts_with("# lpworker bench"));
+    assert!(summary.contains("concurrent stream"), "{summary}");
+    assert!(summary.contains("## AI: upscale"), "{summary}");
+
+    let svg = std::fs::read_to_string(dir.path().join("bench.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "not an SVG document"
+    );
+    assert!(
+        svg.contains("<polyline") || svg.contains("<path"),
+        "SVG has no lines"
+    );
+    let png = image::open(dir.path().join("bench.png"))
+        .expect("valid PNG")
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (900, 900));
+    assert!(
+        png.pixels().any(|p| p.0 == [0, 0, 255]),
+        "the real-time curve is drawn in blue"
+    );
+}
