@@ -1,0 +1,8 @@
+//! Probabilistic micropayments: tickets, their hash and signatures, the
+//! recipient's randomness, validation and the winning-ticket store.
+
+pub mod recipient;
+pub mod signature;
+pub mod ticket;
+
+pub use ticket::Ticket;
