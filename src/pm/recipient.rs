@@ -157,8 +157,16 @@ pub struct Validated {
 pub struct Recipient {
     address: Address,
     secret: [u8; 32],
-    /// recipientRand → (params expiration block, nonces seen).
-    nonces: Mutex<HashMap<U256, (U256, HashSet<u32>)>>,
+    nonces: Mutex<Nonces>,
+}
+
+/// Nonces seen per recipientRand, with each rand's params expiration block.
+#[derive(Default)]
+struct Nonces {
+    by_rand: HashMap<U256, (U256, HashSet<u32>)>,
+    /// Block at which expired entries were last purged: once per new block,
+    /// not once per ticket.
+    purged_at: U256,
 }
 
 impl Recipient {
@@ -166,7 +174,7 @@ impl Recipient {
         Recipient {
             address,
             secret,
-            nonces: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(Nonces::default()),
         }
     }
 
@@ -207,10 +215,10 @@ impl Recipient {
 
     /// `keccak256(sig || leftPad32(rand)) < winProb`.
     pub fn is_winning(sig: &[u8], rand: U256, win_prob: U256) -> bool {
-        let mut buf = Vec::with_capacity(sig.len() + 32);
-        buf.extend_from_slice(sig);
-        buf.extend_from_slice(&rand.to_be_bytes::<32>());
-        U256::from_be_bytes(keccak256(buf).0) < win_prob
+        let mut hasher = alloy_primitives::Keccak256::new();
+        hasher.update(sig);
+        hasher.update(rand.to_be_bytes::<32>());
+        U256::from_be_bytes(hasher.finalize().0) < win_prob
     }
 
     /// Issues params for `sender` at `price` with a fresh random seed.
@@ -326,9 +334,13 @@ impl Recipient {
         block: U256,
     ) -> Result<(), TicketError> {
         let mut nonces = self.nonces.lock().expect("nonce map lock");
-        // Params past their expiry can no longer produce valid tickets.
-        nonces.retain(|_, (expires, _)| *expires > block);
+        if nonces.purged_at != block {
+            // Params past their expiry can no longer produce valid tickets.
+            nonces.by_rand.retain(|_, (expires, _)| *expires > block);
+            nonces.purged_at = block;
+        }
         let (_, seen) = nonces
+            .by_rand
             .entry(rand)
             .or_insert_with(|| (expiration_block, HashSet::new()));
         if seen.contains(&nonce) {

@@ -34,20 +34,29 @@ impl Ticket {
 
     /// The tightly packed fields: 168 bytes, plus 64 of aux data.
     pub fn flatten(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(232);
-        buf.extend_from_slice(self.recipient.as_slice());
-        buf.extend_from_slice(self.sender.as_slice());
-        buf.extend_from_slice(&self.face_value.to_be_bytes::<32>());
-        buf.extend_from_slice(&self.win_prob.to_be_bytes::<32>());
-        buf.extend_from_slice(&U256::from(self.sender_nonce).to_be_bytes::<32>());
-        buf.extend_from_slice(self.recipient_rand_hash.as_slice());
-        buf.extend_from_slice(&self.aux_data());
-        buf
+        let (buf, len) = self.packed();
+        buf[..len].to_vec()
+    }
+
+    /// The packed fields in a stack buffer (hashing is on the hot path), and
+    /// how many bytes are used.
+    fn packed(&self) -> ([u8; 232], usize) {
+        let mut buf = [0u8; 232];
+        buf[..20].copy_from_slice(self.recipient.as_slice());
+        buf[20..40].copy_from_slice(self.sender.as_slice());
+        buf[40..72].copy_from_slice(&self.face_value.to_be_bytes::<32>());
+        buf[72..104].copy_from_slice(&self.win_prob.to_be_bytes::<32>());
+        buf[132..136].copy_from_slice(&self.sender_nonce.to_be_bytes());
+        buf[136..168].copy_from_slice(self.recipient_rand_hash.as_slice());
+        let aux = self.aux_data();
+        buf[168..168 + aux.len()].copy_from_slice(&aux);
+        (buf, 168 + aux.len())
     }
 
     /// keccak256 of [`flatten`](Self::flatten): what the sender signs and the broker checks.
     pub fn hash(&self) -> B256 {
-        keccak256(self.flatten())
+        let (buf, len) = self.packed();
+        keccak256(&buf[..len])
     }
 
     /// Expected value: faceValue × winProb / (2^256 − 1), rounded down.
