@@ -3,6 +3,7 @@
 
 pub mod recipient;
 pub mod signature;
+pub mod store;
 pub mod ticket;
 
 pub use ticket::Ticket;
