@@ -20,6 +20,8 @@ enum Command {
     Attach(cli::attach::AttachArgs),
     /// Benchmark this machine: concurrent real-time streams and AI requests.
     Bench(cli::bench::BenchArgs),
+    /// Run the orchestrator shim gateways talk to, routing work to `serve` workers.
+    Orchestrator(cli::orchestrator::OrchestratorArgs),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
     Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
@@ -36,6 +38,10 @@ fn main() -> Result<()> {
         Command::Bench(args) => {
             cli::init_logging(cli.log_json, "warn");
             cli::bench::run(args)
+        }
+        Command::Orchestrator(args) => {
+            cli::init_logging(cli.log_json, "info");
+            cli::orchestrator::run(args)
         }
         Command::Serve(args) => {
             cli::init_logging(cli.log_json, "info");

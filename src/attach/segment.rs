@@ -146,7 +146,18 @@ pub fn job_from_notify(
     n: &lp_rpc::NotifySegment,
     node: &lp_rpc::Capabilities,
 ) -> Result<SegmentJob, SegmentError> {
-    let seg = n.seg_data.as_ref().ok_or(SegmentError::MissingSegData)?;
+    job_from_seg_data(
+        n.seg_data.as_ref().ok_or(SegmentError::MissingSegData)?,
+        node,
+    )
+}
+
+/// Validates segment data (as a gateway sends it in `Livepeer-Segment`, or an
+/// orchestrator in `NotifySegment`) against this node and extracts the job.
+pub fn job_from_seg_data(
+    seg: &lp_rpc::SegData,
+    node: &lp_rpc::Capabilities,
+) -> Result<SegmentJob, SegmentError> {
     if seg.duration < 0 || seg.duration > MAX_DURATION_MS {
         return Err(SegmentError::BadDuration(seg.duration));
     }

@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod orchestrator;
 pub mod serve;
 pub mod transcode;
 

@@ -126,10 +126,21 @@ impl WorkerService {
                 quality: p.quality,
                 ..Default::default()
             };
-            profiles.push(
-                spec.into_profile()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            );
+            let mut profile = spec
+                .into_profile()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            profile.format = match p.container.map(pb::Container::try_from) {
+                None => None,
+                Some(Ok(pb::Container::Mpegts)) => Some(OutputContainer::Mpegts),
+                Some(Ok(pb::Container::Mp4)) => Some(OutputContainer::Mp4),
+                Some(Err(_)) => {
+                    return Err(Status::invalid_argument(format!(
+                        "profile {}: unknown container",
+                        profile.name
+                    )))
+                }
+            };
+            profiles.push(profile);
         }
         if profiles.is_empty() {
             return Err(Status::invalid_argument("no profiles requested"));

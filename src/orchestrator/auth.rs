@@ -1,0 +1,115 @@
+//! Session auth tokens, as go-livepeer issues them in `OrchestratorInfo`:
+//! `token = HMAC-SHA256(node secret, session_id || expiration)`, opaque to
+//! gateways and checked on every segment.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::pm::ticket::minimal_bytes;
+use crate::proto::lp_rpc::AuthToken;
+
+/// How long a token is valid (go-livepeer's `authTokenValidPeriod`).
+pub const VALID_SECONDS: i64 = 30 * 60;
+
+pub struct AuthTokens {
+    secret: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing auth token")]
+    Missing,
+    #[error("invalid auth token")]
+    Invalid,
+    #[error("expired auth token")]
+    Expired,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl AuthTokens {
+    pub fn new(secret: [u8; 32]) -> Self {
+        AuthTokens { secret }
+    }
+
+    fn mac(&self, session_id: &str, expiration: i64) -> Vec<u8> {
+        let mut mac =
+            <Hmac<Sha256>>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(session_id.as_bytes());
+        mac.update(&minimal_bytes(alloy_primitives::U256::from(
+            expiration.max(0) as u64,
+        )));
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// A token for a new session with a random id.
+    pub fn issue(&self) -> AuthToken {
+        let session_id: String = (0..8)
+            .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
+            .collect();
+        let expiration = now() + VALID_SECONDS;
+        AuthToken {
+            token: self.mac(&session_id, expiration),
+            session_id,
+            expiration,
+        }
+    }
+
+    /// Checks a token from a gateway; returns its session id.
+    pub fn verify<'a>(&self, token: Option<&'a AuthToken>) -> Result<&'a str, AuthError> {
+        let t = token.ok_or(AuthError::Missing)?;
+        let expected = self.mac(&t.session_id, t.expiration);
+        // Constant-time comparison of the two MACs.
+        let same = expected.len() == t.token.len()
+            && expected
+                .iter()
+                .zip(&t.token)
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if !same || t.session_id.is_empty() {
+            return Err(AuthError::Invalid);
+        }
+        if t.expiration < now() {
+            return Err(AuthError::Expired);
+        }
+        Ok(&t.session_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_and_forgeries_do_not() {
+        let auth = AuthTokens::new([7; 32]);
+        let t = auth.issue();
+        assert_eq!(auth.verify(Some(&t)), Ok(t.session_id.as_str()));
+        assert_eq!(auth.verify(None), Err(AuthError::Missing));
+        let forged = AuthToken {
+            session_id: "other".into(),
+            ..t.clone()
+        };
+        assert_eq!(auth.verify(Some(&forged)), Err(AuthError::Invalid));
+        let extended = AuthToken {
+            expiration: t.expiration + 3600,
+            ..t.clone()
+        };
+        assert_eq!(auth.verify(Some(&extended)), Err(AuthError::Invalid));
+        assert_eq!(
+            AuthTokens::new([8; 32]).verify(Some(&t)),
+            Err(AuthError::Invalid)
+        );
+        let old = AuthTokens::new([7; 32]);
+        let mut stale = old.issue();
+        stale.expiration = 1;
+        stale.token = old.mac(&stale.session_id, 1);
+        assert_eq!(old.verify(Some(&stale)), Err(AuthError::Expired));
+    }
+}

@@ -1,0 +1,235 @@
+//! What gateways talk to: the `net.Orchestrator` gRPC service and the HTTP
+//! endpoints (`POST /segment`, `GET /stream/...`), both on one TLS port as
+//! go-livepeer serves them.
+
+use std::sync::Arc;
+
+use alloy_primitives::keccak256;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use prost::Message;
+use tonic::{Request, Status};
+use tracing::{info, warn};
+
+use super::auth::AuthTokens;
+use super::media::MediaStore;
+use super::workers::WorkerPool;
+use crate::attach::segment::job_from_seg_data;
+use crate::proto::{lp_rpc as net, worker as pb};
+use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
+
+/// The shim's gateway-facing state.
+pub struct Gateway {
+    /// Public URI gateways reach this node at (`https://host:port`).
+    pub service_uri: String,
+    pub auth: AuthTokens,
+    pub workers: Arc<WorkerPool>,
+    pub media: MediaStore,
+    /// What the workers behind the shim can do, in go-livepeer's encoding.
+    pub capabilities: net::Capabilities,
+    pub price: net::PriceInfo,
+    pub max_segment_bytes: usize,
+}
+
+impl Gateway {
+    fn info(&self, auth_token: Option<net::AuthToken>) -> net::OrchestratorInfo {
+        net::OrchestratorInfo {
+            transcoder: self.service_uri.clone(),
+            price_info: Some(self.price.clone()),
+            capabilities: Some(self.capabilities.clone()),
+            auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue())),
+            ..Default::default()
+        }
+    }
+}
+
+/// The gRPC `net.Orchestrator` service.
+pub struct OrchestratorService(pub Arc<Gateway>);
+
+#[tonic::async_trait]
+impl net::orchestrator_server::Orchestrator for OrchestratorService {
+    async fn get_orchestrator(
+        &self,
+        request: Request<net::OrchestratorRequest>,
+    ) -> Result<tonic::Response<net::OrchestratorInfo>, Status> {
+        // Off chain there is no identity to check, as in go-livepeer.
+        let _ = request;
+        Ok(tonic::Response::new(self.0.info(None)))
+    }
+
+    async fn end_transcoding_session(
+        &self,
+        request: Request<net::EndTranscodingSessionRequest>,
+    ) -> Result<tonic::Response<net::EndTranscodingSessionResponse>, Status> {
+        // Workers are stateless: ending a session only needs a valid token.
+        let token = request.into_inner().auth_token;
+        self.0
+            .auth
+            .verify(token.as_ref())
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
+        Ok(tonic::Response::new(net::EndTranscodingSessionResponse {}))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<net::PingPong>,
+    ) -> Result<tonic::Response<net::PingPong>, Status> {
+        // go-livepeer answers with its signature of the value; off chain that is empty.
+        let _ = request;
+        Ok(tonic::Response::new(net::PingPong { value: Vec::new() }))
+    }
+}
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, msg.into()).into_response()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// An engine profile in the worker API's terms.
+fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
+    pb::VideoProfile {
+        name: p.name.clone(),
+        width: p.width,
+        height: p.height,
+        bitrate: p.bitrate,
+        fps: p.fps,
+        fps_den: p.fps_den,
+        profile: match p.h264_profile {
+            None => "",
+            Some(H264Profile::Baseline) => "H264Baseline",
+            Some(H264Profile::Main) => "H264Main",
+            Some(H264Profile::High) => "H264High",
+            Some(H264Profile::ConstrainedHigh) => "H264ConstrainedHigh",
+        }
+        .into(),
+        gop: match p.gop {
+            Gop::Default => String::new(),
+            Gop::Intra => "intra".into(),
+            Gop::Seconds(s) => s.to_string(),
+        },
+        encoder: match p.codec {
+            VideoCodec::H264 => "H.264".into(),
+            VideoCodec::Hevc => "HEVC".into(),
+        },
+        quality: p.quality.unwrap_or(0),
+        container: p.format.map(|f| match f {
+            OutputContainer::Mpegts => pb::Container::Mpegts as i32,
+            OutputContainer::Mp4 => pb::Container::Mp4 as i32,
+        }),
+    }
+}
+
+/// `POST /segment`: go-livepeer's segment submission. Credentials and payment
+/// problems are refused before any work (402/403/400); once accepted the
+/// answer is 200 with a protobuf `TranscodeResult` holding either rendition
+/// URLs on this node or the error.
+pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payment = match b64
+        .decode(header(&headers, "Livepeer-Payment"))
+        .map(|b| net::Payment::decode(b.as_slice()))
+    {
+        Ok(Ok(p)) => p,
+        _ => return text(StatusCode::PAYMENT_REQUIRED, "Invalid payment"),
+    };
+    let seg = match b64
+        .decode(header(&headers, "Livepeer-Segment"))
+        .map(|b| net::SegData::decode(b.as_slice()))
+    {
+        Ok(Ok(s)) => s,
+        _ => return text(StatusCode::FORBIDDEN, "Invalid segment credentials"),
+    };
+    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
+        Ok(s) => s.to_string(),
+        Err(e) => return text(StatusCode::FORBIDDEN, e.to_string()),
+    };
+    if payment.ticket_params.is_some() {
+        // Off chain nothing is paid; tickets cannot be checked without a chain.
+        return text(
+            StatusCode::BAD_REQUEST,
+            "this orchestrator runs off chain and takes no tickets",
+        );
+    }
+    let job = match job_from_seg_data(&seg, &gw.capabilities) {
+        Ok(j) => j,
+        Err(e @ crate::attach::segment::SegmentError::Incompatible) => {
+            return text(StatusCode::FORBIDDEN, e.to_string())
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    if body.len() > gw.max_segment_bytes {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large");
+    }
+    if keccak256(&body).as_slice() != seg.hash.as_slice() {
+        return text(StatusCode::FORBIDDEN, "Forbidden");
+    }
+
+    let request = pb::TranscodeRequest {
+        request_id: format!("{session}-{}", seg.seq),
+        source: Some(pb::transcode_request::Source::Segment(body.to_vec())),
+        profiles: job.profiles.iter().map(worker_profile).collect(),
+        timeout_ms: (u64::from(job.duration_ms) * 4).max(8000) as u32,
+        ..Default::default()
+    };
+    let result = match gw.workers.transcode(request).await {
+        Ok(t) => {
+            let mut segments = Vec::new();
+            for ((h, data), profile) in t.renditions.into_iter().zip(&job.profiles) {
+                let container = profile.format.unwrap_or(OutputContainer::Mpegts);
+                let path = format!(
+                    "stream/{session}/{}/{}.{}",
+                    profile.name,
+                    seg.seq,
+                    container.extension()
+                );
+                gw.media.put(
+                    path.clone(),
+                    Bytes::from(data),
+                    crate::attach::results::mime(container),
+                );
+                segments.push(net::TranscodedSegmentData {
+                    url: format!("{}/{path}", gw.service_uri),
+                    pixels: h.pixels as i64,
+                    ..Default::default()
+                });
+            }
+            let pixels: i64 = segments.iter().map(|s| s.pixels).sum();
+            info!(session = %session, seq = seg.seq, renditions = segments.len(), pixels, "segment transcoded");
+            net::transcode_result::Result::Data(net::TranscodeData {
+                segments,
+                sig: Vec::new(),
+            })
+        }
+        Err(status) => {
+            warn!(session = %session, seq = seg.seq, code = ?status.code(), error = status.message(), "segment failed");
+            net::transcode_result::Result::Error(status.message().to_string())
+        }
+    };
+    let reply = net::TranscodeResult {
+        seq: seg.seq,
+        result: Some(result),
+        info: Some(gw.info(seg.auth_token.clone())),
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+        reply.encode_to_vec(),
+    )
+        .into_response()
+}
+
+/// `GET /stream/<session>/<profile>/<seq>.<ext>`: a stored rendition.
+pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) -> Response {
+    match gw.media.get(&format!("stream/{path}")) {
+        Some((data, mime)) => ([(axum::http::header::CONTENT_TYPE, mime)], data).into_response(),
+        None => text(StatusCode::NOT_FOUND, "not found"),
+    }
+}

@@ -1,0 +1,177 @@
+//! The `lpworker serve` workers behind the shim: free capacity polled from
+//! their `Capabilities`, each segment sent to the least busy healthy worker,
+//! and retried on another when one is full, draining or unreachable.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tracing::warn;
+
+use crate::proto::worker as pb;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid worker address {0:?}")]
+pub struct InvalidWorker(pub String);
+
+struct Worker {
+    addr: String,
+    client: pb::worker_client::WorkerClient<Channel>,
+    /// Free slots as last reported, minus what we have sent since.
+    free: AtomicI64,
+    healthy: AtomicBool,
+}
+
+pub struct WorkerPool {
+    workers: Vec<Worker>,
+}
+
+/// A transcode response put back together.
+#[derive(Debug, Default)]
+pub struct Transcoded {
+    pub renditions: Vec<(pb::RenditionHeader, Vec<u8>)>,
+    pub summary: Option<pb::TranscodeSummary>,
+}
+
+impl WorkerPool {
+    /// Workers by address (`host:port` or a URL); connections open lazily.
+    pub fn new(addrs: &[String]) -> Result<WorkerPool, InvalidWorker> {
+        let workers = addrs
+            .iter()
+            .map(|a| {
+                let url = if a.contains("://") {
+                    a.clone()
+                } else {
+                    format!("http://{a}")
+                };
+                let channel = Channel::from_shared(url)
+                    .map_err(|_| InvalidWorker(a.clone()))?
+                    .connect_timeout(Duration::from_secs(3))
+                    .connect_lazy();
+                Ok(Worker {
+                    addr: a.clone(),
+                    client: pb::worker_client::WorkerClient::new(channel)
+                        .max_decoding_message_size(8 << 20),
+                    free: AtomicI64::new(1),
+                    healthy: AtomicBool::new(true),
+                })
+            })
+            .collect::<Result<_, InvalidWorker>>()?;
+        Ok(WorkerPool { workers })
+    }
+
+    /// Polls every worker's capacity once; returns the first answer.
+    pub async fn refresh(&self) -> Option<pb::CapabilitiesResponse> {
+        let mut first = None;
+        for w in &self.workers {
+            let mut client = w.client.clone();
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                client.capabilities(pb::CapabilitiesRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(r)) => {
+                    let caps = r.into_inner();
+                    w.free.store(
+                        if caps.draining {
+                            0
+                        } else {
+                            i64::from(caps.free_slots)
+                        },
+                        Ordering::Relaxed,
+                    );
+                    w.healthy.store(!caps.draining, Ordering::Relaxed);
+                    first.get_or_insert(caps);
+                }
+                _ => w.healthy.store(false, Ordering::Relaxed),
+            }
+        }
+        first
+    }
+
+    /// Keeps capacities fresh in the background.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                pool.refresh().await;
+            }
+        });
+    }
+
+    /// Sends one segment, least busy healthy worker first, moving on to the
+    /// next when a worker is full, draining or unreachable. Errors about the
+    /// request itself (bad input) are returned at once.
+    pub async fn transcode(&self, request: pb::TranscodeRequest) -> Result<Transcoded, Status> {
+        let mut order: Vec<&Worker> = self.workers.iter().collect();
+        order.sort_by_key(|w| {
+            (
+                !w.healthy.load(Ordering::Relaxed),
+                -w.free.load(Ordering::Relaxed),
+            )
+        });
+        let mut last = Status::unavailable("no transcoding workers configured");
+        for w in order {
+            w.free.fetch_sub(1, Ordering::Relaxed);
+            let result = Self::call(w, request.clone()).await;
+            w.free.fetch_add(1, Ordering::Relaxed);
+            match result {
+                Ok(t) => {
+                    w.healthy.store(true, Ordering::Relaxed);
+                    return Ok(t);
+                }
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::ResourceExhausted
+                            | Code::Unknown
+                            | Code::Internal
+                    ) =>
+                {
+                    warn!(worker = %w.addr, code = ?s.code(), error = s.message(), "worker failed; trying another");
+                    if s.code() == Code::Unavailable {
+                        w.healthy.store(false, Ordering::Relaxed);
+                    }
+                    last = s;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Err(last)
+    }
+
+    async fn call(w: &Worker, request: pb::TranscodeRequest) -> Result<Transcoded, Status> {
+        use pb::transcode_response::Event;
+        let mut client = w.client.clone();
+        let mut stream = client.transcode(request).await?.into_inner();
+        let mut out = Transcoded::default();
+        while let Some(msg) = stream.message().await? {
+            match msg.event {
+                Some(Event::Rendition(h)) => out.renditions.push((h, Vec::new())),
+                Some(Event::Chunk(c)) => match out.renditions.get_mut(c.index as usize) {
+                    Some((_, data)) => data.extend_from_slice(&c.data),
+                    None => {
+                        return Err(Status::internal(
+                            "worker sent a chunk for an unknown rendition",
+                        ))
+                    }
+                },
+                Some(Event::Summary(s)) => out.summary = Some(s),
+                None => {}
+            }
+        }
+        if out
+            .renditions
+            .iter()
+            .any(|(h, d)| h.size as usize != d.len())
+        {
+            return Err(Status::internal("worker sent a truncated rendition"));
+        }
+        Ok(out)
+    }
+}

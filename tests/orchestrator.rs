@@ -1,0 +1,288 @@
+//! `lpworker orchestrator` (off chain) end to end: a test gateway gets the
+//! orchestrator info over gRPC, submits segments to `/segment` the way
+//! go-livepeer's gateway does, and fetches renditions transcoded by a real
+//! `lpworker serve` worker behind the shim.
+
+mod common;
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use alloy_primitives::keccak256;
+use base64::Engine;
+use common::{clip, ffprobe, tempdir, Clip, ServeProcess};
+use lpworker::proto::lp_rpc as net;
+use prost::Message;
+
+struct Orch {
+    child: Child,
+    addr: String,
+}
+
+impl Orch {
+    fn start(worker: &ServeProcess, datadir: &std::path::Path) -> Orch {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args([
+                "orchestrator",
+                "-serviceAddr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+                "-network",
+                "offchain",
+            ])
+            .args([
+                "--workers",
+                &worker.grpc.to_string(),
+                "-pricePerUnit",
+                "0",
+                "-datadir",
+            ])
+            .arg(datadir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("{line:?}"))
+            .to_string();
+        Orch { child, addr }
+    }
+}
+
+impl Drop for Orch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
+fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData {
+    use net::video_profile::Format;
+    let profile = |name: &str, w, h, bitrate, format: Format| net::VideoProfile {
+        name: name.into(),
+        width: w,
+        height: h,
+        bitrate,
+        fps: 30,
+        format: format as i32,
+        ..Default::default()
+    };
+    net::SegData {
+        manifest_id: b"manifest".to_vec(),
+        seq,
+        hash: keccak256(body).to_vec(),
+        duration: 1000,
+        auth_token: info.auth_token.clone(),
+        full_profiles2: vec![
+            profile("P240p30fps16x9", 426, 240, 600_000, Format::Mpegts),
+            profile("P360mp4", 640, 360, 1_200_000, Format::Mp4),
+        ],
+        ..Default::default()
+    }
+}
+
+async fn submit(url: &str, seg: &net::SegData, payment: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let r = http()
+        .post(format!("{url}/segment"))
+        .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
+        .header("Livepeer-Payment", payment)
+        .header("Content-Type", "video/MP2T")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_gets_info_pays_nothing_off_chain_and_receives_renditions() {
+    let dir = tempdir();
+    let worker = ServeProcess::start(&["--max-sessions", "2"]);
+    let orch = Orch::start(&worker, &dir.path().join("data"));
+    assert!(
+        dir.path().join("data/cert.pem").is_file(),
+        "self-signed identity generated on first start"
+    );
+
+    let channel = lpworker::attach::insecure_tls::grpc_channel(&orch.addr, |e| e)
+        .await
+        .unwrap();
+    let mut client = net::orchestrator_client::OrchestratorClient::new(channel);
+    let info = client
+        .get_orchestrator(net::OrchestratorRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let uri = info.transcoder.clone();
+    assert!(uri.starts_with("https://127.0.0.1:"), "{uri}");
+    let token = info.auth_token.clone().unwrap();
+    assert!(!token.session_id.is_empty() && token.token.len() == 32 && token.expiration > 0);
+    let caps = info.capabilities.as_ref().unwrap();
+    assert!(caps.bitstring[0] & 0b111 == 0b111, "H.264, MPEG-TS and MP4");
+    assert_eq!(info.price_info.as_ref().unwrap().pixels_per_unit, 1);
+
+    let (_, body) = clip(
+        dir.path(),
+        "seg",
+        &Clip {
+            width: 640,
+            height: 360,
+            ..Default::default()
+        },
+    );
+    let seg = seg_data(&info, &body, 7);
+    let (status, reply) = submit(&uri, &seg, "", body.clone()).await;
+    assert_eq!(status, 200);
+    let result = net::TranscodeResult::decode(reply.as_slice()).unwrap();
+    assert_eq!(result.seq, 7);
+    assert_eq!(
+        result
+            .info
+            .as_ref()
+            .unwrap()
+            .auth_token
+            .as_ref()
+            .unwrap()
+            .session_id,
+        token.session_id,
+        "same session"
+    );
+    let Some(net::transcode_result::Result::Data(data)) = result.result else {
+        panic!("{:?}", result.result)
+    };
+    assert_eq!(data.segments.len(), 2);
+    for (i, (s, (w, h, ext))) in data
+        .segments
+        .iter()
+        .zip([(426, 240, "ts"), (640, 360, "mp4")])
+        .enumerate()
+    {
+        assert!(
+            s.url
+                .starts_with(&format!("{uri}/stream/{}/", token.session_id))
+                && s.url.ends_with(&format!("/7.{ext}")),
+            "{}",
+            s.url
+        );
+        let bytes = http()
+            .get(&s.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let path = dir.path().join(format!("r{i}.{ext}"));
+        std::fs::write(&path, &bytes).unwrap();
+        let p = ffprobe(&path);
+        assert_eq!((p.width, p.height), (w, h));
+        assert_eq!(
+            s.pixels as u64,
+            p.frames * u64::from(w * h),
+            "billing pixels"
+        );
+    }
+
+    // Refusals before any work.
+    let mut forged = seg.clone();
+    forged.auth_token.as_mut().unwrap().session_id = "stolen".into();
+    assert_eq!(submit(&uri, &forged, "", body.clone()).await.0, 403);
+    let mut no_token = seg.clone();
+    no_token.auth_token = None;
+    assert_eq!(submit(&uri, &no_token, "", body.clone()).await.0, 403);
+    let mut bad_hash = seg.clone();
+    bad_hash.hash = vec![0; 32];
+    assert_eq!(submit(&uri, &bad_hash, "", body.clone()).await.0, 403);
+    assert_eq!(
+        submit(&uri, &seg, "%%%not-base64", body.clone()).await.0,
+        402
+    );
+    let paid = net::Payment {
+        ticket_params: Some(net::TicketParams::default()),
+        ..Default::default()
+    };
+    let (status, text) = submit(&uri, &seg, &b64(&paid.encode_to_vec()), body.clone()).await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&text));
+    let r = http()
+        .post(format!("{uri}/segment"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "no Livepeer-Segment header");
+
+    // A corrupt segment with a matching hash: accepted, and the error comes back in the result.
+    let junk = vec![0x47u8; 188 * 40];
+    let (status, reply) = submit(&uri, &seg_data(&info, &junk, 8), "", junk).await;
+    assert_eq!(status, 200);
+    let result = net::TranscodeResult::decode(reply.as_slice()).unwrap();
+    assert!(
+        matches!(result.result, Some(net::transcode_result::Result::Error(ref e)) if e.contains("not a readable media container")),
+        "{:?}",
+        result.result
+    );
+
+    // Sessions end with a valid token only; the node keeps serving.
+    assert!(client
+        .end_transcoding_session(net::EndTranscodingSessionRequest {
+            auth_token: Some(token.clone())
+        })
+        .await
+        .is_ok());
+    let bad = net::AuthToken {
+        token: vec![1; 32],
+        ..token
+    };
+    assert_eq!(
+        client
+            .end_transcoding_session(net::EndTranscodingSessionRequest {
+                auth_token: Some(bad)
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        submit(&uri, &seg_data(&info, &body, 9), "", body.clone())
+            .await
+            .0,
+        200
+    );
+}
+
+#[test]
+fn on_chain_mode_is_refused_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "orchestrator",
+            "--service-addr",
+            "127.0.0.1:0",
+            "--workers",
+            "127.0.0.1:1",
+            "-network",
+            "arbitrum-one-mainnet",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("off chain only"));
+}
