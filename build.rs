@@ -1,6 +1,6 @@
 //! Compiles the gRPC definitions in `proto/` with tonic/prost (uses `protoc`,
 //! installed by scripts/install-deps) and records a descriptor set for gRPC
-//! server reflection.
+//! server reflection; builds the CPU harness of the CUDA kernels' arithmetic.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
@@ -14,5 +14,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");
+
+    // The CUDA kernels' per-pixel arithmetic, built for the CPU so tests can
+    // compare the very same source with the Rust reference (no GPU needed).
+    cc::Build::new()
+        .cpp(true)
+        .file("kernels/harness.cpp")
+        .include("kernels")
+        .flag_if_supported("-ffp-contract=off")
+        .opt_level(2)
+        .compile("lpw_kernel_harness");
+    println!("cargo:rerun-if-changed=kernels");
     Ok(())
 }

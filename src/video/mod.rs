@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod engine;
 mod error;
 pub mod fps;
+pub mod nvidia;
 pub mod probe;
 pub mod profile;
 
