@@ -18,6 +18,12 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+/// Locks ignoring poisoning: one failed assertion must not turn every later
+/// lock (and the orchestrator's drop) into a second panic.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One `POST /transcodeResults` as received.
 #[derive(Debug, Clone)]
 pub struct Posted {
@@ -58,11 +64,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn max_in_progress(&self) -> i64 {
-        self.in_progress.lock().unwrap().1
+        self.in_progress.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     pub fn segments_fetched(&self) -> usize {
-        *self.fetched.lock().unwrap()
+        *self.fetched.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -81,15 +87,18 @@ impl net::transcoder_server::Transcoder for TranscoderService {
     ) -> Result<Response<Self::RegisterTranscoderStream>, Status> {
         let r = request.into_inner();
         let secret_ok = r.secret == self.secret;
-        self.shared
-            .registrations
-            .lock()
-            .unwrap()
-            .push(Registration {
-                secret_ok,
-                capacity: r.capacity,
-                capabilities: r.capabilities,
-            });
+        let accepted = secret_ok && r.capacity > 0;
+        let (tx, rx) = mpsc::channel(64);
+        // The job sender is in place before the registration is visible, so
+        // a test that saw the registration can push at once.
+        if accepted {
+            *lock(&self.shared.jobs) = Some(tx);
+        }
+        lock(&self.shared.registrations).push(Registration {
+            secret_ok,
+            capacity: r.capacity,
+            capabilities: r.capabilities,
+        });
         self.shared.changed.notify_waiters();
         // go-livepeer's exact error texts.
         if !secret_ok {
@@ -98,8 +107,6 @@ impl net::transcoder_server::Transcoder for TranscoderService {
         if r.capacity <= 0 {
             return Err(Status::unknown("zero capacity"));
         }
-        let (tx, rx) = mpsc::channel(64);
-        *self.shared.jobs.lock().unwrap() = Some(tx);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -119,21 +126,19 @@ impl net::ai_worker_server::AiWorker for AiWorkerService {
     ) -> Result<Response<Self::RegisterAIWorkerStream>, Status> {
         let r = request.into_inner();
         let secret_ok = r.secret == self.secret;
-        self.shared
-            .ai_registrations
-            .lock()
-            .unwrap()
-            .push(AiRegistration {
-                secret_ok,
-                capabilities: r.capabilities,
-                hardware: r.hardware,
-            });
+        let (tx, rx) = mpsc::channel(64);
+        if secret_ok {
+            *lock(&self.shared.ai_jobs) = Some(tx);
+        }
+        lock(&self.shared.ai_registrations).push(AiRegistration {
+            secret_ok,
+            capabilities: r.capabilities,
+            hardware: r.hardware,
+        });
         self.shared.changed.notify_waiters();
         if !secret_ok {
             return Err(Status::unknown("invalid secret"));
         }
-        let (tx, rx) = mpsc::channel(64);
-        *self.shared.ai_jobs.lock().unwrap() = Some(tx);
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -152,10 +157,14 @@ async fn ai_results(
             )
         })
         .collect();
-    shared.ai_results.lock().unwrap().push(Posted {
-        headers,
-        body: body.to_vec(),
-    });
+    shared
+        .ai_results
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Posted {
+            headers,
+            body: body.to_vec(),
+        });
     shared.changed.notify_waiters();
     "OK"
 }
@@ -172,11 +181,11 @@ async fn get_segment(
         .cloned()
         .ok_or(StatusCode::NOT_FOUND)?;
     {
-        let mut p = shared.in_progress.lock().unwrap();
+        let mut p = shared.in_progress.lock().unwrap_or_else(|e| e.into_inner());
         p.0 += 1;
         p.1 = p.1.max(p.0);
     }
-    *shared.fetched.lock().unwrap() += 1;
+    *shared.fetched.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     shared.changed.notify_waiters();
     Ok(data)
 }
@@ -195,11 +204,19 @@ async fn transcode_results(
             )
         })
         .collect();
-    shared.results.lock().unwrap().push(Posted {
-        headers,
-        body: body.to_vec(),
-    });
-    shared.in_progress.lock().unwrap().0 -= 1;
+    shared
+        .results
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Posted {
+            headers,
+            body: body.to_vec(),
+        });
+    shared
+        .in_progress
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0 -= 1;
     shared.changed.notify_waiters();
     "OK"
 }
@@ -306,17 +323,20 @@ impl TestOrch {
                     continue;
                 };
                 let (acceptor, app) = (acceptor.clone(), app.clone());
-                connections.lock().unwrap().spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
-                });
+                connections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let _ = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                    });
             }
         }));
     }
@@ -326,8 +346,11 @@ impl TestOrch {
         if let Some(a) = self.accept.take() {
             a.abort();
         }
-        self.connections.lock().unwrap().abort_all();
-        *self.shared.jobs.lock().unwrap() = None;
+        self.connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .abort_all();
+        *self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Starts again on the same port (a restart), keeping the records.
@@ -392,11 +415,19 @@ impl TestOrch {
     }
 
     pub fn registrations(&self) -> Vec<Registration> {
-        self.shared.registrations.lock().unwrap().clone()
+        self.shared
+            .registrations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn results(&self) -> Vec<Posted> {
-        self.shared.results.lock().unwrap().clone()
+        self.shared
+            .results
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
