@@ -143,28 +143,30 @@ impl net::ai_worker_server::AiWorker for AiWorkerService {
     }
 }
 
+impl Posted {
+    fn new(headers: &HeaderMap, body: &Bytes) -> Posted {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        Posted {
+            headers,
+            body: body.to_vec(),
+        }
+    }
+}
+
 async fn ai_results(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> &'static str {
-    let headers = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    shared
-        .ai_results
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Posted {
-            headers,
-            body: body.to_vec(),
-        });
+    lock(&shared.ai_results).push(Posted::new(&headers, &body));
     shared.changed.notify_waiters();
     "OK"
 }
@@ -176,7 +178,7 @@ async fn get_segment(
     let data = shared
         .segments
         .lock()
-        .unwrap()
+        .unwrap_or_else(|e| e.into_inner())
         .get(&path)
         .cloned()
         .ok_or(StatusCode::NOT_FOUND)?;
@@ -195,28 +197,8 @@ async fn transcode_results(
     headers: HeaderMap,
     body: Bytes,
 ) -> &'static str {
-    let headers = headers
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    shared
-        .results
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Posted {
-            headers,
-            body: body.to_vec(),
-        });
-    shared
-        .in_progress
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .0 -= 1;
+    lock(&shared.results).push(Posted::new(&headers, &body));
+    lock(&shared.in_progress).0 -= 1;
     shared.changed.notify_waiters();
     "OK"
 }
