@@ -20,6 +20,8 @@ enum Command {
     Attach(cli::attach::AttachArgs),
     /// Benchmark this machine: concurrent real-time streams and AI requests.
     Bench(cli::bench::BenchArgs),
+    /// Check that a worker serves (grpc.health.v1); exit 0 if it does.
+    Health(cli::health::HealthArgs),
     /// Run the orchestrator shim gateways talk to, routing work to `serve` workers.
     Orchestrator(cli::orchestrator::OrchestratorArgs),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
@@ -38,6 +40,10 @@ fn main() -> Result<()> {
         Command::Bench(args) => {
             cli::init_logging(cli.log_json, "warn");
             cli::bench::run(args)
+        }
+        Command::Health(args) => {
+            cli::init_logging(cli.log_json, "warn");
+            cli::health::run(args)
         }
         Command::Orchestrator(args) => {
             cli::init_logging(cli.log_json, "info");

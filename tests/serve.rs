@@ -765,3 +765,25 @@ async fn tls_and_shared_secret() {
         .await
         .is_ok());
 }
+
+#[test]
+fn health_subcommand_reports_serving_and_failure() {
+    let server = ServeProcess::start(&[]);
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args(["health", "--addr", &server.grpc.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SERVING");
+    drop(server);
+    let dead = std::process::Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args(["health", "--addr", "127.0.0.1:1", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(!dead.status.success());
+    assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach"));
+}

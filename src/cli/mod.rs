@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod bench;
+pub mod health;
 pub mod orchestrator;
 pub mod serve;
 pub mod transcode;
