@@ -286,3 +286,133 @@ fn on_chain_mode_is_refused_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("off chain only"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_requests_are_routed_to_a_worker_serving_the_model() {
+    let dir = tempdir();
+    let worker = ServeProcess::start(&[
+        "--ai-models",
+        "upscale:lpworker/nearest-2x:true",
+        "--models-dir",
+        "models",
+    ]);
+    let orch = Orch::start(&worker, &dir.path().join("data"));
+    let channel = lpworker::attach::insecure_tls::grpc_channel(&orch.addr, |e| e)
+        .await
+        .unwrap();
+    let info = net::orchestrator_client::OrchestratorClient::new(channel)
+        .get_orchestrator(net::OrchestratorRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let caps = info.capabilities.as_ref().unwrap();
+    assert!(
+        caps.bitstring[0] & (1 << 30) != 0,
+        "Upscale (30) advertised"
+    );
+    assert!(caps.bitstring[0] & 1 != 0, "and H.264 still");
+    assert!(caps.constraints.as_ref().unwrap().per_capability[&30]
+        .models
+        .contains_key("lpworker/nearest-2x"));
+
+    let input = image::RgbImage::from_fn(12, 8, |x, y| {
+        image::Rgb([(x * 20) as u8, (y * 30) as u8, 5])
+    });
+    let png = lpworker::ai::media::encode_png(&input).unwrap();
+    let creds = b64(&net::SegData {
+        auth_token: info.auth_token.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("prompt", "x")
+            .text("model_id", "lpworker/nearest-2x")
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(png.clone()).file_name("in.png"),
+            )
+    };
+    let url = format!("{}/upscale", info.transcoder);
+    let r = http()
+        .post(&url)
+        .header("Livepeer-Segment", &creds)
+        .header("Livepeer-Payment", "")
+        .header("Authorization", "Livepeer-AI-Worker-1.0")
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let image_url = body["images"][0]["url"].as_str().unwrap();
+    assert!(
+        image_url.starts_with(&format!("{}/stream/", info.transcoder)),
+        "{image_url}"
+    );
+    let bytes = http()
+        .get(image_url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let out = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    assert_eq!(
+        out,
+        image::imageops::resize(&input, 24, 16, image::imageops::FilterType::Nearest)
+    );
+
+    // Older gateways (no Authorization header) get a data URL.
+    let r = http()
+        .post(&url)
+        .header("Livepeer-Segment", &creds)
+        .header("Livepeer-Payment", "")
+        .multipart(form())
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["images"][0]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+
+    // No credentials, an unknown model, a pipeline nobody serves.
+    let r = http().post(&url).multipart(form()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let unknown = reqwest::multipart::Form::new()
+        .text("prompt", "x")
+        .text("model_id", "nope/none")
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png.clone()).file_name("in.png"),
+        );
+    let r = http()
+        .post(&url)
+        .header("Livepeer-Segment", &creds)
+        .header("Livepeer-Payment", "")
+        .multipart(unknown)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["detail"]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("nope/none"),
+        "{body}"
+    );
+    let r = http()
+        .post(format!("{}/text-to-image", info.transcoder))
+        .header("Livepeer-Segment", &creds)
+        .header("Livepeer-Payment", "")
+        .json(&serde_json::json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}

@@ -24,7 +24,7 @@ pub struct AiHttp {
     auth_token: Option<Arc<str>>,
 }
 
-fn error_response(e: &AiError) -> Response {
+pub fn error_response(e: &AiError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(e.body())).into_response()
 }
@@ -142,9 +142,8 @@ async fn hardware_stats(State(state): State<AiHttp>) -> Json<serde_json::Value> 
 
 /// Reads a multipart form (file fields by the pipeline's file field name,
 /// everything else as text) or a JSON object body.
-async fn read_request(
+pub async fn read_request(
     kind: PipelineKind,
-    state: &AiHttp,
     request: Request,
 ) -> Result<PipelineRequest, AiError> {
     let content_type = request
@@ -155,7 +154,7 @@ async fn read_request(
         .to_ascii_lowercase();
     let mut out = PipelineRequest::default();
     if content_type.starts_with("multipart/form-data") {
-        let mut form = Multipart::from_request(request, state)
+        let mut form = Multipart::from_request(request, &())
             .await
             .map_err(|e| AiError::BadRequest(format!("malformed multipart body: {e}")))?;
         loop {
@@ -199,7 +198,7 @@ async fn read_request(
                 kind.name()
             )));
         }
-        let body = Bytes::from_request(request, state)
+        let body = Bytes::from_request(request, &())
             .await
             .map_err(|e| AiError::TooLarge(format!("request body: {}", e.body_text())))?;
         match serde_json::from_slice(&body) {
@@ -231,7 +230,7 @@ async fn handle(State(state): State<AiHttp>, kind: PipelineKind, request: Reques
         return r;
     }
     let started = Instant::now();
-    let result = match read_request(kind, &state, request).await {
+    let result = match read_request(kind, request).await {
         Ok(req) => state.registry.run(kind, req).await,
         Err(e) => Err(e),
     };

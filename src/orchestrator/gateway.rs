@@ -133,32 +133,10 @@ fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
 /// answer is 200 with a protobuf `TranscodeResult` holding either rendition
 /// URLs on this node or the error.
 pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let payment = match b64
-        .decode(header(&headers, "Livepeer-Payment"))
-        .map(|b| net::Payment::decode(b.as_slice()))
-    {
-        Ok(Ok(p)) => p,
-        _ => return text(StatusCode::PAYMENT_REQUIRED, "Invalid payment"),
+    let (session, seg) = match credentials(&gw, &headers) {
+        Ok(c) => c,
+        Err(r) => return r,
     };
-    let seg = match b64
-        .decode(header(&headers, "Livepeer-Segment"))
-        .map(|b| net::SegData::decode(b.as_slice()))
-    {
-        Ok(Ok(s)) => s,
-        _ => return text(StatusCode::FORBIDDEN, "Invalid segment credentials"),
-    };
-    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
-        Ok(s) => s.to_string(),
-        Err(e) => return text(StatusCode::FORBIDDEN, e.to_string()),
-    };
-    if payment.ticket_params.is_some() {
-        // Off chain nothing is paid; tickets cannot be checked without a chain.
-        return text(
-            StatusCode::BAD_REQUEST,
-            "this orchestrator runs off chain and takes no tickets",
-        );
-    }
     let job = match job_from_seg_data(&seg, &gw.capabilities) {
         Ok(j) => j,
         Err(e @ crate::attach::segment::SegmentError::Incompatible) => {
@@ -232,4 +210,118 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
         Some((data, mime)) => ([(axum::http::header::CONTENT_TYPE, mime)], data).into_response(),
         None => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// Checks a request's `Livepeer-Segment` (session credentials) and
+/// `Livepeer-Payment` headers as `/segment` does; returns the session id.
+fn credentials(gw: &Gateway, headers: &HeaderMap) -> Result<(String, net::SegData), Response> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let payment = match b64
+        .decode(header(headers, "Livepeer-Payment"))
+        .map(|b| net::Payment::decode(b.as_slice()))
+    {
+        Ok(Ok(p)) => p,
+        _ => return Err(text(StatusCode::PAYMENT_REQUIRED, "Invalid payment")),
+    };
+    let seg = match b64
+        .decode(header(headers, "Livepeer-Segment"))
+        .map(|b| net::SegData::decode(b.as_slice()))
+    {
+        Ok(Ok(s)) => s,
+        _ => return Err(text(StatusCode::FORBIDDEN, "Invalid segment credentials")),
+    };
+    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
+        Ok(s) => s.to_string(),
+        Err(e) => return Err(text(StatusCode::FORBIDDEN, e.to_string())),
+    };
+    if payment.ticket_params.is_some() {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "this orchestrator runs off chain and takes no tickets",
+        ));
+    }
+    Ok((session, seg))
+}
+
+/// `POST /<pipeline>`: an ai-runner request, paid (off chain: credentialed)
+/// like a segment, run on a worker serving the model. Gateways that announce
+/// `Authorization: Livepeer-AI-Worker-1.0` get media URLs on this node, older
+/// ones data URLs, as go-livepeer answers them.
+pub async fn ai(
+    State(gw): State<Arc<Gateway>>,
+    Path(route): Path<String>,
+    request: axum::extract::Request,
+) -> Response {
+    use crate::ai::{http::error_response, AiError, PipelineKind};
+    let Some(kind) = PipelineKind::from_name(&route) else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
+    let (session, _) = match credentials(&gw, request.headers()) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let store_urls =
+        header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
+    let req = match crate::ai::http::read_request(kind, request).await {
+        Ok(r) => r,
+        Err(e) => return error_response(&e),
+    };
+    let model_id = match req.string(kind.model_field()) {
+        Ok(m) => m.unwrap_or_default(),
+        Err(e) => return error_response(&e),
+    };
+    let infer = pb::InferRequest {
+        request_id: format!("{session}-{}", uuid::Uuid::new_v4()),
+        pipeline: kind.name().to_string(),
+        model_id,
+        params_json: serde_json::to_vec(&req.params).expect("JSON values serialize"),
+        files: req.files.into_iter().collect(),
+        timeout_ms: 15 * 60 * 1000,
+    };
+    let request_id = infer.request_id.clone();
+    let result = match gw.workers.infer(infer).await {
+        Ok(r) => r,
+        Err(s) => {
+            let e = match s.code() {
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                    AiError::BadRequest(s.message().to_string())
+                }
+                tonic::Code::ResourceExhausted => {
+                    AiError::Busy(format!("insufficient capacity: {}", s.message()))
+                }
+                _ => AiError::Internal(s.message().to_string()),
+            };
+            return error_response(&e);
+        }
+    };
+    let mut body: serde_json::Value = match serde_json::from_slice(&result.result_json) {
+        Ok(b) => b,
+        Err(e) => {
+            return error_response(&AiError::Internal(format!("worker sent invalid JSON: {e}")))
+        }
+    };
+    let files: Vec<crate::ai::OutputFile> = result
+        .files
+        .into_iter()
+        .map(|(name, data)| {
+            let mime = if name.ends_with(".png") {
+                "image/png"
+            } else {
+                "application/octet-stream"
+            };
+            crate::ai::OutputFile { name, mime, data }
+        })
+        .collect();
+    crate::ai::http::resolve_urls(&mut body, &files, &|f| {
+        if store_urls {
+            let path = format!("stream/{request_id}/{}", f.name);
+            gw.media
+                .put(path.clone(), Bytes::from(f.data.clone()), f.mime);
+            format!("{}/{path}", gw.service_uri)
+        } else {
+            crate::ai::media::data_url(f.mime, &f.data)
+        }
+    });
+    info!(session = %session, pipeline = kind.name(), units = result.units, "ai request served");
+    axum::Json(body).into_response()
 }

@@ -60,6 +60,43 @@ pub enum OrchestratorError {
     NoWorkers(Vec<String>),
 }
 
+/// Adds the AI pipelines the workers serve: one capability per pipeline and
+/// each model in go-livepeer's per-capability constraints.
+fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, String)]) {
+    use net::capabilities::{capability_constraints::ModelConstraint, Constraints};
+    let mut numbers: Vec<u32> = Vec::new();
+    for words in caps.bitstring.iter().enumerate() {
+        for bit in 0..64 {
+            if words.1 & (1 << bit) != 0 {
+                numbers.push(words.0 as u32 * 64 + bit);
+            }
+        }
+    }
+    let constraints = caps.constraints.get_or_insert_with(Constraints::default);
+    for (pipeline, model) in pipelines {
+        let Some(kind) = crate::ai::PipelineKind::from_name(pipeline) else {
+            continue;
+        };
+        numbers.push(kind.capability());
+        *caps.capacities.entry(kind.capability()).or_default() += 1;
+        constraints
+            .per_capability
+            .entry(kind.capability())
+            .or_default()
+            .models
+            .insert(
+                model.clone(),
+                ModelConstraint {
+                    warm: true,
+                    capacity: 1,
+                    runner_version: String::new(),
+                    capacity_in_use: 0,
+                },
+            );
+    }
+    caps.bitstring = capabilities::bitstring(numbers);
+}
+
 pub struct BoundOrchestrator {
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -92,10 +129,11 @@ impl BoundOrchestrator {
             gpus: Vec::new(),
             backends: caps.backends.clone(),
         };
-        let net_caps = capabilities::to_net(
+        let mut net_caps = capabilities::to_net(
             &capabilities::transcoder_capabilities(&probe),
             &config.livepeer_version,
         );
+        add_ai_capabilities(&mut net_caps, &pool.pipelines());
         let host = config
             .service_addr
             .rsplit_once(':')
@@ -162,6 +200,7 @@ impl BoundOrchestrator {
         let http = axum::Router::new()
             .route("/segment", axum::routing::post(gateway::segment))
             .route("/stream/{*path}", axum::routing::get(gateway::stream))
+            .route("/{pipeline}", axum::routing::post(gateway::ai))
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.gateway.max_segment_bytes,
             ))

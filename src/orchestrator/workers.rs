@@ -22,6 +22,8 @@ struct Worker {
     /// Free slots as last reported, minus what we have sent since.
     free: AtomicI64,
     healthy: AtomicBool,
+    /// (pipeline, model id) pairs the worker serves, from its Capabilities.
+    pipelines: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 pub struct WorkerPool {
@@ -56,6 +58,7 @@ impl WorkerPool {
                         .max_decoding_message_size(8 << 20),
                     free: AtomicI64::new(1),
                     healthy: AtomicBool::new(true),
+                    pipelines: Default::default(),
                 })
             })
             .collect::<Result<_, InvalidWorker>>()?;
@@ -84,6 +87,11 @@ impl WorkerPool {
                         Ordering::Relaxed,
                     );
                     w.healthy.store(!caps.draining, Ordering::Relaxed);
+                    *w.pipelines.lock().expect("pipelines lock") = caps
+                        .pipelines
+                        .iter()
+                        .map(|p| (p.pipeline.clone(), p.model_id.clone()))
+                        .collect();
                     first.get_or_insert(caps);
                 }
                 _ => w.healthy.store(false, Ordering::Relaxed),
@@ -137,6 +145,65 @@ impl WorkerPool {
                     if s.code() == Code::Unavailable {
                         w.healthy.store(false, Ordering::Relaxed);
                     }
+                    last = s;
+                }
+                Err(s) => return Err(s),
+            }
+        }
+        Err(last)
+    }
+
+    /// Every (pipeline, model id) some worker serves.
+    pub fn pipelines(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self
+            .workers
+            .iter()
+            .flat_map(|w| w.pipelines.lock().expect("pipelines lock").clone())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// Runs an AI request on a worker serving its pipeline and model (any
+    /// model of the pipeline when none is named), least busy first, moving on
+    /// when one is full or unreachable.
+    pub async fn infer(&self, request: pb::InferRequest) -> Result<pb::InferResponse, Status> {
+        let serves = |w: &Worker| {
+            w.pipelines
+                .lock()
+                .expect("pipelines lock")
+                .iter()
+                .any(|(p, m)| {
+                    *p == request.pipeline
+                        && (request.model_id.is_empty() || *m == request.model_id)
+                })
+        };
+        let mut order: Vec<&Worker> = self.workers.iter().filter(|w| serves(w)).collect();
+        if order.is_empty() {
+            return Err(Status::not_found(format!(
+                "no worker serves pipeline {} with model {:?}",
+                request.pipeline, request.model_id
+            )));
+        }
+        order.sort_by_key(|w| {
+            (
+                !w.healthy.load(Ordering::Relaxed),
+                -w.free.load(Ordering::Relaxed),
+            )
+        });
+        let mut last = Status::unavailable("no worker answered");
+        for w in order {
+            let mut client = w.client.clone();
+            match client.infer(request.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::Unavailable | Code::ResourceExhausted | Code::Unknown
+                    ) =>
+                {
+                    warn!(worker = %w.addr, code = ?s.code(), error = s.message(), "worker failed an AI request; trying another");
                     last = s;
                 }
                 Err(s) => return Err(s),
