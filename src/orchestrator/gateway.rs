@@ -135,7 +135,7 @@ fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
 pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
     let (session, seg) = match credentials(&gw, &headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err((status, msg)) => return text(status, msg),
     };
     let job = match job_from_seg_data(&seg, &gw.capabilities) {
         Ok(j) => j,
@@ -214,30 +214,33 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
 
 /// Checks a request's `Livepeer-Segment` (session credentials) and
 /// `Livepeer-Payment` headers as `/segment` does; returns the session id.
-fn credentials(gw: &Gateway, headers: &HeaderMap) -> Result<(String, net::SegData), Response> {
+fn credentials(
+    gw: &Gateway,
+    headers: &HeaderMap,
+) -> Result<(String, net::SegData), (StatusCode, String)> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let payment = match b64
         .decode(header(headers, "Livepeer-Payment"))
         .map(|b| net::Payment::decode(b.as_slice()))
     {
         Ok(Ok(p)) => p,
-        _ => return Err(text(StatusCode::PAYMENT_REQUIRED, "Invalid payment")),
+        _ => return Err((StatusCode::PAYMENT_REQUIRED, "Invalid payment".into())),
     };
     let seg = match b64
         .decode(header(headers, "Livepeer-Segment"))
         .map(|b| net::SegData::decode(b.as_slice()))
     {
         Ok(Ok(s)) => s,
-        _ => return Err(text(StatusCode::FORBIDDEN, "Invalid segment credentials")),
+        _ => return Err((StatusCode::FORBIDDEN, "Invalid segment credentials".into())),
     };
     let session = match gw.auth.verify(seg.auth_token.as_ref()) {
         Ok(s) => s.to_string(),
-        Err(e) => return Err(text(StatusCode::FORBIDDEN, e.to_string())),
+        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
     };
     if payment.ticket_params.is_some() {
-        return Err(text(
+        return Err((
             StatusCode::BAD_REQUEST,
-            "this orchestrator runs off chain and takes no tickets",
+            "this orchestrator runs off chain and takes no tickets".into(),
         ));
     }
     Ok((session, seg))
@@ -258,7 +261,7 @@ pub async fn ai(
     };
     let (session, _) = match credentials(&gw, request.headers()) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err((status, msg)) => return text(status, msg),
     };
     let store_urls =
         header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
