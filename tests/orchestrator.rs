@@ -21,6 +21,11 @@ struct Orch {
 
 impl Orch {
     fn start(worker: &ServeProcess, datadir: &std::path::Path) -> Orch {
+        Self::start_with(&worker.grpc.to_string(), datadir)
+    }
+
+    /// `workers` as given to --workers (an address, or a name to resolve).
+    fn start_with(workers: &str, datadir: &std::path::Path) -> Orch {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
             .args([
                 "orchestrator",
@@ -31,13 +36,7 @@ impl Orch {
                 "-network",
                 "offchain",
             ])
-            .args([
-                "--workers",
-                &worker.grpc.to_string(),
-                "-pricePerUnit",
-                "0",
-                "-datadir",
-            ])
+            .args(["--workers", workers, "-pricePerUnit", "0", "-datadir"])
             .arg(datadir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,9 +1,11 @@
 //! The `lpworker serve` workers behind the shim: free capacity polled from
 //! their `Capabilities`, each segment sent to the least busy healthy worker,
-//! and retried on another when one is full, draining or unreachable.
+//! and retried on another when one is full, draining or unreachable. A
+//! configured host name is resolved to all its addresses on every refresh, so
+//! a Kubernetes headless Service gives one worker per ready pod.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::transport::Channel;
@@ -27,7 +29,23 @@ struct Worker {
 }
 
 pub struct WorkerPool {
-    workers: Vec<Worker>,
+    /// As configured: `host:port` or URLs.
+    targets: Vec<String>,
+    workers: RwLock<Vec<Arc<Worker>>>,
+}
+
+fn worker(addr: String, url: &str) -> Result<Worker, InvalidWorker> {
+    let channel = Channel::from_shared(url.to_string())
+        .map_err(|_| InvalidWorker(addr.clone()))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect_lazy();
+    Ok(Worker {
+        addr,
+        client: pb::worker_client::WorkerClient::new(channel).max_decoding_message_size(8 << 20),
+        free: AtomicI64::new(1),
+        healthy: AtomicBool::new(true),
+        pipelines: Default::default(),
+    })
 }
 
 /// A transcode response put back together.
@@ -48,27 +66,62 @@ impl WorkerPool {
                 } else {
                     format!("http://{a}")
                 };
-                let channel = Channel::from_shared(url)
-                    .map_err(|_| InvalidWorker(a.clone()))?
-                    .connect_timeout(Duration::from_secs(3))
-                    .connect_lazy();
-                Ok(Worker {
-                    addr: a.clone(),
-                    client: pb::worker_client::WorkerClient::new(channel)
-                        .max_decoding_message_size(8 << 20),
-                    free: AtomicI64::new(1),
-                    healthy: AtomicBool::new(true),
-                    pipelines: Default::default(),
-                })
+                worker(a.clone(), &url).map(Arc::new)
             })
-            .collect::<Result<_, InvalidWorker>>()?;
-        Ok(WorkerPool { workers })
+            .collect::<Result<_, _>>()?;
+        Ok(WorkerPool {
+            targets: addrs.to_vec(),
+            workers: RwLock::new(workers),
+        })
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Worker>> {
+        self.workers.read().expect("workers lock").clone()
+    }
+
+    /// Re-resolves `host:port` targets to every address they name, keeping
+    /// the workers (and connections) whose address is unchanged.
+    async fn resolve(&self) {
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for target in &self.targets {
+            if target.contains("://") || target.parse::<std::net::SocketAddr>().is_ok() {
+                let url = if target.contains("://") {
+                    target.clone()
+                } else {
+                    format!("http://{target}")
+                };
+                wanted.push((target.clone(), url));
+                continue;
+            }
+            match tokio::net::lookup_host(target.as_str()).await {
+                Ok(addrs) => {
+                    wanted.extend(addrs.map(|a| (format!("{target} ({a})"), format!("http://{a}"))))
+                }
+                Err(e) => warn!(worker = %target, error = %e, "cannot resolve worker address"),
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        let mut workers = self.workers.write().expect("workers lock");
+        let mut next = Vec::new();
+        for (addr, url) in wanted {
+            match workers.iter().find(|w| w.addr == addr) {
+                Some(w) => next.push(Arc::clone(w)),
+                None => match worker(addr, &url) {
+                    Ok(w) => next.push(Arc::new(w)),
+                    Err(e) => warn!(error = %e, "skipping worker"),
+                },
+            }
+        }
+        *workers = next;
     }
 
     /// Polls every worker's capacity once; returns the first answer.
     pub async fn refresh(&self) -> Option<pb::CapabilitiesResponse> {
+        self.resolve().await;
         let mut first = None;
-        for w in &self.workers {
+        for w in self.snapshot() {
             let mut client = w.client.clone();
             match tokio::time::timeout(
                 Duration::from_secs(3),
@@ -115,7 +168,8 @@ impl WorkerPool {
     /// next when a worker is full, draining or unreachable. Errors about the
     /// request itself (bad input) are returned at once.
     pub async fn transcode(&self, request: pb::TranscodeRequest) -> Result<Transcoded, Status> {
-        let mut order: Vec<&Worker> = self.workers.iter().collect();
+        let workers = self.snapshot();
+        let mut order: Vec<&Worker> = workers.iter().map(|w| &**w).collect();
         order.sort_by_key(|w| {
             (
                 !w.healthy.load(Ordering::Relaxed),
@@ -156,7 +210,7 @@ impl WorkerPool {
     /// Every (pipeline, model id) some worker serves.
     pub fn pipelines(&self) -> Vec<(String, String)> {
         let mut all: Vec<_> = self
-            .workers
+            .snapshot()
             .iter()
             .flat_map(|w| w.pipelines.lock().expect("pipelines lock").clone())
             .collect();
@@ -179,7 +233,8 @@ impl WorkerPool {
                         && (request.model_id.is_empty() || *m == request.model_id)
                 })
         };
-        let mut order: Vec<&Worker> = self.workers.iter().filter(|w| serves(w)).collect();
+        let workers = self.snapshot();
+        let mut order: Vec<&Worker> = workers.iter().map(|w| &**w).filter(|w| serves(w)).collect();
         if order.is_empty() {
             return Err(Status::not_found(format!(
                 "no worker serves pipeline {} with model {:?}",
