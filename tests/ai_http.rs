@@ -295,3 +295,84 @@ async fn infer_over_grpc() {
         tonic::Code::InvalidArgument
     );
 }
+
+/// ai-runner's OpenAPI document (a copy, with its upstream commit noted).
+fn openapi() -> serde_json::Value {
+    let text = include_str!("ai-runner-openapi.yaml");
+    serde_yaml::from_str(text).expect("OpenAPI YAML")
+}
+
+/// Validates `body` against the schema ai-runner declares for `path`,
+/// `method` and `status` (HTTPError for error statuses it does not list).
+fn assert_conforms(
+    api: &serde_json::Value,
+    path: &str,
+    method: &str,
+    status: u16,
+    body: &serde_json::Value,
+) {
+    let responses = &api["paths"][path][method]["responses"];
+    let declared = &responses[status.to_string()]["content"]["application/json"]["schema"];
+    let schema_ref = if declared.is_null() {
+        assert!(
+            status >= 400,
+            "{method} {path}: status {status} is not in ai-runner's API"
+        );
+        serde_json::json!({"$ref": "#/components/schemas/HTTPError"})
+    } else {
+        declared.clone()
+    };
+    let mut schema = schema_ref;
+    schema["components"] = api["components"].clone();
+    let validator = jsonschema::validator_for(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator.iter_errors(body).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "{method} {path} {status}: {errors:?}\n{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_conform_to_ai_runner_openapi() {
+    let api = openapi();
+    assert_eq!(api["info"]["title"], "Livepeer AI Runner");
+    // The check can fail: a Media without its seed is not an ImageResponse.
+    let bad = serde_json::json!({"images": [{"url": "x", "nsfw": false}]});
+    assert!(
+        std::panic::catch_unwind(|| assert_conforms(&api, "/upscale", "post", 200, &bad)).is_err()
+    );
+    let server = start(&["--ai-auth-token", "tok"]);
+    let img = png(&test_image(6, 6));
+    let cases: Vec<(Form, Option<&str>, u16)> = vec![
+        (form(img.clone()), Some("tok"), 200),
+        (form(img.clone()), None, 401),
+        (Form::new().text("prompt", "x"), Some("tok"), 422),
+        (form(b"junk".to_vec()), Some("tok"), 400),
+        (form(png(&RgbImage::new(3000, 2000))), Some("tok"), 413),
+        (
+            form(b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec()),
+            Some("tok"),
+            415,
+        ),
+        (
+            form(img.clone()).text("model_id", "other/model"),
+            Some("tok"),
+            400,
+        ),
+    ];
+    for (form, token, want) in cases {
+        let (status, body) = post(&server, "upscale", form, token).await;
+        assert_eq!(status, want, "{body}");
+        assert_conforms(&api, "/upscale", "post", status, &body);
+    }
+    let base = format!("http://{}", server.http.unwrap());
+    for path in ["/health", "/hardware/info", "/version"] {
+        let body: Value = reqwest::get(format!("{base}{path}"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_conforms(&api, path, "get", 200, &body);
+    }
+}
