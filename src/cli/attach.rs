@@ -60,15 +60,6 @@ pub struct AttachArgs {
     pub drain_timeout: f64,
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
-    }
-}
-
 pub fn run(args: AttachArgs) -> Result<()> {
     if args.max_sessions == 0 {
         bail!("--max-sessions must be at least 1 (the orchestrator refuses zero capacity)");
@@ -146,7 +137,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
             info!(orch = %config.orch_addr, models = registry.entries().len(), "attaching as remote AI worker");
             roles.push(tokio::spawn(ai_worker::run(config.clone(), registry, stop_rx.clone())));
         }
-        shutdown_signal().await;
+        super::serve::shutdown_signal().await;
         info!("shutting down");
         let _ = stop_tx.send(true);
         for role in roles {

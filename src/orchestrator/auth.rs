@@ -65,13 +65,7 @@ impl AuthTokens {
     pub fn verify<'a>(&self, token: Option<&'a AuthToken>) -> Result<&'a str, AuthError> {
         let t = token.ok_or(AuthError::Missing)?;
         let expected = self.mac(&t.session_id, t.expiration);
-        // Constant-time comparison of the two MACs.
-        let same = expected.len() == t.token.len()
-            && expected
-                .iter()
-                .zip(&t.token)
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0;
+        let same = crate::worker::constant_time_eq(&expected, &t.token);
         if !same || t.session_id.is_empty() {
             return Err(AuthError::Invalid);
         }

@@ -235,7 +235,7 @@ impl Recipient {
         let aux = Ticket {
             creation_round: expiration.creation_round,
             creation_round_block_hash: expiration.creation_round_block_hash,
-            ..blank()
+            ..Ticket::default()
         }
         .aux_data();
         let rand = self.recipient_rand(
@@ -351,19 +351,6 @@ impl Recipient {
         }
         seen.insert(nonce);
         Ok(())
-    }
-}
-
-fn blank() -> Ticket {
-    Ticket {
-        recipient: Address::ZERO,
-        sender: Address::ZERO,
-        face_value: U256::ZERO,
-        win_prob: U256::ZERO,
-        sender_nonce: 0,
-        recipient_rand_hash: B256::ZERO,
-        creation_round: 0,
-        creation_round_block_hash: B256::ZERO,
     }
 }
 

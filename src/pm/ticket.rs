@@ -7,7 +7,7 @@ use alloy_primitives::{keccak256, Address, B256, U256};
 pub const MAX_WIN_PROB: U256 = U256::MAX;
 
 /// A ticket as the sender signs it and the broker redeems it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ticket {
     pub recipient: Address,
     pub sender: Address,
@@ -91,16 +91,7 @@ mod tests {
     use super::*;
 
     fn zero() -> Ticket {
-        Ticket {
-            recipient: Address::ZERO,
-            sender: Address::ZERO,
-            face_value: U256::ZERO,
-            win_prob: U256::ZERO,
-            sender_nonce: 0,
-            recipient_rand_hash: B256::ZERO,
-            creation_round: 0,
-            creation_round_block_hash: B256::ZERO,
-        }
+        Ticket::default()
     }
 
     fn hex(h: B256) -> String {
