@@ -7,6 +7,10 @@ pub struct Gpu {
     pub name: String,
     pub memory_mib: u64,
     pub driver: String,
+    /// NVDEC / NVENC as the capability probe found them (None: this build has
+    /// no NVIDIA probe).
+    pub nvdec: Option<bool>,
+    pub nvenc: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +59,8 @@ fn nvidia_gpus() -> Vec<Gpu> {
                 name: f[0].to_string(),
                 memory_mib: f[1].parse().unwrap_or(0),
                 driver: f[2].to_string(),
+                nvdec: None,
+                nvenc: None,
             })
         })
         .collect()
@@ -76,7 +82,17 @@ pub fn detect() -> Hardware {
         cpu_cores: probe.cpu_cores,
         memory_mib: meminfo_mib(),
         os,
-        gpus: nvidia_gpus(),
+        gpus: nvidia_gpus()
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut g)| {
+                if let Some(p) = probe.gpus.iter().find(|p| p.index as usize == i) {
+                    g.nvdec = Some(p.nvdec);
+                    g.nvenc = Some(p.nvenc);
+                }
+                g
+            })
+            .collect(),
         backends: probe.backends,
         encoders: probe.encoders,
     }

@@ -46,10 +46,15 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md, "- GPUs: none found");
     }
     for g in &h.gpus {
+        let engine = |e: Option<bool>| e.map_or("unknown", |b| if b { "yes" } else { "no" });
         let _ = writeln!(
             md,
-            "- GPU: {} ({} MiB, driver {})",
-            g.name, g.memory_mib, g.driver
+            "- GPU: {} ({} MiB, driver {}; NVDEC {}, NVENC {})",
+            g.name,
+            g.memory_mib,
+            g.driver,
+            engine(g.nvdec),
+            engine(g.nvenc)
         );
     }
     let _ = writeln!(

@@ -22,6 +22,19 @@ pub enum BackendChoice {
     Nvidia,
 }
 
+/// One GPU and its video engines.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Gpu {
+    pub index: u32,
+    pub name: String,
+    pub memory_bytes: u64,
+    /// NVDEC usable (the driver's decode library loads).
+    pub nvdec: bool,
+    /// NVENC usable: the encode library loads and the model has the engine
+    /// (H100/H200-class GPUs do not: encoding falls back to the CPU).
+    pub nvenc: bool,
+}
+
 /// What the probe found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capabilities {
@@ -29,8 +42,8 @@ pub struct Capabilities {
     pub cpu_cores: usize,
     pub decoders: Vec<String>,
     pub encoders: Vec<String>,
-    /// NVIDIA GPUs usable by this build; empty without the `nvidia` feature.
-    pub gpus: Vec<String>,
+    /// NVIDIA GPUs the driver reports; empty without the `nvidia` feature.
+    pub gpus: Vec<Gpu>,
     /// Backend names available, best first.
     pub backends: Vec<String>,
 }
@@ -74,9 +87,28 @@ pub fn probe() -> Capabilities {
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         decoders,
         encoders,
-        gpus: Vec::new(),
+        gpus: gpus(),
         backends: vec!["cpu".to_string()],
     }
+}
+
+#[cfg(feature = "nvidia")]
+fn gpus() -> Vec<Gpu> {
+    super::nvidia::probe::probe()
+        .into_iter()
+        .map(|g| Gpu {
+            index: g.index,
+            name: g.name,
+            memory_bytes: g.memory_bytes,
+            nvdec: g.nvdec_library,
+            nvenc: g.nvenc_library && g.nvenc_hardware,
+        })
+        .collect()
+}
+
+#[cfg(not(feature = "nvidia"))]
+fn gpus() -> Vec<Gpu> {
+    Vec::new()
 }
 
 /// Picks the backend for `choice` from what `caps` found.

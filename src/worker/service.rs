@@ -507,11 +507,12 @@ impl pb::worker_server::Worker for WorkerService {
             gpus: caps
                 .gpus
                 .iter()
-                .enumerate()
-                .map(|(i, name)| pb::Gpu {
-                    index: i as u32,
-                    name: name.clone(),
-                    ..Default::default()
+                .map(|g| pb::Gpu {
+                    index: g.index,
+                    name: g.name.clone(),
+                    memory_bytes: g.memory_bytes,
+                    nvdec: g.nvdec,
+                    nvenc: g.nvenc,
                 })
                 .collect(),
             decoders: caps.decoders.clone(),

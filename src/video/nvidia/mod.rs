@@ -6,6 +6,8 @@ pub mod reference;
 
 #[cfg(feature = "nvidia")]
 pub mod nvrtc;
+#[cfg(feature = "nvidia")]
+pub mod probe;
 
 /// The CUDA source of the resize kernels and the header they share with the
 /// CPU harness, as (file name, contents).
