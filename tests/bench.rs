@@ -98,6 +98,15 @@ fn short_bench_writes_a_consistent_report_summary_and_plots() {
         let lat = &l["segment_latency_ms"];
         assert!(lat["p50"].as_f64().unwrap() <= lat["p95"].as_f64().unwrap());
         assert!(lat["p95"].as_f64().unwrap() <= lat["p99"].as_f64().unwrap());
+        // Measured where a GPU answers nvidia-smi; absent (null) otherwise.
+        let gpus = report["hardware"]["gpus"].as_array().unwrap();
+        assert_eq!(
+            l["gpu_utilisation"].is_null(),
+            gpus.is_empty(),
+            "{}",
+            l["gpu_utilisation"]
+        );
+        assert!(l["cpu_utilisation"].as_f64().unwrap() > 0.0);
         let ff = &l["ffmpeg"];
         let ff_wall = ff["wall_seconds"].as_f64().unwrap();
         assert!((ff["lpworker_speedup"].as_f64().unwrap() - ff_wall / wall).abs() < 1e-9);

@@ -96,6 +96,8 @@ pub struct VideoLevel {
     pub renditions: Vec<RenditionStats>,
     /// CPU time / (wall time × cores), when measurable.
     pub cpu_utilisation: Option<f64>,
+    /// Mean GPU utilisation over the level (0..1, all GPUs), when `nvidia-smi` answers.
+    pub gpu_utilisation: Option<f64>,
     pub peak_rss_mib: Option<f64>,
     pub ffmpeg: Option<FfmpegStats>,
 }
@@ -143,6 +145,60 @@ fn cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Samples `nvidia-smi`'s GPU utilisation twice a second in the background.
+struct GpuSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<f64>>>,
+}
+
+fn gpu_utilisation_now() -> Option<f64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=utilization.gpu",
+            "--format=csv,noheader,nounits",
+        ])
+        .output()
+        .ok()?;
+    let values: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    (out.status.success() && !values.is_empty())
+        .then(|| values.iter().sum::<f64>() / values.len() as f64 / 100.0)
+}
+
+impl GpuSampler {
+    fn start() -> GpuSampler {
+        if gpu_utilisation_now().is_none() {
+            return GpuSampler {
+                stop: Default::default(),
+                handle: None,
+            };
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.extend(gpu_utilisation_now());
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            samples
+        });
+        GpuSampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Mean utilisation, or None where no GPU could be sampled.
+    fn finish(self) -> Option<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.handle?.join().ok()?;
+        (!samples.is_empty()).then(|| samples.iter().sum::<f64>() / samples.len() as f64)
+    }
+}
+
 /// Resets the kernel's peak-RSS mark so each level reports its own peak.
 fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -187,6 +243,7 @@ pub fn run_video_level(
 ) -> Result<VideoLevel, BenchError> {
     let peak_reset = reset_peak_rss();
     let cpu_before = cpu_seconds();
+    let gpu = GpuSampler::start();
     let started = Instant::now();
     let results: Vec<Result<StreamRun, VideoError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..concurrency)
@@ -261,6 +318,7 @@ pub fn run_video_level(
         pixels_per_second: encoded as f64 / wall,
         renditions,
         cpu_utilisation: cpu,
+        gpu_utilisation: gpu.finish(),
         peak_rss_mib: if peak_reset { peak_rss_mib() } else { None },
         ffmpeg: None,
     })

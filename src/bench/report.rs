@@ -66,12 +66,12 @@ pub fn markdown(report: &Report) -> String {
         report.profiles.join(", ")
     );
     let _ = writeln!(md, "## Video\n");
-    let _ = writeln!(md, "| streams | real-time ratio | aggregate | segment latency p50 / p95 / p99 (ms) | Mpixel/s | CPU | peak RSS (MiB) | vs ffmpeg CLI |");
-    let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(md, "| streams | real-time ratio | aggregate | segment latency p50 / p95 / p99 (ms) | Mpixel/s | CPU | GPU | peak RSS (MiB) | vs ffmpeg CLI |");
+    let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for l in &report.video {
         let _ = writeln!(
             md,
-            "| {} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.1} | {} | {} | {} |",
+            "| {} | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.1} | {} | {} | {} | {} |",
             l.concurrency,
             l.realtime_ratio,
             l.aggregate_realtime_ratio,
@@ -81,6 +81,8 @@ pub fn markdown(report: &Report) -> String {
             l.pixels_per_second / 1e6,
             l.cpu_utilisation
                 .map_or("n/a".into(), |c| format!("{:.0}%", c * 100.0)),
+            l.gpu_utilisation
+                .map_or("n/a".into(), |g| format!("{:.0}%", g * 100.0)),
             l.peak_rss_mib.map_or("n/a".into(), |m| format!("{m:.0}")),
             l.ffmpeg
                 .as_ref()
