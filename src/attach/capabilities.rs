@@ -35,13 +35,18 @@ pub enum Capability {
 pub fn bitstring(caps: impl IntoIterator<Item = u32>) -> Vec<u64> {
     let mut words = Vec::new();
     for c in caps {
-        let word = (c / 64) as usize;
-        if words.len() <= word {
-            words.resize(word + 1, 0);
-        }
-        words[word] |= 1u64 << (c % 64);
+        add(&mut words, c);
     }
     words
+}
+
+/// Sets capability `c` in a bitstring, growing it as needed.
+pub fn add(words: &mut Vec<u64>, c: u32) {
+    let word = (c / 64) as usize;
+    if words.len() <= word {
+        words.resize(word + 1, 0);
+    }
+    words[word] |= 1u64 << (c % 64);
 }
 
 /// True when every capability in `wanted` is in `offered` (go-livepeer's

@@ -2,7 +2,8 @@
 //! profiles to produce, in what order, and whether this node may take it.
 
 use crate::proto::lp_rpc::{self, video_profile as net};
-use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec, VideoProfile};
+use crate::video::profile::ProfileSpec;
+use crate::video::{OutputContainer, VideoProfile};
 
 /// Longest segment go-livepeer accepts (5 minutes), in milliseconds.
 pub const MAX_DURATION_MS: i32 = 5 * 60 * 1000;
@@ -31,8 +32,8 @@ pub enum SegmentError {
     Incompatible,
     #[error("segment slicing (segment_parameters) is not supported by this transcoder")]
     SlicingUnsupported,
-    #[error("profile {name}: {reason}")]
-    BadProfile { name: String, reason: String },
+    #[error("{0}")]
+    BadProfile(String),
 }
 
 /// Converts one wire profile (go-livepeer's units: bit/s, GOP in ms or a
@@ -43,33 +44,23 @@ pub fn profile_from_net(p: &lp_rpc::VideoProfile) -> Result<VideoProfile, Segmen
     } else {
         p.name.clone()
     };
-    let bad = |reason: &str| SegmentError::BadProfile {
-        name: name.clone(),
-        reason: reason.to_string(),
-    };
-    if p.width <= 0 || p.height <= 0 || p.width > 8192 || p.height > 8192 {
-        return Err(bad("size out of range"));
-    }
-    if p.bitrate <= 0 && p.quality == 0 {
-        return Err(bad("needs a bitrate or a quality"));
-    }
-    let codec = match net::VideoCodec::try_from(p.encoder) {
-        Ok(net::VideoCodec::H264) => VideoCodec::H264,
-        Ok(net::VideoCodec::H265) => VideoCodec::Hevc,
-        Ok(other) => {
-            return Err(bad(&format!(
-                "encoder {} is not supported",
-                other.as_str_name()
-            )))
-        }
+    let bad = |what: &str| SegmentError::BadProfile(format!("profile {name:?}: {what}"));
+    // Wire enums into go-livepeer's JSON spellings; the rules themselves
+    // (sizes, rates, GOP, codecs) are ProfileSpec's, shared with the JSON file
+    // and the worker API.
+    let encoder = match net::VideoCodec::try_from(p.encoder) {
+        Ok(net::VideoCodec::H264) => "H.264",
+        Ok(net::VideoCodec::H265) => "HEVC",
+        Ok(net::VideoCodec::Vp8) => "VP8",
+        Ok(net::VideoCodec::Vp9) => "VP9",
         Err(_) => return Err(bad("unknown encoder")),
     };
-    let h264_profile = match net::Profile::try_from(p.profile) {
-        Ok(net::Profile::EncoderDefault) => None,
-        Ok(net::Profile::H264Baseline) => Some(H264Profile::Baseline),
-        Ok(net::Profile::H264Main) => Some(H264Profile::Main),
-        Ok(net::Profile::H264High) => Some(H264Profile::High),
-        Ok(net::Profile::H264ConstrainedHigh) => Some(H264Profile::ConstrainedHigh),
+    let profile = match net::Profile::try_from(p.profile) {
+        Ok(net::Profile::EncoderDefault) => "",
+        Ok(net::Profile::H264Baseline) => "H264Baseline",
+        Ok(net::Profile::H264Main) => "H264Main",
+        Ok(net::Profile::H264High) => "H264High",
+        Ok(net::Profile::H264ConstrainedHigh) => "H264ConstrainedHigh",
         Err(_) => return Err(bad("unknown codec profile")),
     };
     let format = match net::Format::try_from(p.format) {
@@ -77,29 +68,32 @@ pub fn profile_from_net(p: &lp_rpc::VideoProfile) -> Result<VideoProfile, Segmen
         Ok(net::Format::Mp4) => OutputContainer::Mp4,
         Err(_) => return Err(bad("unknown format")),
     };
+    // GOP on the wire: milliseconds, or go-livepeer's negative special values.
     let gop = match p.gop {
-        0 => Gop::Default,
-        GOP_INTRA_ONLY => Gop::Intra,
-        ms if ms > 0 => Gop::Seconds(f64::from(ms) / 1000.0),
+        0 => String::new(),
+        GOP_INTRA_ONLY => "intra".into(),
+        ms if ms > 0 => (f64::from(ms) / 1000.0).to_string(),
         _ => return Err(bad("invalid GOP")),
     };
-    let fps_den = p.fps_den.max(1);
-    if p.fps > 240 * fps_den {
-        return Err(bad("frame rate above 240"));
-    }
-    Ok(VideoProfile {
+    let spec = ProfileSpec {
         name,
-        width: p.width as u32,
-        height: p.height as u32,
-        bitrate: p.bitrate.max(0) as u64,
+        // A negative size becomes 0, which the spec refuses.
+        width: u32::try_from(p.width).unwrap_or(0),
+        height: u32::try_from(p.height).unwrap_or(0),
+        bitrate: u64::try_from(p.bitrate).unwrap_or(0),
         fps: p.fps,
-        fps_den,
-        codec,
-        h264_profile,
+        fps_den: p.fps_den,
+        profile: profile.into(),
         gop,
-        quality: (p.quality > 0).then_some(p.quality),
-        format: Some(format),
-    })
+        encoder: encoder.into(),
+        quality: p.quality,
+        ..Default::default()
+    };
+    let mut profile = spec
+        .into_profile()
+        .map_err(|e| SegmentError::BadProfile(e.to_string()))?;
+    profile.format = Some(format);
+    Ok(profile)
 }
 
 /// Semver "a >= b", ignoring pre-release tags as go-livepeer does; an
@@ -204,6 +198,7 @@ pub fn is_session_end(n: &lp_rpc::NotifySegment) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::video::{Gop, H264Profile};
 
     fn net_profile(name: &str) -> lp_rpc::VideoProfile {
         lp_rpc::VideoProfile {

@@ -272,9 +272,9 @@ pub fn run_video_level(
             .collect()
     });
     let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_before
-        .zip(cpu_seconds())
-        .map(|(a, b)| (b - a) / (wall * crate::video::probe::probe().cpu_cores as f64));
+    let cpu = cpu_before.zip(cpu_seconds()).map(|(a, b)| {
+        (b - a) / (wall * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64)
+    });
     let mut latencies = Vec::new();
     let mut renditions: BTreeMap<usize, RenditionStats> = BTreeMap::new();
     let (mut decoded, mut encoded) = (0u64, 0u64);

@@ -64,20 +64,12 @@ pub enum OrchestratorError {
 /// each model in go-livepeer's per-capability constraints.
 fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, String)]) {
     use net::capabilities::{capability_constraints::ModelConstraint, Constraints};
-    let mut numbers: Vec<u32> = Vec::new();
-    for words in caps.bitstring.iter().enumerate() {
-        for bit in 0..64 {
-            if words.1 & (1 << bit) != 0 {
-                numbers.push(words.0 as u32 * 64 + bit);
-            }
-        }
-    }
     let constraints = caps.constraints.get_or_insert_with(Constraints::default);
     for (pipeline, model) in pipelines {
         let Some(kind) = crate::ai::PipelineKind::from_name(pipeline) else {
             continue;
         };
-        numbers.push(kind.capability());
+        capabilities::add(&mut caps.bitstring, kind.capability());
         *caps.capacities.entry(kind.capability()).or_default() += 1;
         constraints
             .per_capability
@@ -94,7 +86,6 @@ fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, Strin
                 },
             );
     }
-    caps.bitstring = capabilities::bitstring(numbers);
 }
 
 pub struct BoundOrchestrator {
