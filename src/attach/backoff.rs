@@ -20,14 +20,16 @@ impl Backoff {
         }
     }
 
-    /// The next delay: the current interval ±50% ("full jitter" would allow
-    /// near-zero waits that hammer a restarting orchestrator), then the
-    /// interval grows by 1.5× up to the maximum.
+    /// The next delay: uniform in [interval/2, interval] ("equal jitter":
+    /// full jitter would allow near-zero waits that hammer a restarting
+    /// orchestrator, and jitter above the interval would be clipped at the cap,
+    /// making capped workers retry in lockstep), then the interval grows by
+    /// 1.5× up to the maximum.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.current.as_secs_f64();
-        let delay = rand::thread_rng().gen_range(base * 0.5..=base * 1.5);
+        let delay = rand::thread_rng().gen_range(base * 0.5..=base);
         self.current = self.current.mul_f64(1.5).min(self.max);
-        Duration::from_secs_f64(delay).min(self.max)
+        Duration::from_secs_f64(delay)
     }
 
     pub fn reset(&mut self) {
@@ -43,16 +45,17 @@ mod tests {
     fn grows_with_jitter_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let first = b.next_delay();
-        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(150));
+        assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
         let delays: Vec<_> = (0..20).map(|_| b.next_delay()).collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(2)));
         assert!(
             delays[19] >= Duration::from_secs(1),
             "interval reached the cap: {delays:?}"
         );
-        // Jitter: not every delay at the cap is identical.
-        assert!(delays[15..].windows(2).any(|w| w[0] != w[1]));
+        // Jitter: delays at the cap still spread over [cap/2, cap], so
+        // workers that lost the orchestrator together do not retry together.
+        assert!(delays[15..].windows(2).all(|w| w[0] != w[1]), "{delays:?}");
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(150));
+        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }
