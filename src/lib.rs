@@ -6,6 +6,7 @@
 pub mod ai;
 pub mod attach;
 pub mod bench;
+pub mod chain;
 pub mod orchestrator;
 pub mod pm;
 pub mod proto;

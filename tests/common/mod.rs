@@ -2,6 +2,7 @@
 //! lavfi sources (no downloads) and checked with ffprobe and FFmpeg's psnr filter.
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod orch;
 
 use std::path::{Path, PathBuf};

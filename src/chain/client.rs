@@ -1,0 +1,361 @@
+//! The chain client: one JSON-RPC provider with the orchestrator's signer,
+//! contract addresses resolved through the Controller (cached, re-resolved
+//! on demand and on every new round), and transaction sending that checks
+//! first (a call that would revert is never paid for), caps gas, keeps one
+//! transaction in flight per account, and waits for receipts with a timeout,
+//! re-sending at the same nonce with a higher fee when one is not mined.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use alloy::network::{EthereumWallet, TransactionBuilder};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{TransactionReceipt, TransactionRequest};
+use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::{RpcError, TransportErrorKind};
+use alloy_primitives::{keccak256, Address, B256};
+use tokio::sync::Mutex;
+
+use super::contracts::Controller;
+use super::ChainError;
+
+/// How to reach and use the chain.
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    pub eth_url: String,
+    pub controller: Address,
+    /// Highest max fee per gas the node pays, in wei; `None` for no cap.
+    pub max_gas_price: Option<u128>,
+    /// How long to wait for one transaction to be mined before re-sending
+    /// it at the same nonce with a higher fee.
+    pub receipt_timeout: Duration,
+    /// Re-sends of one transaction after a receipt timeout.
+    pub tx_retries: u32,
+}
+
+impl ChainConfig {
+    pub fn new(eth_url: &str, controller: Address) -> Self {
+        ChainConfig {
+            eth_url: eth_url.to_string(),
+            controller,
+            max_gas_price: None,
+            receipt_timeout: Duration::from_secs(60),
+            tx_retries: 3,
+        }
+    }
+}
+
+pub struct ChainClient {
+    provider: DynProvider,
+    account: Address,
+    config: ChainConfig,
+    addresses: RwLock<HashMap<&'static str, Address>>,
+    /// One transaction in flight per account: nonces stay gap-free and a
+    /// stuck transaction is replaced rather than queued behind.
+    tx_lock: Mutex<()>,
+}
+
+impl ChainClient {
+    /// Connects and checks that the node answers and that `controller` is a
+    /// contract.
+    pub async fn connect(
+        config: ChainConfig,
+        signer: PrivateKeySigner,
+    ) -> Result<ChainClient, ChainError> {
+        let url: reqwest::Url = config.eth_url.parse().map_err(|e| ChainError::Rpc {
+            url: config.eth_url.clone(),
+            message: format!("not a URL: {e}"),
+        })?;
+        let account = signer.address();
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(url)
+            .erased();
+        let client = ChainClient {
+            provider,
+            account,
+            config,
+            addresses: RwLock::new(HashMap::new()),
+            tx_lock: Mutex::new(()),
+        };
+        let code = client
+            .provider
+            .get_code_at(client.config.controller)
+            .await
+            .map_err(|e| client.rpc_error(e))?;
+        if code.is_empty() {
+            return Err(ChainError::Refused(format!(
+                "no contract at the Controller address {} on {}",
+                client.config.controller, client.config.eth_url
+            )));
+        }
+        Ok(client)
+    }
+
+    pub fn account(&self) -> Address {
+        self.account
+    }
+
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
+    pub fn config(&self) -> &ChainConfig {
+        &self.config
+    }
+
+    pub(crate) fn rpc_error(&self, e: impl std::fmt::Display) -> ChainError {
+        ChainError::Rpc {
+            url: self.config.eth_url.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Maps a failed contract read to a ChainError.
+    pub(crate) fn call_error(&self, what: &str, e: alloy::contract::Error) -> ChainError {
+        match e {
+            alloy::contract::Error::TransportError(RpcError::ErrorResp(resp)) => {
+                ChainError::WouldRevert {
+                    what: what.to_string(),
+                    reason: revert_reason(&resp.message),
+                }
+            }
+            other => self.rpc_error(format!("{what}: {other}")),
+        }
+    }
+
+    /// The address the Controller holds for `name` (e.g. "BondingManager"),
+    /// from the cache when known.
+    pub async fn address(&self, name: &'static str) -> Result<Address, ChainError> {
+        if let Some(a) = self.addresses.read().expect("address cache").get(name) {
+            return Ok(*a);
+        }
+        let controller = Controller::new(self.config.controller, &self.provider);
+        let addr = controller
+            .getContract(keccak256(name.as_bytes()))
+            .call()
+            .await
+            .map_err(|e| self.call_error("Controller.getContract", e))?;
+        if addr == Address::ZERO {
+            return Err(ChainError::NotRegistered(name));
+        }
+        self.addresses
+            .write()
+            .expect("address cache")
+            .insert(name, addr);
+        Ok(addr)
+    }
+
+    /// Forgets every cached address so the next use asks the Controller
+    /// again; returns the names whose address changed.
+    pub async fn refresh_addresses(&self) -> Result<Vec<&'static str>, ChainError> {
+        let old: Vec<(&'static str, Address)> = self
+            .addresses
+            .read()
+            .expect("address cache")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.addresses.write().expect("address cache").clear();
+        let mut changed = Vec::new();
+        for (name, was) in old {
+            let now = self.address(name).await?;
+            if now != was {
+                tracing::info!(contract = name, old = %was, new = %now, "contract address changed in the Controller");
+                changed.push(name);
+            }
+        }
+        Ok(changed)
+    }
+
+    pub async fn controller_paused(&self) -> Result<bool, ChainError> {
+        Controller::new(self.config.controller, &self.provider)
+            .paused()
+            .call()
+            .await
+            .map_err(|e| self.call_error("Controller.paused", e))
+    }
+
+    pub async fn block_number(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| self.rpc_error(e))
+    }
+
+    /// Sends `tx` from the account: estimates gas first (a revert there is
+    /// reported and nothing is sent), applies the gas cap, then sends and
+    /// waits for the receipt, re-sending at the same nonce with a 20% higher
+    /// fee after each receipt timeout. A reverted receipt is an error.
+    pub async fn send(
+        &self,
+        what: &str,
+        tx: TransactionRequest,
+    ) -> Result<TransactionReceipt, ChainError> {
+        let _one_at_a_time = self.tx_lock.lock().await;
+        let tx = tx.with_from(self.account);
+        let gas = self
+            .provider
+            .estimate_gas(tx.clone())
+            .await
+            .map_err(|e| match e {
+                RpcError::ErrorResp(resp) => ChainError::WouldRevert {
+                    what: what.to_string(),
+                    reason: revert_reason(&resp.message),
+                },
+                other => self.rpc_error(format!("estimating gas for {what}: {other}")),
+            })?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        let (mut max_fee, mut tip) = (fees.max_fee_per_gas, fees.max_priority_fee_per_gas);
+        if let Some(cap) = self.config.max_gas_price {
+            let base_fee = self.base_fee().await?;
+            if base_fee > cap {
+                return Err(ChainError::GasPriceAboveCap {
+                    what: what.to_string(),
+                    base_fee,
+                    cap,
+                });
+            }
+            max_fee = max_fee.min(cap);
+            tip = tip.min(max_fee);
+        }
+        let nonce = self
+            .provider
+            .get_transaction_count(self.account)
+            .pending()
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        // 20% headroom: state can move between estimate and inclusion.
+        let gas_limit = gas + gas / 5;
+        let mut sent: Vec<B256> = Vec::new();
+        for attempt in 0..=self.config.tx_retries {
+            let request = tx
+                .clone()
+                .with_nonce(nonce)
+                .with_gas_limit(gas_limit)
+                .with_max_fee_per_gas(max_fee)
+                .with_max_priority_fee_per_gas(tip);
+            match self.provider.send_transaction(request).await {
+                Ok(pending) => {
+                    let hash = *pending.tx_hash();
+                    sent.push(hash);
+                    tracing::debug!(what, %hash, nonce, attempt, "transaction sent");
+                    match pending
+                        .with_timeout(Some(self.config.receipt_timeout))
+                        .get_receipt()
+                        .await
+                    {
+                        Ok(receipt) => return self.check_receipt(what, receipt),
+                        Err(e) => {
+                            tracing::warn!(what, %hash, error = %e, "no receipt yet; re-sending with a higher fee")
+                        }
+                    }
+                }
+                // The nonce was used: one of our earlier sends was mined.
+                Err(e) if is_nonce_used(&e) && !sent.is_empty() => {}
+                Err(e) => return Err(self.rpc_error(format!("sending {what}: {e}"))),
+            }
+            if let Some(receipt) = self.find_receipt(&sent).await? {
+                return self.check_receipt(what, receipt);
+            }
+            max_fee += max_fee / 5;
+            tip += tip / 5;
+            if let Some(cap) = self.config.max_gas_price {
+                max_fee = max_fee.min(cap);
+                tip = tip.min(max_fee);
+            }
+        }
+        Err(ChainError::ReceiptTimeout {
+            what: what.to_string(),
+            tx: sent.last().copied().unwrap_or_default(),
+            secs: self.config.receipt_timeout.as_secs(),
+        })
+    }
+
+    async fn base_fee(&self) -> Result<u128, ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| self.rpc_error(e))?
+            .ok_or_else(|| self.rpc_error("no latest block"))?;
+        Ok(u128::from(block.header.base_fee_per_gas.unwrap_or(0)))
+    }
+
+    async fn find_receipt(
+        &self,
+        hashes: &[B256],
+    ) -> Result<Option<TransactionReceipt>, ChainError> {
+        for hash in hashes {
+            if let Some(r) = self
+                .provider
+                .get_transaction_receipt(*hash)
+                .await
+                .map_err(|e| self.rpc_error(e))?
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_receipt(
+        &self,
+        what: &str,
+        receipt: TransactionReceipt,
+    ) -> Result<TransactionReceipt, ChainError> {
+        if receipt.status() {
+            tracing::info!(what, tx = %receipt.transaction_hash, gas_used = receipt.gas_used, "transaction mined");
+            Ok(receipt)
+        } else {
+            Err(ChainError::Reverted {
+                what: what.to_string(),
+                tx: receipt.transaction_hash,
+            })
+        }
+    }
+}
+
+fn is_nonce_used(e: &RpcError<TransportErrorKind>) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("nonce too low")
+        || text.contains("already known")
+        || text.contains("known transaction")
+}
+
+/// The human part of a node's revert message ("VM Exception while processing
+/// transaction: revert X" on ganache, "execution reverted: X" on geth).
+pub fn revert_reason(message: &str) -> String {
+    for marker in ["revert ", "reverted: "] {
+        if let Some(i) = message.find(marker) {
+            let reason = message[i + marker.len()..].trim();
+            if !reason.is_empty() {
+                return reason.to_string();
+            }
+        }
+    }
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revert_reasons_from_ganache_and_geth() {
+        assert_eq!(
+            revert_reason("VM Exception while processing transaction: revert ticket is used"),
+            "ticket is used"
+        );
+        assert_eq!(
+            revert_reason("execution reverted: caller must be TicketBroker"),
+            "caller must be TicketBroker"
+        );
+        assert_eq!(revert_reason("execution reverted"), "execution reverted");
+    }
+}

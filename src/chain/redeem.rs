@@ -1,0 +1,159 @@
+//! Redeeming winning tickets on the TicketBroker.
+//!
+//! Every check the broker would make that can fail for reasons other than
+//! a bug is made first, with reads, so a ticket that cannot pay is never
+//! sent: already used (redeemed by us before a crash, or elsewhere),
+//! expired, creation round block hash not the chain's, sender with neither
+//! deposit nor reserve for us. What remains is caught by the gas estimate.
+
+use alloy::providers::DynProvider;
+use alloy_primitives::{Bytes, B256, U256};
+
+use super::client::ChainClient;
+use super::contracts::{MTicketBrokerCore, TicketBroker};
+use super::ChainError;
+use crate::pm::store::{Status, WinningTicket};
+
+/// What one redemption attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedeemOutcome {
+    Redeemed {
+        tx: B256,
+        face_value: U256,
+    },
+    /// The broker already has it as used: never sent again.
+    AlreadyUsed,
+    /// Its creation round is past the validity period.
+    Expired {
+        creation_round: i64,
+        current_round: u64,
+    },
+    /// The creation round's block hash on chain differs (a reorg or a
+    /// forged aux data): the broker would refuse it.
+    BlockHashMismatch,
+    /// The sender has no deposit and no reserve share for us.
+    SenderUnfunded,
+    /// The broker refuses it for another reason (reported by the node).
+    Refused(String),
+}
+
+impl RedeemOutcome {
+    /// The store state this outcome leaves the ticket in.
+    pub fn status(&self) -> Status {
+        match self {
+            RedeemOutcome::Redeemed { .. } => Status::Redeemed,
+            RedeemOutcome::AlreadyUsed => Status::Used,
+            RedeemOutcome::Expired { .. } | RedeemOutcome::BlockHashMismatch => Status::Expired,
+            RedeemOutcome::SenderUnfunded => Status::Unfunded,
+            RedeemOutcome::Refused(_) => Status::Failed,
+        }
+    }
+}
+
+/// The contract's tuple form of a ticket.
+pub fn to_contract_ticket(t: &crate::pm::Ticket) -> MTicketBrokerCore::Ticket {
+    MTicketBrokerCore::Ticket {
+        recipient: t.recipient,
+        sender: t.sender,
+        faceValue: t.face_value,
+        winProb: t.win_prob,
+        senderNonce: U256::from(t.sender_nonce),
+        recipientRandHash: t.recipient_rand_hash,
+        auxData: Bytes::from(t.aux_data()),
+    }
+}
+
+impl ChainClient {
+    pub async fn ticket_broker(
+        &self,
+    ) -> Result<TicketBroker::TicketBrokerInstance<&DynProvider>, ChainError> {
+        Ok(TicketBroker::new(
+            self.address("TicketBroker").await?,
+            self.provider(),
+        ))
+    }
+
+    /// The broker's ticket validity period, in rounds.
+    pub async fn ticket_validity_period(&self) -> Result<u64, ChainError> {
+        let v = self
+            .ticket_broker()
+            .await?
+            .ticketValidityPeriod()
+            .call()
+            .await
+            .map_err(|e| self.call_error("ticketValidityPeriod", e))?;
+        Ok(u64::try_from(v).unwrap_or(u64::MAX))
+    }
+
+    /// The sender's deposit plus the part of its reserve this recipient may
+    /// still claim this round: what a winning ticket can be paid from.
+    pub async fn sender_funds(
+        &self,
+        sender: alloy_primitives::Address,
+    ) -> Result<(U256, U256), ChainError> {
+        let tb = self.ticket_broker().await?;
+        let info = tb
+            .getSenderInfo(sender)
+            .call()
+            .await
+            .map_err(|e| self.call_error("getSenderInfo", e))?;
+        let claimable = tb
+            .claimableReserve(sender, self.account())
+            .call()
+            .await
+            .map_err(|e| self.call_error("claimableReserve", e))?;
+        Ok((info.sender.deposit, claimable))
+    }
+
+    /// Redeems one winning ticket, checking first. Errors are transient
+    /// (node unreachable, no receipt): the caller retries later, and the
+    /// `usedTickets` check then stops a second send if the first landed.
+    pub async fn redeem(&self, w: &WinningTicket) -> Result<RedeemOutcome, ChainError> {
+        let ticket = &w.ticket;
+        let hash = ticket.hash();
+        let tb = self.ticket_broker().await?;
+        if tb
+            .usedTickets(hash)
+            .call()
+            .await
+            .map_err(|e| self.call_error("usedTickets", e))?
+        {
+            return Ok(RedeemOutcome::AlreadyUsed);
+        }
+        let rounds = self.round_info().await?;
+        let validity = self.ticket_validity_period().await?;
+        let creation = u64::try_from(ticket.creation_round).unwrap_or(0);
+        if creation.saturating_add(validity) <= rounds.current_round {
+            return Ok(RedeemOutcome::Expired {
+                creation_round: ticket.creation_round,
+                current_round: rounds.current_round,
+            });
+        }
+        if self.block_hash_for_round(creation).await? != ticket.creation_round_block_hash {
+            return Ok(RedeemOutcome::BlockHashMismatch);
+        }
+        let (deposit, claimable) = self.sender_funds(ticket.sender).await?;
+        if deposit.is_zero() && claimable.is_zero() {
+            return Ok(RedeemOutcome::SenderUnfunded);
+        }
+        let call = tb.redeemWinningTicket(
+            to_contract_ticket(ticket),
+            Bytes::from(w.sig.clone()),
+            w.recipient_rand,
+        );
+        match self
+            .send(
+                "TicketBroker.redeemWinningTicket",
+                call.into_transaction_request(),
+            )
+            .await
+        {
+            Ok(receipt) => Ok(RedeemOutcome::Redeemed {
+                tx: receipt.transaction_hash,
+                face_value: ticket.face_value,
+            }),
+            Err(ChainError::WouldRevert { reason, .. }) => Ok(RedeemOutcome::Refused(reason)),
+            Err(e) => Err(e),
+        }
+    }
+}

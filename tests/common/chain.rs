@@ -1,0 +1,162 @@
+//! A local chain with the real Livepeer contracts (tests/chain/localchain.js:
+//! ganache plus the @livepeer/sdk artifacts), driven from Rust tests.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use alloy::providers::Provider;
+use alloy_primitives::Address;
+use lpworker::chain::{ChainClient, ChainConfig};
+use serde_json::Value;
+
+pub struct LocalChain {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub info: Value,
+    pub rpc: String,
+    pub controller: Address,
+}
+
+impl LocalChain {
+    /// Starts the chain; `args` are localchain.js options such as
+    /// `--round-length=20`.
+    pub fn start(args: &[&str]) -> LocalChain {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/chain");
+        assert!(
+            dir.join("node_modules/ganache").is_dir(),
+            "tests/chain/node_modules is missing: run `bash scripts/install-deps`"
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("localchain.js"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node runs (scripts/install-deps installs it)");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("localchain prints its ready line");
+        let info: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("localchain ready line {line:?}: {e}"));
+        let rpc = info["rpc"].as_str().expect("rpc").to_string();
+        let controller = info["controller"]
+            .as_str()
+            .expect("controller")
+            .parse()
+            .expect("address");
+        LocalChain {
+            child,
+            stdin,
+            stdout,
+            info,
+            rpc,
+            controller,
+        }
+    }
+
+    /// Sends a command to localchain.js and returns its JSON reply.
+    pub fn command(&mut self, cmd: &str) -> Value {
+        writeln!(self.stdin, "{cmd}").expect("write command");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reply");
+        let v: Value = serde_json::from_str(&line).expect("JSON reply");
+        assert!(v.get("error").is_none(), "localchain {cmd}: {v}");
+        v
+    }
+
+    pub fn address(&self, i: usize) -> Address {
+        self.info["accounts"][i]["address"]
+            .as_str()
+            .expect("account")
+            .parse()
+            .expect("address")
+    }
+
+    pub fn private_key(&self, i: usize) -> String {
+        self.info["accounts"][i]["privateKey"]
+            .as_str()
+            .expect("key")
+            .to_string()
+    }
+
+    pub fn signer(&self, i: usize) -> alloy::signers::local::PrivateKeySigner {
+        self.private_key(i)
+            .trim_start_matches("0x")
+            .parse()
+            .expect("private key")
+    }
+
+    pub fn config(&self) -> ChainConfig {
+        let mut c = ChainConfig::new(&self.rpc, self.controller);
+        c.receipt_timeout = std::time::Duration::from_secs(20);
+        c
+    }
+
+    pub async fn client(&self, i: usize) -> ChainClient {
+        ChainClient::connect(self.config(), self.signer(i))
+            .await
+            .expect("chain client connects")
+    }
+
+    pub fn round_length(&self) -> u64 {
+        self.info["params"]["roundLength"]
+            .as_u64()
+            .expect("roundLength")
+    }
+}
+
+impl Drop for LocalChain {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Mines `n` empty blocks.
+pub async fn mine(client: &ChainClient, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let _: Value = client
+        .provider()
+        .raw_request("evm_mine".into(), (serde_json::json!({ "blocks": n }),))
+        .await
+        .expect("evm_mine");
+}
+
+/// Mines to the first block of the next round and returns the new round.
+pub async fn next_round(client: &ChainClient) -> u64 {
+    let before = client.round_info().await.unwrap();
+    let next_start = before.start_block + before.round_length;
+    mine(client, next_start - before.block_number).await;
+    let info = client.round_info().await.unwrap();
+    assert_eq!(info.current_round, before.current_round + 1, "{info:?}");
+    info.current_round
+}
+
+/// Mines until the current round is in its lock period.
+pub async fn into_lock_period(client: &ChainClient) {
+    for _ in 0..1000 {
+        if client.round_info().await.unwrap().locked {
+            return;
+        }
+        mine(client, 1).await;
+    }
+    panic!("never reached a lock period");
+}
+
+/// The account's transaction count: unchanged when nothing was sent.
+pub async fn nonce(client: &ChainClient, who: Address) -> u64 {
+    client.provider().get_transaction_count(who).await.unwrap()
+}
+
+pub async fn eth_balance(client: &ChainClient, who: Address) -> alloy_primitives::U256 {
+    client.provider().get_balance(who).await.unwrap()
+}
