@@ -22,8 +22,9 @@ enum Command {
     Bench(cli::bench::BenchArgs),
     /// Check that a worker serves (grpc.health.v1); exit 0 if it does.
     Health(cli::health::HealthArgs),
-    /// Run the orchestrator shim gateways talk to, routing work to `serve` workers.
-    Orchestrator(cli::orchestrator::OrchestratorArgs),
+    /// Run the orchestrator shim gateways talk to (ticket payments, rounds,
+    /// rewards), routing work to `serve` workers; `register`, `bond`, `status`.
+    Orchestrator(Box<cli::orchestrator::OrchestratorCmd>),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
     Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
@@ -47,7 +48,7 @@ fn main() -> Result<()> {
         }
         Command::Orchestrator(args) => {
             cli::init_logging(cli.log_json, "info");
-            cli::orchestrator::run(args)
+            cli::orchestrator::run(*args)
         }
         Command::Serve(args) => {
             cli::init_logging(cli.log_json, "info");

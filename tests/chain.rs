@@ -568,3 +568,31 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     assert_eq!(counts.get("expired"), Some(&1));
     mine(&orch, 1).await;
 }
+
+#[tokio::test]
+async fn unreachable_or_bad_endpoints_are_clear_errors() {
+    let signer = alloy::signers::local::PrivateKeySigner::from_slice(&[5u8; 32]).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // HTTPS goes through rustls with ring as the provider: an error, never a panic.
+    for url in [format!("https://{closed}"), format!("http://{closed}")] {
+        let err = ChainClient::connect(
+            lpworker::chain::ChainConfig::new(&url, Address::repeat_byte(1)),
+            signer.clone(),
+        )
+        .await
+        .err()
+        .expect("no node there");
+        assert!(matches!(err, ChainError::Rpc { .. }), "{err}");
+    }
+    let err = ChainClient::connect(
+        lpworker::chain::ChainConfig::new("not a url", Address::ZERO),
+        signer,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("not a URL"), "{err}");
+}

@@ -269,7 +269,7 @@ async fn gateway_gets_info_pays_nothing_off_chain_and_receives_renditions() {
 }
 
 #[test]
-fn on_chain_mode_is_refused_clearly() {
+fn chain_mode_without_a_chain_url_is_refused_clearly() {
     let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
         .args([
             "orchestrator",
@@ -283,7 +283,8 @@ fn on_chain_mode_is_refused_clearly() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("off chain only"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs --eth-url"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

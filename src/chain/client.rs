@@ -54,6 +54,7 @@ pub struct ChainClient {
     /// One transaction in flight per account: nonces stay gap-free and a
     /// stuck transaction is replaced rather than queued behind.
     tx_lock: Mutex<()>,
+    gas_price_cache: RwLock<Option<(std::time::Instant, u128)>>,
 }
 
 impl ChainClient {
@@ -67,6 +68,10 @@ impl ChainClient {
             url: config.eth_url.clone(),
             message: format!("not a URL: {e}"),
         })?;
+        // The transport's rustls has no provider of its own (see Cargo.toml)
+        // and its client is built eagerly, for http URLs too: ring becomes
+        // the process default. Already set is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let account = signer.address();
         let provider = ProviderBuilder::new()
             .wallet(EthereumWallet::from(signer))
@@ -78,6 +83,7 @@ impl ChainClient {
             config,
             addresses: RwLock::new(HashMap::new()),
             tx_lock: Mutex::new(()),
+            gas_price_cache: RwLock::new(None),
         };
         let code = client
             .provider
@@ -177,6 +183,24 @@ impl ChainClient {
             .map_err(|e| self.call_error("Controller.paused", e))
     }
 
+    /// The node's suggested gas price in wei, re-read at most every 10 s
+    /// (it prices every ticket's face value).
+    pub async fn gas_price(&self) -> Result<u128, ChainError> {
+        if let Some((at, price)) = *self.gas_price_cache.read().expect("gas price cache") {
+            if at.elapsed() < Duration::from_secs(10) {
+                return Ok(price);
+            }
+        }
+        let price = self
+            .provider
+            .get_gas_price()
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        *self.gas_price_cache.write().expect("gas price cache") =
+            Some((std::time::Instant::now(), price));
+        Ok(price)
+    }
+
     pub async fn block_number(&self) -> Result<u64, ChainError> {
         self.provider
             .get_block_number()
@@ -245,6 +269,11 @@ impl ChainClient {
                     let hash = *pending.tx_hash();
                     sent.push(hash);
                     tracing::debug!(what, %hash, nonce, attempt, "transaction sent");
+                    // Nodes that mine on receipt (dev chains, some L2
+                    // sequencers) have it already: skip the block poller.
+                    if let Ok(Some(receipt)) = self.provider.get_transaction_receipt(hash).await {
+                        return self.check_receipt(what, receipt);
+                    }
                     match pending
                         .with_timeout(Some(self.config.receipt_timeout))
                         .get_receipt()

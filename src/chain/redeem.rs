@@ -105,10 +105,40 @@ impl ChainClient {
         Ok((info.sender.deposit, claimable))
     }
 
+    /// `(deposit, reserve share claimable by us, withdraw round)` for a
+    /// sender: what ticket validation checks.
+    pub async fn sender_info(
+        &self,
+        sender: alloy_primitives::Address,
+    ) -> Result<(U256, U256, U256), ChainError> {
+        let tb = self.ticket_broker().await?;
+        let info = tb
+            .getSenderInfo(sender)
+            .call()
+            .await
+            .map_err(|e| self.call_error("getSenderInfo", e))?;
+        let claimable = tb
+            .claimableReserve(sender, self.account())
+            .call()
+            .await
+            .map_err(|e| self.call_error("claimableReserve", e))?;
+        Ok((info.sender.deposit, claimable, info.sender.withdrawRound))
+    }
+
     /// Redeems one winning ticket, checking first. Errors are transient
     /// (node unreachable, no receipt): the caller retries later, and the
     /// `usedTickets` check then stops a second send if the first landed.
     pub async fn redeem(&self, w: &WinningTicket) -> Result<RedeemOutcome, ChainError> {
+        let mut ctx = RedeemContext::read(self).await?;
+        self.redeem_with(w, &mut ctx).await
+    }
+
+    /// [`redeem`](Self::redeem) with round facts shared across a batch.
+    pub async fn redeem_with(
+        &self,
+        w: &WinningTicket,
+        ctx: &mut RedeemContext,
+    ) -> Result<RedeemOutcome, ChainError> {
         let ticket = &w.ticket;
         let hash = ticket.hash();
         let tb = self.ticket_broker().await?;
@@ -120,21 +150,39 @@ impl ChainClient {
         {
             return Ok(RedeemOutcome::AlreadyUsed);
         }
-        let rounds = self.round_info().await?;
-        let validity = self.ticket_validity_period().await?;
         let creation = u64::try_from(ticket.creation_round).unwrap_or(0);
-        if creation.saturating_add(validity) <= rounds.current_round {
+        if creation.saturating_add(ctx.validity_period) <= ctx.current_round {
             return Ok(RedeemOutcome::Expired {
                 creation_round: ticket.creation_round,
-                current_round: rounds.current_round,
+                current_round: ctx.current_round,
             });
         }
-        if self.block_hash_for_round(creation).await? != ticket.creation_round_block_hash {
+        let block_hash = match ctx.block_hashes.get(&creation) {
+            Some(h) => *h,
+            None => {
+                let h = self.block_hash_for_round(creation).await?;
+                ctx.block_hashes.insert(creation, h);
+                h
+            }
+        };
+        if block_hash != ticket.creation_round_block_hash {
             return Ok(RedeemOutcome::BlockHashMismatch);
         }
-        let (deposit, claimable) = self.sender_funds(ticket.sender).await?;
-        if deposit.is_zero() && claimable.is_zero() {
-            return Ok(RedeemOutcome::SenderUnfunded);
+        let info = tb
+            .getSenderInfo(ticket.sender)
+            .call()
+            .await
+            .map_err(|e| self.call_error("getSenderInfo", e))?;
+        // The reserve matters only when the deposit cannot pay on its own.
+        if info.sender.deposit.is_zero() {
+            let claimable = tb
+                .claimableReserve(ticket.sender, self.account())
+                .call()
+                .await
+                .map_err(|e| self.call_error("claimableReserve", e))?;
+            if claimable.is_zero() {
+                return Ok(RedeemOutcome::SenderUnfunded);
+            }
         }
         let call = tb.redeemWinningTicket(
             to_contract_ticket(ticket),
@@ -155,5 +203,23 @@ impl ChainClient {
             Err(ChainError::WouldRevert { reason, .. }) => Ok(RedeemOutcome::Refused(reason)),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Round facts redemption checks, read once per batch.
+#[derive(Debug, Clone)]
+pub struct RedeemContext {
+    pub current_round: u64,
+    pub validity_period: u64,
+    block_hashes: std::collections::HashMap<u64, B256>,
+}
+
+impl RedeemContext {
+    pub async fn read(client: &ChainClient) -> Result<RedeemContext, ChainError> {
+        Ok(RedeemContext {
+            current_round: client.current_round().await?,
+            validity_period: client.ticket_validity_period().await?,
+            block_hashes: Default::default(),
+        })
     }
 }

@@ -117,6 +117,18 @@ impl ChainClient {
         }
     }
 
+    /// Just the current round number (one call, for hot paths).
+    pub async fn current_round(&self) -> Result<u64, ChainError> {
+        let round = self
+            .rounds_manager()
+            .await?
+            .currentRound()
+            .call()
+            .await
+            .map_err(|e| self.call_error("currentRound", e))?;
+        small(round, "round")
+    }
+
     pub async fn block_hash_for_round(&self, round: u64) -> Result<B256, ChainError> {
         self.rounds_manager()
             .await?

@@ -12,7 +12,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{watch, Mutex};
 
 use super::client::ChainClient;
-use super::redeem::RedeemOutcome;
+use super::redeem::{RedeemContext, RedeemOutcome};
 use super::rewards::RewardOutcome;
 use super::rounds::RoundInfo;
 use super::ChainError;
@@ -210,28 +210,47 @@ impl ChainService {
         self.metrics.round.set(state.round.current_round as i64);
         self.metrics.active.set(i64::from(active));
         self.state.send_replace(Some(state.clone()));
-        self.redeem_queued().await?;
+        // Tickets to an unregistered recipient revert on chain: they wait
+        // (until registration or expiry) instead of failing.
+        if self.client.is_registered().await? {
+            // Drain the queue: a batch at a time, until a batch comes back short.
+            while self.redeem_queued().await? >= self.options.redeem_batch {}
+        } else {
+            self.expire_queued(&state).await?;
+        }
         Ok(state)
     }
 
-    /// Redeems queued winning tickets, oldest creation round first.
+    /// Redeems up to one batch of queued winning tickets, oldest creation
+    /// round first; returns how many reached a final state.
     pub async fn redeem_queued(&self) -> Result<usize, ChainError> {
         let Some(store) = &self.store else {
             return Ok(0);
         };
         let store_err = |e: crate::pm::store::StoreError| ChainError::Refused(e.to_string());
         let mut done = 0;
-        for w in store.queued(self.options.redeem_batch).map_err(store_err)? {
+        let queued = store.queued(self.options.redeem_batch).map_err(store_err)?;
+        if queued.is_empty() {
+            return Ok(0);
+        }
+        let mut ctx = RedeemContext::read(&self.client).await?;
+        for w in queued {
             let hash = w.ticket.hash();
             if !store.claim(hash).map_err(store_err)? {
                 continue;
             }
-            let mut outcome = self.client.redeem(&w).await;
+            let mut outcome = self.client.redeem_with(&w, &mut ctx).await;
             if let Ok(RedeemOutcome::Refused(_)) = &outcome {
                 // A refusal may come from a contract the Controller has moved
                 // since we resolved it: resolve again and retry once.
-                if !self.client.refresh_addresses().await?.is_empty() {
-                    outcome = self.client.redeem(&w).await;
+                // (Errors here must not leave the claimed ticket stranded
+                // in `redeeming`: they become this ticket's outcome.)
+                match self.client.refresh_addresses().await {
+                    Ok(changed) if !changed.is_empty() => {
+                        outcome = self.client.redeem_with(&w, &mut ctx).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => outcome = Err(e),
                 }
             }
             match outcome {
@@ -248,12 +267,25 @@ impl ChainService {
                         RedeemOutcome::SenderUnfunded => ("unfunded", None, None),
                         RedeemOutcome::Refused(reason) => ("refused", Some(reason.clone()), None),
                     };
-                    tracing::info!(ticket = %hash, sender = %w.ticket.sender, outcome = label, "winning ticket");
+                    let attempts = store.status(hash).map_err(store_err)?.map_or(0, |(_, a)| a);
+                    let status = match o.status() {
+                        // A refusal can pass later (the sender tops up, the
+                        // node registers): retry until the attempts run out.
+                        Status::Failed if attempts < self.options.max_redeem_attempts => {
+                            Status::Queued
+                        }
+                        s => s,
+                    };
+                    tracing::info!(ticket = %hash, sender = %w.ticket.sender, outcome = label, reason = error.as_deref().unwrap_or(""), "winning ticket");
                     self.metrics.redemptions.with_label_values(&[label]).inc();
                     store
-                        .finish(hash, o.status(), error.as_deref(), tx)
+                        .finish(hash, status, error.as_deref(), tx)
                         .map_err(store_err)?;
-                    done += 1;
+                    // Only tickets that left the queue count: requeued ones
+                    // wait for the next tick, not this one's drain loop.
+                    if status != Status::Queued {
+                        done += 1;
+                    }
                 }
                 Err(e) => {
                     let attempts = store.status(hash).map_err(store_err)?.map_or(0, |(_, a)| a);
@@ -275,6 +307,43 @@ impl ChainService {
             }
         }
         Ok(done)
+    }
+
+    /// Marks queued tickets past their validity period expired (without
+    /// redeeming anything else).
+    async fn expire_queued(&self, state: &ChainState) -> Result<(), ChainError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let store_err = |e: crate::pm::store::StoreError| ChainError::Refused(e.to_string());
+        let queued = store.queued(usize::MAX >> 1).map_err(store_err)?;
+        if !queued.is_empty() {
+            tracing::warn!(
+                waiting = queued.len(),
+                "winning tickets wait for this node to register as a transcoder (bond to itself) before they can be redeemed"
+            );
+        }
+        for w in queued {
+            let creation = u64::try_from(w.ticket.creation_round).unwrap_or(0);
+            if creation.saturating_add(state.ticket_validity_period) <= state.round.current_round {
+                let hash = w.ticket.hash();
+                if store.claim(hash).map_err(store_err)? {
+                    store
+                        .finish(
+                            hash,
+                            Status::Expired,
+                            Some("expired before the node registered"),
+                            None,
+                        )
+                        .map_err(store_err)?;
+                    self.metrics
+                        .redemptions
+                        .with_label_values(&["expired"])
+                        .inc();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ticks every poll interval until `shutdown` resolves; errors are

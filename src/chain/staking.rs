@@ -82,6 +82,17 @@ impl ChainClient {
             .map_err(|e| self.call_error("isActiveTranscoder", e))
     }
 
+    /// Bonded to itself: the BondingManager credits ticket fees only to
+    /// registered transcoders, active or not.
+    pub async fn is_registered(&self) -> Result<bool, ChainError> {
+        self.bonding_manager()
+            .await?
+            .isRegisteredTranscoder(self.account())
+            .call()
+            .await
+            .map_err(|e| self.call_error("isRegisteredTranscoder", e))
+    }
+
     /// The transcoder pool in order of stake, highest first.
     pub async fn transcoder_pool(&self) -> Result<Vec<Address>, ChainError> {
         let bm = self.bonding_manager().await?;
@@ -244,7 +255,11 @@ impl ChainClient {
             .call()
             .await
             .map_err(e("getDelegator"))?;
-        let registered = delegator.delegateAddress == me && !delegator.bondedAmount.is_zero();
+        let registered = bm
+            .isRegisteredTranscoder(me)
+            .call()
+            .await
+            .map_err(e("isRegisteredTranscoder"))?;
         let total_stake = bm
             .transcoderTotalStake(me)
             .call()

@@ -1,24 +1,81 @@
-//! `lpworker orchestrator`: the shim between gateways and `serve` workers.
+//! `lpworker orchestrator`: the shim between gateways and `serve` workers,
+//! and its staking actions (`register`, `bond`, `status`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use alloy_primitives::{utils::parse_ether, Address, U256};
 use anyhow::{bail, Context, Result};
 
+use lpworker::chain::account::{load_signer, resolve_password, KeySource};
+use lpworker::chain::{ChainClient, ChainConfig, ChainMetrics, ChainService, ServiceOptions};
+use lpworker::orchestrator::payments::{PaymentConfig, Payments};
 use lpworker::orchestrator::{BoundOrchestrator, OrchestratorConfig};
+use lpworker::pm::recipient::Price;
+use lpworker::pm::store::TicketStore;
+
+/// The Controller on Arbitrum One (go-livepeer's default for
+/// `-network arbitrum-one-mainnet`).
+const ARBITRUM_ONE_CONTROLLER: &str = "0xD8E8328501E9645d16Cf49539efC04f734606ee4";
 
 #[derive(Debug, clap::Args)]
-pub struct OrchestratorArgs {
-    /// Public host:port gateways reach this node at (go-livepeer's -serviceAddr).
-    #[arg(long, alias = "serviceAddr", env = "LP_SERVICEADDR")]
-    pub service_addr: String,
-    /// Listen address (go-livepeer's -httpAddr); default: all interfaces, the service port.
-    #[arg(long, alias = "httpAddr", env = "LP_HTTPADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// `lpworker serve` workers, comma-separated host:port or URLs.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub workers: Vec<String>,
-    /// Data directory (TLS identity; the ticket store with a chain).
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct OrchestratorCmd {
+    #[command(subcommand)]
+    pub action: Option<Action>,
+    #[command(flatten)]
+    pub serve: OrchestratorArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Register (or update) this account as a transcoder: transcoder(rewardCut, feeShare).
+    Register(RegisterArgs),
+    /// Bond LPT (to this account by default).
+    Bond(BondArgs),
+    /// Round, stake, pool position, active set, last reward round, service URI.
+    Status(StatusArgs),
+}
+
+/// Chain settings, named as go-livepeer names them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EthArgs {
+    /// `offchain` (no chain, no payments), `arbitrum-one-mainnet`, or any
+    /// name for a chain given by --eth-url and --eth-controller.
+    #[arg(long, alias = "network", env = "LP_NETWORK")]
+    pub network: Option<String>,
+    /// Ethereum JSON-RPC URL (go-livepeer's -ethUrl).
+    #[arg(long, alias = "ethUrl", env = "LP_ETHURL")]
+    pub eth_url: Option<String>,
+    /// Controller contract; every other address is resolved through it.
+    #[arg(long, alias = "ethController", env = "LP_ETHCONTROLLER")]
+    pub eth_controller: Option<Address>,
+    /// The account to use when the keystore holds several.
+    #[arg(long, alias = "ethAcctAddr", env = "LP_ETHACCTADDR")]
+    pub eth_acct_addr: Option<Address>,
+    /// Keystore file or directory (go-livepeer's -ethKeystorePath); default <datadir>/keystore.
+    #[arg(long, alias = "ethKeystorePath", env = "LP_ETHKEYSTOREPATH")]
+    pub eth_keystore_path: Option<PathBuf>,
+    /// Keystore password, or a file holding it (go-livepeer's -ethPassword).
+    #[arg(
+        long,
+        alias = "ethPassword",
+        env = "LP_ETHPASSWORD",
+        hide_env_values = true
+    )]
+    pub eth_password: Option<String>,
+    /// A file with a raw hex private key instead of a keystore.
+    #[arg(long, conflicts_with = "eth_keystore_path")]
+    pub eth_key_file: Option<PathBuf>,
+    /// Highest gas price paid, in wei (go-livepeer's -maxGasPrice).
+    #[arg(long, alias = "maxGasPrice", env = "LP_MAXGASPRICE")]
+    pub max_gas_price: Option<u128>,
+    /// Seconds to wait for a transaction to be mined before re-sending it with a higher fee.
+    #[arg(long, default_value_t = 60)]
+    pub tx_timeout: u64,
+    /// Data directory (TLS identity, ticket store, default keystore).
     #[arg(
         long,
         alias = "datadir",
@@ -26,9 +83,117 @@ pub struct OrchestratorArgs {
         default_value = "lpworker-data"
     )]
     pub datadir: PathBuf,
-    /// `offchain`: no chain, no payments, as go-livepeer's -network offchain.
-    #[arg(long, alias = "network", default_value = "offchain")]
-    pub network: String,
+}
+
+impl EthArgs {
+    /// The chain to use, or `None` off chain.
+    fn chain_config(&self) -> Result<Option<ChainConfig>> {
+        let network = self
+            .network
+            .as_deref()
+            .unwrap_or(if self.eth_url.is_some() {
+                "custom"
+            } else {
+                "offchain"
+            });
+        if network == "offchain" {
+            if self.eth_url.is_some() || self.eth_controller.is_some() {
+                bail!("--network offchain takes no --eth-url or --eth-controller");
+            }
+            return Ok(None);
+        }
+        let url = self.eth_url.clone().with_context(|| {
+            format!("--network {network} needs --eth-url (an Arbitrum One JSON-RPC endpoint)")
+        })?;
+        let controller = match (self.eth_controller, network) {
+            (Some(c), _) => c,
+            (None, "arbitrum-one-mainnet") => {
+                ARBITRUM_ONE_CONTROLLER.parse().expect("valid address")
+            }
+            (None, other) => {
+                bail!("--network {other}: give the Controller address with --eth-controller")
+            }
+        };
+        let mut config = ChainConfig::new(&url, controller);
+        config.max_gas_price = self.max_gas_price;
+        config.receipt_timeout = Duration::from_secs(self.tx_timeout.max(1));
+        Ok(Some(config))
+    }
+
+    fn key_source(&self) -> Result<KeySource> {
+        if let Some(path) = &self.eth_key_file {
+            return Ok(KeySource::RawKeyFile(path.clone()));
+        }
+        let password = self.eth_password.as_deref().map(resolve_password).with_context(|| {
+            "--eth-password (or LP_ETHPASSWORD) is needed to unlock the keystore; it may name a file"
+        })?;
+        Ok(KeySource::Keystore {
+            path: self
+                .eth_keystore_path
+                .clone()
+                .unwrap_or_else(|| self.datadir.join("keystore")),
+            address: self.eth_acct_addr,
+            password,
+        })
+    }
+
+    /// Loads the key and connects; fails unless a chain is configured.
+    async fn connect(&self) -> Result<ChainClient> {
+        let config = self
+            .chain_config()?
+            .context("this needs a chain: give --eth-url and --eth-controller (or --network arbitrum-one-mainnet)")?;
+        let signer = load_signer(&self.key_source()?)?;
+        Ok(ChainClient::connect(config, signer).await?)
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RegisterArgs {
+    /// Percent of rewards kept by the orchestrator (livepeer_cli's rewardCut).
+    #[arg(long)]
+    pub reward_cut: f64,
+    /// Percent of fees shared with delegators (livepeer_cli's feeShare).
+    #[arg(long)]
+    pub fee_share: f64,
+    /// Also set the public service URI in the ServiceRegistry (https://host:port).
+    #[arg(long, alias = "serviceURI")]
+    pub service_uri: Option<String>,
+    #[command(flatten)]
+    pub eth: EthArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BondArgs {
+    /// Amount in LPT (decimal, e.g. 100.5).
+    #[arg(long)]
+    pub amount: String,
+    /// Delegate to bond to; default this account.
+    #[arg(long)]
+    pub to: Option<Address>,
+    #[command(flatten)]
+    pub eth: EthArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub eth: EthArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OrchestratorArgs {
+    /// Public host:port gateways reach this node at (go-livepeer's -serviceAddr).
+    #[arg(long, alias = "serviceAddr", env = "LP_SERVICEADDR", required = true)]
+    pub service_addr: Option<String>,
+    /// Listen address (go-livepeer's -httpAddr); default: all interfaces, the service port.
+    #[arg(long, alias = "httpAddr", env = "LP_HTTPADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// `lpworker serve` workers, comma-separated host:port or URLs.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub workers: Vec<String>,
     /// PEM certificate and key; a self-signed pair is generated in --datadir when absent.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -39,58 +204,255 @@ pub struct OrchestratorArgs {
     pub price_per_unit: i64,
     #[arg(long, alias = "pixelsPerUnit", default_value_t = 1)]
     pub pixels_per_unit: i64,
+    /// Expected value of one ticket, in wei (go-livepeer's -ticketEV).
+    #[arg(long, alias = "ticketEV", default_value = "8000000000")]
+    pub ticket_ev: U256,
+    /// Largest ticket face value offered, in wei (go-livepeer's -maxFaceValue).
+    #[arg(long, alias = "maxFaceValue")]
+    pub max_face_value: Option<U256>,
+    /// Call reward() once per round while active (go-livepeer's -reward).
+    #[arg(long, alias = "reward", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reward: bool,
+    /// Initialize rounds nobody has initialized (go-livepeer's -initializeRound).
+    #[arg(long, alias = "initializeRound", default_value_t = false, action = clap::ArgAction::Set)]
+    pub initialize_round: bool,
+    /// Seconds between chain checks (rounds, rewards, redemptions).
+    #[arg(long, default_value_t = 5)]
+    pub chain_poll: u64,
+    /// Prometheus metrics listen address (chain and payment metrics).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Largest segment accepted, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_segment_bytes: usize,
     /// go-livepeer version whose protocol is spoken (sent in capabilities).
     #[arg(long, default_value = "0.9.1")]
     pub livepeer_version: String,
-    /// Chain settings (go-livepeer's -ethUrl, -ethController, ...): on-chain
-    /// mode is not in this build; giving them is refused rather than ignored.
-    #[arg(long, alias = "ethUrl", hide = true)]
-    pub eth_url: Option<String>,
-    #[arg(long, alias = "ethController", hide = true)]
-    pub eth_controller: Option<String>,
+    #[command(flatten)]
+    pub eth: EthArgs,
 }
 
-pub fn run(args: OrchestratorArgs) -> Result<()> {
-    if args.network != "offchain" || args.eth_url.is_some() || args.eth_controller.is_some() {
-        bail!(
-            "--network {}: this build runs off chain only (the chain client with ticket payments, rounds and rewards is not in it yet); use --network offchain",
-            args.network
-        );
+pub fn run(cmd: OrchestratorCmd) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cmd.action {
+        Some(Action::Register(a)) => runtime.block_on(register(a)),
+        Some(Action::Bond(a)) => runtime.block_on(bond(a)),
+        Some(Action::Status(a)) => runtime.block_on(status(a)),
+        None => runtime.block_on(serve(cmd.serve)),
     }
+}
+
+async fn register(a: RegisterArgs) -> Result<()> {
+    let client = a.eth.connect().await?;
+    client
+        .register_transcoder(a.reward_cut, a.fee_share)
+        .await?;
+    println!(
+        "registered {} as a transcoder: reward cut {}%, fee share {}%",
+        client.account(),
+        a.reward_cut,
+        a.fee_share
+    );
+    if let Some(uri) = &a.service_uri {
+        if client.set_service_uri(uri).await? {
+            println!("service URI set to {uri}");
+        } else {
+            println!("service URI already {uri}");
+        }
+    }
+    Ok(())
+}
+
+async fn bond(a: BondArgs) -> Result<()> {
+    let amount = parse_ether(&a.amount)
+        .with_context(|| format!("--amount {:?}: expected LPT as a decimal", a.amount))?;
+    let client = a.eth.connect().await?;
+    client.bond(amount, a.to).await?;
+    println!(
+        "bonded {} LPT from {} to {}",
+        a.amount,
+        client.account(),
+        a.to.unwrap_or(client.account())
+    );
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> Result<()> {
+    let client = a.eth.connect().await?;
+    let s = client.stake_status().await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    let lpt = |wei: &str| {
+        wei.parse::<U256>()
+            .map(alloy_primitives::utils::format_ether)
+            .unwrap_or_else(|_| wei.to_string())
+    };
+    println!("account            {}", s.address);
+    println!(
+        "round              {} ({}{})",
+        s.current_round,
+        if s.round_initialized {
+            "initialized"
+        } else {
+            "not initialized"
+        },
+        if s.round_locked { ", locked" } else { "" }
+    );
+    println!("registered         {}", s.registered);
+    println!("active             {}", s.active);
+    println!("total stake        {} LPT", lpt(&s.total_stake));
+    println!("own bond           {} LPT", lpt(&s.bonded));
+    println!(
+        "pool position      {} of {} (active set size {})",
+        s.pool_position.map_or("-".to_string(), |p| p.to_string()),
+        s.pool_size,
+        s.active_set_size
+    );
+    println!("last reward round  {}", s.last_reward_round);
+    println!("reward cut         {}%", s.reward_cut_percent);
+    println!("fee share          {}%", s.fee_share_percent);
+    println!(
+        "service URI        {}",
+        if s.service_uri.is_empty() {
+            "-"
+        } else {
+            &s.service_uri
+        }
+    );
+    println!("LPT balance        {}", lpt(&s.lpt_balance));
+    println!("ETH balance        {}", lpt(&s.eth_balance));
+    Ok(())
+}
+
+async fn serve(args: OrchestratorArgs) -> Result<()> {
     if args.pixels_per_unit <= 0 || args.price_per_unit < 0 {
         bail!("--pixels-per-unit must be positive and --price-per-unit not negative");
     }
-    let port = args
+    let service_addr = args
         .service_addr
+        .clone()
+        .context("--service-addr is required")?;
+    let port = service_addr
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse::<u16>().ok())
-        .with_context(|| format!("--service-addr {:?}: expected host:port", args.service_addr))?;
+        .with_context(|| format!("--service-addr {service_addr:?}: expected host:port"))?;
     let listen = args
         .http_addr
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
+    std::fs::create_dir_all(&args.eth.datadir)
+        .with_context(|| format!("creating --datadir {}", args.eth.datadir.display()))?;
+
+    let registry =
+        prometheus::Registry::new_custom(Some("lpworker".into()), None).expect("valid prefix");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut payments = None;
+    let mut chain_task = None;
+    if let Some(chain_config) = args.eth.chain_config()? {
+        let signer = load_signer(&args.eth.key_source()?)?;
+        let key = secp256k1::SecretKey::from_slice(signer.to_bytes().as_slice())
+            .context("orchestrator key")?;
+        let client = Arc::new(ChainClient::connect(chain_config, signer).await?);
+        let store = Arc::new(
+            TicketStore::open(&args.eth.datadir.join("tickets.sqlite"))
+                .context("opening the winning-ticket store")?,
+        );
+        let counts = store.counts()?;
+        if let Some((_, n)) = counts.iter().find(|(s, _)| s == "queued") {
+            tracing::info!(
+                queued = n,
+                "winning tickets waiting for redemption from before the restart"
+            );
+        }
+        let service = Arc::new(ChainService::new(
+            client.clone(),
+            Some(store.clone()),
+            ServiceOptions {
+                initialize_round: args.initialize_round,
+                reward: args.reward,
+                poll_interval: Duration::from_secs(args.chain_poll.max(1)),
+                ..ServiceOptions::default()
+            },
+            ChainMetrics::new(&registry),
+        ));
+        // The first tick must succeed: payments need the round and block.
+        let state = service.tick().await.context("reading the chain's state")?;
+        let stake = client.stake_status().await?;
+        if !stake.registered {
+            tracing::warn!(
+                account = %client.account(),
+                "not a registered transcoder: the TicketBroker cannot credit tickets to this node, so winning tickets can not be redeemed. Bond LPT to yourself (`lpworker orchestrator bond`, then `register`); AI work needs no active-set membership, only registration"
+            );
+        }
+        if !state.active {
+            tracing::warn!(
+                round = state.round.current_round,
+                "not in the active set: video work is refused, AI work is served"
+            );
+        }
+        let expected_uri = format!("https://{service_addr}");
+        if stake.registered && stake.service_uri != expected_uri {
+            tracing::warn!(on_chain = %stake.service_uri, expected = %expected_uri, "the ServiceRegistry holds another service URI; set it with `lpworker orchestrator register --service-uri`");
+        }
+        let price = Price::new(args.price_per_unit as u128, args.pixels_per_unit as u128)
+            .expect("pixels per unit checked");
+        payments = Some(Arc::new(Payments::new(
+            key,
+            client.clone(),
+            service.subscribe(),
+            store,
+            PaymentConfig {
+                ticket_ev: args.ticket_ev,
+                max_face_value: args.max_face_value,
+                ..PaymentConfig::default()
+            },
+            price,
+        )));
+        let stop = shutdown.clone();
+        chain_task = Some(tokio::spawn(
+            service.run(async move { stop.cancelled().await }),
+        ));
+    }
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding --metrics-addr {addr}"))?;
+        let stop = shutdown.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let _ = lpworker::worker::metrics::serve_registry(listener, registry, async move {
+                stop.cancelled().await
+            })
+            .await;
+        });
+    }
     let config = OrchestratorConfig {
         listen,
-        service_addr: args.service_addr.clone(),
+        service_addr: service_addr.clone(),
         workers: args.workers.clone(),
-        datadir: args.datadir.clone(),
+        datadir: args.eth.datadir.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         price_per_unit: args.price_per_unit,
         pixels_per_unit: args.pixels_per_unit,
         max_segment_bytes: args.max_segment_bytes,
         livepeer_version: args.livepeer_version.clone(),
+        payments,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let orch = BoundOrchestrator::bind(config).await?;
-        println!(
-            "lpworker orchestrator listening addr={} uri={}",
-            orch.local_addr(),
-            orch.service_uri()
-        );
-        orch.run(super::serve::shutdown_signal()).await;
-        Ok(())
-    })
+    let orch = BoundOrchestrator::bind(config).await?;
+    println!(
+        "lpworker orchestrator listening addr={} uri={}",
+        orch.local_addr(),
+        orch.service_uri()
+    );
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::serve::shutdown_signal().await;
+        stop.cancel();
+    });
+    orch.run(async move { shutdown.cancelled().await }).await;
+    if let Some(t) = chain_task {
+        let _ = t.await;
+    }
+    Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use alloy_primitives::keccak256;
+use alloy_primitives::{keccak256, Address};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::auth::AuthTokens;
 use super::media::MediaStore;
+use super::payments::Payments;
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
@@ -32,17 +33,36 @@ pub struct Gateway {
     pub capabilities: net::Capabilities,
     pub price: net::PriceInfo,
     pub max_segment_bytes: usize,
+    /// Ticket payments; `None` off chain.
+    pub payments: Option<Arc<Payments>>,
 }
 
 impl Gateway {
-    fn info(&self, auth_token: Option<net::AuthToken>) -> net::OrchestratorInfo {
-        net::OrchestratorInfo {
+    /// OrchestratorInfo for a gateway: with a chain, fresh ticket params for
+    /// `sender` at this node's price and the node's address.
+    async fn info(
+        &self,
+        auth_token: Option<net::AuthToken>,
+        sender: Option<Address>,
+    ) -> net::OrchestratorInfo {
+        let mut info = net::OrchestratorInfo {
             transcoder: self.service_uri.clone(),
             price_info: Some(self.price.clone()),
             capabilities: Some(self.capabilities.clone()),
             auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue())),
             ..Default::default()
+        };
+        if let Some(p) = &self.payments {
+            info.address = p.address().to_vec();
+            match p
+                .ticket_params(sender.unwrap_or(Address::ZERO), p.price())
+                .await
+            {
+                Ok(params) => info.ticket_params = params,
+                Err(e) => warn!(error = %e, ?sender, "no ticket params for gateway"),
+            }
         }
+        info
     }
 }
 
@@ -55,9 +75,15 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
         &self,
         request: Request<net::OrchestratorRequest>,
     ) -> Result<tonic::Response<net::OrchestratorInfo>, Status> {
-        // Off chain there is no identity to check, as in go-livepeer.
-        let _ = request;
-        Ok(tonic::Response::new(self.0.info(None)))
+        let req = request.into_inner();
+        let sender = match &self.0.payments {
+            // Off chain there is no identity to check, as in go-livepeer.
+            None => None,
+            Some(p) => Some(p.verify_gateway(&req.address, &req.sig).map_err(|e| {
+                Status::permission_denied(format!("Invalid orchestrator request: {e}"))
+            })?),
+        };
+        Ok(tonic::Response::new(self.0.info(None, sender).await))
     }
 
     async fn end_transcoding_session(
@@ -78,8 +104,11 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
         request: Request<net::PingPong>,
     ) -> Result<tonic::Response<net::PingPong>, Status> {
         // go-livepeer answers with its signature of the value; off chain that is empty.
-        let _ = request;
-        Ok(tonic::Response::new(net::PingPong { value: Vec::new() }))
+        let value = match &self.0.payments {
+            Some(p) => p.sign(&request.into_inner().value),
+            None => Vec::new(),
+        };
+        Ok(tonic::Response::new(net::PingPong { value }))
     }
 }
 
@@ -133,8 +162,12 @@ fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
 /// answer is 200 with a protobuf `TranscodeResult` holding either rendition
 /// URLs on this node or the error.
 pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, seg) = match credentials(&gw, &headers) {
+    let (session, seg, payment) = match credentials(&gw, &headers) {
         Ok(c) => c,
+        Err((status, msg)) => return text(status, msg),
+    };
+    let sender = match pay(&gw, &payment, &session, true).await {
+        Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };
     let job = match job_from_seg_data(&seg, &gw.capabilities) {
@@ -161,7 +194,9 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
     let result = match gw.workers.transcode(request).await {
         Ok(t) => {
             let mut segments = Vec::new();
+            let mut hashes = Vec::new();
             for ((h, data), profile) in t.renditions.into_iter().zip(&job.profiles) {
+                hashes.extend_from_slice(keccak256(&data).as_slice());
                 let container = profile.format.unwrap_or(OutputContainer::Mpegts);
                 let path = format!(
                     "stream/{session}/{}/{}.{}",
@@ -181,11 +216,16 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
                 });
             }
             let pixels: i64 = segments.iter().map(|s| s.pixels).sum();
+            let mut sig = Vec::new();
+            if let (Some(p), Some(sender)) = (&gw.payments, sender) {
+                let fee = p.debit(sender, &session, pixels.max(0) as u64);
+                // go-livepeer's TranscodeData.sig: personal-sign over
+                // keccak256 of the renditions' keccak256 hashes.
+                sig = p.sign_hash(keccak256(&hashes));
+                info!(session = %session, seq = seg.seq, fee_wei = %fee, "fees debited");
+            }
             info!(session = %session, seq = seg.seq, renditions = segments.len(), pixels, "segment transcoded");
-            net::transcode_result::Result::Data(net::TranscodeData {
-                segments,
-                sig: Vec::new(),
-            })
+            net::transcode_result::Result::Data(net::TranscodeData { segments, sig })
         }
         Err(status) => {
             warn!(session = %session, seq = seg.seq, code = ?status.code(), error = status.message(), "segment failed");
@@ -195,7 +235,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
     let reply = net::TranscodeResult {
         seq: seg.seq,
         result: Some(result),
-        info: Some(gw.info(seg.auth_token.clone())),
+        info: Some(gw.info(seg.auth_token.clone(), sender).await),
     };
     (
         [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
@@ -217,7 +257,7 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
 fn credentials(
     gw: &Gateway,
     headers: &HeaderMap,
-) -> Result<(String, net::SegData), (StatusCode, String)> {
+) -> Result<(String, net::SegData, net::Payment), (StatusCode, String)> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let payment = match b64
         .decode(header(headers, "Livepeer-Payment"))
@@ -237,13 +277,73 @@ fn credentials(
         Ok(s) => s.to_string(),
         Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
     };
-    if payment.ticket_params.is_some() {
+    if payment.ticket_params.is_some() && gw.payments.is_none() {
         return Err((
             StatusCode::BAD_REQUEST,
             "this orchestrator runs off chain and takes no tickets".into(),
         ));
     }
-    Ok((session, seg))
+    Ok((session, seg, payment))
+}
+
+/// Processes a payment for `manifest` and checks the session's balance, as
+/// go-livepeer does before any work: payment errors are 400 (503 when the
+/// node itself cannot check), a short balance 400 "Insufficient balance".
+/// Returns the paying sender (`None` off chain).
+async fn pay(
+    gw: &Gateway,
+    payment: &net::Payment,
+    manifest: &str,
+    video: bool,
+) -> Result<Option<Address>, (StatusCode, String)> {
+    let Some(p) = &gw.payments else {
+        return Ok(None);
+    };
+    let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
+    if let Err(e) = p.process(payment, manifest, video).await {
+        warn!(manifest, error = %e, "payment refused");
+        let status = if e.is_internal() {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return Err((status, e.to_string()));
+    }
+    let Some(sender) = sender else {
+        return Err((StatusCode::BAD_REQUEST, "payment has no sender".into()));
+    };
+    if !p.sufficient_balance(sender, manifest) {
+        return Err((StatusCode::BAD_REQUEST, "Insufficient balance".into()));
+    }
+    Ok(Some(sender))
+}
+
+/// `POST /payment`: credit a session without work (go-livepeer's payment
+/// endpoint); answers a protobuf `PaymentResult` with fresh params.
+pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    let (session, seg, payment) = match credentials(&gw, &headers) {
+        Ok(c) => c,
+        Err((status, msg)) => return text(status, msg),
+    };
+    let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
+    if let Some(p) = &gw.payments {
+        if let Err(e) = p.process(&payment, &session, false).await {
+            let status = if e.is_internal() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return text(status, e.to_string());
+        }
+    }
+    let reply = net::PaymentResult {
+        info: Some(gw.info(seg.auth_token.clone(), sender).await),
+    };
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")],
+        reply.encode_to_vec(),
+    )
+        .into_response()
 }
 
 /// `POST /<pipeline>`: an ai-runner request, paid (off chain: credentialed)
@@ -259,7 +359,7 @@ pub async fn ai(
     let Some(kind) = PipelineKind::from_name(&route) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
-    let (session, _) = match credentials(&gw, request.headers()) {
+    let (session, _, payment) = match credentials(&gw, request.headers()) {
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
@@ -272,6 +372,13 @@ pub async fn ai(
     let model_id = match req.string(kind.model_field()) {
         Ok(m) => m.unwrap_or_default(),
         Err(e) => return error_response(&e),
+    };
+    // go-livepeer's AI balance key: "<capability>_<model id>". AI work is
+    // paid like video but never gated by stake.
+    let manifest = format!("{}_{model_id}", kind.capability());
+    let sender = match pay(&gw, &payment, &manifest, false).await {
+        Ok(s) => s,
+        Err((status, msg)) => return text(status, msg),
     };
     let infer = pb::InferRequest {
         request_id: format!("{session}-{}", uuid::Uuid::new_v4()),
@@ -325,6 +432,10 @@ pub async fn ai(
             crate::ai::media::data_url(f.mime, &f.data)
         }
     });
+    if let (Some(p), Some(sender)) = (&gw.payments, sender) {
+        let fee = p.debit(sender, &manifest, result.units);
+        info!(session = %session, fee_wei = %fee, "fees debited");
+    }
     info!(session = %session, pipeline = kind.name(), units = result.units, "ai request served");
     axum::Json(body).into_response()
 }

@@ -1,12 +1,15 @@
 //! `lpworker orchestrator`: the thin shim gateways talk to. It speaks
 //! go-livepeer's gateway protocol (the `net.Orchestrator` gRPC service and
 //! `POST /segment` on one TLS port), issues session tokens, and routes the
-//! work to `lpworker serve` workers. This build runs off chain (go-livepeer's
-//! `-network offchain`): no tickets are issued or taken.
+//! work to `lpworker serve` workers. Off chain (go-livepeer's `-network
+//! offchain`) no tickets are issued or taken; with a chain, `payments`
+//! issues ticket params, validates tickets and keeps balances, and the
+//! chain service (`crate::chain`) follows rounds and redeems winners.
 
 pub mod auth;
 pub mod gateway;
 pub mod media;
+pub mod payments;
 pub mod tls;
 pub mod workers;
 
@@ -38,6 +41,8 @@ pub struct OrchestratorConfig {
     pub pixels_per_unit: i64,
     pub max_segment_bytes: usize,
     pub livepeer_version: String,
+    /// Ticket payments on a chain; `None` runs off chain.
+    pub payments: Option<Arc<payments::Payments>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +170,7 @@ impl BoundOrchestrator {
                 ..Default::default()
             },
             max_segment_bytes: config.max_segment_bytes,
+            payments: config.payments.clone(),
         });
         Ok(BoundOrchestrator {
             listener,
@@ -190,6 +196,7 @@ impl BoundOrchestrator {
         ));
         let http = axum::Router::new()
             .route("/segment", axum::routing::post(gateway::segment))
+            .route("/payment", axum::routing::post(gateway::payment))
             .route("/stream/{*path}", axum::routing::get(gateway::stream))
             .route("/{pipeline}", axum::routing::post(gateway::ai))
             .layer(axum::extract::DefaultBodyLimit::max(
@@ -234,7 +241,12 @@ impl BoundOrchestrator {
                 }
             }
         };
-        info!(uri = %self.gateway.service_uri, "orchestrator serving (off chain)");
+        match &self.gateway.payments {
+            Some(p) => {
+                info!(uri = %self.gateway.service_uri, address = %p.address(), "orchestrator serving (on chain, ticket payments)")
+            }
+            None => info!(uri = %self.gateway.service_uri, "orchestrator serving (off chain)"),
+        }
         tokio::select! {
             _ = accept => {},
             _ = shutdown => {},

@@ -103,9 +103,16 @@ pub struct SenderFunds {
 }
 
 impl SenderFunds {
-    /// The most a single ticket may be worth: the reserve share guarantees it.
+    /// The most a single ticket may be worth: the reserve share, which
+    /// guarantees it. A recipient outside the active set has no reserve
+    /// share (the broker pays it from the deposit only: AI orchestrators),
+    /// so then the deposit bounds it.
     pub fn max_float(&self) -> U256 {
-        self.reserve_alloc
+        if self.reserve_alloc.is_zero() {
+            self.deposit
+        } else {
+            self.reserve_alloc
+        }
     }
 }
 
@@ -129,7 +136,9 @@ pub enum TicketError {
     RoundExpired { created: i64, current: i64 },
     #[error("ticket creation round {0} is in the future")]
     RoundInFuture(i64),
-    #[error("ticket face value {face_value} exceeds the sender's reserve share {max_float}")]
+    #[error(
+        "ticket face value {face_value} exceeds what the sender can pay this node ({max_float})"
+    )]
     FaceValueTooHigh { face_value: U256, max_float: U256 },
     #[error("sender {0} has no deposit or reserve")]
     SenderUnfunded(Address),

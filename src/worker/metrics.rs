@@ -112,19 +112,37 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_registry(listener, metrics.registry, shutdown).await
+}
+
+/// Renders a registry in Prometheus' text exposition format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding cannot fail");
+    String::from_utf8(buf).expect("Prometheus text is UTF-8")
+}
+
+/// Serves any registry's `GET /metrics` (and `/healthz`) until `shutdown`.
+pub async fn serve_registry(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let m = metrics.clone();
+                let r = registry.clone();
                 async move {
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4",
                         )],
-                        m.render(),
+                        render(&r),
                     )
                 }
             }),

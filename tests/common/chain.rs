@@ -160,3 +160,132 @@ pub async fn nonce(client: &ChainClient, who: Address) -> u64 {
 pub async fn eth_balance(client: &ChainClient, who: Address) -> alloy_primitives::U256 {
     client.provider().get_balance(who).await.unwrap()
 }
+
+/// A test gateway's signing side: go-livepeer's broadcaster signatures and
+/// ticket batches.
+pub struct GatewaySigner {
+    key: secp256k1::SecretKey,
+    pub address: Address,
+    nonces: std::collections::HashMap<Vec<u8>, u32>,
+}
+
+impl GatewaySigner {
+    pub fn new(chain: &LocalChain, i: usize) -> GatewaySigner {
+        let bytes: alloy_primitives::B256 = chain.private_key(i).parse().unwrap();
+        GatewaySigner {
+            key: secp256k1::SecretKey::from_slice(bytes.as_slice()).unwrap(),
+            address: chain.address(i),
+            nonces: Default::default(),
+        }
+    }
+
+    /// `broadcaster.Sign(m)`: personal-sign over keccak256(m).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        lpworker::pm::signature::sign(&self.key, alloy_primitives::keccak256(msg).as_slice())
+            .to_vec()
+    }
+
+    /// A GetOrchestrator request signed over the EIP-55 address string.
+    pub fn orchestrator_request(&self) -> lpworker::proto::lp_rpc::OrchestratorRequest {
+        lpworker::proto::lp_rpc::OrchestratorRequest {
+            address: self.address.to_vec(),
+            sig: self.sign(self.address.to_checksum(None).as_bytes()),
+            ..Default::default()
+        }
+    }
+
+    /// A payment of `n` tickets on `info`'s params at its price; nonces
+    /// start at 1 per recipientRandHash, as go-livepeer's sender counts.
+    pub fn payment(
+        &mut self,
+        info: &lpworker::proto::lp_rpc::OrchestratorInfo,
+        n: usize,
+    ) -> lpworker::proto::lp_rpc::Payment {
+        use lpworker::pm::ticket::from_be_bytes;
+        use lpworker::proto::lp_rpc as net;
+        let params = info
+            .ticket_params
+            .clone()
+            .expect("ticket params in OrchestratorInfo");
+        let exp = params.expiration_params.clone().unwrap_or_default();
+        let template = lpworker::pm::Ticket {
+            recipient: Address::from_slice(&params.recipient),
+            sender: self.address,
+            face_value: from_be_bytes(&params.face_value).unwrap(),
+            win_prob: from_be_bytes(&params.win_prob).unwrap(),
+            sender_nonce: 0,
+            recipient_rand_hash: alloy_primitives::B256::from_slice(&params.recipient_rand_hash),
+            creation_round: exp.creation_round,
+            creation_round_block_hash: alloy_primitives::B256::from_slice(
+                &exp.creation_round_block_hash,
+            ),
+        };
+        let counter = self
+            .nonces
+            .entry(params.recipient_rand_hash.clone())
+            .or_insert(0);
+        let mut senders = Vec::new();
+        for _ in 0..n {
+            *counter += 1;
+            let t = lpworker::pm::Ticket {
+                sender_nonce: *counter,
+                ..template.clone()
+            };
+            senders.push(net::TicketSenderParams {
+                sender_nonce: *counter,
+                sig: lpworker::pm::signature::sign(&self.key, t.hash().as_slice()).to_vec(),
+            });
+        }
+        net::Payment {
+            ticket_params: Some(net::TicketParams {
+                expiration_params: None,
+                ..params
+            }),
+            sender: self.address.to_vec(),
+            expiration_params: Some(exp),
+            ticket_sender_params: senders,
+            expected_price: info.price_info.clone(),
+        }
+    }
+
+    /// The tickets of `payment`, as the orchestrator hashes them.
+    pub fn tickets(&self, payment: &lpworker::proto::lp_rpc::Payment) -> Vec<lpworker::pm::Ticket> {
+        use lpworker::pm::ticket::from_be_bytes;
+        let params = payment.ticket_params.as_ref().unwrap();
+        let exp = payment.expiration_params.clone().unwrap_or_default();
+        payment
+            .ticket_sender_params
+            .iter()
+            .map(|tsp| lpworker::pm::Ticket {
+                recipient: Address::from_slice(&params.recipient),
+                sender: self.address,
+                face_value: from_be_bytes(&params.face_value).unwrap(),
+                win_prob: from_be_bytes(&params.win_prob).unwrap(),
+                sender_nonce: tsp.sender_nonce,
+                recipient_rand_hash: alloy_primitives::B256::from_slice(
+                    &params.recipient_rand_hash,
+                ),
+                creation_round: exp.creation_round,
+                creation_round_block_hash: alloy_primitives::B256::from_slice(
+                    &exp.creation_round_block_hash,
+                ),
+            })
+            .collect()
+    }
+}
+
+/// Funds `client`'s account as a ticket sender on the current TicketBroker.
+pub async fn fund_sender(client: &ChainClient, deposit: &str, reserve: &str) {
+    use alloy_primitives::utils::parse_ether;
+    let tb = client.ticket_broker().await.unwrap();
+    let (d, r) = (parse_ether(deposit).unwrap(), parse_ether(reserve).unwrap());
+    client
+        .send(
+            "TicketBroker.fundDepositAndReserve",
+            tb.fundDepositAndReserve(d, r)
+                .value(d + r)
+                .into_transaction_request(),
+        )
+        .await
+        .expect("fund deposit and reserve");
+}
