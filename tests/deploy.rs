@@ -211,6 +211,44 @@ fn check(objects: &[Value], helps: &HashMap<&str, String>) {
                     kind("PersistentVolumeClaim").any(|p| p["metadata"]["name"] == claim),
                     "PVC {claim}"
                 );
+                if flag(args, "network").is_some_and(|n| n != "offchain") {
+                    // On chain: the key and its password are files from a
+                    // Secret that exists and holds those keys.
+                    for f in ["eth-keystore-path", "eth-password"] {
+                        let path = flag(args, f).unwrap_or_else(|| panic!("{name}: --{f}"));
+                        let (dir, file) = path.rsplit_once('/').unwrap();
+                        let mount = c["volumeMounts"]
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .find(|m| m["mountPath"] == dir)
+                            .unwrap_or_else(|| panic!("{name}: nothing mounted at {dir}"));
+                        let vol = s(pod, "spec.volumes")
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .find(|v| v["name"] == mount["name"])
+                            .unwrap();
+                        let secret = str_of(vol, "secret.secretName");
+                        let item = vol["secret"]["items"]
+                            .as_sequence()
+                            .unwrap()
+                            .iter()
+                            .find(|i| i["path"] == file)
+                            .unwrap_or_else(|| panic!("{name}: {file} not projected"));
+                        let key = str_of(item, "key");
+                        assert!(
+                            secrets.iter().any(|x| x["metadata"]["name"] == secret && !x["stringData"][key].is_null()),
+                            "{name}: secret {secret}/{key} missing"
+                        );
+                    }
+                    assert!(
+                        flag(args, "eth-url").is_some()
+                            || c["env"].as_sequence().into_iter().flatten().any(|e| e["name"] == "LP_ETHURL"),
+                        "{name}: no chain URL"
+                    );
+                    assert_eq!(ports["metrics"], port_of(flag(args, "metrics-addr").unwrap()));
+                }
             }
             "attach" => assert!(flag(args, "orch-addr").is_some()),
             other => panic!("unexpected subcommand {other}"),
@@ -461,6 +499,24 @@ fn helm_chart_renders_objects_that_agree_with_the_binary() {
         !objects.iter().any(|o| o["kind"] == "PersistentVolumeClaim"),
         "orchestrator disabled"
     );
+
+    // On chain: the key Secret, its mounts and the chain URL agree with the
+    // flags the binary takes (checked in `check`).
+    let objects = render_chart(
+        "chain",
+        "orchestrator:\n  network: arbitrum-one-mainnet\n  pricePerUnit: 1200\n  eth:\n    keystore: '{\"address\": \"00\"}'\n    password: pw\n",
+    );
+    check(&objects, &helps);
+    assert!(objects
+        .iter()
+        .any(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "chain-orchestrator-eth"));
+    let orch = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "chain-orchestrator")
+        .unwrap();
+    let args = orch["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().unwrap();
+    assert!(args.iter().any(|a| a == "--eth-keystore-path=/keys/keystore.json"), "{args:?}");
+    assert!(args.iter().any(|a| a == "--network=arbitrum-one-mainnet"));
 
     // CPU-only: no GPU requests at all.
     let objects = render_chart("cpu", "image:\n  tag: cpu\nserve:\n  gpus: 0\n");

@@ -166,6 +166,12 @@ impl ChainService {
     }
 
     async fn tick_inner(&self) -> Result<ChainState, ChainError> {
+        if self.client.controller_paused().await? {
+            // Every protocol transaction reverts while paused: send nothing,
+            // publish nothing new (payments keep the last known state).
+            tracing::warn!("the protocol's Controller is paused; waiting");
+            return Err(ChainError::Refused("the protocol's Controller is paused".into()));
+        }
         let mut round = self.client.round_info().await?;
         {
             let mut last = self.last_round.lock().await;

@@ -211,10 +211,10 @@ pub struct OrchestratorArgs {
     #[arg(long, alias = "maxFaceValue")]
     pub max_face_value: Option<U256>,
     /// Call reward() once per round while active (go-livepeer's -reward).
-    #[arg(long, alias = "reward", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, alias = "reward", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub reward: bool,
     /// Initialize rounds nobody has initialized (go-livepeer's -initializeRound).
-    #[arg(long, alias = "initializeRound", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, alias = "initializeRound", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub initialize_round: bool,
     /// Seconds between chain checks (rounds, rewards, redemptions).
     #[arg(long, default_value_t = 5)]
