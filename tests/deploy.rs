@@ -238,16 +238,24 @@ fn check(objects: &[Value], helps: &HashMap<&str, String>) {
                             .unwrap_or_else(|| panic!("{name}: {file} not projected"));
                         let key = str_of(item, "key");
                         assert!(
-                            secrets.iter().any(|x| x["metadata"]["name"] == secret && !x["stringData"][key].is_null()),
+                            secrets.iter().any(|x| x["metadata"]["name"] == secret
+                                && !x["stringData"][key].is_null()),
                             "{name}: secret {secret}/{key} missing"
                         );
                     }
                     assert!(
                         flag(args, "eth-url").is_some()
-                            || c["env"].as_sequence().into_iter().flatten().any(|e| e["name"] == "LP_ETHURL"),
+                            || c["env"]
+                                .as_sequence()
+                                .into_iter()
+                                .flatten()
+                                .any(|e| e["name"] == "LP_ETHURL"),
                         "{name}: no chain URL"
                     );
-                    assert_eq!(ports["metrics"], port_of(flag(args, "metrics-addr").unwrap()));
+                    assert_eq!(
+                        ports["metrics"],
+                        port_of(flag(args, "metrics-addr").unwrap())
+                    );
                 }
             }
             "attach" => assert!(flag(args, "orch-addr").is_some()),
@@ -514,8 +522,14 @@ fn helm_chart_renders_objects_that_agree_with_the_binary() {
         .iter()
         .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "chain-orchestrator")
         .unwrap();
-    let args = orch["spec"]["template"]["spec"]["containers"][0]["args"].as_sequence().unwrap();
-    assert!(args.iter().any(|a| a == "--eth-keystore-path=/keys/keystore.json"), "{args:?}");
+    let args = orch["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        args.iter()
+            .any(|a| a == "--eth-keystore-path=/keys/keystore.json"),
+        "{args:?}"
+    );
     assert!(args.iter().any(|a| a == "--network=arbitrum-one-mainnet"));
 
     // CPU-only: no GPU requests at all.

@@ -170,7 +170,9 @@ impl ChainService {
             // Every protocol transaction reverts while paused: send nothing,
             // publish nothing new (payments keep the last known state).
             tracing::warn!("the protocol's Controller is paused; waiting");
-            return Err(ChainError::Refused("the protocol's Controller is paused".into()));
+            return Err(ChainError::Refused(
+                "the protocol's Controller is paused".into(),
+            ));
         }
         let mut round = self.client.round_info().await?;
         {
