@@ -76,7 +76,13 @@ struct Shim {
 }
 
 impl Shim {
-    fn start(chain: &LocalChain, account: &Account, workers: &str, datadir: &Path) -> Shim {
+    fn start(
+        chain: &LocalChain,
+        account: &Account,
+        workers: &str,
+        datadir: &Path,
+        extra: &[&str],
+    ) -> Shim {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -116,6 +122,7 @@ impl Shim {
                 "--metrics-addr",
             ])
             .arg(metrics.to_string())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -254,11 +261,19 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         "--models-dir",
         "models",
     ]);
+    // The upscale model has its own price: 2 wei per output pixel.
+    let ai_models = dir.path().join("aiModels.json");
+    std::fs::write(
+        &ai_models,
+        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":2,"pixels_per_unit":1}]"#,
+    )
+    .unwrap();
     let shim = Shim::start(
         &chain,
         &account,
         &worker.grpc.to_string(),
         &dir.path().join("data"),
+        &["--ai-models", ai_models.to_str().unwrap()],
     );
     let mut grpc = shim.grpc().await;
 
@@ -326,20 +341,73 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     let png =
         lpworker::ai::media::encode_png(&image::RgbImage::from_pixel(12, 8, image::Rgb([9, 9, 9])))
             .unwrap();
+    let upscale = lpworker::ai::PipelineKind::from_name("upscale")
+        .unwrap()
+        .capability();
     let info = grpc
         .get_orchestrator(gateway.orchestrator_request())
         .await
         .unwrap()
         .into_inner();
+    assert_eq!(
+        info.capabilities_prices,
+        vec![net::PriceInfo {
+            price_per_unit: 2,
+            pixels_per_unit: 1,
+            capability: upscale,
+            constraint: "lpworker/nearest-2x".into()
+        }]
+    );
+    let form = |png: &[u8]| {
+        reqwest::multipart::Form::new()
+            .text("prompt", "x")
+            .text("model_id", "lpworker/nearest-2x")
+            .part(
+                "image",
+                reqwest::multipart::Part::bytes(png.to_vec()).file_name("in.png"),
+            )
+    };
+    // Paying the base price for a model priced higher is refused.
+    let cheap = gateway.payment(&info, 1);
+    let r = http()
+        .post(format!("{}/upscale", info.transcoder))
+        .header(
+            "Livepeer-Segment",
+            b64(&net::SegData {
+                auth_token: info.auth_token.clone(),
+                ..Default::default()
+            }
+            .encode_to_vec()),
+        )
+        .header("Livepeer-Payment", b64(&cheap.encode_to_vec()))
+        .multipart(form(&png))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("below this orchestrator's price"));
+    // A gateway asking for the model gets params at the model's price.
+    let mut request = gateway.orchestrator_request();
+    let mut caps = net::Capabilities::default();
+    caps.constraints
+        .get_or_insert_with(Default::default)
+        .per_capability
+        .insert(
+            upscale,
+            net::capabilities::CapabilityConstraints {
+                models: [("lpworker/nearest-2x".to_string(), Default::default())].into(),
+            },
+        );
+    request.capabilities = Some(caps);
+    let info = grpc.get_orchestrator(request).await.unwrap().into_inner();
+    assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 2);
     let ai_payment = gateway.payment(&info, 1);
     let ai_tickets = gateway.tickets(&ai_payment);
-    let form = reqwest::multipart::Form::new()
-        .text("prompt", "x")
-        .text("model_id", "lpworker/nearest-2x")
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(png).file_name("in.png"),
-        );
+
     let r = http()
         .post(format!("{}/upscale", info.transcoder))
         .header(
@@ -352,7 +420,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         )
         .header("Livepeer-Payment", b64(&ai_payment.encode_to_vec()))
         .header("Authorization", "Livepeer-AI-Worker-1.0")
-        .multipart(form)
+        .multipart(form(&png))
         .send()
         .await
         .unwrap();
@@ -533,7 +601,7 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
 
     let worker = ServeProcess::start(&["--max-sessions", "1"]);
     let datadir = dir.path().join("data");
-    let mut shim = Shim::start(&chain, &account, &worker.grpc.to_string(), &datadir);
+    let mut shim = Shim::start(&chain, &account, &worker.grpc.to_string(), &datadir, &[]);
     let info = shim
         .grpc()
         .await
@@ -626,7 +694,7 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
 
     // Restart: whatever was queued or mid-redemption is redeemed, each once.
     let nonce_before = common::chain::nonce(&orch_client, account.address).await;
-    let _shim = Shim::start(&chain, &account, &worker.grpc.to_string(), &datadir);
+    let _shim = Shim::start(&chain, &account, &worker.grpc.to_string(), &datadir, &[]);
     let total = rows.len();
     wait_until(
         "every stored ticket redeemed",

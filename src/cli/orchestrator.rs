@@ -219,6 +219,14 @@ pub struct OrchestratorArgs {
     /// Seconds between chain checks (rounds, rewards, redemptions).
     #[arg(long, default_value_t = 5)]
     pub chain_poll: u64,
+    /// Per-gateway prices, go-livepeer's -pricePerGateway JSON (or a file):
+    /// {"gateways":[{"ethaddress":"0x…","priceperunit":N,"pixelsperunit":N}]}.
+    #[arg(long, alias = "pricePerGateway")]
+    pub price_per_gateway: Option<String>,
+    /// aiModels.json whose price_per_unit/pixels_per_unit price each model
+    /// (go-livepeer's -aiModels; the models themselves run on the workers).
+    #[arg(long, alias = "aiModels")]
+    pub ai_models: Option<String>,
     /// Prometheus metrics listen address (chain and payment metrics).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -395,6 +403,12 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         if stake.registered && stake.service_uri != expected_uri {
             tracing::warn!(on_chain = %stake.service_uri, expected = %expected_uri, "the ServiceRegistry holds another service URI; set it with `lpworker orchestrator register --service-uri`");
         }
+        let models = match &args.ai_models {
+            Some(spec) => lpworker::ai::config::load(spec)?,
+            None => Vec::new(),
+        };
+        let prices =
+            lpworker::orchestrator::pricing::book(args.price_per_gateway.as_deref(), &models)?;
         let price = Price::new(args.price_per_unit as u128, args.pixels_per_unit as u128)
             .expect("pixels per unit checked");
         payments = Some(Arc::new(Payments::new(
@@ -408,11 +422,15 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
                 ..PaymentConfig::default()
             },
             price,
+            prices,
         )));
         let stop = shutdown.clone();
         chain_task = Some(tokio::spawn(
             service.run(async move { stop.cancelled().await }),
         ));
+    }
+    if payments.is_none() && (args.ai_models.is_some() || args.price_per_gateway.is_some()) {
+        tracing::warn!("--ai-models and --price-per-gateway price ticket payments; off chain nothing is charged");
     }
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::auth::AuthTokens;
 use super::media::MediaStore;
-use super::payments::Payments;
+use super::payments::{Payments, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
@@ -45,6 +45,17 @@ impl Gateway {
         auth_token: Option<net::AuthToken>,
         sender: Option<Address>,
     ) -> net::OrchestratorInfo {
+        self.info_for(auth_token, sender, Work::Video).await
+    }
+
+    /// OrchestratorInfo priced for `work` (an AI model's own price, a
+    /// gateway's override, or the base price), with the per-model list.
+    async fn info_for(
+        &self,
+        auth_token: Option<net::AuthToken>,
+        sender: Option<Address>,
+        work: Work<'_>,
+    ) -> net::OrchestratorInfo {
         let mut info = net::OrchestratorInfo {
             transcoder: self.service_uri.clone(),
             price_info: Some(self.price.clone()),
@@ -54,8 +65,15 @@ impl Gateway {
         };
         if let Some(p) = &self.payments {
             info.address = p.address().to_vec();
+            let price = p.price_for(sender, work);
+            info.price_info = Some(net::PriceInfo {
+                price_per_unit: i64::try_from(price.num).unwrap_or(i64::MAX),
+                pixels_per_unit: i64::try_from(price.den).unwrap_or(i64::MAX),
+                ..Default::default()
+            });
+            info.capabilities_prices = p.model_prices();
             match p
-                .ticket_params(sender.unwrap_or(Address::ZERO), p.price())
+                .ticket_params(sender.unwrap_or(Address::ZERO), price)
                 .await
             {
                 Ok(params) => info.ticket_params = params,
@@ -83,7 +101,25 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
                 Status::permission_denied(format!("Invalid orchestrator request: {e}"))
             })?),
         };
-        Ok(tonic::Response::new(self.0.info(None, sender).await))
+        // A gateway asking for one AI model gets params at that model's price.
+        let requested =
+            req.capabilities
+                .as_ref()
+                .and_then(|c| c.constraints.as_ref())
+                .and_then(|c| {
+                    let mut models = c.per_capability.iter().flat_map(|(cap, m)| {
+                        m.models.keys().map(move |model| (*cap, model.as_str()))
+                    });
+                    let first = models.next()?;
+                    models.next().is_none().then_some(first)
+                });
+        let work = requested.map_or(Work::Video, |(capability, model)| Work::Ai {
+            capability,
+            model,
+        });
+        Ok(tonic::Response::new(
+            self.0.info_for(None, sender, work).await,
+        ))
     }
 
     async fn end_transcoding_session(
@@ -166,7 +202,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
-    let sender = match pay(&gw, &payment, &session, true).await {
+    let sender = match pay(&gw, &payment, &session, Work::Video).await {
         Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };
@@ -294,13 +330,13 @@ async fn pay(
     gw: &Gateway,
     payment: &net::Payment,
     manifest: &str,
-    video: bool,
+    work: Work<'_>,
 ) -> Result<Option<Address>, (StatusCode, String)> {
     let Some(p) = &gw.payments else {
         return Ok(None);
     };
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
-    if let Err(e) = p.process(payment, manifest, video).await {
+    if let Err(e) = p.process(payment, manifest, work).await {
         warn!(manifest, error = %e, "payment refused");
         let status = if e.is_internal() {
             StatusCode::SERVICE_UNAVAILABLE
@@ -327,7 +363,7 @@ pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     };
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Some(p) = &gw.payments {
-        if let Err(e) = p.process(&payment, &session, false).await {
+        if let Err(e) = p.process(&payment, &session, Work::Credit).await {
             let status = if e.is_internal() {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
@@ -376,7 +412,11 @@ pub async fn ai(
     // go-livepeer's AI balance key: "<capability>_<model id>". AI work is
     // paid like video but never gated by stake.
     let manifest = format!("{}_{model_id}", kind.capability());
-    let sender = match pay(&gw, &payment, &manifest, false).await {
+    let work = Work::Ai {
+        capability: kind.capability(),
+        model: &model_id,
+    };
+    let sender = match pay(&gw, &payment, &manifest, work).await {
         Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };

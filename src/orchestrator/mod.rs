@@ -10,6 +10,7 @@ pub mod auth;
 pub mod gateway;
 pub mod media;
 pub mod payments;
+pub mod pricing;
 pub mod tls;
 pub mod workers;
 

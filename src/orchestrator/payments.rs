@@ -92,6 +92,27 @@ impl PaymentError {
     }
 }
 
+/// Prices beyond the base video price: per gateway (go-livepeer's
+/// -pricePerGateway) and per AI capability and model (aiModels.json).
+#[derive(Debug, Clone, Default)]
+pub struct PriceBook {
+    pub per_gateway: HashMap<Address, Price>,
+    /// (capability, model id) → wei per unit.
+    pub per_model: HashMap<(u32, String), Price>,
+}
+
+/// What a piece of work is, for pricing and balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work<'a> {
+    /// Transcoding: needs the node in the active set.
+    Video,
+    /// An AI pipeline on a model: never gated by stake.
+    Ai { capability: u32, model: &'a str },
+    /// Credit without work (`POST /payment`): at the base price, not gated
+    /// (the work it later pays for is).
+    Credit,
+}
+
 #[derive(Debug)]
 struct Session {
     balance: I256,
@@ -116,6 +137,7 @@ pub struct Payments {
     config: PaymentConfig,
     /// This node's price for video (wei per pixel).
     price: Price,
+    prices: PriceBook,
     sessions: Mutex<HashMap<(Address, String), Session>>,
     funds: Mutex<HashMap<Address, (Instant, SenderFunds)>>,
 }
@@ -143,6 +165,7 @@ impl Payments {
         store: Arc<TicketStore>,
         config: PaymentConfig,
         price: Price,
+        prices: PriceBook,
     ) -> Self {
         let address = crate::pm::signature::address_of(&key.public_key(secp256k1::SECP256K1));
         Payments {
@@ -153,6 +176,7 @@ impl Payments {
             store,
             config,
             price,
+            prices,
             sessions: Mutex::new(HashMap::new()),
             funds: Mutex::new(HashMap::new()),
         }
@@ -164,6 +188,36 @@ impl Payments {
 
     pub fn price(&self) -> Price {
         self.price
+    }
+
+    /// This node's price for `work` from `sender`: a model's own price for
+    /// AI, else the gateway's override, else the base price.
+    pub fn price_for(&self, sender: Option<Address>, work: Work<'_>) -> Price {
+        if let Work::Ai { capability, model } = work {
+            if let Some(p) = self.prices.per_model.get(&(capability, model.to_string())) {
+                return *p;
+            }
+        }
+        sender
+            .and_then(|s| self.prices.per_gateway.get(&s).copied())
+            .unwrap_or(self.price)
+    }
+
+    /// The per-model prices, as OrchestratorInfo.capabilities_prices lists them.
+    pub fn model_prices(&self) -> Vec<net::PriceInfo> {
+        let mut out: Vec<net::PriceInfo> = self
+            .prices
+            .per_model
+            .iter()
+            .map(|((capability, model), p)| net::PriceInfo {
+                price_per_unit: i64::try_from(p.num).unwrap_or(i64::MAX),
+                pixels_per_unit: i64::try_from(p.den).unwrap_or(i64::MAX),
+                capability: *capability,
+                constraint: model.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.capability, &a.constraint).cmp(&(b.capability, &b.constraint)));
+        out
     }
 
     /// go-livepeer's `orchestrator.Sign(m)`: personal-sign over keccak256(m).
@@ -277,10 +331,10 @@ impl Payments {
         &self,
         payment: &net::Payment,
         manifest: &str,
-        video: bool,
+        work: Work<'_>,
     ) -> Result<PaymentReceipt, PaymentError> {
         let state = self.state()?;
-        if video && !state.active {
+        if work == Work::Video && !state.active {
             return Err(PaymentError::NotActive(state.round.current_round));
         }
         let Some(params) = &payment.ticket_params else {
@@ -306,7 +360,8 @@ impl Payments {
             expected.pixels_per_unit as u128,
         )
         .ok_or(PaymentError::BadPrice)?;
-        let session_price = self.pin_price(sender, manifest, expected)?;
+        let ours = self.price_for(Some(sender), work);
+        let session_price = self.pin_price(sender, manifest, expected, ours)?;
         let funds = self.sender_funds(sender).await?;
         let exp = payment.expiration_params.clone().unwrap_or_default();
         let word =
@@ -393,6 +448,7 @@ impl Payments {
         sender: Address,
         manifest: &str,
         expected: Price,
+        ours: Price,
     ) -> Result<Price, PaymentError> {
         let mut sessions = self.sessions.lock().expect("sessions");
         if sessions.len() > 1024 {
@@ -403,12 +459,12 @@ impl Payments {
             return Ok(s.price);
         }
         // expected < ours  ⇔  e.num × ours.den < ours.num × e.den
-        if U256::from(expected.num) * U256::from(self.price.den)
-            < U256::from(self.price.num) * U256::from(expected.den)
+        if U256::from(expected.num) * U256::from(ours.den)
+            < U256::from(ours.num) * U256::from(expected.den)
         {
             return Err(PaymentError::PriceTooLow {
                 expected: format!("{}/{}", expected.num, expected.den),
-                ours: format!("{}/{}", self.price.num, self.price.den),
+                ours: format!("{}/{}", ours.num, ours.den),
             });
         }
         sessions.insert(
