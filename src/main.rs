@@ -32,6 +32,9 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    // Both rustls providers are compiled in (alloy's WebSocket transport
+    // brings aws-lc-rs): ring is the one this binary uses everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse_from(cli::normalize_go_flags(std::env::args()));
     match cli.command {
         Command::Attach(args) => {

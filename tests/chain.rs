@@ -577,7 +577,11 @@ async fn unreachable_or_bad_endpoints_are_clear_errors() {
         .local_addr()
         .unwrap();
     // HTTPS goes through rustls with ring as the provider: an error, never a panic.
-    for url in [format!("https://{closed}"), format!("http://{closed}")] {
+    for url in [
+        format!("https://{closed}"),
+        format!("http://{closed}"),
+        format!("ws://{closed}"),
+    ] {
         let err = ChainClient::connect(
             lpworker::chain::ChainConfig::new(&url, Address::repeat_byte(1)),
             signer.clone(),
@@ -588,6 +592,14 @@ async fn unreachable_or_bad_endpoints_are_clear_errors() {
         assert!(matches!(err, ChainError::Rpc { .. }), "{err}");
     }
     let err = ChainClient::connect(
+        lpworker::chain::ChainConfig::new("ftp://x", Address::ZERO),
+        signer.clone(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("unsupported scheme"), "{err}");
+    let err = ChainClient::connect(
         lpworker::chain::ChainConfig::new("not a url", Address::ZERO),
         signer,
     )
@@ -595,4 +607,23 @@ async fn unreachable_or_bad_endpoints_are_clear_errors() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("not a URL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_client_works_over_websocket_too() {
+    let chain = LocalChain::start(&["--round-length=20"]);
+    // ganache answers JSON-RPC over WebSocket on the same port.
+    let mut config = chain.config();
+    config.eth_url = chain.rpc.replace("http://", "ws://");
+    let client = ChainClient::connect(config, chain.signer(1)).await.unwrap();
+    assert_eq!(
+        client.address("TicketBroker").await.unwrap().to_string(),
+        chain.info["contracts"]["TicketBroker"].as_str().unwrap()
+    );
+    next_round(&client).await;
+    assert!(
+        client.initialize_round().await.unwrap(),
+        "a transaction over WebSocket"
+    );
+    assert!(client.round_info().await.unwrap().initialized);
 }

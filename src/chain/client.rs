@@ -68,15 +68,30 @@ impl ChainClient {
             url: config.eth_url.clone(),
             message: format!("not a URL: {e}"),
         })?;
-        // The transport's rustls has no provider of its own (see Cargo.toml)
-        // and its client is built eagerly, for http URLs too: ring becomes
-        // the process default. Already set is fine.
+        // The HTTP transport's rustls has no provider of its own (see
+        // Cargo.toml) and its client is built eagerly, for http URLs too;
+        // the WebSocket one brings aws-lc-rs beside ring. ring becomes the
+        // process default, so neither is ambiguous. Already set is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let account = signer.address();
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(url)
-            .erased();
+        let builder = ProviderBuilder::new().wallet(EthereumWallet::from(signer));
+        let provider = match url.scheme() {
+            "http" | "https" => builder.connect_http(url).erased(),
+            "ws" | "wss" => builder
+                .connect_ws(alloy::providers::WsConnect::new(url.as_str()))
+                .await
+                .map_err(|e| ChainError::Rpc {
+                    url: config.eth_url.clone(),
+                    message: format!("WebSocket connect: {e}"),
+                })?
+                .erased(),
+            other => {
+                return Err(ChainError::Rpc {
+                    url: config.eth_url.clone(),
+                    message: format!("unsupported scheme {other:?}: use http(s):// or ws(s)://"),
+                })
+            }
+        };
         let client = ChainClient {
             provider,
             account,

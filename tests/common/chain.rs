@@ -12,7 +12,7 @@ use serde_json::Value;
 
 pub struct LocalChain {
     child: Child,
-    stdin: ChildStdin,
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     pub info: Value,
     pub rpc: String,
@@ -52,7 +52,7 @@ impl LocalChain {
             .expect("address");
         LocalChain {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
             info,
             rpc,
@@ -62,8 +62,9 @@ impl LocalChain {
 
     /// Sends a command to localchain.js and returns its JSON reply.
     pub fn command(&mut self, cmd: &str) -> Value {
-        writeln!(self.stdin, "{cmd}").expect("write command");
-        self.stdin.flush().expect("flush");
+        let stdin = self.stdin.as_mut().expect("localchain stdin open");
+        writeln!(stdin, "{cmd}").expect("write command");
+        stdin.flush().expect("flush");
         let mut line = String::new();
         self.stdout.read_line(&mut line).expect("reply");
         let v: Value = serde_json::from_str(&line).expect("JSON reply");
@@ -114,6 +115,16 @@ impl LocalChain {
 
 impl Drop for LocalChain {
     fn drop(&mut self) {
+        // Closing stdin lets localchain.js close ganache, which removes its
+        // database directory under /tmp; killing it would leave that behind.
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
