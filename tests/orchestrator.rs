@@ -416,3 +416,32 @@ async fn ai_requests_are_routed_to_a_worker_serving_the_model() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[test]
+fn inconsistent_ticket_settings_are_refused_at_start() {
+    for (args, needle) in [
+        (vec!["-ticketEV", "4000000000000"], "max-ticket-ev"),
+        (vec!["-ticketEV", "0"], "above 0"),
+        (
+            vec!["-ticketEV", "1000", "-maxFaceValue", "999"],
+            "max-face-value",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args([
+                "orchestrator",
+                "--service-addr",
+                "127.0.0.1:0",
+                "--workers",
+                "127.0.0.1:1",
+                "-network",
+                "offchain",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -207,6 +207,11 @@ pub struct OrchestratorArgs {
     /// Expected value of one ticket, in wei (go-livepeer's -ticketEV).
     #[arg(long, alias = "ticketEV", default_value = "8000000000")]
     pub ticket_ev: U256,
+    /// Upper bound on --ticket-ev (go-livepeer's -maxTicketEV, whose gateway
+    /// default is 3e12 wei): gateways refuse params above their limit, so a
+    /// larger --ticket-ev is refused at start instead of failing every session.
+    #[arg(long, alias = "maxTicketEV", default_value = "3000000000000")]
+    pub max_ticket_ev: U256,
     /// Largest ticket face value offered, in wei (go-livepeer's -maxFaceValue).
     #[arg(long, alias = "maxFaceValue")]
     pub max_face_value: Option<U256>,
@@ -337,6 +342,16 @@ async fn status(a: StatusArgs) -> Result<()> {
 async fn serve(args: OrchestratorArgs) -> Result<()> {
     if args.pixels_per_unit <= 0 || args.price_per_unit < 0 {
         bail!("--pixels-per-unit must be positive and --price-per-unit not negative");
+    }
+    if args.ticket_ev.is_zero() || args.ticket_ev > args.max_ticket_ev {
+        bail!(
+            "--ticket-ev {} must be above 0 and at most --max-ticket-ev {} (gateways refuse tickets worth more than their limit)",
+            args.ticket_ev,
+            args.max_ticket_ev
+        );
+    }
+    if args.max_face_value.is_some_and(|f| f < args.ticket_ev) {
+        bail!("--max-face-value must be at least --ticket-ev: a ticket cannot be worth more than its face value");
     }
     let service_addr = args
         .service_addr
