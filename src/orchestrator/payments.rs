@@ -397,6 +397,7 @@ impl Payments {
             round: state.round.last_initialized_round as i64,
         };
         let mut receipt = PaymentReceipt::default();
+        let mut winners = Vec::new();
         let mut rejected: Vec<String> = Vec::new();
         for tsp in &payment.ticket_sender_params {
             let r = ReceivedTicket {
@@ -412,24 +413,27 @@ impl Payments {
             match self.recipient.validate(&r, &view, &funds) {
                 Ok(v) => {
                     if v.winning {
-                        // Durable before the work is answered (synchronous commit).
-                        self.store.insert(&WinningTicket {
+                        winners.push(WinningTicket {
                             ticket: r.ticket.clone(),
                             sig: r.sig.clone(),
                             recipient_rand: v.recipient_rand,
-                        })?;
+                        });
                         receipt.winning += 1;
                     }
                     receipt.accepted += 1;
                     receipt.credited += v.expected_value;
                 }
                 Err(e) if e.is_fatal() => {
+                    self.store_winners(winners).await?;
                     self.credit(sender, manifest, session_price, receipt.credited);
                     return Err(e.into());
                 }
                 Err(e) => rejected.push(e.to_string()),
             }
         }
+        // Durable before the work is answered: one synchronous commit for
+        // the payment's winners, off the async threads.
+        self.store_winners(winners).await?;
         self.credit(sender, manifest, session_price, receipt.credited);
         if let Some(first) = rejected.first() {
             return Err(PaymentError::SomeRejected {
@@ -439,6 +443,17 @@ impl Payments {
             });
         }
         Ok(receipt)
+    }
+
+    async fn store_winners(&self, winners: Vec<WinningTicket>) -> Result<(), PaymentError> {
+        if winners.is_empty() {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.insert_all(&winners))
+            .await
+            .expect("ticket store task does not panic")?;
+        Ok(())
     }
 
     /// The session's price: the one the gateway first paid at. A gateway

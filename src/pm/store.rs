@@ -128,9 +128,26 @@ impl TicketStore {
 
     /// Stores a winner durably. Returns false if it was already stored.
     pub fn insert(&self, w: &WinningTicket) -> Result<bool, StoreError> {
+        Ok(self.insert_all(std::slice::from_ref(w))? == 1)
+    }
+
+    /// Stores winners durably in one transaction (one fsync for a whole
+    /// payment); returns how many were new.
+    pub fn insert_all(&self, winners: &[WinningTicket]) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut new = 0;
+        for w in winners {
+            new += Self::insert_in(&tx, w)?;
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    fn insert_in(conn: &Connection, w: &WinningTicket) -> Result<usize, StoreError> {
         let t = &w.ticket;
         let ts = now();
-        let n = self.conn().execute(
+        let n = conn.execute(
             "INSERT OR IGNORE INTO winning_tickets (ticket_hash, recipient, sender, face_value, win_prob, sender_nonce,
                 recipient_rand_hash, creation_round, creation_round_block_hash, sig, recipient_rand, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
@@ -149,7 +166,7 @@ impl TicketStore {
                 ts,
             ],
         )?;
-        Ok(n == 1)
+        Ok(n)
     }
 
     /// Queued tickets, oldest creation round first.
