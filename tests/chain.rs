@@ -9,7 +9,9 @@ mod common;
 use std::sync::Arc;
 
 use alloy_primitives::{utils::parse_ether, Address, B256, U256};
-use common::chain::{eth_balance, into_lock_period, mine, next_round, nonce, LocalChain};
+use common::chain::{
+    eth_balance, fund_sender, into_lock_period, mine, next_round, nonce, LocalChain,
+};
 use lpworker::chain::account::{load_signer, KeySource};
 use lpworker::chain::rewards::RewardOutcome;
 use lpworker::chain::{
@@ -304,20 +306,6 @@ async fn accept(
     w
 }
 
-async fn fund(sender: &ChainClient, deposit: &str, reserve: &str) {
-    let tb = sender.ticket_broker().await.unwrap();
-    let (d, r) = (parse_ether(deposit).unwrap(), parse_ether(reserve).unwrap());
-    sender
-        .send(
-            "TicketBroker.fundDepositAndReserve",
-            tb.fundDepositAndReserve(d, r)
-                .value(d + r)
-                .into_transaction_request(),
-        )
-        .await
-        .expect("fund deposit and reserve");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     let mut chain = LocalChain::start(&["--round-length=20"]);
@@ -331,7 +319,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     become_transcoder(&orch, "500").await;
     next_round(&orch).await;
     orch.initialize_round().await.unwrap();
-    fund(&gateway, "1", "1").await;
+    fund_sender(&gateway, "1", "1").await;
 
     let dir = common::tempdir();
     let store = Arc::new(TicketStore::open(&dir.path().join("tickets.sqlite")).unwrap());
@@ -512,7 +500,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     // The gateway resolves the new broker (fresh client) and funds it.
     let gateway = chain.client(2).await;
     assert_eq!(gateway.address("TicketBroker").await.unwrap(), new);
-    fund(&gateway, "1", "1").await;
+    fund_sender(&gateway, "1", "1").await;
     let w5 = accept(
         &recipient,
         &orch,

@@ -9,8 +9,7 @@ use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
 use alloy_primitives::keccak256;
-use base64::Engine;
-use common::{clip, ffprobe, tempdir, Clip, ServeProcess};
+use common::{b64, clip, ffprobe, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
 
@@ -60,17 +59,6 @@ impl Drop for Orch {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap()
 }
 
 fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData {

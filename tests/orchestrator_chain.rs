@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{keccak256, utils::parse_ether, Address, B256};
-use base64::Engine;
 use common::chain::{fund_sender, next_round, GatewaySigner, LocalChain};
-use common::{clip, tempdir, Clip, ServeProcess};
+use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::chain::ChainClient;
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
@@ -164,17 +163,6 @@ impl Drop for Shim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap()
 }
 
 fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData {

@@ -91,18 +91,8 @@ impl ChainClient {
         &self,
         sender: alloy_primitives::Address,
     ) -> Result<(U256, U256), ChainError> {
-        let tb = self.ticket_broker().await?;
-        let info = tb
-            .getSenderInfo(sender)
-            .call()
-            .await
-            .map_err(|e| self.call_error("getSenderInfo", e))?;
-        let claimable = tb
-            .claimableReserve(sender, self.account())
-            .call()
-            .await
-            .map_err(|e| self.call_error("claimableReserve", e))?;
-        Ok((info.sender.deposit, claimable))
+        let (deposit, claimable, _) = self.sender_info(sender).await?;
+        Ok((deposit, claimable))
     }
 
     /// `(deposit, reserve share claimable by us, withdraw round)` for a

@@ -282,3 +282,18 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Standard base64, as go-livepeer's headers carry protobufs.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An HTTPS client that accepts the shim's self-signed certificate, as
+/// go-livepeer's gateway does.
+pub fn insecure_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
