@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 
 use alloy_primitives::keccak256;
@@ -41,13 +40,8 @@ impl Orch {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
+        let line = common::ready_line(&mut child);
+        let addr = common::line_field(&line, "addr=")
             .unwrap_or_else(|| panic!("{line:?}"))
             .to_string();
         Orch { child, addr }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -126,13 +125,8 @@ impl Shim {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("addr="))
+        let line = common::ready_line(&mut child);
+        let addr = common::line_field(&line, "addr=")
             .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log_path.display()))
             .to_string();
         Shim {

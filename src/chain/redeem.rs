@@ -50,6 +50,15 @@ impl RedeemOutcome {
     }
 }
 
+/// The broker's expiry rule: redeemable while `creationRound +
+/// ticketValidityPeriod > currentRound`.
+pub fn is_expired(creation_round: i64, validity_period: u64, current_round: u64) -> bool {
+    u64::try_from(creation_round)
+        .unwrap_or(0)
+        .saturating_add(validity_period)
+        <= current_round
+}
+
 /// The contract's tuple form of a ticket.
 pub fn to_contract_ticket(t: &crate::pm::Ticket) -> MTicketBrokerCore::Ticket {
     MTicketBrokerCore::Ticket {
@@ -141,7 +150,11 @@ impl ChainClient {
             return Ok(RedeemOutcome::AlreadyUsed);
         }
         let creation = u64::try_from(ticket.creation_round).unwrap_or(0);
-        if creation.saturating_add(ctx.validity_period) <= ctx.current_round {
+        if is_expired(
+            ticket.creation_round,
+            ctx.validity_period,
+            ctx.current_round,
+        ) {
             return Ok(RedeemOutcome::Expired {
                 creation_round: ticket.creation_round,
                 current_round: ctx.current_round,

@@ -37,16 +37,11 @@ impl ChainClient {
         if !rounds.initialized {
             return Ok(RewardOutcome::RoundNotInitialized { round });
         }
-        let bm = self.bonding_manager().await?;
-        let me = self.account();
-        if !bm
-            .isActiveTranscoder(me)
-            .call()
-            .await
-            .map_err(|e| self.call_error("isActiveTranscoder", e))?
-        {
+        if !self.is_active().await? {
             return Ok(RewardOutcome::NotActive { round });
         }
+        let bm = self.bonding_manager().await?;
+        let me = self.account();
         let last = bm
             .getTranscoder(me)
             .call()

@@ -12,7 +12,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{watch, Mutex};
 
 use super::client::ChainClient;
-use super::redeem::{RedeemContext, RedeemOutcome};
+use super::redeem::{is_expired, RedeemContext, RedeemOutcome};
 use super::rewards::RewardOutcome;
 use super::rounds::RoundInfo;
 use super::ChainError;
@@ -332,8 +332,11 @@ impl ChainService {
             );
         }
         for w in queued {
-            let creation = u64::try_from(w.ticket.creation_round).unwrap_or(0);
-            if creation.saturating_add(state.ticket_validity_period) <= state.round.current_round {
+            if is_expired(
+                w.ticket.creation_round,
+                state.ticket_validity_period,
+                state.round.current_round,
+            ) {
                 let hash = w.ticket.hash();
                 if store.claim(hash).map_err(store_err)? {
                     store

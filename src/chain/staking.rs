@@ -255,21 +255,13 @@ impl ChainClient {
             .call()
             .await
             .map_err(e("getDelegator"))?;
-        let registered = bm
-            .isRegisteredTranscoder(me)
-            .call()
-            .await
-            .map_err(e("isRegisteredTranscoder"))?;
+        let registered = self.is_registered().await?;
         let total_stake = bm
             .transcoderTotalStake(me)
             .call()
             .await
             .map_err(e("transcoderTotalStake"))?;
-        let active = bm
-            .isActiveTranscoder(me)
-            .call()
-            .await
-            .map_err(e("isActiveTranscoder"))?;
+        let active = self.is_active().await?;
         let pool = self.transcoder_pool().await?;
         let max_size = bm
             .getTranscoderPoolMaxSize()

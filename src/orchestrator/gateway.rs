@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::auth::AuthTokens;
 use super::media::MediaStore;
-use super::payments::{Payments, Work};
+use super::payments::{PaymentError, Payments, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
@@ -338,12 +338,7 @@ async fn pay(
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Err(e) = p.process(payment, manifest, work).await {
         warn!(manifest, error = %e, "payment refused");
-        let status = if e.is_internal() {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        return Err((status, e.to_string()));
+        return Err(refusal(&e));
     }
     let Some(sender) = sender else {
         return Err((StatusCode::BAD_REQUEST, "payment has no sender".into()));
@@ -352,6 +347,17 @@ async fn pay(
         return Err((StatusCode::BAD_REQUEST, "Insufficient balance".into()));
     }
     Ok(Some(sender))
+}
+
+/// A refused payment's answer: 503 when this node could not check it (store
+/// or chain trouble), else 400 as go-livepeer answers payment errors.
+fn refusal(e: &PaymentError) -> (StatusCode, String) {
+    let status = if e.is_internal() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, e.to_string())
 }
 
 /// `POST /payment`: credit a session without work (go-livepeer's payment
@@ -364,12 +370,8 @@ pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Some(p) = &gw.payments {
         if let Err(e) = p.process(&payment, &session, Work::Credit).await {
-            let status = if e.is_internal() {
-                StatusCode::SERVICE_UNAVAILABLE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return text(status, e.to_string());
+            let (status, msg) = refusal(&e);
+            return text(status, msg);
         }
     }
     let reply = net::PaymentResult {

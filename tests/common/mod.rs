@@ -206,11 +206,7 @@ impl ServeProcess {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("lpworker serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        let line = ready_line(&mut child);
         if !line.starts_with("lpworker serve listening") {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
@@ -219,11 +215,7 @@ impl ServeProcess {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(name))
-                .and_then(|v| v.parse().ok())
-        };
+        let field = |name: &str| line_field(&line, name).and_then(|v| v.parse().ok());
         // Keep stderr drained so the child never blocks on a full pipe.
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -296,4 +288,20 @@ pub fn insecure_http() -> reqwest::Client {
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap()
+}
+
+/// The first line a started `lpworker` process prints on stdout: its ready
+/// line (`... addr=H:P grpc=H:P ...`).
+pub fn ready_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout piped"))
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// The value of `name` (e.g. "addr=") in a ready line.
+pub fn line_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|f| f.strip_prefix(name))
 }
