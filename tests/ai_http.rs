@@ -376,3 +376,131 @@ async fn responses_conform_to_ai_runner_openapi() {
         assert_conforms(&api, path, "get", 200, &body);
     }
 }
+
+/// Reads a `text/event-stream` body into its `data:` payloads.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not an SSE data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// Several pipelines in one process: the ONNX upscaler and the Candle LLM,
+/// each answering on its own route; the LLM's replies in ai-runner's shapes,
+/// plain and as server-sent events, and the two agree under greedy decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_chat_completions_plain_and_streamed() {
+    let api = openapi();
+    let server = ServeProcess::start(&[
+        "--ai-models",
+        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true",
+        "--models-dir",
+        "models",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let url = format!("http://{}/llm", server.http.unwrap());
+    let client = reqwest::Client::new();
+    let chat = serde_json::json!({
+        "messages": [{"role": "user", "content": "What is the capital of France?"}],
+        "model": "lpworker/tiny-llama", "max_tokens": 24, "temperature": 0,
+    });
+
+    let resp = client.post(&url).json(&chat).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_conforms(&api, "/llm", "post", 200, &body);
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string("models/lpworker/tiny-llama/golden.json").unwrap(),
+    )
+    .unwrap();
+    let case = &golden["cases"][0];
+    assert_eq!(body["choices"][0]["message"]["content"], case["text"]);
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["model"], "lpworker/tiny-llama");
+    assert_eq!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() as usize,
+        case["prompt_ids"].as_array().unwrap().len()
+    );
+    assert_eq!(body["usage"]["completion_tokens"], 24);
+
+    let mut streamed = chat.clone();
+    streamed["stream"] = true.into();
+    let resp = client.post(&url).json(&streamed).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let events = sse_data(&resp.text().await.unwrap());
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks.len() >= 2, "several deltas then the final chunk");
+    for c in &chunks {
+        assert_conforms(&api, "/llm", "post", 200, c);
+    }
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, case["text"].as_str().unwrap());
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert_eq!(last["usage"], body["usage"]);
+
+    // Bad requests get their status before any event is sent, streamed or not.
+    for (bad, status) in [
+        (serde_json::json!({"messages": [], "stream": true}), 400),
+        (serde_json::json!({"stream": true}), 422),
+        (
+            serde_json::json!({"messages": [{"role": "user", "content": "x"}], "model": "other/model", "stream": true}),
+            400,
+        ),
+        (
+            serde_json::json!({"messages": [{"role": "user", "content": "x"}], "temperature": 9}),
+            400,
+        ),
+    ] {
+        let resp = client.post(&url).json(&bad).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_conforms(&api, "/llm", "post", status, &body);
+    }
+    // A multipart body is not what /llm takes.
+    let resp = client
+        .post(&url)
+        .multipart(Form::new().text("messages", "[]"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+
+    // A client that leaves mid-stream frees the model for the next request.
+    let mut long = streamed.clone();
+    long["max_tokens"] = 400.into();
+    let resp = client.post(&url).json(&long).send().await.unwrap();
+    drop(resp);
+    let mut ok = false;
+    for _ in 0..50 {
+        let resp = client.post(&url).json(&chat).send().await.unwrap();
+        if resp.status() == 200 {
+            ok = true;
+            break;
+        }
+        assert_eq!(
+            resp.status(),
+            503,
+            "busy at most, while the abandoned stream stops"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the abandoned stream released its slot");
+
+    // The upscaler still answers beside it.
+    let (status, _) = post(&server, "upscale", form(png(&test_image(4, 4))), None).await;
+    assert_eq!(status, 200);
+}

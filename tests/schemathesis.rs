@@ -38,7 +38,7 @@ fn schemathesis(url: &str, args: &[&str]) -> (bool, String) {
 fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() {
     let server = common::ServeProcess::start(&[
         "--ai-models",
-        "upscale:lpworker/nearest-2x:true",
+        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true",
         "--models-dir",
         "models",
         "--http-addr",
@@ -56,6 +56,8 @@ fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() 
     let served = [
         "--include-path",
         "/upscale",
+        "--include-path",
+        "/llm",
         "--include-path",
         "/health",
         "--include-path",

@@ -13,6 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::registry::StreamEvent;
 use super::{AiError, OutputFile, PipelineKind, PipelineRequest, Registry};
 
 /// Request bodies larger than this are refused (ai-runner's audio limit is 50 MiB).
@@ -231,6 +235,9 @@ async fn handle(State(state): State<AiHttp>, kind: PipelineKind, request: Reques
     }
     let started = Instant::now();
     let result = match read_request(kind, request).await {
+        Ok(req) if req.boolean("stream").ok().flatten() == Some(true) => {
+            return stream_response(&state, kind, req, started).await
+        }
         Ok(req) => state.registry.run(kind, req).await,
         Err(e) => Err(e),
     };
@@ -252,4 +259,62 @@ async fn handle(State(state): State<AiHttp>, kind: PipelineKind, request: Reques
             error_response(&e)
         }
     }
+}
+
+/// A streamed reply as ai-runner sends it: `text/event-stream` with one
+/// `data: {json}` event per partial result, then `data: [DONE]`, or
+/// `data: {"error": ...}` if the run fails after it started. Failures before
+/// the first partial result (bad parameters, a prompt too long) still get
+/// their HTTP status.
+async fn stream_response(
+    state: &AiHttp,
+    kind: PipelineKind,
+    request: PipelineRequest,
+    started: Instant,
+) -> Response {
+    let mut events = match state.registry.run_streaming(kind, request) {
+        Ok(rx) => rx,
+        Err(e) => return error_response(&e),
+    };
+    let first = match events.recv().await {
+        Some(StreamEvent::Done(Err(e))) => {
+            tracing::warn!(pipeline = kind.name(), status = e.http_status(), error = %e, "ai request failed");
+            return error_response(&e);
+        }
+        Some(event) => event,
+        None => {
+            return error_response(&AiError::Internal(
+                "the pipeline stopped without a result".into(),
+            ))
+        }
+    };
+    let body = futures::stream::once(async move { first })
+        .chain(ReceiverStream::new(events))
+        .map(move |event| {
+            let text = match event {
+                StreamEvent::Partial(value) => format!("data: {value}\n\n"),
+                StreamEvent::Done(Ok(output)) => {
+                    tracing::info!(
+                        pipeline = kind.name(),
+                        units = output.units,
+                        ms = started.elapsed().as_millis() as u64,
+                        "ai request streamed"
+                    );
+                    "data: [DONE]\n\n".to_string()
+                }
+                StreamEvent::Done(Err(e)) => {
+                    tracing::warn!(pipeline = kind.name(), error = %e, "ai stream failed");
+                    format!("data: {}\n\n", serde_json::json!({"error": e.to_string()}))
+                }
+            };
+            Ok::<_, std::convert::Infallible>(Bytes::from(text))
+        });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }

@@ -1,12 +1,15 @@
 //! The AI engine: pipelines compatible with livepeer/ai-runner, run in
 //! process. A pipeline owns a model behind the small [`Infer`] trait, whose
-//! runtime (ONNX Runtime today) is chosen per model; the transports (the
+//! runtime (ONNX Runtime for image models, Candle for generative ones) is
+//! chosen per model; the transports (the
 //! ai-runner HTTP API, the gRPC `Infer` call, go-livepeer's AI worker
 //! protocol) sit on top of the [`registry::Registry`].
 
+pub mod candle;
 pub mod config;
 mod error;
 pub mod http;
+pub mod llm;
 pub mod media;
 pub mod onnx;
 pub mod pipelines;
@@ -86,6 +89,24 @@ impl PipelineRequest {
                 .map(Some)
                 .map_err(|_| AiError::invalid(field, "Input should be a valid integer")),
             Some(_) => Err(AiError::invalid(field, "Input should be a valid integer")),
+        }
+    }
+
+    /// A number field, typed or (from a form) as text.
+    pub fn number(&self, field: &str) -> Result<Option<f64>, AiError> {
+        let invalid = || AiError::invalid(field, "Input should be a valid number");
+        match self.params.get(field) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::Number(n)) => n.as_f64().map(Some).ok_or_else(invalid),
+            Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+            Some(serde_json::Value::String(s)) => s
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(Some)
+                .ok_or_else(invalid),
+            Some(_) => Err(invalid()),
         }
     }
 

@@ -4,12 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::config::AiModelConfig;
 use super::pipelines::image::ImagePipeline;
+use super::pipelines::llm::LlmPipeline;
 use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
+
+/// What a streaming run reports.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Partial(serde_json::Value),
+    Done(Result<PipelineOutput, AiError>),
+}
 
 /// One served model.
 pub struct Entry {
@@ -96,6 +104,9 @@ impl Registry {
                         threads,
                     )?)
                 }
+                PipelineKind::Llm if dir.join("config.json").is_file() => {
+                    Arc::new(LlmPipeline::load(&config.model_id, &dir)?)
+                }
                 _ => {
                     return Err(AiError::UnknownModel(format!(
                         "pipeline {} with model {} is not supported by this lpworker build",
@@ -146,14 +157,13 @@ impl Registry {
             })
     }
 
-    /// Runs `kind` on the model the request names (or the default), refusing
-    /// with `Busy` when that model is at capacity; the work runs off the async
-    /// threads.
-    pub async fn run(
+    /// The pipeline serving the request's model (or the default) and a slot
+    /// on it, refusing with `Busy` when that model is at capacity.
+    fn admit(
         &self,
         kind: PipelineKind,
-        request: PipelineRequest,
-    ) -> Result<PipelineOutput, AiError> {
+        request: &PipelineRequest,
+    ) -> Result<(Arc<dyn Pipeline>, OwnedSemaphorePermit), AiError> {
         let model_id = request.string(kind.model_field())?.unwrap_or_default();
         let entry = self.find(kind, &model_id)?;
         let permit = Arc::clone(&entry.slots).try_acquire_owned().map_err(|_| {
@@ -163,7 +173,38 @@ impl Registry {
                 entry.capacity
             ))
         })?;
-        let pipeline = Arc::clone(&entry.pipeline);
+        Ok((Arc::clone(&entry.pipeline), permit))
+    }
+
+    /// Runs the request's partial results into a channel as they come (see
+    /// [`Pipeline::run_streaming`]); the last event is the outcome. Dropping
+    /// the receiver stops the work.
+    pub fn run_streaming(
+        &self,
+        kind: PipelineKind,
+        request: PipelineRequest,
+    ) -> Result<mpsc::Receiver<StreamEvent>, AiError> {
+        let (pipeline, permit) = self.admit(kind, &request)?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let result = pipeline.run_streaming(&request, &mut |event| {
+                tx.blocking_send(StreamEvent::Partial(event)).is_ok()
+            });
+            let _ = tx.blocking_send(StreamEvent::Done(result));
+        });
+        Ok(rx)
+    }
+
+    /// Runs `kind` on the model the request names (or the default), refusing
+    /// with `Busy` when that model is at capacity; the work runs off the async
+    /// threads.
+    pub async fn run(
+        &self,
+        kind: PipelineKind,
+        request: PipelineRequest,
+    ) -> Result<PipelineOutput, AiError> {
+        let (pipeline, permit) = self.admit(kind, &request)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             pipeline.run(&request)

@@ -1,6 +1,7 @@
 //! One module per ai-runner route.
 
 pub mod image;
+pub mod llm;
 
 use super::{AiError, PipelineOutput, PipelineRequest};
 
@@ -95,6 +96,19 @@ pub trait Pipeline: Send + Sync {
     /// "onnx" or "candle".
     fn runtime(&self) -> &'static str;
     fn run(&self, request: &PipelineRequest) -> Result<PipelineOutput, AiError>;
+
+    /// Runs, handing partial results to `emit` as they come (server-sent
+    /// events); `emit` returns false once nobody listens, which stops the
+    /// work. The returned output is the final event. Pipelines without
+    /// partial results emit nothing and return their output.
+    fn run_streaming(
+        &self,
+        request: &PipelineRequest,
+        emit: &mut dyn FnMut(serde_json::Value) -> bool,
+    ) -> Result<PipelineOutput, AiError> {
+        let _ = emit;
+        self.run(request)
+    }
 }
 
 #[cfg(test)]
