@@ -504,3 +504,114 @@ async fn llm_chat_completions_plain_and_streamed() {
     let (status, _) = post(&server, "upscale", form(png(&test_image(4, 4))), None).await;
     assert_eq!(status, 200);
 }
+
+/// audio-to-text over HTTP (multipart, as ai-runner takes it) and gRPC: the
+/// transcript of the generated clip is transformers' (golden.json), and bad
+/// uploads get ai-runner's statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_to_text_over_http_and_grpc() {
+    let api = openapi();
+    let server = ServeProcess::start(&[
+        "--ai-models",
+        "audio-to-text:lpworker/tiny-whisper:true",
+        "--models-dir",
+        "models",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let wav = std::fs::read("models/lpworker/tiny-whisper/test.wav").unwrap();
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string("models/lpworker/tiny-whisper/golden.json").unwrap(),
+    )
+    .unwrap();
+    let audio_form = |data: Vec<u8>, name: &str| {
+        Form::new().part(
+            "audio",
+            Part::bytes(data)
+                .file_name(name.to_string())
+                .mime_str("audio/wav")
+                .unwrap(),
+        )
+    };
+    let (status, body) = post(
+        &server,
+        "audio-to-text",
+        audio_form(wav.clone(), "clip.wav"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_conforms(&api, "/audio-to-text", "post", 200, &body);
+    // The server generates up to 128 tokens per window where the reference
+    // stopped at 48: the transcript starts with the reference's chunks.
+    let chunks = body["chunks"].as_array().unwrap();
+    let reference = golden["timestamps"]["chunks"].as_array().unwrap();
+    assert!(chunks.len() >= 2);
+    assert_eq!(chunks[0], reference[0]);
+    assert_eq!(chunks[1], reference[1]);
+    assert!(body["text"].as_str().unwrap().starts_with(&format!(
+        "{}{}",
+        reference[0]["text"].as_str().unwrap(),
+        reference[1]["text"].as_str().unwrap()
+    )));
+
+    // The same clip as MP3 (any format FFmpeg reads) transcribes too.
+    let mp3 = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-i",
+            "models/lpworker/tiny-whisper/test.wav",
+            "-f",
+            "mp3",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(mp3.status.success());
+    let (status, body) = post(
+        &server,
+        "audio-to-text",
+        audio_form(mp3.stdout, "clip.mp3").text("return_timestamps", "false"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["chunks"], serde_json::json!([]));
+    assert_conforms(&api, "/audio-to-text", "post", 200, &body);
+
+    for (form, status) in [
+        (audio_form(b"definitely not audio".to_vec(), "x.wav"), 415),
+        (Form::new().text("model_id", ""), 422),
+        (
+            audio_form(wav.clone(), "clip.wav").text("return_timestamps", "word"),
+            400,
+        ),
+        (
+            audio_form(wav.clone(), "clip.wav").text("model_id", "openai/whisper-large-v3"),
+            400,
+        ),
+    ] {
+        let (got, body) = post(&server, "audio-to-text", form, None).await;
+        assert_eq!(got, status, "{body}");
+        assert_conforms(&api, "/audio-to-text", "post", got, &body);
+    }
+
+    // gRPC Infer: the same pipeline, with the billing units.
+    let mut client = pb::worker_client::WorkerClient::connect(format!("http://{}", server.grpc))
+        .await
+        .unwrap();
+    let reply = client
+        .infer(pb::InferRequest {
+            pipeline: "audio-to-text".into(),
+            files: [("audio".to_string(), wav)].into_iter().collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.unit_kind, "ms");
+    assert_eq!(reply.units, 4000);
+    let result: Value = serde_json::from_slice(&reply.result_json).unwrap();
+    assert_eq!(result["chunks"][0], reference[0]);
+}

@@ -14,8 +14,15 @@ pub fn device() -> Device {
     Device::Cpu
 }
 
+/// A runtime error as the client sees it: its first line (Candle appends a
+/// backtrace when RUST_BACKTRACE is set; that goes to the log, not the client).
 pub fn model_error(context: &str, e: impl std::fmt::Display) -> AiError {
-    AiError::Internal(format!("{context}: {e}"))
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    if full.len() > first.len() {
+        tracing::debug!(context, error = %full, "model error");
+    }
+    AiError::Internal(format!("{context}: {first}"))
 }
 
 /// The weight files of a model folder: `model.safetensors`, or the shards a

@@ -5,6 +5,7 @@
 //! ai-runner HTTP API, the gRPC `Infer` call, go-livepeer's AI worker
 //! protocol) sit on top of the [`registry::Registry`].
 
+pub mod audio;
 pub mod candle;
 pub mod config;
 mod error;
@@ -14,6 +15,7 @@ pub mod media;
 pub mod onnx;
 pub mod pipelines;
 pub mod registry;
+pub mod whisper;
 
 use std::collections::HashMap;
 

@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::info;
 
 use super::config::AiModelConfig;
+use super::pipelines::audio_to_text::AudioToTextPipeline;
 use super::pipelines::image::ImagePipeline;
 use super::pipelines::llm::LlmPipeline;
 use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
@@ -103,6 +104,9 @@ impl Registry {
                         &dir,
                         threads,
                     )?)
+                }
+                PipelineKind::AudioToText if dir.join("config.json").is_file() => {
+                    Arc::new(AudioToTextPipeline::load(&config.model_id, &dir)?)
                 }
                 PipelineKind::Llm if dir.join("config.json").is_file() => {
                     Arc::new(LlmPipeline::load(&config.model_id, &dir)?)

@@ -1,5 +1,6 @@
 //! One module per ai-runner route.
 
+pub mod audio_to_text;
 pub mod image;
 pub mod llm;
 
