@@ -615,3 +615,60 @@ async fn audio_to_text_over_http_and_grpc() {
     let result: Value = serde_json::from_slice(&reply.result_json).unwrap();
     assert_eq!(result["chunks"][0], reference[0]);
 }
+
+/// text-to-image over HTTP with JSON bodies, as ai-runner takes them: PNG
+/// data URLs of the asked size, seeds per image, and ai-runner's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_to_image_over_http() {
+    let api = openapi();
+    let server = ServeProcess::start(&[
+        "--ai-models",
+        "text-to-image:lpworker/tiny-sd:true",
+        "--models-dir",
+        "models",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let url = format!("http://{}/text-to-image", server.http.unwrap());
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(&url)
+        .json(
+            &serde_json::json!({"prompt": "a quick brown fox", "height": 64, "width": 96,
+            "num_inference_steps": 2, "seed": 11, "num_images_per_prompt": 2}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_conforms(&api, "/text-to-image", "post", 200, &body);
+    let images = body["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!(images[1]["seed"], 12);
+    let img = decode_data_url(images[0]["url"].as_str().unwrap());
+    assert_eq!(img.dimensions(), (96, 64));
+    // Not a flat picture: the model drew something.
+    let (min, max) = img
+        .pixels()
+        .fold((255u8, 0u8), |(lo, hi), p| (lo.min(p[0]), hi.max(p[0])));
+    assert!(max - min > 20, "{min}..{max}");
+
+    for (body, status) in [
+        (serde_json::json!({"prompt": ""}), 400),
+        (serde_json::json!({"height": 64}), 422),
+        (
+            serde_json::json!({"prompt": "x", "width": 100, "height": 64}),
+            400,
+        ),
+        (
+            serde_json::json!({"prompt": "x", "model_id": "stabilityai/sd-turbo"}),
+            400,
+        ),
+    ] {
+        let resp = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{body}");
+        let body: Value = resp.json().await.unwrap();
+        assert_conforms(&api, "/text-to-image", "post", status, &body);
+    }
+}

@@ -38,7 +38,7 @@ fn schemathesis(url: &str, args: &[&str]) -> (bool, String) {
 fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() {
     let server = common::ServeProcess::start(&[
         "--ai-models",
-        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true,audio-to-text:lpworker/tiny-whisper:true",
+        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true,audio-to-text:lpworker/tiny-whisper:true,text-to-image:lpworker/tiny-sd:true",
         "--models-dir",
         "models",
         "--http-addr",
@@ -60,6 +60,8 @@ fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() 
         "/llm",
         "--include-path",
         "/audio-to-text",
+        "--include-path",
+        "/text-to-image",
         "--include-path",
         "/health",
         "--include-path",

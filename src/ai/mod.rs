@@ -8,6 +8,7 @@
 pub mod audio;
 pub mod candle;
 pub mod config;
+pub mod diffusion;
 mod error;
 pub mod http;
 pub mod llm;

@@ -11,6 +11,7 @@ use super::config::AiModelConfig;
 use super::pipelines::audio_to_text::AudioToTextPipeline;
 use super::pipelines::image::ImagePipeline;
 use super::pipelines::llm::LlmPipeline;
+use super::pipelines::text_to_image::TextToImagePipeline;
 use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
 
 /// What a streaming run reports.
@@ -107,6 +108,9 @@ impl Registry {
                 }
                 PipelineKind::AudioToText if dir.join("config.json").is_file() => {
                     Arc::new(AudioToTextPipeline::load(&config.model_id, &dir)?)
+                }
+                PipelineKind::TextToImage if dir.join("unet/config.json").is_file() => {
+                    Arc::new(TextToImagePipeline::load(&config.model_id, &dir)?)
                 }
                 PipelineKind::Llm if dir.join("config.json").is_file() => {
                     Arc::new(LlmPipeline::load(&config.model_id, &dir)?)

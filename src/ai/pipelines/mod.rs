@@ -3,6 +3,7 @@
 pub mod audio_to_text;
 pub mod image;
 pub mod llm;
+pub mod text_to_image;
 
 use super::{AiError, PipelineOutput, PipelineRequest};
 

@@ -1,0 +1,367 @@
+//! Stable Diffusion on Candle from a diffusers model folder: CLIP text
+//! encoder, UNet, VAE decoder and an Euler sampler, with classifier-free
+//! guidance. The UNet and VAE are Candle's; the text encoder and the sampler
+//! are lpworker's (see their modules for why).
+
+pub mod clip;
+pub mod scheduler;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::{
+    unet_2d::{BlockConfig, UNet2DConditionModel, UNet2DConditionModelConfig},
+    vae::{AutoEncoderKL, AutoEncoderKLConfig},
+};
+use tokenizers::Tokenizer;
+
+use self::clip::{ClipTextConfig, ClipTextEncoder};
+use self::scheduler::EulerConfig;
+use super::candle::{load_guarded, model_error, read_json, weights};
+use super::AiError;
+
+/// An int or a per-block list, as diffusers configs write head counts.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+enum PerBlock {
+    One(usize),
+    Each(Vec<usize>),
+}
+
+impl PerBlock {
+    fn get(&self, i: usize) -> usize {
+        match self {
+            PerBlock::One(v) => *v,
+            PerBlock::Each(v) => v.get(i).copied().unwrap_or(v[v.len() - 1]),
+        }
+    }
+}
+
+/// unet/config.json (UNet2DConditionModel).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct UnetJson {
+    in_channels: usize,
+    out_channels: usize,
+    block_out_channels: Vec<usize>,
+    down_block_types: Vec<String>,
+    layers_per_block: usize,
+    cross_attention_dim: usize,
+    attention_head_dim: PerBlock,
+    #[serde(default)]
+    transformer_layers_per_block: Option<PerBlock>,
+    #[serde(default)]
+    use_linear_projection: bool,
+    #[serde(default = "d_groups")]
+    norm_num_groups: usize,
+    #[serde(default = "d_eps")]
+    norm_eps: f64,
+    #[serde(default = "d_true")]
+    flip_sin_to_cos: bool,
+    #[serde(default)]
+    freq_shift: f64,
+    #[serde(default = "d_one")]
+    downsample_padding: usize,
+    #[serde(default = "d_one_f")]
+    mid_block_scale_factor: f64,
+    #[serde(default)]
+    center_input_sample: bool,
+    #[serde(default)]
+    addition_embed_type: Option<String>,
+}
+
+/// vae/config.json (AutoencoderKL).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct VaeJson {
+    block_out_channels: Vec<usize>,
+    layers_per_block: usize,
+    latent_channels: usize,
+    #[serde(default = "d_groups")]
+    norm_num_groups: usize,
+    #[serde(default = "d_true")]
+    use_quant_conv: bool,
+    #[serde(default = "d_true")]
+    use_post_quant_conv: bool,
+    #[serde(default = "d_scaling")]
+    scaling_factor: f64,
+}
+
+fn d_groups() -> usize {
+    32
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_true() -> bool {
+    true
+}
+fn d_one() -> usize {
+    1
+}
+fn d_one_f() -> f64 {
+    1.0
+}
+fn d_scaling() -> f64 {
+    0.18215
+}
+
+/// What one generation asks for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub height: usize,
+    pub width: usize,
+}
+
+pub struct StableDiffusion {
+    /// Attention heads of each UNet block that has attention (the mid block too).
+    attention_heads: Vec<(usize, usize)>,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    max_tokens: usize,
+    text_encoder: ClipTextEncoder,
+    unet: UNet2DConditionModel,
+    unet_in_channels: usize,
+    vae: AutoEncoderKL,
+    vae_scale: usize,
+    scaling_factor: f64,
+    latent_channels: usize,
+    scheduler: EulerConfig,
+    device: Device,
+}
+
+fn unsupported(dir: &Path, what: impl std::fmt::Display) -> AiError {
+    AiError::UnknownModel(format!("{}: {what}", dir.display()))
+}
+
+impl StableDiffusion {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, AiError> {
+        let tokenizer =
+            Tokenizer::from_file(dir.join("tokenizer/tokenizer.json")).map_err(|e| {
+                unsupported(
+                    dir,
+                    format!("tokenizer/tokenizer.json: {e} (see models/README.md to create it)"),
+                )
+            })?;
+        let tokenizer_config: serde_json::Value =
+            read_json(&dir.join("tokenizer/tokenizer_config.json")).unwrap_or_default();
+        let pad_token = tokenizer_config["pad_token"]
+            .as_str()
+            .or_else(|| tokenizer_config["pad_token"]["content"].as_str())
+            .unwrap_or("<|endoftext|>");
+        let pad_id = tokenizer.token_to_id(pad_token).ok_or_else(|| {
+            unsupported(dir, format!("pad token {pad_token:?} not in the tokenizer"))
+        })?;
+
+        let clip_config: ClipTextConfig = read_json(&dir.join("text_encoder/config.json"))?;
+        let max_tokens = tokenizer_config["model_max_length"]
+            .as_u64()
+            .map(|m| m as usize)
+            .unwrap_or(clip_config.max_position_embeddings)
+            .min(clip_config.max_position_embeddings);
+        let vb = weights(&dir.join("text_encoder"), DType::F32, device)?;
+        let text_encoder = load_guarded("loading the text encoder", || {
+            ClipTextEncoder::load(&clip_config, vb)
+        })?;
+
+        let u: UnetJson = read_json(&dir.join("unet/config.json"))?;
+        if u.addition_embed_type.is_some() {
+            return Err(unsupported(
+                dir,
+                "SDXL-style UNets (added embeddings) are not supported",
+            ));
+        }
+        let blocks = u
+            .block_out_channels
+            .iter()
+            .enumerate()
+            .map(|(i, &out_channels)| {
+                let cross = u
+                    .down_block_types
+                    .get(i)
+                    .is_some_and(|t| t.starts_with("CrossAttn"));
+                BlockConfig {
+                    out_channels,
+                    use_cross_attn: cross.then(|| {
+                        u.transformer_layers_per_block
+                            .as_ref()
+                            .map_or(1, |t| t.get(i))
+                    }),
+                    attention_head_dim: u.attention_head_dim.get(i),
+                }
+            })
+            .collect();
+        let unet_config = UNet2DConditionModelConfig {
+            center_input_sample: u.center_input_sample,
+            flip_sin_to_cos: u.flip_sin_to_cos,
+            freq_shift: u.freq_shift,
+            blocks,
+            layers_per_block: u.layers_per_block,
+            downsample_padding: u.downsample_padding,
+            mid_block_scale_factor: u.mid_block_scale_factor,
+            norm_num_groups: u.norm_num_groups,
+            norm_eps: u.norm_eps,
+            cross_attention_dim: u.cross_attention_dim,
+            sliced_attention_size: None,
+            use_linear_projection: u.use_linear_projection,
+        };
+        let vb = weights(&dir.join("unet"), DType::F32, device)?;
+        let unet = load_guarded("loading the UNet", || {
+            UNet2DConditionModel::new(vb, u.in_channels, u.out_channels, false, unet_config)
+        })?;
+
+        let v: VaeJson = read_json(&dir.join("vae/config.json"))?;
+        let vae_config = AutoEncoderKLConfig {
+            block_out_channels: v.block_out_channels.clone(),
+            layers_per_block: v.layers_per_block,
+            latent_channels: v.latent_channels,
+            norm_num_groups: v.norm_num_groups,
+            use_quant_conv: v.use_quant_conv,
+            use_post_quant_conv: v.use_post_quant_conv,
+        };
+        let vb = weights(&dir.join("vae"), DType::F32, device)?;
+        let vae = load_guarded("loading the VAE", || {
+            AutoEncoderKL::new(vb, 3, 3, vae_config)
+        })?;
+
+        let scheduler: EulerConfig = read_json(&dir.join("scheduler/scheduler_config.json"))?;
+        scheduler.check().map_err(|e| unsupported(dir, e))?;
+        // (downsampling level, heads) of every block with attention; the mid
+        // block sits at the deepest level with the last block's heads.
+        let mut attention_heads: Vec<(usize, usize)> = u
+            .down_block_types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.starts_with("CrossAttn"))
+            .map(|(i, _)| (i, u.attention_head_dim.get(i)))
+            .collect();
+        let levels = u.block_out_channels.len();
+        attention_heads.push((levels - 1, u.attention_head_dim.get(levels - 1)));
+        Ok(StableDiffusion {
+            attention_heads,
+            tokenizer,
+            pad_id,
+            max_tokens,
+            text_encoder,
+            unet,
+            unet_in_channels: u.in_channels,
+            vae,
+            vae_scale: 1 << (v.block_out_channels.len().saturating_sub(1)),
+            scaling_factor: v.scaling_factor,
+            latent_channels: v.latent_channels,
+            scheduler,
+            device: device.clone(),
+        })
+    }
+
+    /// Output sizes must be multiples of this (the VAE's downscale × 8 would
+    /// also do; diffusers asks for multiples of 8).
+    pub fn size_multiple(&self) -> usize {
+        self.vae_scale.max(8)
+    }
+
+    /// Bytes the largest self-attention score matrix of one UNet call takes
+    /// for an image (batch of two with guidance): the part of the memory that
+    /// grows with the square of the pixel count, checked before running so an
+    /// oversize request is refused instead of aborting the process.
+    pub fn attention_bytes(&self, height: usize, width: usize, guided: bool) -> u128 {
+        let batch: u128 = if guided { 2 } else { 1 };
+        let latent_tokens = ((height / self.vae_scale) * (width / self.vae_scale)) as u128;
+        self.attention_heads
+            .iter()
+            .map(|&(level, heads)| {
+                let tokens = latent_tokens >> (2 * level as u32);
+                // Scores and their softmax exist at once, f32.
+                batch * heads as u128 * tokens * tokens * 4 * 2
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The latent tensor shape for an image.
+    pub fn latent_shape(&self, height: usize, width: usize) -> (usize, usize, usize, usize) {
+        (
+            1,
+            self.latent_channels,
+            height / self.vae_scale,
+            width / self.vae_scale,
+        )
+    }
+
+    /// Token ids of `text` padded (or cut) to the encoder's length.
+    pub fn prompt_ids(&self, text: &str) -> Result<Vec<u32>, AiError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| AiError::Internal(format!("tokenizing the prompt: {e}")))?;
+        let mut ids = encoding.get_ids().to_vec();
+        if ids.len() > self.max_tokens {
+            // Keep the end-of-text token as the tokenizer's truncation would.
+            let last = *ids.last().expect("non-empty");
+            ids.truncate(self.max_tokens);
+            ids[self.max_tokens - 1] = last;
+        }
+        ids.resize(self.max_tokens, self.pad_id);
+        Ok(ids)
+    }
+
+    /// The text encoder's hidden states for a prompt, `[1, tokens, dim]`.
+    pub fn embed(&self, text: &str) -> Result<Tensor, AiError> {
+        let ids = self.prompt_ids(text)?;
+        self.text_encoder
+            .forward(&ids, &self.device)
+            .map_err(|e| model_error("text encoder", e))
+    }
+
+    /// Denoises `initial` (unit-variance noise of [`Self::latent_shape`]) and
+    /// returns the final latents and the image `[3, height, width]` in [0, 1].
+    pub fn generate(
+        &self,
+        request: &Request,
+        initial: &Tensor,
+    ) -> Result<(Tensor, Tensor), AiError> {
+        let guided = request.guidance_scale > 1.0;
+        let cond = self.embed(&request.prompt)?;
+        let context = if guided {
+            let uncond = self.embed(&request.negative_prompt)?;
+            Tensor::cat(&[&uncond, &cond], 0).map_err(|e| model_error("prompt embeddings", e))?
+        } else {
+            cond
+        };
+        let schedule = self.scheduler.schedule(request.steps);
+        let run = || -> candle_core::Result<(Tensor, Tensor)> {
+            let mut latents = (initial * schedule.init_noise_sigma)?;
+            for (i, &t) in schedule.timesteps.iter().enumerate() {
+                let input = if guided {
+                    Tensor::cat(&[&latents, &latents], 0)?
+                } else {
+                    latents.clone()
+                };
+                let input = (input * schedule.input_scale(i))?;
+                let noise = self.unet.forward(&input, t, &context)?;
+                let noise = if guided {
+                    let parts = noise.chunk(2, 0)?;
+                    (&parts[0] + ((&parts[1] - &parts[0])? * request.guidance_scale)?)?
+                } else {
+                    noise
+                };
+                let (a, b) = schedule.step_coefficients(i);
+                latents = ((latents * a)? + (noise * b)?)?;
+            }
+            let image = self.vae.decode(&(&latents / self.scaling_factor)?)?;
+            let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?;
+            Ok((latents, image))
+        };
+        run().map_err(|e| model_error("diffusion", e))
+    }
+
+    pub fn unet_in_channels(&self) -> usize {
+        self.unet_in_channels
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+}
