@@ -672,3 +672,62 @@ async fn text_to_image_over_http() {
         assert_conforms(&api, "/text-to-image", "post", status, &body);
     }
 }
+
+/// Black text on white, rendered with DejaVu Sans (fonts-dejavu-core).
+fn render_text(text: &str, size: f32, width: u32, height: u32) -> RgbImage {
+    use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+    let data = std::fs::read("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").unwrap();
+    let font = FontRef::try_from_slice(&data).unwrap();
+    let scaled = font.as_scaled(PxScale::from(size));
+    let mut image = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    let (mut x, baseline) = (size, size + scaled.ascent());
+    for c in text.chars() {
+        let id = scaled.glyph_id(c);
+        let glyph = id.with_scale_and_position(size, ab_glyph::point(x, baseline));
+        x += scaled.h_advance(id);
+        if let Some(outline) = font.outline_glyph(glyph) {
+            let b = outline.px_bounds();
+            outline.draw(|gx, gy, coverage| {
+                let (px, py) = (b.min.x as u32 + gx, b.min.y as u32 + gy);
+                if px < width && py < height {
+                    let ink = (255.0 * (1.0 - coverage.clamp(0.0, 1.0))) as u8;
+                    let v = image.get_pixel(px, py)[0].min(ink);
+                    image.put_pixel(px, py, image::Rgb([v, v, v]));
+                }
+            });
+        }
+    }
+    image
+}
+
+/// image-to-text with the RapidOCR models a PyPI package ships: a served
+/// worker reads text rendered into a generated image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_to_text_reads_rendered_text() {
+    let api = openapi();
+    let dir = common::tempdir();
+    let models = common::models_dir_with_ocr(dir.path());
+    let server = ServeProcess::start(&[
+        "--ai-models",
+        "image-to-text:rapidocr/PP-OCRv4:true",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let image = render_text("LIVEPEER 2026", 64.0, 720, 200);
+    let rendered = Form::new().part(
+        "image",
+        Part::bytes(png(&image))
+            .file_name("t.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let (status, body) = post(&server, "image-to-text", rendered, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_conforms(&api, "/image-to-text", "post", 200, &body);
+    assert_eq!(body["text"], "LIVEPEER 2026");
+    let (status, body) = post(&server, "image-to-text", form(b"junk".to_vec()), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_conforms(&api, "/image-to-text", "post", 400, &body);
+}

@@ -8,10 +8,18 @@ use candle_nn::VarBuilder;
 
 use super::AiError;
 
-/// The device Candle models run on. CPU: Candle's CUDA backend needs the CUDA
-/// toolkit at build time, which the `nvidia` feature must not (see models/README.md).
+/// The device Candle models run on: the first CUDA GPU when this build has
+/// Candle's CUDA backend (feature `candle-cuda`) and a GPU is present, else
+/// the CPU. That backend compiles its kernels with nvcc at build time, which
+/// the `nvidia` feature must not need, hence a feature of its own.
 pub fn device() -> Device {
-    Device::Cpu
+    match Device::cuda_if_available(0) {
+        Ok(device) => device,
+        Err(e) => {
+            tracing::warn!(error = %e, "CUDA device unavailable; Candle models run on the CPU");
+            Device::Cpu
+        }
+    }
 }
 
 /// A runtime error as the client sees it: its first line (Candle appends a

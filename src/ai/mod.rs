@@ -13,9 +13,11 @@ mod error;
 pub mod http;
 pub mod llm;
 pub mod media;
+pub mod ocr;
 pub mod onnx;
 pub mod pipelines;
 pub mod registry;
+pub mod vad;
 pub mod whisper;
 
 use std::collections::HashMap;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 use super::{AiError, Infer};
 
@@ -24,26 +24,11 @@ pub fn find_library() -> Option<PathBuf> {
         roots.push(dir.join("lib"));
         roots.push(dir.clone());
     }
-    let mut site_packages = vec![PathBuf::from(".venv/lib")];
-    if let Some(home) = std::env::var_os("HOME") {
-        let pyenv = PathBuf::from(home).join(".pyenv/versions");
-        if let Ok(versions) = std::fs::read_dir(pyenv) {
-            site_packages.extend(versions.flatten().map(|v| v.path().join("lib")));
-        }
-    }
-    site_packages.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
-    for lib in site_packages {
-        if let Ok(pythons) = std::fs::read_dir(&lib) {
-            for py in pythons
-                .flatten()
-                .filter(|p| p.file_name().to_string_lossy().starts_with("python3"))
-            {
-                for sub in ["site-packages", "dist-packages"] {
-                    roots.push(py.path().join(sub).join("onnxruntime/capi"));
-                }
-            }
-        }
-    }
+    roots.extend(
+        python_site_packages()
+            .into_iter()
+            .map(|dir| dir.join("onnxruntime/capi")),
+    );
     roots.extend(["/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib"].map(PathBuf::from));
     roots.into_iter().find_map(|dir| {
         let entries = std::fs::read_dir(&dir).ok()?;
@@ -56,6 +41,44 @@ pub fn find_library() -> Option<PathBuf> {
             })
             .min_by_key(|p| p.as_os_str().len())
     })
+}
+
+/// The Python package directories that may hold ONNX Runtime's wheel or a
+/// PyPI package's model files, most specific first: the project `.venv`,
+/// pyenv's versions, then the system's site-/dist-packages.
+fn python_site_packages() -> Vec<PathBuf> {
+    let mut lib_dirs = vec![PathBuf::from(".venv/lib")];
+    if let Some(home) = std::env::var_os("HOME") {
+        let pyenv = PathBuf::from(home).join(".pyenv/versions");
+        if let Ok(versions) = std::fs::read_dir(pyenv) {
+            lib_dirs.extend(versions.flatten().map(|v| v.path().join("lib")));
+        }
+    }
+    lib_dirs.extend(["/usr/local/lib", "/usr/lib"].map(PathBuf::from));
+    let mut dirs = Vec::new();
+    for lib in lib_dirs {
+        if let Ok(pythons) = std::fs::read_dir(&lib) {
+            for py in pythons
+                .flatten()
+                .filter(|p| p.file_name().to_string_lossy().starts_with("python3"))
+            {
+                for sub in ["site-packages", "dist-packages"] {
+                    dirs.push(py.path().join(sub));
+                }
+            }
+        }
+    }
+    dirs
+}
+
+/// Finds a file a PyPI package ships (`relative` to site-packages, e.g.
+/// `silero_vad/data/silero_vad.onnx`) where [`find_library`] looks for the
+/// ONNX Runtime wheel.
+pub fn find_package_file(relative: &Path) -> Option<PathBuf> {
+    python_site_packages()
+        .into_iter()
+        .map(|dir| dir.join(relative))
+        .find(|p| p.is_file())
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
@@ -83,6 +106,35 @@ pub fn environment(
     env.as_ref().map_err(|e| AiError::Internal(e.clone()))
 }
 
+/// Whether the loaded ONNX Runtime has the CUDA execution provider (the
+/// `onnxruntime-gpu` wheel does, the `onnxruntime` one does not).
+pub fn cuda_available() -> bool {
+    use ort::ep::ExecutionProvider;
+    environment(None).is_ok() && ort::ep::CUDA::is_available().unwrap_or(false)
+}
+
+/// Opens `path` as an ONNX Runtime session in the process environment, with
+/// `threads` intra-op threads (ONNX Runtime's default when 0), on the GPU
+/// through the CUDA execution provider when the library has it; ONNX Runtime
+/// falls back to the CPU when registering it fails (no GPU or driver).
+pub fn session(path: &Path, threads: usize) -> Result<ort::session::Session, AiError> {
+    let env = environment(None)?;
+    let fail = |e: ort::Error| AiError::Internal(format!("loading {}: {e}", path.display()));
+    let mut builder = ort::session::Session::builder(env).map_err(fail)?;
+    if cuda_available() {
+        tracing::info!(model = %path.display(), "ONNX Runtime CUDA execution provider requested");
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build()])
+            .map_err(|e| fail(e.into()))?;
+    }
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| fail(e.into()))?;
+    }
+    builder.commit_from_file(path).map_err(fail)
+}
+
 /// One ONNX model with a single image-like input and output.
 pub struct OnnxModel {
     // `Session::run` takes `&mut self`; requests to one model are serialised
@@ -100,15 +152,7 @@ impl OnnxModel {
         output: Option<&str>,
         threads: usize,
     ) -> Result<Self, AiError> {
-        let env = environment(None)?;
-        let fail = |e: ort::Error| AiError::Internal(format!("loading {}: {e}", path.display()));
-        let mut builder = ort::session::Session::builder(env).map_err(fail)?;
-        if threads > 0 {
-            builder = builder
-                .with_intra_threads(threads)
-                .map_err(|e| fail(e.into()))?;
-        }
-        let session = builder.commit_from_file(path).map_err(fail)?;
+        let session = session(path, threads)?;
         let pick =
             |wanted: Option<&str>, names: Vec<String>, what: &str| -> Result<String, AiError> {
                 match wanted {
@@ -168,5 +212,110 @@ impl Infer for OnnxModel {
             .get(self.output.as_str())
             .ok_or_else(|| AiError::Internal(format!("model produced no {:?}", self.output)))?;
         Ok(output.try_extract_array::<f32>().map_err(fail)?.to_owned())
+    }
+}
+
+/// One input tensor of an [`OnnxSession`] run.
+pub enum OnnxInput<'a> {
+    F32(ArrayViewD<'a, f32>),
+    I64(ArrayViewD<'a, i64>),
+}
+
+/// An ONNX model with any number of named inputs and float outputs, for
+/// models that do not fit [`OnnxModel`]'s one-image-in, one-image-out shape
+/// (recurrent state, scalar parameters, several results).
+pub struct OnnxSession {
+    // Serialised as in `OnnxModel`: `Session::run` takes `&mut self`.
+    session: Mutex<ort::session::Session>,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+impl OnnxSession {
+    pub fn load(path: &Path, threads: usize) -> Result<Self, AiError> {
+        let session = session(path, threads)?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|i| i.name().to_string())
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        Ok(OnnxSession {
+            session: Mutex::new(session),
+            inputs,
+            outputs,
+        })
+    }
+
+    pub fn input_names(&self) -> &[String] {
+        &self.inputs
+    }
+
+    pub fn output_names(&self) -> &[String] {
+        &self.outputs
+    }
+
+    /// The model's custom metadata value for `key` (ONNX `metadata_props`).
+    pub fn metadata(&self, key: &str) -> Result<Option<String>, AiError> {
+        let session = self.lock()?;
+        let metadata = session
+            .metadata()
+            .map_err(|e| AiError::Internal(format!("ONNX model metadata: {e}")))?;
+        Ok(metadata.custom(key))
+    }
+
+    /// Runs the model on named inputs; returns every output, in the model's
+    /// output order, as float32.
+    pub fn run(&self, inputs: &[(&str, OnnxInput<'_>)]) -> Result<Vec<ArrayD<f32>>, AiError> {
+        let fail = |e: ort::Error| AiError::Internal(format!("ONNX Runtime: {e}"));
+        let mut values: Vec<(&str, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let value = match input {
+                OnnxInput::F32(a) => ort::value::TensorRef::from_array_view(a.view())
+                    .map_err(fail)?
+                    .into(),
+                OnnxInput::I64(a) => ort::value::TensorRef::from_array_view(a.view())
+                    .map_err(fail)?
+                    .into(),
+            };
+            values.push((*name, value));
+        }
+        let mut session = self.lock()?;
+        let outputs = session.run(values).map_err(fail)?;
+        self.outputs
+            .iter()
+            .map(|name| {
+                let value = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| AiError::Internal(format!("model produced no {name:?}")))?;
+                Ok(value.try_extract_array::<f32>().map_err(fail)?.to_owned())
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ort::session::Session>, AiError> {
+        self.session
+            .lock()
+            .map_err(|_| AiError::Internal("model lock poisoned".into()))
+    }
+}
+
+#[cfg(test)]
+mod cuda_tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_wheel_has_no_cuda_provider_and_sessions_still_open() {
+        // The test machines load the CPU-only `onnxruntime` wheel, so no CUDA
+        // provider is asked for and sessions open on the CPU.
+        let model =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lpworker/nearest-2x/model.onnx");
+        assert!(session(&model, 1).is_ok());
+        assert!(!cuda_available());
     }
 }

@@ -10,6 +10,7 @@ use tracing::info;
 use super::config::AiModelConfig;
 use super::pipelines::audio_to_text::AudioToTextPipeline;
 use super::pipelines::image::ImagePipeline;
+use super::pipelines::image_to_text::ImageToTextPipeline;
 use super::pipelines::llm::LlmPipeline;
 use super::pipelines::text_to_image::TextToImagePipeline;
 use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
@@ -111,6 +112,9 @@ impl Registry {
                 }
                 PipelineKind::TextToImage if dir.join("unet/config.json").is_file() => {
                     Arc::new(TextToImagePipeline::load(&config.model_id, &dir)?)
+                }
+                PipelineKind::ImageToText => {
+                    Arc::new(ImageToTextPipeline::load(&config.model_id, &dir, threads)?)
                 }
                 PipelineKind::Llm if dir.join("config.json").is_file() => {
                     Arc::new(LlmPipeline::load(&config.model_id, &dir)?)

@@ -305,3 +305,30 @@ pub fn ready_line(child: &mut std::process::Child) -> String {
 pub fn line_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line.split_whitespace().find_map(|f| f.strip_prefix(name))
 }
+
+/// A models directory for serving tests: the repository's generated models
+/// (`lpworker/...`) and, as `rapidocr/PP-OCRv4`, the RapidOCR ONNX models the
+/// PyPI package in .venv ships (linked, not copied).
+pub fn models_dir_with_ocr(dir: &Path) -> PathBuf {
+    let root = dir.join("models");
+    let ocr = root.join("rapidocr/PP-OCRv4");
+    std::fs::create_dir_all(&ocr).unwrap();
+    std::os::unix::fs::symlink(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lpworker"),
+        root.join("lpworker"),
+    )
+    .unwrap();
+    for (file, link) in [
+        ("ch_PP-OCRv4_det_infer.onnx", "det.onnx"),
+        ("ch_PP-OCRv4_rec_infer.onnx", "rec.onnx"),
+        ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "cls.onnx"),
+    ] {
+        let source = lpworker::ai::onnx::find_package_file(
+            &Path::new("rapidocr_onnxruntime/models").join(file),
+        )
+        .expect("rapidocr-onnxruntime is installed in .venv (bash scripts/install-deps)");
+        let source = std::fs::canonicalize(source).unwrap();
+        std::os::unix::fs::symlink(source, ocr.join(link)).unwrap();
+    }
+    root
+}

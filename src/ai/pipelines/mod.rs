@@ -2,6 +2,7 @@
 
 pub mod audio_to_text;
 pub mod image;
+pub mod image_to_text;
 pub mod llm;
 pub mod text_to_image;
 
