@@ -1,22 +1,8 @@
 // NV12 and P010 resize kernels: bilinear and area, each writing every
 // rendition of a ladder in one launch (blockIdx.z = rendition * 2 + plane), so
 // the source is read while hot in L2 instead of once per rendition.
+#include "ladder.cuh"
 #include "resize_math.cuh"
-
-#define LPW_MAX_RENDITIONS 8
-
-struct LpwPlane {
-    unsigned char* ptr;
-    int pitch;
-    int width;
-    int height;
-};
-
-struct LpwLadder {
-    int count;
-    LpwPlane luma[LPW_MAX_RENDITIONS];
-    LpwPlane chroma[LPW_MAX_RENDITIONS];
-};
 
 template <typename T, int SHIFT, int MAXV, bool AREA>
 __device__ inline void lpw_resize_ladder(const unsigned char* src_y, int src_y_pitch,

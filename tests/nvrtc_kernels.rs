@@ -4,7 +4,7 @@
 //! wheel, on LD_LIBRARY_PATH (scripts/test sets it).
 #![cfg(feature = "nvidia")]
 
-use lpworker::video::nvidia::{nvrtc, KERNELS};
+use lpworker::video::nvidia::{ladder, nvrtc, KERNELS};
 
 #[test]
 fn kernels_compile_cleanly_for_every_shipped_architecture() {
@@ -54,4 +54,35 @@ fn errors_and_warnings_are_caught() {
         !warned.log.is_empty(),
         "NVRTC reported no warning for an unused variable"
     );
+}
+
+/// The device compiler lays out the kernels' `LpwLadder` argument exactly as
+/// the Rust mirror (video::nvidia::ladder): static_asserts built from Rust's
+/// offsets fail the compile otherwise.
+#[test]
+fn ladder_layout_matches_the_kernels_under_nvrtc() {
+    let source = format!(
+        "{}\n{}",
+        nvrtc::kernel_source(),
+        ladder::layout_assertions()
+    );
+    for arch in ["sm_80", "sm_90"] {
+        let compiled = nvrtc::compile_source(&source, arch).unwrap_or_else(|e| panic!("{e}"));
+        assert!(compiled.log.is_empty(), "{arch}: {}", compiled.log);
+    }
+    // A planted wrong offset is caught (so offsetof really is evaluated).
+    let wrong = source.replace(
+        "offsetof(LpwLadder, chroma) == 200",
+        "offsetof(LpwLadder, chroma) == 199",
+    );
+    assert_ne!(wrong, source);
+    let err = nvrtc::compile_source(&wrong, "sm_90").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Rust mirror differs: offsetof(LpwLadder, chroma)"),
+        "{err}"
+    );
+    // The scaler falls back to the newest of these for a GPU NVRTC predates.
+    let archs = nvrtc::supported_archs().unwrap();
+    assert!([80, 89, 90].iter().all(|a| archs.contains(a)), "{archs:?}");
 }

@@ -52,6 +52,22 @@ pub struct BenchArgs {
     /// Where the report, summary and plots go.
     #[arg(long, default_value = "bench-report")]
     pub out: PathBuf,
+    /// Instead, check and time the NVIDIA resize kernels on GPU 0 and print
+    /// JSON (needs a build with `--features nvidia`).
+    #[arg(long)]
+    pub gpu_kernels: bool,
+}
+
+#[cfg(feature = "nvidia")]
+fn gpu_kernels() -> Result<()> {
+    let report = lpworker::video::nvidia::gpu_bench::run(0)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[cfg(not(feature = "nvidia"))]
+fn gpu_kernels() -> Result<()> {
+    bail!("--gpu-kernels needs the NVIDIA backend: this lpworker was built without `--features nvidia`")
 }
 
 fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {
@@ -64,6 +80,9 @@ fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if args.gpu_kernels {
+        return gpu_kernels();
+    }
     if args.concurrency.contains(&0) {
         bail!("--concurrency levels must be at least 1");
     }

@@ -29,13 +29,17 @@ pub enum NvrtcError {
     Compile { arch: String, log: String },
 }
 
-/// The kernels as one source string: the shared header is inlined, so the
+/// The kernels as one source string: the shared headers are inlined, so the
 /// compile needs no include path (and works from an installed binary).
 pub fn kernel_source() -> String {
-    let header = super::KERNEL_SOURCES[0].1;
-    super::KERNEL_SOURCES[1]
-        .1
-        .replace("#include \"resize_math.cuh\"", header)
+    let (kernels, headers) = super::KERNEL_SOURCES
+        .split_last()
+        .expect("KERNEL_SOURCES ends with the kernels");
+    headers
+        .iter()
+        .fold(kernels.1.to_string(), |source, (name, header)| {
+            source.replace(&format!("#include \"{name}\""), header)
+        })
 }
 
 fn text(raw: &[c_char]) -> String {
@@ -48,7 +52,11 @@ fn text(raw: &[c_char]) -> String {
 
 /// NVRTC's version, or NotFound when the library is missing.
 pub fn version() -> Result<(i32, i32), NvrtcError> {
-    // cudarc panics when the library cannot be loaded; turn that into an error.
+    // cudarc panics when the library cannot be loaded: check first, so that
+    // nothing prints a panic, and still turn any panic into an error.
+    if !super::driver::nvrtc_library_loads() {
+        return Err(NvrtcError::NotFound);
+    }
     std::panic::catch_unwind(|| {
         let (mut major, mut minor) = (0, 0);
         // SAFETY: two valid out-pointers.
@@ -63,6 +71,35 @@ pub fn version() -> Result<(i32, i32), NvrtcError> {
             code,
         }),
     })
+}
+
+/// The real GPU architectures NVRTC compiles for, as numbers (90 for sm_90),
+/// ascending.
+pub fn supported_archs() -> Result<Vec<i32>, NvrtcError> {
+    version()?;
+    let mut count = 0;
+    // SAFETY: a valid out-pointer.
+    match unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) } {
+        sys::nvrtcResult::NVRTC_SUCCESS => {}
+        code => {
+            return Err(NvrtcError::Call {
+                call: "nvrtcGetNumSupportedArchs",
+                code,
+            })
+        }
+    }
+    let mut archs = vec![0; count.max(0) as usize];
+    // SAFETY: the buffer holds as many entries as NVRTC reported.
+    match unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) } {
+        sys::nvrtcResult::NVRTC_SUCCESS => {
+            archs.sort_unstable();
+            Ok(archs)
+        }
+        code => Err(NvrtcError::Call {
+            call: "nvrtcGetSupportedArchs",
+            code,
+        }),
+    }
 }
 
 /// Compiles every kernel for `arch` (e.g. "sm_90"), without fused

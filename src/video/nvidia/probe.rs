@@ -40,8 +40,12 @@ fn lacks_nvenc(name: &str) -> bool {
 
 /// Every GPU the driver sees; empty without a driver or GPU.
 pub fn probe() -> Vec<GpuInfo> {
-    // cudarc panics when libcuda cannot be loaded: no driver, no GPUs.
-    std::panic::catch_unwind(probe_driver).unwrap_or_default()
+    // cudarc panics when libcuda cannot be loaded: no driver, no GPUs. The
+    // check first keeps that panic's message off stderr.
+    if !super::driver::cuda_library_loads() {
+        return Vec::new();
+    }
+    super::driver::catch_panic(probe_driver).unwrap_or_default()
 }
 
 fn probe_driver() -> Vec<GpuInfo> {
