@@ -17,7 +17,7 @@ use cudarc::driver::{sys, CudaEvent, CudaStream, DriverError};
 use serde_json::{json, Value};
 
 use super::probe;
-use super::reference::{self, Depth, Filter, Plane};
+use super::reference::{self, fill_test_pattern, read_sample, Filter, Plane};
 use super::scaler::{DeviceFrame, GpuError, GpuScaler, HostFrame, ImageKind, PixelFormat};
 
 /// The source size and the ladder the figures are for (go-livepeer's
@@ -43,36 +43,13 @@ fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
 pub fn test_frame(format: PixelFormat, width: usize, height: usize) -> HostFrame {
     let mut frame = HostFrame::new(format, width, height);
     let mut state = 0x9e37_79b9u32;
+    let depth = format.depth();
     let mut fill = |plane: &mut [u8], pitch: usize, samples: usize, rows: usize| {
-        for y in 0..rows {
-            for x in 0..samples {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let smooth = ((x * 7 + y * 3) % 1024) as u32;
-                let edge = if (x / 37 + y / 23) % 2 == 0 { 200 } else { 0 };
-                let v10 = (smooth / 2 + edge * 2 + (state % 64)) % 1024;
-                match format {
-                    PixelFormat::Nv12 => plane[y * pitch + x] = (v10 >> 2) as u8,
-                    PixelFormat::P010 => plane[y * pitch + 2 * x..y * pitch + 2 * x + 2]
-                        .copy_from_slice(&((v10 as u16) << 6).to_le_bytes()),
-                }
-            }
-        }
+        fill_test_pattern(plane, pitch, samples, rows, depth, &mut state)
     };
     fill(&mut frame.luma, frame.luma_pitch, width, height);
     fill(&mut frame.chroma, frame.chroma_pitch, width, height / 2);
     frame
-}
-
-fn sample(data: &[u8], pitch: usize, x: usize, y: usize, depth: Depth) -> i32 {
-    match depth {
-        Depth::Eight => i32::from(data[y * pitch + x]),
-        Depth::Ten => {
-            let o = y * pitch + 2 * x;
-            i32::from(u16::from_le_bytes([data[o], data[o + 1]]) >> 6)
-        }
-    }
 }
 
 /// The largest difference, in sample units, between a scaled frame from the
@@ -117,8 +94,8 @@ pub fn max_abs_diff(src: &HostFrame, gpu: &HostFrame, filter: Filter) -> i32 {
         }
         for y in 0..oh {
             for x in 0..ow * step {
-                let d =
-                    sample(&expected, out_pitch, x, y, depth) - sample(out, out_pitch, x, y, depth);
+                let d = read_sample(&expected, out_pitch, x, y, depth)
+                    - read_sample(out, out_pitch, x, y, depth);
                 max = max.max(d.abs());
             }
         }
@@ -348,7 +325,7 @@ mod tests {
     /// The comparison itself, without a GPU: the reference's own output
     /// differs from itself by 0, and a changed sample is found.
     #[test]
-    fn max_abs_diff_finds_a_changed_sample() {
+    fn max_abs_diff_finds_a_changed_read_sample() {
         for format in [PixelFormat::Nv12, PixelFormat::P010] {
             let src = test_frame(format, 64, 36);
             let mut out = HostFrame::new(format, 42, 24);

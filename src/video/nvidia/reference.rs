@@ -163,6 +163,46 @@ pub fn scale_plane(
     }
 }
 
+/// Fills `rows` rows of `samples` samples of a plane (`pitch` bytes a row,
+/// `depth`'s layout) with edges, gradients and xorshift noise continuing from
+/// `state`: the pattern the kernel checks use, which exercises every branch
+/// of both filters.
+pub fn fill_test_pattern(
+    data: &mut [u8],
+    pitch: usize,
+    samples: usize,
+    rows: usize,
+    depth: Depth,
+    state: &mut u32,
+) {
+    for y in 0..rows {
+        for x in 0..samples {
+            *state ^= *state << 13;
+            *state ^= *state >> 17;
+            *state ^= *state << 5;
+            let smooth = ((x * 7 + y * 3) % 1024) as u32;
+            let edge = if (x / 37 + y / 23) % 2 == 0 { 200 } else { 0 };
+            let v10 = (smooth / 2 + edge * 2 + (*state % 64)) % 1024;
+            match depth {
+                Depth::Eight => data[y * pitch + x] = (v10 >> 2) as u8,
+                Depth::Ten => data[y * pitch + 2 * x..y * pitch + 2 * x + 2]
+                    .copy_from_slice(&((v10 as u16) << 6).to_le_bytes()),
+            }
+        }
+    }
+}
+
+/// One sample of a plane in `depth`'s layout (10-bit samples in P010's high bits).
+pub fn read_sample(data: &[u8], pitch: usize, x: usize, y: usize, depth: Depth) -> i32 {
+    match depth {
+        Depth::Eight => i32::from(data[y * pitch + x]),
+        Depth::Ten => {
+            let o = y * pitch + 2 * x;
+            i32::from(u16::from_le_bytes([data[o], data[o + 1]]) >> 6)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,32 +231,11 @@ mod tests {
         let pitch = w * step * bytes + 32;
         let mut data = vec![0u8; pitch * h];
         let mut state = seed.wrapping_mul(2654435761) | 1;
-        for y in 0..h {
-            for x in 0..w * step {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                let smooth = ((x * 7 + y * 3) % 1024) as u32;
-                let edge = if (x / 37 + y / 23) % 2 == 0 { 200 } else { 0 };
-                let v10 = (smooth / 2 + edge * 2 + (state % 64)) % 1024;
-                match depth {
-                    Depth::Eight => data[y * pitch + x] = (v10 >> 2) as u8,
-                    Depth::Ten => data[y * pitch + 2 * x..y * pitch + 2 * x + 2]
-                        .copy_from_slice(&((v10 as u16) << 6).to_le_bytes()),
-                }
-            }
-        }
+        fill_test_pattern(&mut data, pitch, w * step, h, depth, &mut state);
         (data, pitch)
     }
 
-    fn sample(data: &[u8], pitch: usize, x: usize, y: usize, depth: Depth) -> i32 {
-        match depth {
-            Depth::Eight => i32::from(data[y * pitch + x]),
-            Depth::Ten => i32::from(
-                u16::from_le_bytes([data[y * pitch + 2 * x], data[y * pitch + 2 * x + 1]]) >> 6,
-            ),
-        }
-    }
+    use super::read_sample as sample;
 
     /// The same header compiled as C++ and the Rust reference agree on every
     /// output sample of a 1080p ladder (luma and interleaved chroma), both
