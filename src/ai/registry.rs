@@ -199,10 +199,12 @@ impl Registry {
         let (pipeline, permit) = self.admit(kind, &request)?;
         let (tx, rx) = mpsc::channel(64);
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let result = pipeline.run_streaming(&request, &mut |event| {
                 tx.blocking_send(StreamEvent::Partial(event)).is_ok()
             });
+            // Free the slot before reporting the outcome, so that a client's
+            // next request never finds its own finished one still holding it.
+            drop(permit);
             let _ = tx.blocking_send(StreamEvent::Done(result));
         });
         Ok(rx)
