@@ -17,6 +17,7 @@ pub mod ocr;
 pub mod onnx;
 pub mod pipelines;
 pub mod registry;
+pub mod tokenizer;
 pub mod vad;
 pub mod whisper;
 

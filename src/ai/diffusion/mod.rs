@@ -18,6 +18,7 @@ use tokenizers::Tokenizer;
 use self::clip::{ClipTextConfig, ClipTextEncoder};
 use self::scheduler::EulerConfig;
 use super::candle::{load_guarded, model_error, read_json, weights};
+use super::tokenizer::{self, special_token};
 use super::AiError;
 
 /// An int or a per-block list, as diffusers configs write head counts.
@@ -138,19 +139,12 @@ fn unsupported(dir: &Path, what: impl std::fmt::Display) -> AiError {
 
 impl StableDiffusion {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, AiError> {
-        let tokenizer =
-            Tokenizer::from_file(dir.join("tokenizer/tokenizer.json")).map_err(|e| {
-                unsupported(
-                    dir,
-                    format!("tokenizer/tokenizer.json: {e} (see models/README.md to create it)"),
-                )
-            })?;
+        let tokenizer = tokenizer::load(&dir.join("tokenizer/tokenizer.json")).map_err(|e| {
+            AiError::UnknownModel(format!("{e} (see models/README.md to create it)"))
+        })?;
         let tokenizer_config: serde_json::Value =
             read_json(&dir.join("tokenizer/tokenizer_config.json")).unwrap_or_default();
-        let pad_token = tokenizer_config["pad_token"]
-            .as_str()
-            .or_else(|| tokenizer_config["pad_token"]["content"].as_str())
-            .unwrap_or("<|endoftext|>");
+        let pad_token = special_token(&tokenizer_config["pad_token"]).unwrap_or("<|endoftext|>");
         let pad_id = tokenizer.token_to_id(pad_token).ok_or_else(|| {
             unsupported(dir, format!("pad token {pad_token:?} not in the tokenizer"))
         })?;

@@ -9,6 +9,7 @@ use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
 use crate::ai::candle::read_json;
+use crate::ai::tokenizer::special_token;
 use crate::ai::AiError;
 
 /// One chat message as the API carries it.
@@ -22,19 +23,6 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
     eos_token: String,
-}
-
-/// A special token in tokenizer_config.json: a string or `{"content": ...}`.
-fn token_text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Object(o) => o
-            .get("content")
-            .and_then(|c| c.as_str())
-            .unwrap_or_default()
-            .to_string(),
-        _ => String::new(),
-    }
 }
 
 impl ChatTemplate {
@@ -84,9 +72,14 @@ impl ChatTemplate {
         }
         Self::new(
             &source,
-            &token_text(&config["bos_token"]),
-            &token_text(&config["eos_token"]),
+            special_token(&config["bos_token"]).unwrap_or_default(),
+            special_token(&config["eos_token"]).unwrap_or_default(),
         )
+    }
+
+    /// The tokenizer's end-of-sequence token ("" when it names none).
+    pub fn eos_token(&self) -> &str {
+        &self.eos_token
     }
 
     /// The prompt text for `messages`, ending with the assistant's turn header

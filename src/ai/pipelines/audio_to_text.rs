@@ -15,7 +15,7 @@ use crate::ai::candle::{self as rt, read_json};
 use crate::ai::whisper::decode::{detect_language, greedy, prompt};
 use crate::ai::whisper::features::{LogMel, HOP_LENGTH, WINDOW_FRAMES, WINDOW_SAMPLES};
 use crate::ai::whisper::{Chunk, GenerationConfig, TextDecoder, WhisperNet};
-use crate::ai::{audio, AiError, PipelineOutput, PipelineRequest};
+use crate::ai::{audio, tokenizer, AiError, PipelineOutput, PipelineRequest};
 
 /// Tokens generated per window at most (ai-runner's `max_new_tokens`).
 pub const MAX_NEW_TOKENS: usize = 128;
@@ -66,9 +66,7 @@ impl AudioToTextPipeline {
         let device = rt::device();
         let net = WhisperNet::load(dir, &device)?;
         let generation: GenerationConfig = read_json(&dir.join("generation_config.json"))?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
-            AiError::UnknownModel(format!("{}: {e}", dir.join("tokenizer.json").display()))
-        })?;
+        let tokenizer = tokenizer::load(&dir.join("tokenizer.json"))?;
         let tokenizer_config: serde_json::Value =
             read_json(&dir.join("tokenizer_config.json")).unwrap_or_default();
         if generation.timestamp_begin() as usize >= net.vocab_size {

@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 use super::{Pipeline, PipelineKind};
 use crate::ai::candle::{self as rt, read_json};
 use crate::ai::llm::{model::token_ids, CausalLm, ChatTemplate, Message, TextStream};
-use crate::ai::{AiError, PipelineOutput, PipelineRequest};
+use crate::ai::{tokenizer, AiError, PipelineOutput, PipelineRequest};
 
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 
@@ -127,9 +127,7 @@ impl LlmPipeline {
     pub fn load(model_id: &str, dir: &Path) -> Result<Self, AiError> {
         let device = rt::device();
         let model = CausalLm::load(dir, &device)?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| {
-            AiError::UnknownModel(format!("{}: {e}", dir.join("tokenizer.json").display()))
-        })?;
+        let tokenizer = tokenizer::load(&dir.join("tokenizer.json"))?;
         let template = ChatTemplate::load(dir)?;
         // Generation stops at any end-of-sequence id that config.json,
         // generation_config.json or the tokenizer's eos token names.
@@ -137,13 +135,7 @@ impl LlmPipeline {
         if let Ok(gen) = read_json::<serde_json::Value>(&dir.join("generation_config.json")) {
             stop_ids.extend(token_ids(gen.get("eos_token_id")));
         }
-        let tokenizer_config: serde_json::Value = read_json(&dir.join("tokenizer_config.json"))?;
-        let eos = match &tokenizer_config["eos_token"] {
-            serde_json::Value::String(s) => Some(s.as_str()),
-            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()),
-            _ => None,
-        };
-        stop_ids.extend(eos.and_then(|t| tokenizer.token_to_id(t)));
+        stop_ids.extend(tokenizer.token_to_id(template.eos_token()));
         stop_ids.sort_unstable();
         stop_ids.dedup();
         if stop_ids.is_empty() {
