@@ -3,7 +3,7 @@
 use std::io::Cursor;
 
 use image::{ImageFormat, RgbImage};
-use ndarray::{Array4, ArrayD, Ix4};
+use ndarray::{Array4, ArrayD, ArrayViewD, Ix4};
 
 use super::AiError;
 
@@ -52,7 +52,7 @@ pub fn to_tensor(img: &RgbImage) -> ArrayD<f32> {
 }
 
 /// NCHW float32 in [0, 1] → RGB8 (values clamped, rounded to nearest).
-pub fn from_tensor(t: ArrayD<f32>) -> Result<RgbImage, AiError> {
+pub fn from_tensor(t: ArrayViewD<'_, f32>) -> Result<RgbImage, AiError> {
     let t = t
         .into_dimensionality::<Ix4>()
         .map_err(|_| AiError::Internal("model output is not an NCHW image".into()))?;
@@ -92,7 +92,7 @@ mod tests {
     #[test]
     fn tensor_round_trip_is_exact() {
         let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 50) as u8, (y * 80) as u8, 7]));
-        let back = from_tensor(to_tensor(&img)).unwrap();
+        let back = from_tensor(to_tensor(&img).view()).unwrap();
         assert_eq!(img, back);
         let png = encode_png(&img).unwrap();
         assert_eq!(decode_rgb(&png, 100).unwrap(), img);

@@ -23,17 +23,64 @@ pub mod whisper;
 
 use std::collections::HashMap;
 
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 
 pub use error::AiError;
 pub use pipelines::{Pipeline, PipelineKind};
 pub use registry::Registry;
 
-/// A loaded model mapping one tensor to another.
+/// A loaded model mapping one tensor to another. The input is borrowed and
+/// the output left in the runtime's own buffer: a 2x upscaler's output is
+/// megabytes, and copying it costs as much as running the model.
 pub trait Infer: Send + Sync {
     /// "onnx" or "candle".
     fn runtime(&self) -> &'static str;
-    fn infer(&self, input: ArrayD<f32>) -> Result<ArrayD<f32>, AiError>;
+    fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError>;
+}
+
+/// A model's output: ONNX Runtime's output value, read in place, or an array.
+pub struct Tensor(TensorData);
+
+enum TensorData {
+    Array(ArrayD<f32>),
+    Onnx(ort::value::Tensor<f32>),
+}
+
+impl Tensor {
+    /// An ONNX Runtime output; fails unless it is an f32 tensor the CPU can
+    /// read (so that [`Tensor::view`] succeeds later).
+    pub fn from_onnx(value: ort::value::DynValue) -> Result<Tensor, AiError> {
+        let fail = |e: ort::Error| AiError::Internal(format!("model output: {e}"));
+        let tensor = value
+            .downcast::<ort::value::TensorValueType<f32>>()
+            .map_err(fail)?;
+        tensor.try_extract_array::<f32>().map_err(fail)?;
+        Ok(Tensor(TensorData::Onnx(tensor)))
+    }
+
+    /// The values, without copying.
+    pub fn view(&self) -> Result<ArrayViewD<'_, f32>, AiError> {
+        match &self.0 {
+            TensorData::Array(a) => Ok(a.view()),
+            TensorData::Onnx(t) => t
+                .try_extract_array::<f32>()
+                .map_err(|e| AiError::Internal(format!("model output: {e}"))),
+        }
+    }
+
+    /// The values as an owned array (copies an ONNX Runtime output).
+    pub fn into_array(self) -> Result<ArrayD<f32>, AiError> {
+        match self.0 {
+            TensorData::Array(a) => Ok(a),
+            TensorData::Onnx(_) => self.view().map(|v| v.to_owned()),
+        }
+    }
+}
+
+impl From<ArrayD<f32>> for Tensor {
+    fn from(array: ArrayD<f32>) -> Tensor {
+        Tensor(TensorData::Array(array))
+    }
 }
 
 /// One request, as any transport delivers it: ai-runner's fields (form

@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{AiError, Infer};
+use super::{AiError, Infer, Tensor};
 
 /// Finds `libonnxruntime`: `ORT_DYLIB_PATH`, then the library next to the
 /// executable, then the PyPI wheel in a project `.venv` or a system/pyenv
@@ -198,20 +198,21 @@ impl Infer for OnnxModel {
         "onnx"
     }
 
-    fn infer(&self, input: ArrayD<f32>) -> Result<ArrayD<f32>, AiError> {
+    fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError> {
         let fail = |e: ort::Error| AiError::Internal(format!("ONNX Runtime: {e}"));
-        let tensor = ort::value::TensorRef::from_array_view(input.view()).map_err(fail)?;
+        // A standard-layout view is handed to ONNX Runtime in place.
+        let tensor = ort::value::TensorRef::from_array_view(input).map_err(fail)?;
         let mut session = self
             .session
             .lock()
             .map_err(|_| AiError::Internal("model lock poisoned".into()))?;
-        let outputs = session
+        let mut outputs = session
             .run(ort::inputs![self.input.as_str() => tensor])
             .map_err(fail)?;
         let output = outputs
-            .get(self.output.as_str())
+            .remove(self.output.as_str())
             .ok_or_else(|| AiError::Internal(format!("model produced no {:?}", self.output)))?;
-        Ok(output.try_extract_array::<f32>().map_err(fail)?.to_owned())
+        Tensor::from_onnx(output)
     }
 }
 

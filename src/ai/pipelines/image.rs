@@ -121,7 +121,8 @@ impl Pipeline for ImagePipeline {
             ));
         }
         let input = media::decode_rgb(image, self.max_input_pixels)?;
-        let output = media::from_tensor(self.model.infer(media::to_tensor(&input))?)?;
+        let output =
+            media::from_tensor(self.model.infer(media::to_tensor(&input).view())?.view()?)?;
         let (w, h) = output.dimensions();
         let png = media::encode_png(&output)?;
         let mut images = Vec::new();
