@@ -50,6 +50,7 @@ fn config() -> WorkerConfig {
             preset: "ultrafast".into(),
         },
         backend: BackendChoice::Cpu,
+        nvidia: None,
         tls: None,
         auth_secret: None,
         fetch_insecure: false,

@@ -99,6 +99,81 @@ fn transcode_reads_stdin_and_prints_a_table() {
 }
 
 #[test]
+fn decode_only_and_repeated_runs_report_speed() {
+    let dir = tempdir();
+    let (src, _) = clip(
+        dir.path(),
+        "in",
+        &Clip {
+            width: 320,
+            height: 240,
+            ..Default::default()
+        },
+    );
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let out = lpworker()
+            .arg("transcode")
+            .arg(&src)
+            .args([
+                "--profiles",
+                "P144p30fps16x9",
+                "--preset",
+                "ultrafast",
+                "--json",
+            ])
+            .args(extra)
+            .arg("--out")
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON summary")
+    };
+    let decoded = run(&["--decode-only", "--repeat", "3"]);
+    assert_eq!(decoded["backend"], "cpu");
+    assert_eq!(decoded["decoded"]["frames"], 30);
+    assert_eq!(decoded["decoded"]["pixels"], 30 * 320 * 240);
+    assert!(decoded.get("renditions").is_none(), "{decoded}");
+    // No GPU here: the probe's list is empty but present.
+    assert_eq!(decoded["gpus"], serde_json::json!([]));
+    let runs = decoded["runs_seconds"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    let median = decoded["median_seconds"].as_f64().unwrap();
+    assert!(runs.iter().any(|r| r.as_f64() == Some(median)), "{decoded}");
+    let fps = decoded["median_fps"].as_f64().unwrap();
+    assert!((fps - 30.0 / median).abs() < 1e-6 * fps, "{decoded}");
+
+    let ladder = run(&["--repeat", "2"]);
+    assert_eq!(ladder["runs_seconds"].as_array().unwrap().len(), 2);
+    assert_eq!(ladder["renditions"].as_array().unwrap().len(), 1);
+    let ratio = ladder["realtime_ratio"].as_f64().unwrap();
+    let expected = ladder["input"]["duration_seconds"].as_f64().unwrap()
+        / ladder["median_seconds"].as_f64().unwrap();
+    assert!(
+        ratio > 0.0 && (ratio - expected).abs() < 1e-9 * ratio,
+        "{ladder}"
+    );
+    assert!(
+        std::fs::metadata(dir.path().join("out/P144p30fps16x9.ts"))
+            .unwrap()
+            .len()
+            > 0
+    );
+
+    // A nonsensical repeat count is refused by the parser, not run.
+    let out = lpworker()
+        .args(["transcode", src.to_str().unwrap(), "--repeat", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--repeat"));
+}
+
+#[test]
 fn transcode_errors_are_clear() {
     let dir = tempdir();
     let garbage = dir.path().join("garbage.ts");

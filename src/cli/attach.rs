@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use tracing::info;
 
 use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
-use lpworker::video::probe::{self, BackendChoice};
+use lpworker::video::probe::{self, BackendChoice, GpuSelection};
 use lpworker::video::Transcoder;
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, WorkerConfig};
@@ -52,6 +52,10 @@ pub struct AttachArgs {
     /// Which backend transcodes.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
     pub backend: BackendChoice,
+    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
+    /// indices such as `0,1`. Implies the NVIDIA backend.
+    #[arg(long, env = "LPWORKER_NVIDIA")]
+    pub nvidia: Option<GpuSelection>,
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
@@ -77,7 +81,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
         bail!("--ai needs --ai-models (aiModels.json or pipeline:model_id[:warm],...)");
     }
     let probe = probe::probe();
-    let backend = probe::select_backend(args.backend, &probe)?;
+    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?;
     let transcoder = Transcoder::new(backend);
     let net_caps = capabilities::to_net(
         &capabilities::transcoder_capabilities(&probe),
@@ -109,6 +113,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
                         preset: args.preset.clone(),
                     },
                     backend: args.backend,
+                    nvidia: args.nvidia.clone(),
                     tls: None,
                     auth_secret: None,
                     fetch_insecure: false,

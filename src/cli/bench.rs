@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lpworker::ai::PipelineKind;
 use lpworker::bench::{self, hardware, input, report, Report};
-use lpworker::video::probe::{self, BackendChoice};
+use lpworker::video::probe::{self, BackendChoice, GpuSelection};
 use lpworker::video::{TranscodeOptions, Transcoder, VideoProfile};
 
 #[derive(Debug, clap::Args)]
@@ -35,6 +35,10 @@ pub struct BenchArgs {
     pub concurrency: Vec<usize>,
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
+    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
+    /// indices such as `0,1`. Implies the NVIDIA backend.
+    #[arg(long, env = "LPWORKER_NVIDIA")]
+    pub nvidia: Option<GpuSelection>,
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
@@ -110,7 +114,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let hardware = hardware::detect();
     let caps = probe::probe();
-    let backend = probe::select_backend(args.backend, &caps)?;
+    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
     let transcoder = Transcoder::new(backend);
 
     let progress =

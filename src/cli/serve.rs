@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use lpworker::video::probe::BackendChoice;
+use lpworker::video::probe::{BackendChoice, GpuSelection};
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, TlsFiles, WorkerConfig};
 
@@ -56,6 +56,10 @@ pub struct ServeArgs {
     /// Which backend transcodes.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
     pub backend: BackendChoice,
+    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
+    /// indices such as `0,1`. Implies the NVIDIA backend.
+    #[arg(long, env = "LPWORKER_NVIDIA")]
+    pub nvidia: Option<GpuSelection>,
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
@@ -145,6 +149,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             preset: args.preset,
         },
         backend: args.backend,
+        nvidia: args.nvidia.clone(),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,

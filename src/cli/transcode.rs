@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lpworker::video::probe::{self, BackendChoice};
+use lpworker::video::probe::{self, BackendChoice, GpuSelection};
 use lpworker::video::profile::DEFAULT_LADDER;
 use lpworker::video::{OutputContainer, TranscodeOptions, Transcoder, VideoProfile};
 
@@ -29,6 +29,10 @@ pub struct TranscodeArgs {
     /// Which backend transcodes.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
     pub backend: BackendChoice,
+    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
+    /// indices such as `0,1`. Implies the NVIDIA backend.
+    #[arg(long, env = "LPWORKER_NVIDIA")]
+    pub nvidia: Option<GpuSelection>,
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
@@ -38,6 +42,72 @@ pub struct TranscodeArgs {
     /// Print a JSON summary on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only demux and decode (no scaling, no encoding), and report the
+    /// decoder's speed: the baseline a ladder's cost is measured against.
+    #[arg(long)]
+    pub decode_only: bool,
+    /// Transcode (or decode) the input this many times in this process and
+    /// report every run's time; the first run includes the backend's
+    /// warm-up (GPU contexts, encoder sessions).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub repeat: u32,
+}
+
+/// Frames per second from `frames` in `seconds`.
+fn fps(frames: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        frames as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The median of some run times (seconds).
+fn median(times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn decode_only(
+    transcoder: &Transcoder,
+    input: Vec<u8>,
+    options: &TranscodeOptions,
+    args: &TranscodeArgs,
+    caps: &probe::Capabilities,
+) -> Result<()> {
+    let input: std::sync::Arc<[u8]> = input.into();
+    let mut runs = Vec::new();
+    let mut last = None;
+    for _ in 0..args.repeat {
+        let output = transcoder
+            .decode_only(input.clone(), options)
+            .with_context(|| format!("decoding {}", args.input))?;
+        runs.push(output.elapsed.as_secs_f64());
+        last = Some(output);
+    }
+    let output = last.expect("at least one run");
+    let median_seconds = median(&runs);
+    let median_fps = fps(output.decoded.frames, median_seconds);
+    if args.json {
+        let mut summary = serde_json::to_value(&output)?;
+        summary["runs_seconds"] = serde_json::json!(runs);
+        summary["median_seconds"] = serde_json::json!(median_seconds);
+        summary["median_fps"] = serde_json::json!(median_fps);
+        summary["gpus"] = serde_json::to_value(&caps.gpus)?;
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "decoded {} frames, {} pixels ({} backend): median {:.3} s over {} run(s), {:.1} fps",
+            output.decoded.frames,
+            output.decoded.pixels,
+            output.backend,
+            median_seconds,
+            runs.len(),
+            median_fps
+        );
+    }
+    Ok(())
 }
 
 pub fn run(args: TranscodeArgs) -> Result<()> {
@@ -61,7 +131,7 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         t => t.map(Duration::from_secs_f64),
     };
     let caps = probe::probe();
-    let backend = probe::select_backend(args.backend, &caps)?;
+    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
     let transcoder = Transcoder::new(backend);
     let options = TranscodeOptions {
         profiles,
@@ -70,6 +140,10 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         preset: args.preset.clone(),
         ..Default::default()
     };
+
+    if args.decode_only {
+        return decode_only(&transcoder, input, &options, &args, &caps);
+    }
 
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = ProgressBar::new(0);
@@ -83,16 +157,24 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
     } else {
         None
     };
-    let result = transcoder.transcode(input, &options, &mut |p| {
-        if let Some(bar) = &bar {
-            bar.set_length(p.packets_total as u64);
-            bar.set_position(p.packets_done as u64);
-        }
-    });
+    let input: std::sync::Arc<[u8]> = input.into();
+    let mut runs = Vec::new();
+    let mut last = None;
+    for _ in 0..args.repeat {
+        let result = transcoder.transcode(input.clone(), &options, &mut |p| {
+            if let Some(bar) = &bar {
+                bar.set_length(p.packets_total as u64);
+                bar.set_position(p.packets_done as u64);
+            }
+        });
+        let output = result.with_context(|| format!("transcoding {}", args.input))?;
+        runs.push(output.elapsed.as_secs_f64());
+        last = Some(output);
+    }
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let output = result.with_context(|| format!("transcoding {}", args.input))?;
+    let output = last.expect("at least one run");
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -115,6 +197,20 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         {
             r["path"] = serde_json::Value::String(path.display().to_string());
         }
+        let median_seconds = median(&runs);
+        summary["runs_seconds"] = serde_json::json!(runs);
+        summary["median_seconds"] = serde_json::json!(median_seconds);
+        summary["median_fps"] = serde_json::json!(fps(output.decoded.frames, median_seconds));
+        // Seconds of video per second of transcoding: above 1 is faster than
+        // real time.
+        summary["realtime_ratio"] = serde_json::json!(if median_seconds > 0.0 {
+            output.input.duration_seconds / median_seconds
+        } else {
+            0.0
+        });
+        // What the capability probe found on each GPU (engines, codecs, and
+        // why one is unusable): shows which stages ran where.
+        summary["gpus"] = serde_json::to_value(&caps.gpus)?;
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let i = &output.input;

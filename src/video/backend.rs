@@ -11,6 +11,9 @@ use super::{profile::VideoProfile, VideoError};
 pub enum FrameData {
     /// A planar YUV frame in host memory, as libavcodec/libswscale use it.
     Host(ff::frame::Video),
+    /// An NV12 frame in a GPU's memory (NVDEC output or GPU-scaled).
+    #[cfg(feature = "nvidia")]
+    Device(super::nvidia::device::GpuFrame),
 }
 
 /// One picture with its presentation time, in the input stream's time base.
@@ -29,6 +32,19 @@ impl Frame {
             width: video.width(),
             height: video.height(),
             data: FrameData::Host(video),
+        }
+    }
+
+    /// The frame's host picture; a GPU frame reaching a CPU stage is a
+    /// backend bug, reported rather than panicking.
+    pub fn host_video(&self) -> Result<&ff::frame::Video, VideoError> {
+        match &self.data {
+            FrameData::Host(video) => Ok(video),
+            #[cfg(feature = "nvidia")]
+            FrameData::Device(_) => Err(VideoError::Gpu {
+                stage: "frame routing",
+                message: "a GPU frame reached a CPU stage".into(),
+            }),
         }
     }
 

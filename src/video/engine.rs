@@ -272,6 +272,53 @@ impl Transcoder {
     }
 }
 
+impl Transcoder {
+    /// Demuxes and decodes one segment without scaling or encoding: the
+    /// decoder's own speed, against which a ladder's cost shows.
+    pub fn decode_only(
+        &self,
+        input: impl Into<Arc<[u8]>>,
+        options: &TranscodeOptions,
+    ) -> Result<DecodeOutput, VideoError> {
+        let started = Instant::now();
+        let input = input.into();
+        if input.len() > options.max_input_bytes {
+            return Err(VideoError::InputTooLarge {
+                size: input.len(),
+                limit: options.max_input_bytes,
+            });
+        }
+        let stop = Stop {
+            deadline: options.timeout.map(|t| started + t),
+            timeout: options.timeout,
+            cancel: options.cancel.as_deref(),
+            failed: AtomicBool::new(false),
+        };
+        let segment = container::demux(input, &options.limits, stop.deadline)?;
+        let mut decoder = self.backend.decoder(&segment.video)?;
+        let (decoded, decode_errors) =
+            decode_all(&mut *decoder, &segment, &mut [], &stop, &mut |_| {})?;
+        // Drop the decoder inside the clock: its last frames' release is work too.
+        drop(decoder);
+        Ok(DecodeOutput {
+            backend: self.backend.name(),
+            decoded,
+            decode_errors,
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// The result of [`Transcoder::decode_only`].
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeOutput {
+    pub backend: &'static str,
+    pub decoded: PixelCount,
+    pub decode_errors: usize,
+    #[serde(serialize_with = "serialize_seconds")]
+    pub elapsed: Duration,
+}
+
 /// Decodes every video packet and fans the frames out to the rendition threads.
 fn decode_all(
     decoder: &mut dyn super::Decoder,
@@ -301,7 +348,8 @@ fn decode_all(
                 }
             }
         }
-        if senders.iter().all(Option::is_none) {
+        // Every rendition gave up (a decode-only run has none to begin with).
+        if !senders.is_empty() && senders.iter().all(Option::is_none) {
             return Err(VideoError::Cancelled);
         }
         Ok(())

@@ -40,6 +40,12 @@ pub enum VideoError {
     BackendUnavailable(String),
     #[error("encoder {0} is not available in this FFmpeg build")]
     EncoderUnavailable(String),
+    /// A GPU call failed (CUDA, NVDEC, NVENC): the machine's fault.
+    #[error("GPU {stage} failed: {message}")]
+    Gpu {
+        stage: &'static str,
+        message: String,
+    },
     #[error("{stage} failed: {source}")]
     Internal {
         stage: &'static str,
@@ -64,6 +70,7 @@ impl VideoError {
             | VideoError::Cancelled
             | VideoError::BackendUnavailable(_)
             | VideoError::EncoderUnavailable(_)
+            | VideoError::Gpu { .. }
             | VideoError::Internal { .. } => false,
             _ => true,
         }
@@ -86,8 +93,18 @@ impl VideoError {
             VideoError::Cancelled => "cancelled",
             VideoError::BackendUnavailable(_) => "backend_unavailable",
             VideoError::EncoderUnavailable(_) => "encoder_unavailable",
+            VideoError::Gpu { .. } => "gpu",
             VideoError::Internal { .. } => "internal",
             VideoError::Rendition { source, .. } => source.kind(),
+        }
+    }
+
+    /// Maps a GPU-side error (anything printable) to [`VideoError::Gpu`].
+    #[cfg_attr(not(feature = "nvidia"), allow(dead_code))]
+    pub(crate) fn gpu<E: std::fmt::Display>(stage: &'static str) -> impl FnOnce(E) -> VideoError {
+        move |e| VideoError::Gpu {
+            stage,
+            message: e.to_string(),
         }
     }
 

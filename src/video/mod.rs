@@ -16,7 +16,9 @@ pub mod probe;
 pub mod profile;
 
 pub use backend::{Decoder, Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
-pub use engine::{InputInfo, PixelCount, Rendition, TranscodeOptions, TranscodeOutput, Transcoder};
+pub use engine::{
+    DecodeOutput, InputInfo, PixelCount, Rendition, TranscodeOptions, TranscodeOutput, Transcoder,
+};
 pub use error::VideoError;
 pub use profile::{Gop, H264Profile, OutputContainer, VideoCodec, VideoProfile};
 

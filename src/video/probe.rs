@@ -22,17 +22,55 @@ pub enum BackendChoice {
     Nvidia,
 }
 
+/// Which GPUs the NVIDIA backend uses, as go-livepeer's `-nvidia` takes
+/// them: `all`, or device indices separated by commas (`0,1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSelection {
+    All,
+    Only(Vec<u32>),
+}
+
+impl std::str::FromStr for GpuSelection {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("all") {
+            return Ok(GpuSelection::All);
+        }
+        let mut indices = Vec::new();
+        for part in text.split(',') {
+            let part = part.trim();
+            let index: u32 = part.parse().map_err(|_| {
+                format!("{part:?} is not a GPU index: expected \"all\" or indices like \"0,1\"")
+            })?;
+            if indices.contains(&index) {
+                return Err(format!("GPU {index} is listed twice"));
+            }
+            indices.push(index);
+        }
+        Ok(GpuSelection::Only(indices))
+    }
+}
+
 /// One GPU and its video engines.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Gpu {
     pub index: u32,
     pub name: String,
     pub memory_bytes: u64,
-    /// NVDEC usable (the driver's decode library loads).
+    /// NVDEC usable: its decoder caps list H.264 or HEVC.
     pub nvdec: bool,
-    /// NVENC usable: the encode library loads and the model has the engine
-    /// (H100/H200-class GPUs do not: encoding falls back to the CPU).
+    /// NVENC usable: an encode session opens (H100/H200-class GPUs have no
+    /// NVENC: their renditions are encoded on the CPU).
     pub nvenc: bool,
+    /// Codecs NVDEC decodes ("h264", "hevc").
+    pub nvdec_codecs: Vec<String>,
+    /// Codecs NVENC encodes.
+    pub nvenc_codecs: Vec<String>,
+    /// Why the GPU or an engine is unusable, when one is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// What the probe found.
@@ -82,26 +120,63 @@ pub fn probe() -> Capabilities {
         .filter(|n| has_encoder(n))
         .map(String::from)
         .collect();
+    let gpus = gpus();
     Capabilities {
         cpu_model: cpu_model(),
         cpu_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         decoders,
         encoders,
-        gpus: gpus(),
-        backends: vec!["cpu".to_string()],
+        backends: gpus
+            .iter()
+            .any(|g| g.nvdec)
+            .then(|| "nvidia".to_string())
+            .into_iter()
+            .chain(["cpu".to_string()])
+            .collect(),
+        gpus,
     }
 }
 
+/// Every GPU the driver reports, each opened once (shared with the backend)
+/// to ask its video engines what they do.
 #[cfg(feature = "nvidia")]
 fn gpus() -> Vec<Gpu> {
     super::nvidia::probe::probe()
         .into_iter()
-        .map(|g| Gpu {
-            index: g.index,
-            name: g.name,
-            memory_bytes: g.memory_bytes,
-            nvdec: g.nvdec_library,
-            nvenc: g.nvenc_library && g.nvenc_hardware,
+        .map(|g| {
+            let mut gpu = Gpu {
+                index: g.index,
+                name: g.name.clone(),
+                memory_bytes: g.memory_bytes,
+                nvdec: false,
+                nvenc: false,
+                nvdec_codecs: Vec::new(),
+                nvenc_codecs: Vec::new(),
+                problems: Vec::new(),
+            };
+            match super::nvidia::device::open_shared(&g) {
+                Ok(device) => {
+                    let engines = device.engines();
+                    gpu.nvdec_codecs = engines
+                        .decode
+                        .iter()
+                        .map(|(c, ..)| c.name().to_string())
+                        .collect();
+                    gpu.nvenc_codecs = engines
+                        .encode
+                        .iter()
+                        .map(|c| c.name().to_string())
+                        .collect();
+                    gpu.problems
+                        .extend(engines.decode_error.iter().map(|e| format!("NVDEC: {e}")));
+                    gpu.problems
+                        .extend(engines.encode_error.iter().map(|e| format!("NVENC: {e}")));
+                }
+                Err(e) => gpu.problems.push(e.to_string()),
+            }
+            gpu.nvdec = !gpu.nvdec_codecs.is_empty();
+            gpu.nvenc = !gpu.nvenc_codecs.is_empty();
+            gpu
         })
         .collect()
 }
@@ -111,26 +186,58 @@ fn gpus() -> Vec<Gpu> {
     Vec::new()
 }
 
-/// Picks the backend for `choice` from what `caps` found.
+/// Picks the backend for `choice` from what `caps` found. `nvidia` is
+/// `--nvidia`: naming GPUs asks for the NVIDIA backend on them, as
+/// go-livepeer's `-nvidia` does. `auto` takes the GPUs when a usable one is
+/// present and the CPU otherwise.
 pub fn select_backend(
     choice: BackendChoice,
+    nvidia: Option<&GpuSelection>,
     caps: &Capabilities,
 ) -> Result<Arc<dyn VideoBackend>, VideoError> {
-    match choice {
-        BackendChoice::Auto | BackendChoice::Cpu => {
-            if caps.decoders.is_empty() || caps.encoders.is_empty() {
-                return Err(VideoError::BackendUnavailable(
-                    "cpu (FFmpeg lacks the H.264/HEVC decoders or libx264)".into(),
-                ));
-            }
-            Ok(Arc::new(CpuBackend))
+    let cpu = || -> Result<Arc<dyn VideoBackend>, VideoError> {
+        if caps.decoders.is_empty() || caps.encoders.is_empty() {
+            return Err(VideoError::BackendUnavailable(
+                "cpu (FFmpeg lacks the H.264/HEVC decoders or libx264)".into(),
+            ));
         }
-        BackendChoice::Nvidia => Err(VideoError::BackendUnavailable(if caps.gpus.is_empty() {
-            "nvidia (no usable NVIDIA GPU found)".into()
-        } else {
-            "nvidia (this build has no NVIDIA backend yet)".into()
-        })),
+        Ok(Arc::new(CpuBackend))
+    };
+    let wants_gpu = match choice {
+        BackendChoice::Cpu if nvidia.is_some() => {
+            return Err(VideoError::BackendUnavailable(
+                "cpu was chosen but --nvidia names GPUs: choose one".into(),
+            ))
+        }
+        BackendChoice::Cpu => return cpu(),
+        BackendChoice::Nvidia => true,
+        BackendChoice::Auto => nvidia.is_some(),
+    };
+    match nvidia_backend(nvidia.unwrap_or(&GpuSelection::All)) {
+        Ok(backend) => Ok(backend),
+        Err(e) if wants_gpu => Err(e),
+        Err(e) => {
+            if !caps.gpus.is_empty() {
+                tracing::warn!(error = %e, "GPUs found but not usable: transcoding on the CPU");
+            }
+            cpu()
+        }
     }
+}
+
+#[cfg(feature = "nvidia")]
+fn nvidia_backend(selection: &GpuSelection) -> Result<Arc<dyn VideoBackend>, VideoError> {
+    let found = super::nvidia::probe::probe();
+    Ok(Arc::new(super::nvidia::backend::NvidiaBackend::open(
+        selection, &found,
+    )?))
+}
+
+#[cfg(not(feature = "nvidia"))]
+fn nvidia_backend(_selection: &GpuSelection) -> Result<Arc<dyn VideoBackend>, VideoError> {
+    Err(VideoError::BackendUnavailable(
+        "nvidia (this lpworker was built without `--features nvidia`)".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -143,10 +250,43 @@ mod tests {
         assert!(caps.cpu_cores >= 1);
         assert!(caps.decoders.contains(&"h264".to_string()), "{caps:?}");
         assert!(caps.encoders.contains(&"libx264".to_string()), "{caps:?}");
+        if !caps.gpus.is_empty() {
+            // A GPU machine: the rest is about machines without one.
+            return;
+        }
+        // No GPU: auto is the CPU, asking for the GPU fails with a reason
+        // instead of quietly using the CPU.
+        assert_eq!(caps.backends, vec!["cpu".to_string()]);
         assert_eq!(
-            select_backend(BackendChoice::Auto, &caps).unwrap().name(),
+            select_backend(BackendChoice::Auto, None, &caps)
+                .unwrap()
+                .name(),
             "cpu"
         );
-        assert!(select_backend(BackendChoice::Nvidia, &caps).is_err());
+        let err = |r: Result<Arc<dyn VideoBackend>, VideoError>| match r {
+            Ok(b) => panic!("expected an error, got the {} backend", b.name()),
+            Err(e) => e.to_string(),
+        };
+        let nvidia = err(select_backend(BackendChoice::Nvidia, None, &caps));
+        assert!(nvidia.contains("nvidia"), "{nvidia}");
+        let gpus: GpuSelection = "0,1".parse().unwrap();
+        let named = err(select_backend(BackendChoice::Auto, Some(&gpus), &caps));
+        assert!(named.contains("nvidia"), "{named}");
+        let both = err(select_backend(BackendChoice::Cpu, Some(&gpus), &caps));
+        assert!(both.contains("--nvidia"), "{both}");
+    }
+
+    #[test]
+    fn gpu_selection_reads_go_livepeers_nvidia_flag() {
+        assert_eq!("all".parse::<GpuSelection>(), Ok(GpuSelection::All));
+        assert_eq!("ALL".parse::<GpuSelection>(), Ok(GpuSelection::All));
+        assert_eq!("0".parse::<GpuSelection>(), Ok(GpuSelection::Only(vec![0])));
+        assert_eq!(
+            " 0, 1 ,3".parse::<GpuSelection>(),
+            Ok(GpuSelection::Only(vec![0, 1, 3]))
+        );
+        for bad in ["", "0,", "a", "0;1", "-1", "0,0"] {
+            assert!(bad.parse::<GpuSelection>().is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::ai::Registry;
 use crate::proto::worker as pb;
-use crate::video::probe::{self, BackendChoice};
+use crate::video::probe::{self, BackendChoice, GpuSelection};
 use crate::video::Transcoder;
 use admission::Admission;
 use metrics::Metrics;
@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     pub limits: RequestLimits,
     pub backend: BackendChoice,
+    /// `--nvidia`: the GPUs to transcode on.
+    pub nvidia: Option<GpuSelection>,
     pub tls: Option<TlsFiles>,
     /// When set, callers must send `authorization: Bearer <secret>`.
     pub auth_secret: Option<String>,
@@ -147,7 +149,7 @@ impl BoundWorker {
     /// Probes the machine, picks the backend and binds the sockets.
     pub async fn bind(config: WorkerConfig) -> Result<Self, WorkerError> {
         let capabilities = probe::probe();
-        let backend = probe::select_backend(config.backend, &capabilities)?;
+        let backend = probe::select_backend(config.backend, config.nvidia.as_ref(), &capabilities)?;
         let transcoder = Transcoder::new(backend);
         let grpc = TcpListener::bind(config.addr)
             .await

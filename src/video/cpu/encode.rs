@@ -1,6 +1,6 @@
 use ffmpeg_next as ff;
 
-use crate::video::backend::{Encoder, EncoderSettings, Frame, FrameData};
+use crate::video::backend::{Encoder, EncoderSettings, Frame};
 use crate::video::profile::{Gop, H264Profile, VideoCodec};
 use crate::video::VideoError;
 
@@ -120,8 +120,7 @@ impl Encoder for CpuEncoder {
     ) -> Result<(), VideoError> {
         let sent = match frame {
             Some(frame) => {
-                let FrameData::Host(video) = &frame.data;
-                let input = super::frame_ref(video, frame.pts)?;
+                let input = super::frame_ref(frame.host_video()?, frame.pts)?;
                 self.encoder.send_frame(&input)
             }
             None => self.encoder.send_eof(),

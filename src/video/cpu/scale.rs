@@ -2,7 +2,7 @@ use ff::format::Pixel;
 use ff::software::scaling;
 use ffmpeg_next as ff;
 
-use crate::video::backend::{Frame, FrameData, Scaler};
+use crate::video::backend::{Frame, Scaler};
 use crate::video::VideoError;
 
 /// libswscale resize to 8-bit 4:2:0 with FFmpeg's default (bicubic) filter,
@@ -33,7 +33,7 @@ impl CpuScaler {
 
 impl Scaler for CpuScaler {
     fn scale(&mut self, frame: &Frame) -> Result<Frame, VideoError> {
-        let FrameData::Host(src) = &frame.data;
+        let src = frame.host_video()?;
         let format = src.format();
         if src.width() == self.width && src.height() == self.height && format == Pixel::YUV420P {
             return Ok(Frame::host(super::frame_ref(src, frame.pts)?, frame.pts));

@@ -7,9 +7,17 @@ pub mod ladder;
 pub mod reference;
 
 #[cfg(feature = "nvidia")]
+pub mod backend;
+#[cfg(feature = "nvidia")]
+pub mod device;
+#[cfg(feature = "nvidia")]
 pub mod driver;
 #[cfg(feature = "nvidia")]
 pub mod gpu_bench;
+#[cfg(feature = "nvidia")]
+pub mod nvdec;
+#[cfg(feature = "nvidia")]
+pub mod nvenc;
 #[cfg(feature = "nvidia")]
 pub mod nvrtc;
 #[cfg(feature = "nvidia")]

@@ -186,6 +186,33 @@ pub struct DeviceFrame {
 }
 
 impl DeviceFrame {
+    /// The luma plane: `height` rows, [`Self::luma_pitch`] bytes apart.
+    pub fn luma(&self) -> &CudaSlice<u8> {
+        &self.luma
+    }
+
+    pub fn luma_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.luma
+    }
+
+    pub fn luma_pitch(&self) -> usize {
+        self.luma_pitch
+    }
+
+    /// The interleaved U/V plane: `height / 2` rows, [`Self::chroma_pitch`]
+    /// bytes apart.
+    pub fn chroma(&self) -> &CudaSlice<u8> {
+        &self.chroma
+    }
+
+    pub fn chroma_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.chroma
+    }
+
+    pub fn chroma_pitch(&self) -> usize {
+        self.chroma_pitch
+    }
+
     /// Bytes of picture in the frame (what a resize reads or writes of it).
     pub fn picture_bytes(&self) -> usize {
         self.format.frame_bytes(self.width, self.height)

@@ -1,0 +1,382 @@
+//! The NVIDIA video backend: NVDEC decodes into GPU memory, the resize
+//! kernels scale there, NVENC encodes from there; a frame stays on its GPU
+//! from decoder to encoder. A stage a GPU cannot do falls back to the CPU on
+//! its own:
+//! - no NVENC (H100, H200, A100): the scaled frames are downloaded and
+//!   encoded with libx264/libx265, still decoded and scaled on the GPU;
+//! - a stream NVDEC does not take (10-bit, 4:2:2): the CPU decodes it, and
+//!   the scalers and encoders, which bind to the first frame they see, stay
+//!   on the CPU for that segment.
+//!
+//! Each segment's decoder picks the least busy of the backend's GPUs, so
+//! sessions spread over every GPU given to `--nvidia`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ffmpeg_next as ff;
+
+use super::device::{self, GpuDevice, GpuFrame, SessionGuard};
+use super::probe::GpuInfo;
+use super::reference::Filter;
+use super::scaler::{HostFrame, PixelFormat};
+use super::{nvdec, nvenc};
+use crate::video::backend::{
+    Decoder, Encoder, EncoderSettings, Frame, FrameData, Scaler, VideoBackend, VideoStreamInfo,
+};
+use crate::video::cpu::{CpuDecoder, CpuEncoder, CpuScaler};
+use crate::video::probe::GpuSelection;
+use crate::video::VideoError;
+
+/// The GPUs one backend transcodes on.
+pub struct NvidiaBackend {
+    gpus: Vec<Arc<GpuDevice>>,
+    /// Where the next tie between equally busy GPUs is broken.
+    next: AtomicUsize,
+}
+
+impl NvidiaBackend {
+    /// Opens the GPUs of `selection` among those `found`. Fails when one
+    /// asked for by index is missing or does not open, or none has NVDEC.
+    pub fn open(selection: &GpuSelection, found: &[GpuInfo]) -> Result<Self, VideoError> {
+        let unavailable = |why: String| VideoError::BackendUnavailable(format!("nvidia ({why})"));
+        let chosen: Vec<&GpuInfo> = match selection {
+            GpuSelection::All => found.iter().collect(),
+            GpuSelection::Only(indices) => indices
+                .iter()
+                .map(|i| {
+                    found.iter().find(|g| g.index == *i).ok_or_else(|| {
+                        unavailable(format!(
+                            "GPU {i} not found; the driver reports {} GPU(s)",
+                            found.len()
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        if chosen.is_empty() {
+            return Err(unavailable("no NVIDIA GPU found".into()));
+        }
+        let mut gpus = Vec::with_capacity(chosen.len());
+        for info in chosen {
+            let gpu = device::open_shared(info)
+                .map_err(|e| unavailable(format!("GPU {}: {e}", info.index)))?;
+            let engines = gpu.engines();
+            if engines.decode.is_empty() {
+                return Err(unavailable(format!(
+                    "GPU {} ({}) has no usable NVDEC: {}",
+                    info.index,
+                    info.name,
+                    engines.decode_error.as_deref().unwrap_or("unknown")
+                )));
+            }
+            if engines.encode.is_empty() {
+                tracing::warn!(
+                    gpu = info.index,
+                    name = %info.name,
+                    reason = engines.encode_error.as_deref().unwrap_or("unknown"),
+                    "no NVENC on this GPU: renditions are decoded and scaled on it and encoded on the CPU"
+                );
+            }
+            gpus.push(gpu);
+        }
+        Ok(NvidiaBackend {
+            gpus,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+        &self.gpus
+    }
+
+    /// The GPU for a new session: the least busy, ties taken in turn.
+    fn pick(&self) -> Arc<GpuDevice> {
+        let loads: Vec<usize> = self.gpus.iter().map(|g| g.sessions()).collect();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        Arc::clone(&self.gpus[least_busy(&loads, start)])
+    }
+}
+
+/// The index of the smallest load, searching from `start` (mod len) so that
+/// equally busy GPUs take turns. `loads` must not be empty.
+pub fn least_busy(loads: &[usize], start: usize) -> usize {
+    let n = loads.len();
+    (0..n)
+        .map(|k| (start + k) % n)
+        .min_by_key(|&i| loads[i])
+        .expect("a backend has at least one GPU")
+}
+
+impl VideoBackend for NvidiaBackend {
+    fn name(&self) -> &'static str {
+        "nvidia"
+    }
+
+    fn decoder(&self, stream: &VideoStreamInfo) -> Result<Box<dyn Decoder>, VideoError> {
+        let gpu = self.pick();
+        if !nvdec::supports_stream(stream) {
+            tracing::debug!(
+                "stream not decodable by NVDEC (bit depth or chroma format): CPU decode"
+            );
+            return Ok(Box::new(CpuDecoder::new(stream)?));
+        }
+        let session = gpu.begin_session();
+        match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
+            Ok(decoder) => Ok(Box::new(SessionDecoder {
+                decoder,
+                _session: session,
+            })),
+            Err(e) => {
+                tracing::warn!(gpu = gpu.info().index, error = %e, "NVDEC decoder did not open: CPU decode");
+                Ok(Box::new(CpuDecoder::new(stream)?))
+            }
+        }
+    }
+
+    fn scaler(&self, width: u32, height: u32) -> Result<Box<dyn Scaler>, VideoError> {
+        Ok(Box::new(FollowingScaler {
+            width,
+            height,
+            cpu: None,
+        }))
+    }
+
+    fn encoder(&self, settings: &EncoderSettings) -> Result<Box<dyn Encoder>, VideoError> {
+        Ok(Box::new(FollowingEncoder {
+            settings: settings.clone(),
+            inner: None,
+        }))
+    }
+}
+
+/// An NVDEC decoder counted as one session on its GPU while it lives.
+struct SessionDecoder {
+    decoder: nvdec::NvdecDecoder,
+    _session: SessionGuard,
+}
+
+impl Decoder for SessionDecoder {
+    fn decode(
+        &mut self,
+        packet: Option<&ff::Packet>,
+        emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
+    ) -> Result<(), VideoError> {
+        self.decoder.decode(packet, emit)
+    }
+}
+
+/// Scales on the GPU a frame that is on one, else on the CPU.
+struct FollowingScaler {
+    width: u32,
+    height: u32,
+    cpu: Option<CpuScaler>,
+}
+
+impl Scaler for FollowingScaler {
+    fn scale(&mut self, frame: &Frame) -> Result<Frame, VideoError> {
+        let FrameData::Device(src) = &frame.data else {
+            let (width, height) = (self.width, self.height);
+            return self
+                .cpu
+                .get_or_insert_with(|| CpuScaler::new(width, height))
+                .scale(frame);
+        };
+        let scaler = src.device.scaler();
+        let mut out = scaler
+            .alloc_frame(src.frame.format, self.width as usize, self.height as usize)
+            .map_err(VideoError::gpu("frame allocation"))?;
+        let filter = if self.width < frame.width || self.height < frame.height {
+            Filter::Area
+        } else {
+            Filter::Bilinear
+        };
+        scaler
+            .scale_ladder(&src.frame, std::slice::from_mut(&mut out), filter)
+            .map_err(VideoError::gpu("scale"))?;
+        Ok(Frame {
+            pts: frame.pts,
+            width: self.width,
+            height: self.height,
+            data: FrameData::Device(GpuFrame {
+                device: Arc::clone(&src.device),
+                frame: out,
+            }),
+        })
+    }
+}
+
+/// Binds to the first frame: NVENC for a GPU frame on a GPU that encodes the
+/// codec, else the CPU encoder (downloading GPU frames first).
+struct FollowingEncoder {
+    settings: EncoderSettings,
+    inner: Option<BoundEncoder>,
+}
+
+enum BoundEncoder {
+    Nvenc(Box<nvenc::NvencEncoder>),
+    Download(CpuEncoder),
+    Cpu(CpuEncoder),
+}
+
+impl FollowingEncoder {
+    fn bind(&self, frame: &Frame) -> Result<BoundEncoder, VideoError> {
+        let FrameData::Device(gpu_frame) = &frame.data else {
+            return Ok(BoundEncoder::Cpu(CpuEncoder::new(&self.settings)?));
+        };
+        let gpu = &gpu_frame.device;
+        let codec = self.settings.profile.codec;
+        if gpu.engines().encodes(codec) {
+            match nvenc::NvencEncoder::new(Arc::clone(gpu), &self.settings) {
+                Ok(encoder) => return Ok(BoundEncoder::Nvenc(Box::new(encoder))),
+                // Every NVENC session slot taken (consumer cards cap them),
+                // or the settings refused: the CPU keeps the rendition going.
+                Err(e) => tracing::warn!(
+                    gpu = gpu.info().index,
+                    error = %e,
+                    "NVENC session did not open: encoding this rendition on the CPU"
+                ),
+            }
+        }
+        Ok(BoundEncoder::Download(CpuEncoder::new(&self.settings)?))
+    }
+}
+
+impl Encoder for FollowingEncoder {
+    fn encode(
+        &mut self,
+        frame: Option<&Frame>,
+        emit: &mut dyn FnMut(ff::Packet),
+    ) -> Result<(), VideoError> {
+        let inner = match (&mut self.inner, frame) {
+            (Some(inner), _) => inner,
+            // Flushing an encoder that never saw a frame: nothing to emit.
+            (None, None) => return Ok(()),
+            (None, Some(first)) => {
+                let bound = self.bind(first)?;
+                self.inner.insert(bound)
+            }
+        };
+        match inner {
+            BoundEncoder::Nvenc(nvenc) => nvenc.encode(frame, emit),
+            BoundEncoder::Cpu(cpu) => cpu.encode(frame, emit),
+            BoundEncoder::Download(cpu) => match frame {
+                None => cpu.encode(None, emit),
+                Some(frame) => {
+                    let host = download(frame)?;
+                    cpu.encode(Some(&host), emit)
+                }
+            },
+        }
+    }
+
+    fn parameters(&self) -> ff::codec::Parameters {
+        match &self.inner {
+            Some(BoundEncoder::Nvenc(e)) => e.parameters(),
+            Some(BoundEncoder::Download(e) | BoundEncoder::Cpu(e)) => e.parameters(),
+            None => ff::codec::Parameters::new(),
+        }
+    }
+}
+
+/// Copies a GPU frame to a host frame the CPU encoders take.
+fn download(frame: &Frame) -> Result<Frame, VideoError> {
+    match &frame.data {
+        FrameData::Device(gpu) => {
+            let host = gpu
+                .device
+                .scaler()
+                .download(&gpu.frame)
+                .map_err(VideoError::gpu("download"))?;
+            Ok(Frame::host(nv12_to_yuv420p(&host)?, frame.pts))
+        }
+        FrameData::Host(video) => Ok(Frame::host(
+            crate::video::cpu::frame_ref(video, frame.pts)?,
+            frame.pts,
+        )),
+    }
+}
+
+/// NV12 (interleaved chroma) to planar YUV 4:2:0, the layout libx264 and
+/// libx265 are opened with.
+pub fn nv12_to_yuv420p(host: &HostFrame) -> Result<ff::frame::Video, VideoError> {
+    if host.format != PixelFormat::Nv12 {
+        return Err(VideoError::Gpu {
+            stage: "download",
+            message: format!("{} frames have no CPU encoder path", host.format.name()),
+        });
+    }
+    let (width, height) = (host.width, host.height);
+    let mut out = ff::frame::Video::new(ff::format::Pixel::YUV420P, width as u32, height as u32);
+    let luma_stride = out.stride(0);
+    let luma = out.data_mut(0);
+    for y in 0..height {
+        luma[y * luma_stride..y * luma_stride + width]
+            .copy_from_slice(&host.luma[y * host.luma_pitch..y * host.luma_pitch + width]);
+    }
+    let (u_stride, v_stride) = (out.stride(1), out.stride(2));
+    for y in 0..height / 2 {
+        let row = &host.chroma[y * host.chroma_pitch..y * host.chroma_pitch + width];
+        for (x, pair) in row.chunks_exact(2).enumerate() {
+            out.data_mut(1)[y * u_stride + x] = pair[0];
+            out.data_mut(2)[y * v_stride + x] = pair[1];
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_go_to_the_least_busy_gpu_and_ties_take_turns() {
+        assert_eq!(least_busy(&[0], 5), 0);
+        assert_eq!(least_busy(&[2, 0, 1], 0), 1);
+        assert_eq!(least_busy(&[2, 0, 1], 2), 1);
+        // Equal loads: the starting point rotates through the GPUs.
+        let picks: Vec<usize> = (0..4).map(|s| least_busy(&[1, 1], s)).collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+        // Simulate sessions opening and never closing on two GPUs: they
+        // alternate, so neither gets two more than the other.
+        let mut loads = [0usize; 2];
+        for s in 0..10 {
+            let i = least_busy(&loads, s);
+            loads[i] += 1;
+        }
+        assert_eq!(loads, [5, 5]);
+    }
+
+    #[test]
+    fn nv12_download_becomes_planar_yuv420p() {
+        let (w, h) = (6, 4);
+        let mut host = HostFrame::new(PixelFormat::Nv12, w, h);
+        // Pitches wider than the rows, as device frames have.
+        host.luma_pitch = 8;
+        host.chroma_pitch = 8;
+        host.luma = (0..8 * h).map(|i| i as u8).collect();
+        host.chroma = (0..8 * h / 2).map(|i| 100 + i as u8).collect();
+        let out = nv12_to_yuv420p(&host).unwrap();
+        assert_eq!((out.width(), out.height()), (6, 4));
+        assert_eq!(out.format(), ff::format::Pixel::YUV420P);
+        for y in 0..h {
+            for x in 0..w {
+                assert_eq!(out.data(0)[y * out.stride(0) + x], (y * 8 + x) as u8);
+            }
+        }
+        for y in 0..h / 2 {
+            for x in 0..w / 2 {
+                assert_eq!(
+                    out.data(1)[y * out.stride(1) + x],
+                    100 + (y * 8 + 2 * x) as u8
+                );
+                assert_eq!(
+                    out.data(2)[y * out.stride(2) + x],
+                    100 + (y * 8 + 2 * x + 1) as u8
+                );
+            }
+        }
+        let p010 = HostFrame::new(PixelFormat::P010, 4, 4);
+        assert!(nv12_to_yuv420p(&p010).is_err());
+    }
+}
