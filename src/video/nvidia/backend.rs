@@ -91,21 +91,20 @@ impl NvidiaBackend {
     }
 
     /// The GPU for a new session: the least busy, ties taken in turn.
-    fn pick(&self) -> Arc<GpuDevice> {
+    fn pick(&self) -> Result<Arc<GpuDevice>, VideoError> {
         let loads: Vec<usize> = self.gpus.iter().map(|g| g.sessions()).collect();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        Arc::clone(&self.gpus[least_busy(&loads, start)])
+        least_busy(&loads, start)
+            .map(|i| Arc::clone(&self.gpus[i]))
+            .ok_or_else(|| VideoError::BackendUnavailable("nvidia (no GPU open)".into()))
     }
 }
 
 /// The index of the smallest load, searching from `start` (mod len) so that
-/// equally busy GPUs take turns. `loads` must not be empty.
-pub fn least_busy(loads: &[usize], start: usize) -> usize {
+/// equally busy GPUs take turns; `None` when there are none.
+pub fn least_busy(loads: &[usize], start: usize) -> Option<usize> {
     let n = loads.len();
-    (0..n)
-        .map(|k| (start + k) % n)
-        .min_by_key(|&i| loads[i])
-        .expect("a backend has at least one GPU")
+    (0..n).map(|k| (start + k) % n).min_by_key(|&i| loads[i])
 }
 
 impl VideoBackend for NvidiaBackend {
@@ -114,13 +113,13 @@ impl VideoBackend for NvidiaBackend {
     }
 
     fn decoder(&self, stream: &VideoStreamInfo) -> Result<Box<dyn Decoder>, VideoError> {
-        let gpu = self.pick();
         if !nvdec::supports_stream(stream) {
             tracing::debug!(
                 "stream not decodable by NVDEC (bit depth or chroma format): CPU decode"
             );
             return Ok(Box::new(CpuDecoder::new(stream)?));
         }
+        let gpu = self.pick()?;
         let session = gpu.begin_session();
         match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
             Ok(decoder) => Ok(Box::new(SessionDecoder {
@@ -331,20 +330,105 @@ mod tests {
 
     #[test]
     fn sessions_go_to_the_least_busy_gpu_and_ties_take_turns() {
-        assert_eq!(least_busy(&[0], 5), 0);
-        assert_eq!(least_busy(&[2, 0, 1], 0), 1);
-        assert_eq!(least_busy(&[2, 0, 1], 2), 1);
+        assert_eq!(least_busy(&[], 0), None);
+        assert_eq!(least_busy(&[0], 5), Some(0));
+        assert_eq!(least_busy(&[2, 0, 1], 0), Some(1));
+        assert_eq!(least_busy(&[2, 0, 1], 2), Some(1));
         // Equal loads: the starting point rotates through the GPUs.
-        let picks: Vec<usize> = (0..4).map(|s| least_busy(&[1, 1], s)).collect();
-        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let picks: Vec<_> = (0..4).map(|s| least_busy(&[1, 1], s)).collect();
+        assert_eq!(picks, vec![Some(0), Some(1), Some(0), Some(1)]);
         // Simulate sessions opening and never closing on two GPUs: they
         // alternate, so neither gets two more than the other.
         let mut loads = [0usize; 2];
         for s in 0..10 {
-            let i = least_busy(&loads, s);
+            let i = least_busy(&loads, s).unwrap();
             loads[i] += 1;
         }
         assert_eq!(loads, [5, 5]);
+    }
+
+    /// The backend's structure without any GPU: what the fallbacks do when no
+    /// stage can use one.
+    fn backend_without_gpus() -> NvidiaBackend {
+        NvidiaBackend {
+            gpus: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn ffmpeg_clip(pix_fmt: &str, ext: &str) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(format!("clip.{ext}"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+            .args(["-i", "testsrc2=size=320x240:rate=30", "-t", "1"])
+            .args([
+                "-pix_fmt", pix_fmt, "-c:v", "libx264", "-preset", "veryfast",
+            ])
+            .arg(&out)
+            .status()
+            .expect("the ffmpeg CLI runs");
+        assert!(status.success());
+        std::fs::read(out).unwrap()
+    }
+
+    #[test]
+    fn a_stream_nvdec_refuses_is_transcoded_whole_on_the_cpu() {
+        use crate::video::{TranscodeOptions, Transcoder, VideoProfile};
+        crate::video::init_ffmpeg();
+        // 10-bit H.264: NVDEC is not asked; decode, the scalers and the
+        // encoders, which bind to the frames they get, all stay on the CPU.
+        let transcoder = Transcoder::new(Arc::new(backend_without_gpus()));
+        let options = TranscodeOptions {
+            profiles: VideoProfile::parse_list("P240p30fps16x9,P144p30fps16x9").unwrap(),
+            preset: "ultrafast".into(),
+            ..Default::default()
+        };
+        let out = transcoder
+            .transcode(ffmpeg_clip("yuv420p10le", "mp4"), &options, &mut |_| {})
+            .expect("transcodes on the CPU");
+        assert_eq!(out.backend, "nvidia");
+        assert_eq!(out.decoded.frames, 30);
+        assert_eq!(out.renditions.len(), 2);
+        for (r, profile) in out.renditions.iter().zip(&options.profiles) {
+            let (w, h) = profile.output_size(320, 240);
+            assert_eq!((r.width, r.height), (w, h));
+            assert_eq!(r.encoded.frames, 30);
+            // The rendition decodes back to as many frames of its size.
+            let back = Transcoder::new(Arc::new(crate::video::cpu::CpuBackend))
+                .decode_only(r.data.clone(), &options)
+                .expect("the rendition decodes");
+            assert_eq!(back.decoded.frames, 30);
+            assert_eq!(back.decoded.pixels, 30 * u64::from(w * h));
+        }
+
+        // An 8-bit stream needs a GPU for NVDEC: with none open the request
+        // fails with a reason, never a panic.
+        let err = transcoder
+            .transcode(ffmpeg_clip("yuv420p", "ts"), &options, &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, VideoError::BackendUnavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn an_encoder_that_saw_no_frame_flushes_to_nothing() {
+        let settings = EncoderSettings {
+            profile: crate::video::VideoProfile::parse_list("P144p30fps16x9")
+                .unwrap()
+                .remove(0),
+            width: 256,
+            height: 144,
+            time_base: ff::Rational(1, 90_000),
+            frame_rate: ff::Rational(30, 1),
+            global_header: false,
+            preset: "ultrafast".into(),
+            threads: 1,
+        };
+        let mut encoder = backend_without_gpus().encoder(&settings).unwrap();
+        let mut packets = 0;
+        encoder.encode(None, &mut |_| packets += 1).unwrap();
+        assert_eq!(packets, 0);
+        assert_eq!(encoder.parameters().id(), ff::codec::Id::None);
     }
 
     #[test]
