@@ -13,6 +13,17 @@ use super::probe::GpuInfo;
 use super::scaler::{GpuError, GpuScaler};
 use crate::video::profile::VideoCodec;
 
+/// Binds `ctx` to the calling thread, as every NVDEC/NVENC call needs.
+/// cudarc first reports, once, an error some thread recorded on the shared
+/// context (an asynchronous free that failed in a drop, say): not this
+/// caller's failure, so it is logged and the bind tried again.
+pub fn bind(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
+    ctx.bind_to_thread().or_else(|recorded| {
+        tracing::warn!(error = %recorded, "an earlier CUDA error was recorded on this GPU's context");
+        ctx.bind_to_thread()
+    })
+}
+
 /// A GPU in use by the NVIDIA backend.
 pub struct GpuDevice {
     info: GpuInfo,

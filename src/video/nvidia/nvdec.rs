@@ -140,7 +140,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, NvdecError>) -> Result<T, NvdecError
 
 /// Makes `ctx` the calling thread's current context, as every cuvid call needs.
 fn bind(ctx: &CudaContext) -> Result<(), NvdecError> {
-    ctx.bind_to_thread().map_err(|source| NvdecError::Cuda {
+    super::device::bind(ctx).map_err(|source| NvdecError::Cuda {
         call: "cuCtxSetCurrent",
         source,
     })
@@ -777,7 +777,9 @@ impl ParserState {
         let index = info.picture_index;
         // As NVIDIA's NvDecoder sample sets them.
         let mut params = CUVIDPROCPARAMS {
-            progressive_frame: info.progressive_frame,
+            // The sequence's flag, not the picture's: FFmpeg's cuviddec
+            // found the per-picture one unreliable.
+            progressive_frame: c_int::from(config.progressive),
             second_field: info.repeat_first_field + 1,
             top_field_first: info.top_field_first,
             unpaired_field: c_int::from(info.repeat_first_field < 0),
@@ -964,6 +966,44 @@ unsafe extern "C" fn display_callback(user: *mut c_void, info: *mut CUVIDPARSERD
 // ---------------------------------------------------------------------------
 // The decoder.
 
+/// The parser's timestamp units. It reorders timestamps into display order
+/// and interpolates them for pictures that came without one, in units of
+/// `ulClockRate` Hz: the stream's own when its time base is 1/N (MPEG-TS's
+/// 1/90000, exact), else 10 MHz with a rescale each way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParserClock {
+    pub rate: u32,
+    time_base: ff::Rational,
+}
+
+const DEFAULT_CLOCK_HZ: u32 = 10_000_000;
+
+impl ParserClock {
+    pub fn for_time_base(time_base: ff::Rational) -> ParserClock {
+        let rate = match (time_base.numerator(), time_base.denominator()) {
+            (1, den) if den > 0 => den as u32,
+            _ => DEFAULT_CLOCK_HZ,
+        };
+        ParserClock { rate, time_base }
+    }
+
+    fn parser_base(&self) -> ff::Rational {
+        ff::Rational(1, self.rate as i32)
+    }
+
+    /// A stream timestamp in the parser's units.
+    pub fn to_parser(&self, pts: i64) -> i64 {
+        use ff::Rescale;
+        pts.rescale(self.time_base, self.parser_base())
+    }
+
+    /// A parser timestamp back in the stream's time base.
+    pub fn from_parser(&self, timestamp: i64) -> i64 {
+        use ff::Rescale;
+        timestamp.rescale(self.parser_base(), self.time_base)
+    }
+}
+
 /// An NVDEC decoder for one H.264 or HEVC stream; frames come out as NV12 in
 /// the GPU's memory.
 pub struct NvdecDecoder {
@@ -975,6 +1015,7 @@ pub struct NvdecDecoder {
     state: *mut ParserState,
     /// The end of stream was sent to the parser.
     flushed: bool,
+    clock: ParserClock,
 }
 
 // SAFETY: the parser, the decoder and the state are owned by this value alone
@@ -1061,12 +1102,13 @@ impl NvdecDecoder {
             parser: ptr::null_mut(),
             state,
             flushed: false,
+            clock: ParserClock::for_time_base(stream.time_base),
         };
         let mut params = CUVIDPARSERPARAMS {
             CodecType: cuvid_codec(codec),
             // The sequence callback returns the number the stream needs.
             ulMaxNumDecodeSurfaces: 1,
-            ulClockRate: 0,
+            ulClockRate: decoder.clock.rate,
             ulErrorThreshold: 0,
             ulMaxDisplayDelay: 1,
             pUserData: state.cast(),
@@ -1149,7 +1191,10 @@ impl Decoder for NvdecDecoder {
                 break;
             }
             if let Some(data) = packet.data().filter(|d| !d.is_empty()) {
-                self.parse(data, packet.pts().or(packet.dts()), false);
+                // Only a presentation time: a decode time would come back
+                // in display order as the wrong picture's.
+                let timestamp = packet.pts().map(|pts| self.clock.to_parser(pts));
+                self.parse(data, timestamp, false);
             }
         }
         if packet.is_none() && !self.flushed && self.state().fatal.is_none() {
@@ -1157,9 +1202,9 @@ impl Decoder for NvdecDecoder {
             self.parse(&[], None, true);
         }
         let frames = std::mem::take(&mut self.state().frames);
-        for (pts, frame) in frames {
+        for (timestamp, frame) in frames {
             emit(Frame {
-                pts,
+                pts: self.clock.from_parser(timestamp),
                 width: frame.width as u32,
                 height: frame.height as u32,
                 data: FrameData::Device(GpuFrame {
@@ -1480,6 +1525,28 @@ mod tests {
         let mut tiny = format_1080p();
         tiny.coded_width = 32;
         assert!(config_of(&tiny, VideoCodec::H264).is_err());
+    }
+
+    #[test]
+    fn parser_timestamps_round_trip_in_the_streams_time_base() {
+        // MPEG-TS: the parser counts in the stream's own 90 kHz.
+        let ts = ParserClock::for_time_base(ff::Rational(1, 90_000));
+        assert_eq!(ts.rate, 90_000);
+        for pts in [0, 1, 3003, 8_589_934_591, -3003] {
+            assert_eq!(ts.to_parser(pts), pts);
+            assert_eq!(ts.from_parser(pts), pts);
+        }
+        // A time base that is not 1/N: 10 MHz, rescaled both ways without loss
+        // at frame granularity.
+        let ntsc = ParserClock::for_time_base(ff::Rational(1001, 30_000));
+        assert_eq!(ntsc.rate, 10_000_000);
+        assert_eq!(ntsc.to_parser(30), 10_010_000);
+        for pts in [0, 1, 29, 30, 12_345] {
+            assert_eq!(ntsc.from_parser(ntsc.to_parser(pts)), pts);
+        }
+        // MP4's common 1/15360: native rate.
+        let mp4 = ParserClock::for_time_base(ff::Rational(1, 15_360));
+        assert_eq!((mp4.rate, mp4.to_parser(512)), (15_360, 512));
     }
 
     #[test]

@@ -850,9 +850,7 @@ pub fn probe_codecs(device: &GpuDevice) -> Result<Vec<VideoCodec>, NvencError> {
     let api = api()?;
     super::driver::catch_panic(|| {
         let context = device.context();
-        context
-            .bind_to_thread()
-            .map_err(cuda_error("cuCtxSetCurrent"))?;
+        super::device::bind(context).map_err(cuda_error("cuCtxSetCurrent"))?;
         let session = Session::open(api, context.cu_ctx())?;
         session.codecs()
     })
@@ -925,9 +923,7 @@ impl NvencEncoder {
         let codec = settings.profile.codec;
         let api = api()?;
         let context = device.context();
-        context
-            .bind_to_thread()
-            .map_err(cuda_error("cuCtxSetCurrent"))?;
+        super::device::bind(context).map_err(cuda_error("cuCtxSetCurrent"))?;
         let session = Session::open(api, context.cu_ctx())?;
         if !session.codecs()?.contains(&codec) {
             return Err(NvencError::Invalid(format!(
@@ -1217,10 +1213,7 @@ impl NvencEncoder {
             ));
         }
         self.check_frame(gpu)?;
-        self.device
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_error("cuCtxSetCurrent"))?;
+        super::device::bind(self.device.context()).map_err(cuda_error("cuCtxSetCurrent"))?;
         let slot = self.free_slot()?;
         self.upload(slot, &gpu.frame)?;
         self.map(slot)?;
@@ -1268,10 +1261,7 @@ impl NvencEncoder {
         if self.submitted == 0 {
             return Ok(());
         }
-        self.device
-            .context()
-            .bind_to_thread()
-            .map_err(cuda_error("cuCtxSetCurrent"))?;
+        super::device::bind(self.device.context()).map_err(cuda_error("cuCtxSetCurrent"))?;
         let mut pic = eos_params();
         // SAFETY: an initialised session; an EOS picture carries no buffers.
         let status = unsafe { (self.session.fns.encode_picture)(self.session.handle, &mut pic) };
@@ -1344,10 +1334,11 @@ impl NvencEncoder {
     }
 }
 
-/// Whether an NV_ENC_PIC_TYPE value starts a GOP (IDR or I).
+/// Whether an NV_ENC_PIC_TYPE value is a random-access point: an IDR only
+/// (pictures after a plain I may reference ones before it), as FFmpeg's
+/// nvenc flags packets.
 fn is_keyframe(picture_type: u32) -> bool {
     picture_type == nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR as u32
-        || picture_type == nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I as u32
 }
 
 impl Encoder for NvencEncoder {
@@ -1581,7 +1572,7 @@ mod tests {
             0
         );
         assert!(is_keyframe(nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_IDR as u32));
-        assert!(is_keyframe(nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I as u32));
+        assert!(!is_keyframe(nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_I as u32));
         assert!(!is_keyframe(nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_P as u32));
         assert!(!is_keyframe(
             nv::NV_ENC_PIC_TYPE::NV_ENC_PIC_TYPE_UNKNOWN as u32
