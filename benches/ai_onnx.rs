@@ -199,8 +199,9 @@ impl CaseResult {
 /// `iters` timed `infer` calls on the same borrowed input (as Python feeds
 /// the same array); returns the times and the last output. Outside the timed
 /// region each output is copied out and ONNX Runtime's buffer released, as
-/// Python's `run` does when it converts outputs to NumPy arrays: holding ONNX Runtime's own
-/// output across the next run measured up to 10% slower on the detector.
+/// Python's `run` does when it converts outputs to NumPy arrays: holding ONNX
+/// Runtime's own output across the next run measured up to 10% slower on the
+/// detector.
 fn time_lpworker(model: &OnnxModel, input: &ArrayD<f32>, iters: usize) -> (Vec<f64>, ArrayD<f32>) {
     let mut times = Vec::with_capacity(iters);
     let mut last = None;
