@@ -11,6 +11,11 @@ pub struct Gpu {
     /// no NVIDIA probe).
     pub nvdec: Option<bool>,
     pub nvenc: Option<bool>,
+    /// Codecs each engine handles, and why one is unusable (the probe's
+    /// findings; empty without it).
+    pub nvdec_codecs: Vec<String>,
+    pub nvenc_codecs: Vec<String>,
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +66,9 @@ fn nvidia_gpus() -> Vec<Gpu> {
                 driver: f[2].to_string(),
                 nvdec: None,
                 nvenc: None,
+                nvdec_codecs: Vec::new(),
+                nvenc_codecs: Vec::new(),
+                problems: Vec::new(),
             })
         })
         .collect()
@@ -89,6 +97,9 @@ pub fn detect() -> Hardware {
                 if let Some(p) = probe.gpus.iter().find(|p| p.index as usize == i) {
                     g.nvdec = Some(p.nvdec);
                     g.nvenc = Some(p.nvenc);
+                    g.nvdec_codecs = p.nvdec_codecs.clone();
+                    g.nvenc_codecs = p.nvenc_codecs.clone();
+                    g.problems = p.problems.clone();
                 }
                 g
             })

@@ -28,6 +28,16 @@ pub fn verdict(report: &Report) -> String {
     }
 }
 
+/// "yes (h264, hevc)", "no" or "unknown" (no probe in this build).
+fn engine_summary(usable: Option<bool>, codecs: &[String]) -> String {
+    match usable {
+        None => "unknown".into(),
+        Some(false) => "no".into(),
+        Some(true) if codecs.is_empty() => "yes".into(),
+        Some(true) => format!("yes ({})", codecs.join(", ")),
+    }
+}
+
 pub fn markdown(report: &Report) -> String {
     let h = &report.hardware;
     let mut md = String::new();
@@ -46,15 +56,19 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md, "- GPUs: none found");
     }
     for g in &h.gpus {
-        let engine = |e: Option<bool>| e.map_or("unknown", |b| if b { "yes" } else { "no" });
         let _ = writeln!(
             md,
-            "- GPU: {} ({} MiB, driver {}; NVDEC {}, NVENC {})",
+            "- GPU: {} ({} MiB, driver {}; NVDEC {}, NVENC {}){}",
             g.name,
             g.memory_mib,
             g.driver,
-            engine(g.nvdec),
-            engine(g.nvenc)
+            engine_summary(g.nvdec, &g.nvdec_codecs),
+            engine_summary(g.nvenc, &g.nvenc_codecs),
+            if g.problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", g.problems.join("; "))
+            }
         );
     }
     let _ = writeln!(
@@ -285,4 +299,18 @@ pub fn plot(report: &Report, dir: &Path, stem: &str) -> Result<(), PlotError> {
         fonts,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::engine_summary;
+
+    #[test]
+    fn engines_read_plainly() {
+        assert_eq!(engine_summary(None, &[]), "unknown");
+        assert_eq!(engine_summary(Some(false), &[]), "no");
+        assert_eq!(engine_summary(Some(true), &[]), "yes");
+        let codecs = ["h264".to_string(), "hevc".to_string()];
+        assert_eq!(engine_summary(Some(true), &codecs), "yes (h264, hevc)");
+    }
 }
