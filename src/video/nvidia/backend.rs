@@ -122,10 +122,11 @@ impl VideoBackend for NvidiaBackend {
         let gpu = self.pick()?;
         let session = gpu.begin_session();
         match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
-            Ok(decoder) => Ok(Box::new(SessionDecoder {
-                decoder,
-                _session: session,
-            })),
+            Ok(decoder) => Ok(Box::new(FallbackDecoder::new(
+                Box::new(decoder),
+                Some(session),
+                stream,
+            ))),
             Err(e) => {
                 tracing::warn!(gpu = gpu.info().index, error = %e, "NVDEC decoder did not open: CPU decode");
                 Ok(Box::new(CpuDecoder::new(stream)?))
@@ -149,19 +150,94 @@ impl VideoBackend for NvidiaBackend {
     }
 }
 
-/// An NVDEC decoder counted as one session on its GPU while it lives.
-struct SessionDecoder {
-    decoder: nvdec::NvdecDecoder,
-    _session: SessionGuard,
+/// An NVDEC decoder, counted as one session on its GPU while it lives, that
+/// hands the segment to the CPU decoder if the GPU fails before the first
+/// frame came out (a sequence NVDEC refuses once it sees it, say): the
+/// packets fed so far are kept until then and decoded again on the CPU, so
+/// nothing is lost.
+struct FallbackDecoder {
+    gpu: Option<(Box<dyn Decoder>, Option<SessionGuard>)>,
+    cpu: Option<CpuDecoder>,
+    /// A copy of what the CPU decoder needs to open.
+    stream: VideoStreamInfo,
+    /// Packets fed before the first frame; `None` once one came out.
+    replay: Option<Vec<ff::Packet>>,
 }
 
-impl Decoder for SessionDecoder {
+impl FallbackDecoder {
+    fn new(gpu: Box<dyn Decoder>, session: Option<SessionGuard>, stream: &VideoStreamInfo) -> Self {
+        FallbackDecoder {
+            gpu: Some((gpu, session)),
+            cpu: None,
+            stream: VideoStreamInfo {
+                parameters: stream.parameters.clone(),
+                time_base: stream.time_base,
+                frame_rate: stream.frame_rate,
+            },
+            replay: Some(Vec::new()),
+        }
+    }
+
+    /// Opens the CPU decoder and feeds it the kept packets (and the end of
+    /// the stream when `end`); one damaged packet among them is reported as
+    /// the CPU decoder reports it, after the rest were decoded.
+    fn switch_to_cpu(
+        &mut self,
+        end: bool,
+        emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
+    ) -> Result<(), VideoError> {
+        self.gpu = None;
+        let cpu = self.cpu.insert(CpuDecoder::new(&self.stream)?);
+        let packets = self.replay.take().unwrap_or_default();
+        let mut damaged = None;
+        for packet in packets.iter().map(Some).chain(end.then_some(None)) {
+            match cpu.decode(packet, emit) {
+                Ok(()) => {}
+                Err(e @ VideoError::Decode(_)) => damaged = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        damaged.map_or(Ok(()), Err)
+    }
+}
+
+impl Decoder for FallbackDecoder {
     fn decode(
         &mut self,
         packet: Option<&ff::Packet>,
         emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
     ) -> Result<(), VideoError> {
-        self.decoder.decode(packet, emit)
+        if let Some(cpu) = &mut self.cpu {
+            return cpu.decode(packet, emit);
+        }
+        let Some((gpu, _)) = &mut self.gpu else {
+            return Err(VideoError::Gpu {
+                stage: "decode",
+                message: "no decoder".into(),
+            });
+        };
+        if let (Some(replay), Some(packet)) = (&mut self.replay, packet) {
+            replay.push(packet.clone());
+        }
+        let mut emitted = false;
+        let result = gpu.decode(packet, &mut |frame| {
+            emitted = true;
+            emit(frame)
+        });
+        if emitted {
+            self.replay = None;
+        }
+        match result {
+            Err(VideoError::Gpu { stage, message }) if self.replay.is_some() => {
+                tracing::warn!(
+                    stage,
+                    error = %message,
+                    "NVDEC failed before its first frame: decoding this segment on the CPU"
+                );
+                self.switch_to_cpu(packet.is_none(), emit)
+            }
+            other => other,
+        }
     }
 }
 
@@ -408,6 +484,62 @@ mod tests {
             .transcode(ffmpeg_clip("yuv420p", "ts"), &options, &mut |_| {})
             .unwrap_err();
         assert!(matches!(err, VideoError::BackendUnavailable(_)), "{err}");
+    }
+
+    /// A GPU decoder that fails as NVDEC does when it refuses a sequence:
+    /// after `packets_before_failing` packets with no frame out.
+    struct RefusingDecoder {
+        packets_before_failing: usize,
+        seen: usize,
+    }
+
+    impl Decoder for RefusingDecoder {
+        fn decode(
+            &mut self,
+            _packet: Option<&ff::Packet>,
+            _emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
+        ) -> Result<(), VideoError> {
+            self.seen += 1;
+            if self.seen > self.packets_before_failing {
+                return Err(VideoError::Gpu {
+                    stage: "NVDEC decode",
+                    message: "cuvidCreateDecoder failed: CUDA_ERROR_NOT_SUPPORTED".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_gpu_decoder_failing_before_its_first_frame_hands_every_packet_to_the_cpu() {
+        use crate::video::container::{demux, DemuxLimits};
+        crate::video::init_ffmpeg();
+        let segment = demux(
+            ffmpeg_clip("yuv420p", "ts").into(),
+            &DemuxLimits::default(),
+            None,
+        )
+        .unwrap();
+        for fail_after in [0, 3, segment.video_packets.len()] {
+            let gpu = RefusingDecoder {
+                packets_before_failing: fail_after,
+                seen: 0,
+            };
+            let mut decoder = FallbackDecoder::new(Box::new(gpu), None, &segment.video);
+            let mut frames = Vec::new();
+            for packet in segment.video_packets.iter().map(Some).chain([None]) {
+                decoder
+                    .decode(packet, &mut |f| {
+                        frames.push(f.pts);
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            // Every picture, once each, in order, whenever the GPU gave up.
+            assert_eq!(frames.len(), 30, "failing after {fail_after} packets");
+            assert!(frames.windows(2).all(|w| w[0] < w[1]), "{frames:?}");
+            assert!(decoder.cpu.is_some() && decoder.gpu.is_none());
+        }
     }
 
     #[test]
