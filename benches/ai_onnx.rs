@@ -5,10 +5,10 @@
 //!
 //! `cargo bench --bench ai_onnx`
 //!
-//! Part 1 alternates short rounds (lpworker `N` `infer` calls, then `N`
+//! Part 1 alternates short rounds (lpworker `N` `infer` calls and `N`
 //! `InferenceSession.run`s in one `benches/ai_onnx_python.py --stdin`
-//! process that keeps its session loaded) so that load on the machine hits
-//! both sides alike, checks that both produce the same output, and prints
+//! process that keeps its session loaded, each side going first every other
+//! round) so that load on the machine hits both sides alike, checks that both produce the same output, and prints
 //! median/p90 over all rounds per side and the ratio of the medians,
 //! lpworker/Python, against the 1.05 target. Models: RapidOCR's PP-OCRv4
 //! text detector (from the rapidocr-onnxruntime wheel in `.venv`) and the
@@ -338,12 +338,15 @@ fn compare(s: &Settings, case: &Case) -> CaseResult {
     let mut round_medians = Vec::new();
     let mut ours_out = None;
     let mut py_meta = None;
-    for _ in 0..s.rounds {
+    for round in 0..s.rounds {
         // One untimed run first, on both sides: the other side's ONNX Runtime
-        // workers may still be spinning right after its round.
+        // workers may still be spinning right after its round. Who goes first
+        // alternates, so neither side always follows the other.
+        let ours_first = round % 2 == 0;
+        let py_before = (!ours_first).then(|| python.round(s.iters));
         time_lpworker(&model, &input, 1);
         let (t, out) = time_lpworker(&model, &input, s.iters);
-        let py = python.round(s.iters);
+        let py = py_before.unwrap_or_else(|| python.round(s.iters));
         round_medians.push((stats(&t).median, stats(&py.times).median));
         ours.extend(t);
         theirs.extend_from_slice(&py.times);
