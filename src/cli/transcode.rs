@@ -62,6 +62,22 @@ fn fps(frames: u64, seconds: f64) -> f64 {
     }
 }
 
+/// Runs `run` `repeat` times (at least once); returns each run's time in
+/// seconds, as `elapsed` reads it from the output, and the last output.
+fn repeated<T>(
+    repeat: u32,
+    mut run: impl FnMut() -> Result<T>,
+    elapsed: impl Fn(&T) -> Duration,
+) -> Result<(Vec<f64>, T)> {
+    let mut last = run()?;
+    let mut runs = vec![elapsed(&last).as_secs_f64()];
+    for _ in 1..repeat {
+        last = run()?;
+        runs.push(elapsed(&last).as_secs_f64());
+    }
+    Ok((runs, last))
+}
+
 /// The median of some run times (seconds).
 fn median(times: &[f64]) -> f64 {
     let mut sorted = times.to_vec();
@@ -77,16 +93,15 @@ fn decode_only(
     caps: &probe::Capabilities,
 ) -> Result<()> {
     let input: std::sync::Arc<[u8]> = input.into();
-    let mut runs = Vec::new();
-    let mut last = None;
-    for _ in 0..args.repeat {
-        let output = transcoder
-            .decode_only(input.clone(), options)
-            .with_context(|| format!("decoding {}", args.input))?;
-        runs.push(output.elapsed.as_secs_f64());
-        last = Some(output);
-    }
-    let output = last.expect("at least one run");
+    let (runs, output) = repeated(
+        args.repeat,
+        || {
+            transcoder
+                .decode_only(input.clone(), options)
+                .with_context(|| format!("decoding {}", args.input))
+        },
+        |o| o.elapsed,
+    )?;
     let median_seconds = median(&runs);
     let median_fps = fps(output.decoded.frames, median_seconds);
     if args.json {
@@ -158,23 +173,24 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         None
     };
     let input: std::sync::Arc<[u8]> = input.into();
-    let mut runs = Vec::new();
-    let mut last = None;
-    for _ in 0..args.repeat {
-        let result = transcoder.transcode(input.clone(), &options, &mut |p| {
-            if let Some(bar) = &bar {
-                bar.set_length(p.packets_total as u64);
-                bar.set_position(p.packets_done as u64);
-            }
-        });
-        let output = result.with_context(|| format!("transcoding {}", args.input))?;
-        runs.push(output.elapsed.as_secs_f64());
-        last = Some(output);
-    }
+    let result = repeated(
+        args.repeat,
+        || {
+            transcoder
+                .transcode(input.clone(), &options, &mut |p| {
+                    if let Some(bar) = &bar {
+                        bar.set_length(p.packets_total as u64);
+                        bar.set_position(p.packets_done as u64);
+                    }
+                })
+                .with_context(|| format!("transcoding {}", args.input))
+        },
+        |o| o.elapsed,
+    );
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let output = last.expect("at least one run");
+    let (runs, output) = result?;
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

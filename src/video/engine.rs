@@ -159,27 +159,10 @@ impl Transcoder {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<TranscodeOutput, VideoError> {
         let started = Instant::now();
-        let input = input.into();
         if options.profiles.is_empty() {
             return Err(VideoError::InvalidProfile("no profiles requested".into()));
         }
-        if input.len() > options.max_input_bytes {
-            return Err(VideoError::InputTooLarge {
-                size: input.len(),
-                limit: options.max_input_bytes,
-            });
-        }
-        let stop = Stop {
-            deadline: options.timeout.map(|t| started + t),
-            timeout: options.timeout,
-            cancel: options.cancel.as_deref(),
-            failed: AtomicBool::new(false),
-        };
-        let segment =
-            container::demux(input, &options.limits, stop.deadline).map_err(|e| match e {
-                VideoError::Timeout(_) => VideoError::Timeout(options.timeout.unwrap_or_default()),
-                e => e,
-            })?;
+        let (stop, segment) = admit(input.into(), options, started)?;
         let input_fps = segment
             .video
             .frame_rate
@@ -270,9 +253,7 @@ impl Transcoder {
             elapsed: started.elapsed(),
         })
     }
-}
 
-impl Transcoder {
     /// Demuxes and decodes one segment without scaling or encoding: the
     /// decoder's own speed, against which a ladder's cost shows.
     pub fn decode_only(
@@ -281,20 +262,7 @@ impl Transcoder {
         options: &TranscodeOptions,
     ) -> Result<DecodeOutput, VideoError> {
         let started = Instant::now();
-        let input = input.into();
-        if input.len() > options.max_input_bytes {
-            return Err(VideoError::InputTooLarge {
-                size: input.len(),
-                limit: options.max_input_bytes,
-            });
-        }
-        let stop = Stop {
-            deadline: options.timeout.map(|t| started + t),
-            timeout: options.timeout,
-            cancel: options.cancel.as_deref(),
-            failed: AtomicBool::new(false),
-        };
-        let segment = container::demux(input, &options.limits, stop.deadline)?;
+        let (stop, segment) = admit(input.into(), options, started)?;
         let mut decoder = self.backend.decoder(&segment.video)?;
         let (decoded, decode_errors) =
             decode_all(&mut *decoder, &segment, &mut [], &stop, &mut |_| {})?;
@@ -307,6 +275,32 @@ impl Transcoder {
             elapsed: started.elapsed(),
         })
     }
+}
+
+/// Checks the input's size, sets up the stop signal for `options`' deadline
+/// and cancel flag, and demuxes the segment: the start of every run.
+fn admit(
+    input: Arc<[u8]>,
+    options: &TranscodeOptions,
+    started: Instant,
+) -> Result<(Stop<'_>, DemuxedSegment), VideoError> {
+    if input.len() > options.max_input_bytes {
+        return Err(VideoError::InputTooLarge {
+            size: input.len(),
+            limit: options.max_input_bytes,
+        });
+    }
+    let stop = Stop {
+        deadline: options.timeout.map(|t| started + t),
+        timeout: options.timeout,
+        cancel: options.cancel.as_deref(),
+        failed: AtomicBool::new(false),
+    };
+    let segment = container::demux(input, &options.limits, stop.deadline).map_err(|e| match e {
+        VideoError::Timeout(_) => VideoError::Timeout(options.timeout.unwrap_or_default()),
+        e => e,
+    })?;
+    Ok((stop, segment))
 }
 
 /// The result of [`Transcoder::decode_only`].
