@@ -335,12 +335,11 @@ impl Encoder for FollowingEncoder {
         match inner {
             BoundEncoder::Nvenc(nvenc) => nvenc.encode(frame, emit),
             BoundEncoder::Cpu(cpu) => cpu.encode(frame, emit),
-            BoundEncoder::Download(cpu) => match frame {
-                None => cpu.encode(None, emit),
-                Some(frame) => {
-                    let host = download(frame)?;
-                    cpu.encode(Some(&host), emit)
+            BoundEncoder::Download(cpu) => match frame.map(|f| (f, &f.data)) {
+                Some((frame, FrameData::Device(gpu))) => {
+                    cpu.encode(Some(&download(gpu, frame.pts)?), emit)
                 }
+                _ => cpu.encode(frame, emit),
             },
         }
     }
@@ -355,21 +354,13 @@ impl Encoder for FollowingEncoder {
 }
 
 /// Copies a GPU frame to a host frame the CPU encoders take.
-fn download(frame: &Frame) -> Result<Frame, VideoError> {
-    match &frame.data {
-        FrameData::Device(gpu) => {
-            let host = gpu
-                .device
-                .scaler()
-                .download(&gpu.frame)
-                .map_err(VideoError::gpu("download"))?;
-            Ok(Frame::host(nv12_to_yuv420p(&host)?, frame.pts))
-        }
-        FrameData::Host(video) => Ok(Frame::host(
-            crate::video::cpu::frame_ref(video, frame.pts)?,
-            frame.pts,
-        )),
-    }
+fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
+    let host = gpu
+        .device
+        .scaler()
+        .download(&gpu.frame)
+        .map_err(VideoError::gpu("download"))?;
+    Ok(Frame::host(nv12_to_yuv420p(&host)?, pts))
 }
 
 /// NV12 (interleaved chroma) to planar YUV 4:2:0, the layout libx264 and
@@ -433,19 +424,7 @@ mod tests {
     }
 
     fn ffmpeg_clip(pix_fmt: &str, ext: &str) -> Vec<u8> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join(format!("clip.{ext}"));
-        let status = std::process::Command::new("ffmpeg")
-            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
-            .args(["-i", "testsrc2=size=320x240:rate=30", "-t", "1"])
-            .args([
-                "-pix_fmt", pix_fmt, "-c:v", "libx264", "-preset", "veryfast",
-            ])
-            .arg(&out)
-            .status()
-            .expect("the ffmpeg CLI runs");
-        assert!(status.success());
-        std::fs::read(out).unwrap()
+        super::super::test_clip(320, 240, "libx264", pix_fmt, ext)
     }
 
     #[test]

@@ -43,3 +43,42 @@ pub const KERNELS: &[&str] = &[
     "lpw_p010_bilinear",
     "lpw_p010_area",
 ];
+
+/// A 1 s, 30 fps testsrc2 clip (GOP 30) encoded by the FFmpeg CLI, for the
+/// NVIDIA modules' tests.
+#[cfg(all(test, feature = "nvidia"))]
+pub(crate) fn test_clip(width: u32, height: u32, codec: &str, pix_fmt: &str, ext: &str) -> Vec<u8> {
+    crate::video::init_ffmpeg();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join(format!("clip.{ext}"));
+    let source = format!("testsrc2=size={width}x{height}:rate=30");
+    let mut args = vec![
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        &source,
+        "-t",
+        "1",
+        "-pix_fmt",
+        pix_fmt,
+        "-c:v",
+        codec,
+        "-g",
+        "30",
+    ];
+    match codec {
+        "libx265" => args.extend(["-preset", "ultrafast", "-x265-params", "log-level=none"]),
+        _ => args.extend(["-preset", "veryfast"]),
+    }
+    let status = std::process::Command::new("ffmpeg")
+        .args(&args)
+        .arg(&out)
+        .status()
+        .expect("the ffmpeg CLI runs");
+    assert!(status.success(), "ffmpeg {args:?} failed");
+    std::fs::read(&out).expect("ffmpeg wrote the clip")
+}

@@ -20,7 +20,6 @@
 //! that calls [`Decoder::decode`]; they never unwind into the parser.
 
 use std::ffi::{c_int, c_uint, c_ulong, c_ulonglong, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
 
@@ -934,14 +933,9 @@ unsafe fn with_state(user: *mut c_void, f: impl FnOnce(&mut ParserState) -> c_in
     }
     // SAFETY: the caller's contract: the state is alive and unaliased.
     let state = unsafe { &mut *user.cast::<ParserState>() };
-    match catch_unwind(AssertUnwindSafe(|| f(&mut *state))) {
+    match super::driver::catch_panic(|| f(&mut *state)) {
         Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
+        Err(message) => {
             state.fail(NvdecError::Panic(message));
             0
         }
@@ -1270,41 +1264,9 @@ mod tests {
     use super::*;
     use crate::video::container::{demux, DemuxLimits, DemuxedSegment};
 
-    /// Encodes a 1 s testsrc2 clip with the FFmpeg CLI and demuxes it.
+    /// A 1 s testsrc2 clip from the FFmpeg CLI, demuxed.
     fn clip(width: u32, height: u32, codec: &str, pix_fmt: &str, ext: &str) -> DemuxedSegment {
-        crate::video::init_ffmpeg();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let out = dir.path().join(format!("clip.{ext}"));
-        let source = format!("testsrc2=size={width}x{height}:rate=30");
-        let mut args = vec![
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            &source,
-            "-t",
-            "1",
-            "-pix_fmt",
-            pix_fmt,
-            "-c:v",
-            codec,
-            "-g",
-            "30",
-        ];
-        match codec {
-            "libx265" => args.extend(["-preset", "ultrafast", "-x265-params", "log-level=none"]),
-            _ => args.extend(["-preset", "veryfast"]),
-        }
-        let status = std::process::Command::new("ffmpeg")
-            .args(&args)
-            .arg(&out)
-            .status()
-            .expect("the ffmpeg CLI runs");
-        assert!(status.success(), "ffmpeg {args:?} failed");
-        let bytes = std::fs::read(&out).expect("ffmpeg wrote the clip");
+        let bytes = super::super::test_clip(width, height, codec, pix_fmt, ext);
         demux(bytes.into(), &DemuxLimits::default(), None).expect("the clip demuxes")
     }
 
