@@ -53,13 +53,31 @@ pub struct TranscodeArgs {
     pub repeat: u32,
 }
 
-/// Frames per second from `frames` in `seconds`.
-fn fps(frames: u64, seconds: f64) -> f64 {
+/// `amount` (frames, seconds of video) per second of `seconds`; 0 for no time.
+fn per_second(amount: f64, seconds: f64) -> f64 {
     if seconds > 0.0 {
-        frames as f64 / seconds
+        amount / seconds
     } else {
         0.0
     }
+}
+
+/// Adds the timing of repeated runs and the GPUs the probe found to a JSON
+/// summary; returns the median run time.
+fn add_timing(
+    summary: &mut serde_json::Value,
+    runs: &[f64],
+    frames: u64,
+    caps: &probe::Capabilities,
+) -> Result<f64> {
+    let median_seconds = median(runs);
+    summary["runs_seconds"] = serde_json::json!(runs);
+    summary["median_seconds"] = serde_json::json!(median_seconds);
+    summary["median_fps"] = serde_json::json!(per_second(frames as f64, median_seconds));
+    // What the capability probe found on each GPU (engines, codecs, and why
+    // one is unusable): shows which stages ran where.
+    summary["gpus"] = serde_json::to_value(&caps.gpus)?;
+    Ok(median_seconds)
 }
 
 /// Runs `run` `repeat` times (at least once); returns each run's time in
@@ -102,16 +120,13 @@ fn decode_only(
         },
         |o| o.elapsed,
     )?;
-    let median_seconds = median(&runs);
-    let median_fps = fps(output.decoded.frames, median_seconds);
     if args.json {
         let mut summary = serde_json::to_value(&output)?;
-        summary["runs_seconds"] = serde_json::json!(runs);
-        summary["median_seconds"] = serde_json::json!(median_seconds);
-        summary["median_fps"] = serde_json::json!(median_fps);
-        summary["gpus"] = serde_json::to_value(&caps.gpus)?;
+        add_timing(&mut summary, &runs, output.decoded.frames, caps)?;
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
+        let median_seconds = median(&runs);
+        let median_fps = per_second(output.decoded.frames as f64, median_seconds);
         println!(
             "decoded {} frames, {} pixels ({} backend): median {:.3} s over {} run(s), {:.1} fps",
             output.decoded.frames,
@@ -213,20 +228,11 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         {
             r["path"] = serde_json::Value::String(path.display().to_string());
         }
-        let median_seconds = median(&runs);
-        summary["runs_seconds"] = serde_json::json!(runs);
-        summary["median_seconds"] = serde_json::json!(median_seconds);
-        summary["median_fps"] = serde_json::json!(fps(output.decoded.frames, median_seconds));
+        let median_seconds = add_timing(&mut summary, &runs, output.decoded.frames, &caps)?;
         // Seconds of video per second of transcoding: above 1 is faster than
         // real time.
-        summary["realtime_ratio"] = serde_json::json!(if median_seconds > 0.0 {
-            output.input.duration_seconds / median_seconds
-        } else {
-            0.0
-        });
-        // What the capability probe found on each GPU (engines, codecs, and
-        // why one is unusable): shows which stages ran where.
-        summary["gpus"] = serde_json::to_value(&caps.gpus)?;
+        summary["realtime_ratio"] =
+            serde_json::json!(per_second(output.input.duration_seconds, median_seconds));
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         let i = &output.input;
