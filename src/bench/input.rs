@@ -71,7 +71,8 @@ pub struct Segment {
     pub bytes: Vec<u8>,
 }
 
-fn ffmpeg(args: &[&str], what: &str) -> Result<(), InputError> {
+/// Runs the FFmpeg CLI quietly (`-y`); its stderr becomes the error.
+pub(crate) fn ffmpeg(args: &[&str], what: &str) -> Result<(), InputError> {
     let out = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
         .args(args)

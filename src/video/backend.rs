@@ -54,6 +54,7 @@ impl Frame {
 }
 
 /// What the demuxer found about the video stream, enough to open a decoder.
+#[derive(Clone)]
 pub struct VideoStreamInfo {
     pub parameters: ff::codec::Parameters,
     pub time_base: ff::Rational,

@@ -169,11 +169,7 @@ impl FallbackDecoder {
         FallbackDecoder {
             gpu: Some((gpu, session)),
             cpu: None,
-            stream: VideoStreamInfo {
-                parameters: stream.parameters.clone(),
-                time_base: stream.time_base,
-                frame_rate: stream.frame_rate,
-            },
+            stream: stream.clone(),
             replay: Some(Vec::new()),
         }
     }
@@ -380,12 +376,17 @@ pub fn nv12_to_yuv420p(host: &HostFrame) -> Result<ff::frame::Video, VideoError>
         luma[y * luma_stride..y * luma_stride + width]
             .copy_from_slice(&host.luma[y * host.luma_pitch..y * host.luma_pitch + width]);
     }
-    let (u_stride, v_stride) = (out.stride(1), out.stride(2));
-    for y in 0..height / 2 {
-        let row = &host.chroma[y * host.chroma_pitch..y * host.chroma_pitch + width];
-        for (x, pair) in row.chunks_exact(2).enumerate() {
-            out.data_mut(1)[y * u_stride + x] = pair[0];
-            out.data_mut(2)[y * v_stride + x] = pair[1];
+    // U is every even byte of an NV12 chroma row, V every odd one. Each
+    // plane is borrowed once: `data_mut` looks the plane up on every call.
+    for (plane, offset) in [(1, 0), (2, 1)] {
+        let stride = out.stride(plane);
+        let dst = out.data_mut(plane);
+        for y in 0..height / 2 {
+            let row = &host.chroma[y * host.chroma_pitch..y * host.chroma_pitch + width];
+            let dst_row = &mut dst[y * stride..y * stride + width / 2];
+            for (d, s) in dst_row.iter_mut().zip(row.iter().skip(offset).step_by(2)) {
+                *d = *s;
+            }
         }
     }
     Ok(out)

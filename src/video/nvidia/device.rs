@@ -7,8 +7,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{CudaContext, CudaStream};
+use std::ptr;
 
+use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};
+
+use super::nvdec::DecodeLimits;
 use super::probe::GpuInfo;
 use super::scaler::{GpuError, GpuScaler};
 use crate::video::profile::VideoCodec;
@@ -24,6 +27,44 @@ pub fn bind(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
     })
 }
 
+/// Queues a copy of `rows` rows of `width` bytes from one pitched device
+/// buffer to another on `stream` (NVDEC's surface to a frame, a frame to
+/// NVENC's input buffer).
+///
+/// # Safety
+/// `src` and `dst` must be device memory of `stream`'s context, each holding
+/// at least `rows` rows of `width` bytes at its pitch, and stay allocated
+/// until the stream has run the copy; the context must be current.
+pub unsafe fn copy_device_2d(
+    stream: &CudaStream,
+    (src, src_pitch): (sys::CUdeviceptr, usize),
+    (dst, dst_pitch): (sys::CUdeviceptr, usize),
+    width: usize,
+    rows: usize,
+) -> Result<(), DriverError> {
+    let copy = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: ptr::null(),
+        srcDevice: src,
+        srcArray: ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: ptr::null_mut(),
+        dstDevice: dst,
+        dstArray: ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: width,
+        Height: rows,
+    };
+    // SAFETY: the caller's contract: both ranges are large enough device
+    // memory of this stream's context, which is current.
+    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }.result()
+}
+
 /// A GPU in use by the NVIDIA backend.
 pub struct GpuDevice {
     info: GpuInfo,
@@ -36,8 +77,8 @@ pub struct GpuDevice {
 /// name): NVDEC's decoder caps and whether an NVENC session opens.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Engines {
-    /// Codecs NVDEC decodes (8-bit 4:2:0), with the largest size.
-    pub decode: Vec<(VideoCodec, u32, u32)>,
+    /// Codecs NVDEC decodes (8-bit 4:2:0), with their size limits.
+    pub decode: Vec<(VideoCodec, DecodeLimits)>,
     /// Why NVDEC is unusable, when `decode` is empty.
     pub decode_error: Option<String>,
     /// Codecs NVENC encodes; empty on GPUs without NVENC (H100, H200).
@@ -47,8 +88,11 @@ pub struct Engines {
 }
 
 impl Engines {
-    pub fn decodes(&self, codec: VideoCodec) -> bool {
-        self.decode.iter().any(|(c, ..)| *c == codec)
+    /// NVDEC's limits for `codec`; `None` when it does not decode it.
+    pub fn decode_limits(&self, codec: VideoCodec) -> Option<DecodeLimits> {
+        self.decode
+            .iter()
+            .find_map(|(c, limits)| (*c == codec).then_some(*limits))
     }
 
     pub fn encodes(&self, codec: VideoCodec) -> bool {

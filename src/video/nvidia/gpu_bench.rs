@@ -325,7 +325,7 @@ mod tests {
     /// The comparison itself, without a GPU: the reference's own output
     /// differs from itself by 0, and a changed sample is found.
     #[test]
-    fn max_abs_diff_finds_a_changed_read_sample() {
+    fn max_abs_diff_finds_a_changed_sample() {
         for format in [PixelFormat::Nv12, PixelFormat::P010] {
             let src = test_frame(format, 64, 36);
             let mut out = HostFrame::new(format, 42, 24);

@@ -52,33 +52,15 @@ pub(crate) fn test_clip(width: u32, height: u32, codec: &str, pix_fmt: &str, ext
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join(format!("clip.{ext}"));
     let source = format!("testsrc2=size={width}x{height}:rate=30");
+    let out_arg = out.to_string_lossy();
     let mut args = vec![
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        &source,
-        "-t",
-        "1",
-        "-pix_fmt",
-        pix_fmt,
-        "-c:v",
-        codec,
-        "-g",
-        "30",
+        "-f", "lavfi", "-i", &source, "-t", "1", "-pix_fmt", pix_fmt, "-c:v", codec, "-g", "30",
     ];
     match codec {
         "libx265" => args.extend(["-preset", "ultrafast", "-x265-params", "log-level=none"]),
         _ => args.extend(["-preset", "veryfast"]),
     }
-    let status = std::process::Command::new("ffmpeg")
-        .args(&args)
-        .arg(&out)
-        .status()
-        .expect("the ffmpeg CLI runs");
-    assert!(status.success(), "ffmpeg {args:?} failed");
+    args.push(&out_arg);
+    crate::bench::input::ffmpeg(&args, "encode the test clip").expect("the ffmpeg CLI encodes");
     std::fs::read(&out).expect("ffmpeg wrote the clip")
 }

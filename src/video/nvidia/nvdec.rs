@@ -23,7 +23,7 @@ use std::ffi::{c_int, c_uint, c_ulong, c_ulonglong, c_void};
 use std::ptr;
 use std::sync::{Arc, OnceLock};
 
-use cudarc::driver::{sys as cu, CudaContext, CudaSlice, CudaStream, DevicePtrMut, DriverError};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut, DriverError};
 use ff::ffi::AVPixelFormat::{AV_PIX_FMT_NONE, AV_PIX_FMT_YUV420P, AV_PIX_FMT_YUVJ420P};
 use ffmpeg_next as ff;
 use libloading::Library;
@@ -38,7 +38,7 @@ use nvidia_video_codec_sdk::sys::nvcuvid::{
     CUVIDSOURCEDATAPACKET,
 };
 
-use super::device::{GpuDevice, GpuFrame};
+use super::device::{copy_device_2d, GpuDevice, GpuFrame};
 use super::scaler::{DeviceFrame, GpuError, PixelFormat};
 use crate::video::backend::{Decoder, Frame, FrameData, VideoStreamInfo};
 use crate::video::bsf::BitstreamFilter;
@@ -46,7 +46,7 @@ use crate::video::profile::VideoCodec;
 use crate::video::VideoError;
 
 /// The library's file names, most specific first.
-const LIBRARY_NAMES: [&str; 2] = ["libnvcuvid.so.1", "libnvcuvid.so"];
+pub(super) const LIBRARY_NAMES: [&str; 2] = ["libnvcuvid.so.1", "libnvcuvid.so"];
 
 /// `VideoError::Gpu` stages.
 const SETUP: &str = "NVDEC setup";
@@ -122,13 +122,6 @@ fn check(call: &'static str, result: CuStatus) -> Result<(), NvdecError> {
         Ok(())
     } else {
         Err(NvdecError::Call { call, result })
-    }
-}
-
-fn gpu_error(stage: &'static str, error: &NvdecError) -> VideoError {
-    VideoError::Gpu {
-        stage,
-        message: error.to_string(),
     }
 }
 
@@ -265,13 +258,13 @@ fn cuvid_codec(codec: VideoCodec) -> cudaVideoCodec {
 
 /// What NVDEC accepts for one codec at 8-bit 4:2:0 (coded sizes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct DecodeLimits {
-    min_width: u32,
-    min_height: u32,
-    max_width: u32,
-    max_height: u32,
+pub struct DecodeLimits {
+    pub min_width: u32,
+    pub min_height: u32,
+    pub max_width: u32,
+    pub max_height: u32,
     /// Largest `(coded_width / 16) * (coded_height / 16)`.
-    max_macroblocks: u32,
+    pub max_macroblocks: u32,
 }
 
 /// cuvidGetDecoderCaps for 8-bit 4:2:0 `codec`; `None` when the GPU does not
@@ -298,15 +291,15 @@ fn query_caps(api: &Api, codec: VideoCodec) -> Result<Option<DecodeLimits>, Nvde
 }
 
 /// cuvidGetDecoderCaps for 8-bit 4:2:0 H.264 and HEVC on `device`: the codecs
-/// it decodes, with max width/height.
-pub fn probe_codecs(device: &GpuDevice) -> Result<Vec<(VideoCodec, u32, u32)>, NvdecError> {
+/// it decodes, with their size limits.
+pub fn probe_codecs(device: &GpuDevice) -> Result<Vec<(VideoCodec, DecodeLimits)>, NvdecError> {
     let api = api()?;
     guarded(|| {
         bind(device.context())?;
         let mut codecs = Vec::new();
         for codec in [VideoCodec::H264, VideoCodec::Hevc] {
             if let Some(limits) = query_caps(api, codec)? {
-                codecs.push((codec, limits.max_width, limits.max_height));
+                codecs.push((codec, limits));
             }
         }
         Ok(codecs)
@@ -893,33 +886,15 @@ fn copy_plane(
         )));
     }
     let (dst_ptr, _written) = dst.device_ptr_mut(stream);
-    let copy = cu::CUDA_MEMCPY2D {
-        srcXInBytes: 0,
-        srcY: 0,
-        srcMemoryType: cu::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        srcHost: ptr::null(),
-        srcDevice: src,
-        srcArray: ptr::null_mut(),
-        srcPitch: src_pitch,
-        dstXInBytes: 0,
-        dstY: 0,
-        dstMemoryType: cu::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        dstHost: ptr::null_mut(),
-        dstDevice: dst_ptr,
-        dstArray: ptr::null_mut(),
-        dstPitch: dst_pitch,
-        WidthInBytes: width,
-        Height: rows,
-    };
     // SAFETY: both ranges are device memory of at least `pitch * rows` bytes
     // (the mapped surface holds the target size; `dst` was checked above);
     // the stream belongs to the current context.
-    unsafe { cu::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
-        .result()
-        .map_err(|source| NvdecError::Cuda {
+    unsafe { copy_device_2d(stream, (src, src_pitch), (dst_ptr, dst_pitch), width, rows) }.map_err(
+        |source| NvdecError::Cuda {
             call: "cuMemcpy2DAsync",
             source,
-        })
+        },
+    )
 }
 
 /// Runs one callback body on the state, never unwinding into the parser.
@@ -1029,26 +1004,18 @@ impl NvdecDecoder {
             ));
         };
         if !supports_stream(stream) {
-            return Err(gpu_error(
-                SETUP,
-                &NvdecError::Unsupported("not 8-bit 4:2:0 video".into()),
-            ));
+            return Err(VideoError::gpu(SETUP)(NvdecError::Unsupported(
+                "not 8-bit 4:2:0 video".into(),
+            )));
         }
-        let api = api().map_err(|e| gpu_error(SETUP, &e))?;
+        let api = api().map_err(VideoError::gpu(SETUP))?;
         let annexb = AnnexB::new(stream)?;
-        let limits = guarded(|| {
-            bind(device.context())?;
-            query_caps(api, codec)
-        })
-        .map_err(|e| gpu_error(SETUP, &e))?
-        .ok_or_else(|| {
-            gpu_error(
-                SETUP,
-                &NvdecError::Unsupported(format!(
-                    "this GPU's NVDEC does not decode 8-bit 4:2:0 {}",
-                    codec.name()
-                )),
-            )
+        // The caps the engine probe read once for this GPU.
+        let limits = device.engines().decode_limits(codec).ok_or_else(|| {
+            VideoError::gpu(SETUP)(NvdecError::Unsupported(format!(
+                "this GPU's NVDEC does not decode 8-bit 4:2:0 {}",
+                codec.name()
+            )))
         })?;
         // SAFETY: `parameters` wraps a live AVCodecParameters; two ints are read.
         let (width, height) = unsafe {
@@ -1063,17 +1030,14 @@ impl NvdecDecoder {
                 || width > limits.max_width
                 || height > limits.max_height)
         {
-            return Err(gpu_error(
-                SETUP,
-                &NvdecError::Unsupported(format!(
-                    "{width}x{height} is outside this GPU's range for {} ({}x{} to {}x{})",
-                    codec.name(),
-                    limits.min_width,
-                    limits.min_height,
-                    limits.max_width,
-                    limits.max_height
-                )),
-            ));
+            return Err(VideoError::gpu(SETUP)(NvdecError::Unsupported(format!(
+                "{width}x{height} is outside this GPU's range for {} ({}x{} to {}x{})",
+                codec.name(),
+                limits.min_width,
+                limits.min_height,
+                limits.max_width,
+                limits.max_height
+            ))));
         }
         let state = Box::into_raw(Box::new(ParserState {
             api,
@@ -1115,7 +1079,7 @@ impl NvdecDecoder {
         // SAFETY: valid out-pointer and parameters; the callbacks match the
         // header's prototypes and `state` outlives the parser (see `Drop`).
         let result = unsafe { (api.create_video_parser)(&mut parser, &mut params) };
-        check("cuvidCreateVideoParser", result).map_err(|e| gpu_error(SETUP, &e))?;
+        check("cuvidCreateVideoParser", result).map_err(VideoError::gpu(SETUP))?;
         decoder.parser = parser;
         tracing::debug!(codec = codec.name(), ?limits, "NVDEC parser created");
         Ok(decoder)
@@ -1172,10 +1136,10 @@ impl Decoder for NvdecDecoder {
         emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
     ) -> Result<(), VideoError> {
         if let Some(e) = &self.state().fatal {
-            return Err(gpu_error(DECODE, e));
+            return Err(VideoError::gpu(DECODE)(e));
         }
         let context = Arc::clone(self.device.context());
-        guarded(|| bind(&context)).map_err(|e| gpu_error(DECODE, &e))?;
+        guarded(|| bind(&context)).map_err(VideoError::gpu(DECODE))?;
         let packets = match packet {
             Some(packet) => self.annexb.convert(packet),
             None => self.annexb.flush(),
@@ -1209,7 +1173,7 @@ impl Decoder for NvdecDecoder {
         }
         let state = self.state();
         if let Some(e) = &state.fatal {
-            return Err(gpu_error(DECODE, e));
+            return Err(VideoError::gpu(DECODE)(e));
         }
         if state.damaged > 0 {
             tracing::debug!(
@@ -1294,20 +1258,16 @@ mod tests {
 
         // An unknown pixel format is accepted, unless the profile rules it out.
         let with = |stream: &VideoStreamInfo, format: c_int, profile: Option<c_int>| {
-            let mut parameters = stream.parameters.clone();
+            let mut stream = stream.clone();
             // SAFETY: `parameters` is our own copy; two ints are written.
             unsafe {
-                let p = parameters.as_mut_ptr();
+                let p = stream.parameters.as_mut_ptr();
                 (*p).format = format;
                 if let Some(profile) = profile {
                     (*p).profile = profile;
                 }
             }
-            VideoStreamInfo {
-                parameters,
-                time_base: stream.time_base,
-                frame_rate: stream.frame_rate,
-            }
+            stream
         };
         assert!(supports_stream(&with(&h264.video, -1, None)));
         assert!(supports_stream(&with(&hevc.video, -1, None)));
@@ -1323,6 +1283,18 @@ mod tests {
         data.starts_with(&[0, 0, 0, 1]) || data.starts_with(&[0, 0, 1])
     }
 
+    /// Every video packet of `segment` through [`AnnexB`], flushed.
+    fn to_annex_b(segment: &DemuxedSegment) -> Vec<ff::Packet> {
+        let mut annexb = AnnexB::new(&segment.video).expect("filter opens");
+        let mut out: Vec<ff::Packet> = segment
+            .video_packets
+            .iter()
+            .flat_map(|packet| annexb.convert(packet))
+            .collect();
+        out.extend(annexb.flush());
+        out
+    }
+
     #[test]
     fn mp4_packets_become_annex_b_and_mpegts_packets_pass_unchanged() {
         for codec in ["libx264", "libx265"] {
@@ -1334,12 +1306,7 @@ mod tests {
                 !starts_with_start_code(first),
                 "{codec}: MP4 already Annex B?"
             );
-            let mut annexb = AnnexB::new(&mp4.video).expect("filter opens");
-            let mut out = Vec::new();
-            for packet in &mp4.video_packets {
-                out.extend(annexb.convert(packet));
-            }
-            out.extend(annexb.flush());
+            let out = to_annex_b(&mp4);
             assert_eq!(out.len(), mp4.video_packets.len(), "{codec}");
             for (packet, original) in out.iter().zip(&mp4.video_packets) {
                 let data = packet.data().expect("data");
@@ -1363,12 +1330,7 @@ mod tests {
             );
 
             let ts = clip(64, 64, codec, "yuv420p", "ts");
-            let mut annexb = AnnexB::new(&ts.video).expect("filter opens");
-            let mut out = Vec::new();
-            for packet in &ts.video_packets {
-                out.extend(annexb.convert(packet));
-            }
-            out.extend(annexb.flush());
+            let out = to_annex_b(&ts);
             assert_eq!(out.len(), ts.video_packets.len(), "{codec}");
             for (packet, original) in out.iter().zip(&ts.video_packets) {
                 assert_eq!(packet.data(), original.data(), "{codec}");
@@ -1544,7 +1506,7 @@ mod tests {
             assert!(
                 codecs
                     .iter()
-                    .any(|&(c, w, h)| c == codec && w >= 1920 && h >= 1080),
+                    .any(|&(c, l)| c == codec && l.max_width >= 1920 && l.max_height >= 1080),
                 "{codecs:?}"
             );
         }

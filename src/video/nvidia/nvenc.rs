@@ -54,7 +54,7 @@ use crate::video::profile::{Gop, H264Profile, VideoCodec};
 use crate::video::VideoError;
 
 /// File names tried for the NVENC library, in order.
-const LIBRARY_NAMES: &[&str] = &["libnvidia-encode.so.1", "libnvidia-encode.so"];
+pub(super) const LIBRARY_NAMES: &[&str] = &["libnvidia-encode.so.1", "libnvidia-encode.so"];
 
 /// The API version of the headers the bindings were generated from, in the
 /// form `NvEncodeAPIGetMaxSupportedVersion` reports: `major << 4 | minor`.
@@ -182,6 +182,21 @@ fn cuda_error(call: &'static str) -> impl FnOnce(DriverError) -> NvencError {
     }
 }
 
+/// Binds `device`'s context to the calling thread (see [`super::device::bind`]).
+fn bind(device: &GpuDevice) -> Result<(), NvencError> {
+    super::device::bind(device.context()).map_err(cuda_error("cuCtxSetCurrent"))
+}
+
+/// Runs `f`, turning a panic (cudarc's, say) into an error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, NvencError>) -> Result<T, NvencError> {
+    super::driver::catch_panic(f).unwrap_or_else(|message| {
+        Err(NvencError::Cuda {
+            call: "driver",
+            message,
+        })
+    })
+}
+
 /// Checks the driver's `NvEncodeAPIGetMaxSupportedVersion` value (`major << 4
 /// | minor`) against the API version the headers were written for.
 pub fn check_api_version(driver: u32, header: u32) -> Result<(), NvencError> {
@@ -197,14 +212,7 @@ pub fn check_api_version(driver: u32, header: u32) -> Result<(), NvencError> {
 
 /// libnvidia-encode.so.1 (or .so) opens.
 pub fn library_loads() -> bool {
-    static LOADS: OnceLock<bool> = OnceLock::new();
-    *LOADS.get_or_init(|| {
-        LIBRARY_NAMES.iter().any(|name| {
-            // SAFETY: loading NVIDIA's encode library runs only its
-            // initialisers; it is dropped again at once.
-            unsafe { libloading::Library::new(name) }.is_ok()
-        })
-    })
+    open_library().is_ok()
 }
 
 type Handle = *mut c_void;
@@ -848,17 +856,9 @@ fn open_failure_hint(status: u32) -> &'static str {
 /// does not open) and when the library is absent or too old.
 pub fn probe_codecs(device: &GpuDevice) -> Result<Vec<VideoCodec>, NvencError> {
     let api = api()?;
-    super::driver::catch_panic(|| {
-        let context = device.context();
-        super::device::bind(context).map_err(cuda_error("cuCtxSetCurrent"))?;
-        let session = Session::open(api, context.cu_ctx())?;
-        session.codecs()
-    })
-    .unwrap_or_else(|message| {
-        Err(NvencError::Cuda {
-            call: "driver",
-            message,
-        })
+    guarded(|| {
+        bind(device)?;
+        Session::open(api, device.context().cu_ctx())?.codecs()
     })
 }
 
@@ -903,14 +903,7 @@ unsafe impl Send for NvencEncoder {}
 impl NvencEncoder {
     /// Opens and initialises a session for one rendition on `device`.
     pub fn new(device: Arc<GpuDevice>, settings: &EncoderSettings) -> Result<Self, VideoError> {
-        super::driver::catch_panic(|| Self::open(device, settings))
-            .unwrap_or_else(|message| {
-                Err(NvencError::Cuda {
-                    call: "driver",
-                    message,
-                })
-            })
-            .map_err(VideoError::gpu("NVENC setup"))
+        guarded(|| Self::open(device, settings)).map_err(VideoError::gpu("NVENC setup"))
     }
 
     fn open(device: Arc<GpuDevice>, settings: &EncoderSettings) -> Result<Self, NvencError> {
@@ -921,16 +914,16 @@ impl NvencEncoder {
             )));
         }
         let codec = settings.profile.codec;
-        let api = api()?;
-        let context = device.context();
-        super::device::bind(context).map_err(cuda_error("cuCtxSetCurrent"))?;
-        let session = Session::open(api, context.cu_ctx())?;
-        if !session.codecs()?.contains(&codec) {
+        // What the engine probe found once for this GPU.
+        if !device.engines().encodes(codec) {
             return Err(NvencError::Invalid(format!(
                 "this GPU's NVENC does not encode {}",
                 codec.name()
             )));
         }
+        let api = api()?;
+        bind(&device)?;
+        let session = Session::open(api, device.context().cu_ctx())?;
 
         let mut preset = preset_config();
         // SAFETY: live session; `preset` is zeroed with both versions set, as
@@ -1138,31 +1131,21 @@ impl NvencEncoder {
             ),
         ];
         for (src, src_pitch, dst, rows) in planes {
-            let copy = cuda::CUDA_MEMCPY2D {
-                srcXInBytes: 0,
-                srcY: 0,
-                srcMemoryType: cuda::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                srcHost: ptr::null(),
-                srcDevice: src,
-                srcArray: ptr::null_mut(),
-                srcPitch: src_pitch,
-                dstXInBytes: 0,
-                dstY: 0,
-                dstMemoryType: cuda::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                dstHost: ptr::null_mut(),
-                dstDevice: dst,
-                dstArray: ptr::null_mut(),
-                dstPitch: slot.pitch,
-                WidthInBytes: frame.width,
-                Height: rows,
-            };
             // SAFETY: both regions are device memory of this context, large
             // enough for `rows` rows of `width` bytes at their pitches
             // (checked by `check_frame`; the slot was allocated for this
-            // size); the stream belongs to the context, which is current.
-            unsafe { cuda::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }
-                .result()
-                .map_err(cuda_error("cuMemcpy2DAsync"))?;
+            // size); the context is current and the frame outlives the
+            // synchronisation below.
+            unsafe {
+                super::device::copy_device_2d(
+                    stream,
+                    (src, src_pitch),
+                    (dst, slot.pitch),
+                    frame.width,
+                    rows,
+                )
+            }
+            .map_err(cuda_error("cuMemcpy2DAsync"))?;
         }
         stream
             .synchronize()
@@ -1213,7 +1196,7 @@ impl NvencEncoder {
             ));
         }
         self.check_frame(gpu)?;
-        super::device::bind(self.device.context()).map_err(cuda_error("cuCtxSetCurrent"))?;
+        bind(&self.device)?;
         let slot = self.free_slot()?;
         self.upload(slot, &gpu.frame)?;
         self.map(slot)?;
@@ -1261,7 +1244,7 @@ impl NvencEncoder {
         if self.submitted == 0 {
             return Ok(());
         }
-        super::device::bind(self.device.context()).map_err(cuda_error("cuCtxSetCurrent"))?;
+        bind(&self.device)?;
         let mut pic = eos_params();
         // SAFETY: an initialised session; an EOS picture carries no buffers.
         let status = unsafe { (self.session.fns.encode_picture)(self.session.handle, &mut pic) };
@@ -1367,13 +1350,7 @@ impl Encoder for NvencEncoder {
 
 impl Drop for NvencEncoder {
     fn drop(&mut self) {
-        let context = self.device.context();
-        // A first failure may be a stale error cudarc recorded earlier (it
-        // is cleared by being reported); the second try binds.
-        if let Err(e) = context
-            .bind_to_thread()
-            .or_else(|_| context.bind_to_thread())
-        {
+        if let Err(e) = super::device::bind(self.device.context()) {
             tracing::warn!(error = %e, "NVENC teardown: the CUDA context could not be bound");
         }
         let fns = self.session.fns;

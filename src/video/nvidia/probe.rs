@@ -3,6 +3,8 @@
 //! libnvidia-encode for NVENC) are present. Without a driver it finds nothing;
 //! it never fails the process.
 
+use std::sync::OnceLock;
+
 use cudarc::driver::{result, sys};
 
 /// One GPU as the driver reports it.
@@ -38,14 +40,21 @@ fn lacks_nvenc(name: &str) -> bool {
     .any(|m| name.contains(m))
 }
 
-/// Every GPU the driver sees; empty without a driver or GPU.
+/// Every GPU the driver sees; empty without a driver or GPU. Read once per
+/// process (the capability probe and the backend both ask): the driver's
+/// device list does not change while it runs.
 pub fn probe() -> Vec<GpuInfo> {
-    // cudarc panics when libcuda cannot be loaded: no driver, no GPUs. The
-    // check first keeps that panic's message off stderr.
-    if !super::driver::cuda_library_loads() {
-        return Vec::new();
-    }
-    super::driver::catch_panic(probe_driver).unwrap_or_default()
+    static FOUND: OnceLock<Vec<GpuInfo>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            // cudarc panics when libcuda cannot be loaded: no driver, no
+            // GPUs. The check first keeps that panic's message off stderr.
+            if !super::driver::cuda_library_loads() {
+                return Vec::new();
+            }
+            super::driver::catch_panic(probe_driver).unwrap_or_default()
+        })
+        .clone()
 }
 
 fn probe_driver() -> Vec<GpuInfo> {
@@ -53,8 +62,8 @@ fn probe_driver() -> Vec<GpuInfo> {
         return Vec::new();
     }
     let count = result::device::get_count().unwrap_or(0);
-    let nvdec = library_loads(&["libnvcuvid.so.1", "libnvcuvid.so"]);
-    let nvenc = library_loads(&["libnvidia-encode.so.1", "libnvidia-encode.so"]);
+    let nvdec = library_loads(&super::nvdec::LIBRARY_NAMES);
+    let nvenc = library_loads(super::nvenc::LIBRARY_NAMES);
     (0..count)
         .filter_map(|i| {
             let dev = result::device::get(i).ok()?;
