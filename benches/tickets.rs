@@ -1,13 +1,18 @@
 //! Ticket validation per second on one core, signature recovery included,
 //! beside the raw libsecp256k1 public-key recovery rate of the same
-//! signatures (the physical limit). `cargo bench --bench tickets`.
+//! signatures (the physical limit); then whole payments of 600 tickets as
+//! the shim takes them (segment credentials checked, the sender monitor
+//! deciding each winner) on 1 thread and on every core.
+//! `cargo bench --bench tickets`.
 
 use std::time::Instant;
 
 use alloy_primitives::{Address, B256, U256};
 use criterion::{criterion_group, Criterion, Throughput};
 use lpworker::pm::recipient::{ChainView, Price, ReceivedTicket, Recipient, SenderFunds};
+use lpworker::pm::sender_monitor::SenderMonitor;
 use lpworker::pm::{signature, Ticket};
+use lpworker::proto::lp_rpc::SegData;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use secp256k1::{Message, SECP256K1};
 
@@ -87,6 +92,27 @@ fn validate_all(batch: &[ReceivedTicket]) -> usize {
         .count()
 }
 
+/// A whole payment as the shim validates it: the segment credentials'
+/// signature, then every ticket with the sender monitor, on `threads`.
+fn validate_payment(batch: &[ReceivedTicket], seg: &SegData, threads: usize) -> usize {
+    assert!(lpworker::lp_rpc::seg_creds::verify(
+        seg,
+        batch[0].ticket.sender
+    ));
+    let recipient = Recipient::new(RECIPIENT, SECRET);
+    let monitor = SenderMonitor::new();
+    let v = lpworker::pm::validation::validate_payment(
+        &recipient,
+        &monitor,
+        batch,
+        &chain(),
+        &funds(),
+        threads,
+    );
+    assert!(v.fatal.is_none() && v.rejected.is_empty());
+    v.accepted
+}
+
 fn bench_tickets(c: &mut Criterion) {
     let batch = tickets(500);
     let digests: Vec<B256> = batch
@@ -130,6 +156,48 @@ fn bench_tickets(c: &mut Criterion) {
         n / validate_s,
         n / raw_s,
         raw_s / validate_s
+    );
+
+    // Payments of 600 tickets, with the segment credentials and the sender
+    // monitor, on one thread and on every core, interleaved with the raw rate.
+    let payment = tickets(600);
+    let key = secp256k1::SecretKey::from_slice(&[3u8; 32]).unwrap();
+    let mut seg = SegData {
+        manifest_id: b"5_lpworker/nearest-2x".to_vec(),
+        hash: alloy_primitives::keccak256(b"").to_vec(),
+        ..Default::default()
+    };
+    seg.sig = signature::sign(
+        &key,
+        alloy_primitives::keccak256(lpworker::lp_rpc::seg_creds::flatten(&seg)).as_slice(),
+    )
+    .to_vec();
+    let digests: Vec<B256> = payment
+        .iter()
+        .map(|t| signature::personal_hash(t.ticket.hash().as_slice()))
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut one_s, mut all_s, mut raw_s) = (0.0, 0.0, 0.0);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        assert_eq!(validate_payment(&payment, &seg, 1), payment.len());
+        one_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        assert_eq!(validate_payment(&payment, &seg, cores), payment.len());
+        all_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        for (t, d) in payment.iter().zip(&digests) {
+            std::hint::black_box(raw_recover(t, d));
+        }
+        raw_s += t.elapsed().as_secs_f64();
+    }
+    let n = (payment.len() * rounds) as f64;
+    println!(
+        "600-ticket payments (segment credentials + sender monitor): {:.0} tickets/s on 1 thread (ratio {:.3} to raw), {:.0} tickets/s on {cores} threads; raw recovery {:.0}/s per core",
+        n / one_s,
+        raw_s / one_s,
+        n / all_s,
+        n / raw_s
     );
 }
 

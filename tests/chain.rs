@@ -219,6 +219,8 @@ async fn keystore_staking_rounds_and_rewards_on_the_real_contracts() {
 struct Sender {
     key: secp256k1::SecretKey,
     address: Address,
+    /// The block its tickets' params expire at.
+    params_expire_at: u64,
 }
 
 impl Sender {
@@ -228,6 +230,7 @@ impl Sender {
         Sender {
             key: secp256k1::SecretKey::from_slice(bytes.as_slice()).unwrap(),
             address: chain.address(i),
+            params_expire_at: 1 << 40,
         }
     }
 
@@ -249,7 +252,7 @@ impl Sender {
             face_value,
             MAX_WIN_PROB,
             price,
-            U256::from(1u64 << 40),
+            U256::from(self.params_expire_at),
             expiration,
         );
         let ticket = Ticket {
@@ -301,6 +304,7 @@ async fn accept(
         ticket: r.ticket.clone(),
         sig: r.sig.clone(),
         recipient_rand: v.recipient_rand,
+        params_expiration_block: r.expiration_block.to::<u64>(),
     };
     assert!(store.insert(&w).unwrap());
     w
@@ -308,11 +312,12 @@ async fn accept(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
-    let mut chain = LocalChain::start(&["--round-length=20"]);
+    // Rounds well longer than the params' 40 blocks, as on Arbitrum.
+    let mut chain = LocalChain::start(&["--round-length=100"]);
     let orch = Arc::new(chain.client(1).await);
     let orch_addr = orch.account();
     let gateway = chain.client(2).await;
-    let sender = Sender::new(&chain, 2);
+    let mut sender = Sender::new(&chain, 2);
 
     next_round(&orch).await;
     orch.initialize_round().await.unwrap();
@@ -330,6 +335,8 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
         info.last_initialized_block_hash,
     );
     let face = parse_ether("0.01").unwrap();
+    // Params live 40 blocks, as go-livepeer issues them.
+    sender.params_expire_at = info.block_number + 40;
 
     // Our ticket hash is what the deployed TicketBroker computes.
     let r = sender.ticket(&recipient, face, 1, round, hash);
@@ -379,6 +386,26 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     let deposit_before = orch.sender_funds(sender.address).await.unwrap().0;
     let (svc, registry) = service(orch.clone(), Some(store.clone()), false);
     svc.tick().await.unwrap();
+    // Nothing is redeemed while the tickets' params are live: the
+    // recipientRand a redemption reveals would let the sender pick losing
+    // tickets on them.
+    let n = nonce(&orch, orch_addr).await;
+    assert_eq!(svc.redeem_queued().await.unwrap(), 0);
+    assert_eq!(
+        nonce(&orch, orch_addr).await,
+        n,
+        "nothing sent before expiry"
+    );
+    for w in [&w1, &w2] {
+        assert_eq!(
+            store.status(w.ticket.hash()).unwrap().unwrap().0,
+            Status::Queued
+        );
+    }
+    let expiry = w1.params_expiration_block.max(w2.params_expiration_block);
+    let block = orch.round_info().await.unwrap().block_number;
+    mine(&orch, expiry.saturating_sub(block)).await;
+    svc.redeem_queued().await.unwrap();
     for w in [&w1, &w2] {
         assert_eq!(
             store.status(w.ticket.hash()).unwrap().unwrap().0,
@@ -442,7 +469,9 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     assert_eq!(orch.redeem(&w1).await.unwrap(), RedeemOutcome::AlreadyUsed);
     assert_eq!(nonce(&orch, orch_addr).await, n);
 
-    // A winning ticket that expires before redemption is never sent.
+    // A winning ticket that expires before redemption is never sent (its
+    // params live on: it is the round that ends it).
+    sender.params_expire_at = 1 << 40;
     let w3 = accept(
         &recipient,
         &orch,
@@ -482,6 +511,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
             r4.price,
             &r4.ticket.aux_data(),
         ),
+        params_expiration_block: 0,
     };
     assert_eq!(
         orch.redeem(&w4).await.unwrap(),
@@ -501,6 +531,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     let gateway = chain.client(2).await;
     assert_eq!(gateway.address("TicketBroker").await.unwrap(), new);
     fund_sender(&gateway, "1", "1").await;
+    sender.params_expire_at = orch.round_info().await.unwrap().block_number + 1;
     let w5 = accept(
         &recipient,
         &orch,
@@ -513,6 +544,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
         old,
         "still cached"
     );
+    mine(&orch, 1).await;
     svc.redeem_queued().await.unwrap();
     assert_eq!(
         store.status(w5.ticket.hash()).unwrap().unwrap().0,
@@ -541,6 +573,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
             r6.price,
             &r6.ticket.aux_data(),
         ),
+        params_expiration_block: 0,
     };
     let before = eth_balance(&ai, ai.account()).await;
     assert_eq!(
@@ -614,4 +647,372 @@ async fn the_client_works_over_websocket_too() {
         "a transaction over WebSocket"
     );
     assert!(client.round_info().await.unwrap().initialized);
+}
+
+async fn set_gas_price(client: &ChainClient, wei: u64) {
+    use alloy::providers::Provider;
+    let _: bool = client
+        .provider()
+        .raw_request("miner_setGasPrice".into(), (format!("{wei:#x}"),))
+        .await
+        .expect("miner_setGasPrice");
+}
+
+async fn miner(client: &ChainClient, method: &'static str) {
+    use alloy::providers::Provider;
+    let _: bool = client
+        .provider()
+        .raw_request(method.into(), ())
+        .await
+        .expect(method);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redemption_waits_for_profit_gas_and_funds_and_one_ticket_is_sent_once() {
+    // Gas at 10 wei: a redemption (1.2M gas) costs 1.2e7 wei.
+    let chain = LocalChain::start(&["--round-length=200", "--gas-price=10"]);
+    let mut config = chain.config();
+    config.max_gas_price = Some(100);
+    config.receipt_timeout = std::time::Duration::from_secs(1);
+    config.tx_retries = 1;
+    let orch = Arc::new(ChainClient::connect(config, chain.signer(1)).await.unwrap());
+    let orch_addr = orch.account();
+    next_round(&orch).await;
+    orch.initialize_round().await.unwrap();
+    become_transcoder(&orch, "500").await;
+    next_round(&orch).await;
+    orch.initialize_round().await.unwrap();
+    fund_sender(&chain.client(2).await, "1", "0").await;
+    let mut sender = Sender::new(&chain, 2);
+    let dir = common::tempdir();
+    let store = Arc::new(TicketStore::open(&dir.path().join("tickets.sqlite")).unwrap());
+    let recipient = Recipient::new(orch_addr, [9u8; 32]);
+    let (svc, registry) = service(orch.clone(), Some(store.clone()), false);
+    let info = orch.round_info().await.unwrap();
+    let (round, hash) = (
+        info.last_initialized_round as i64,
+        info.last_initialized_block_hash,
+    );
+    sender.params_expire_at = info.block_number + 1;
+    let status = |w: &WinningTicket| store.status(w.ticket.hash()).unwrap().unwrap();
+
+    // A winner worth less than its redemption's gas, and a good one.
+    let dust = accept(
+        &recipient,
+        &orch,
+        &store,
+        &sender.ticket(&recipient, U256::from(1_000_000u64), 1, round, hash),
+    )
+    .await;
+    let face = parse_ether("0.01").unwrap();
+    let good = accept(
+        &recipient,
+        &orch,
+        &store,
+        &sender.ticket(&recipient, face, 2, round, hash),
+    )
+    .await;
+    mine(&orch, 1).await;
+
+    // Gas spikes above --max-gas-price: everything waits, nothing is sent,
+    // no attempt is counted, however long it lasts.
+    set_gas_price(&orch, 1000).await;
+    let n = orch.mined_nonce().await.unwrap();
+    for _ in 0..25 {
+        svc.redeem_queued().await.unwrap();
+    }
+    assert_eq!(
+        orch.mined_nonce().await.unwrap(),
+        n,
+        "nothing sent in the spike"
+    );
+    assert_eq!(status(&good), (Status::Queued, 0));
+    // It falls: the good ticket is redeemed; the dust one stays queued
+    // (redeeming it would cost more than it pays) and is never sent.
+    set_gas_price(&orch, 10).await;
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&good).0, Status::Redeemed);
+    assert_eq!(status(&dust), (Status::Queued, 0));
+    assert_eq!(orch.mined_nonce().await.unwrap(), n + 1);
+
+    // A redemption whose receipt does not come (the chain stops mining):
+    // it is recorded, found again, replaced at its own nonce, and mined
+    // exactly once when the chain resumes; nothing reverts at our cost.
+    let info = orch.round_info().await.unwrap();
+    sender.params_expire_at = info.block_number + 1;
+    let stuck = accept(
+        &recipient,
+        &orch,
+        &store,
+        &sender.ticket(&recipient, face, 3, round, hash),
+    )
+    .await;
+    mine(&orch, 1).await;
+    let n = orch.mined_nonce().await.unwrap();
+    miner(&orch, "miner_stop").await;
+    assert!(
+        svc.redeem_queued().await.is_err(),
+        "no receipt: a transient error"
+    );
+    assert_eq!(status(&stuck), (Status::Queued, 0));
+    let _ = svc.redeem_queued().await; // the pending one is replaced, not doubled
+    miner(&orch, "miner_start").await;
+    mine(&orch, 1).await;
+    assert_eq!(orch.mined_nonce().await.unwrap(), n + 1);
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&stuck).0, Status::Redeemed);
+    assert_eq!(
+        orch.mined_nonce().await.unwrap(),
+        n + 1,
+        "one transaction for the ticket"
+    );
+    assert!(orch
+        .ticket_broker()
+        .await
+        .unwrap()
+        .usedTickets(stuck.ticket.hash())
+        .call()
+        .await
+        .unwrap());
+
+    // A sender with no funds: its winner waits (a deposit or next round's
+    // reserve may come) instead of being written off, and is redeemed once
+    // the sender is funded.
+    let broke = Sender::new(&chain, 3);
+    let r = broke.ticket(&recipient, face, 1, round, hash);
+    let unfunded = WinningTicket {
+        ticket: r.ticket.clone(),
+        sig: r.sig.clone(),
+        recipient_rand: recipient.recipient_rand(
+            r.seed,
+            broke.address,
+            face,
+            r.ticket.win_prob,
+            r.expiration_block,
+            r.price,
+            &r.ticket.aux_data(),
+        ),
+        params_expiration_block: 0,
+    };
+    store.insert(&unfunded).unwrap();
+    let n = orch.mined_nonce().await.unwrap();
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&unfunded), (Status::Queued, 0));
+    assert_eq!(orch.mined_nonce().await.unwrap(), n);
+    fund_sender(&chain.client(3).await, "1", "0").await;
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&unfunded).0, Status::Redeemed);
+    assert_eq!(
+        status(&dust),
+        (Status::Queued, 0),
+        "still waiting for cheap gas"
+    );
+    assert_eq!(
+        metric(
+            &registry,
+            "ticket_redemptions_total",
+            Some(("outcome", "redeemed"))
+        ),
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deposit_of_one_ev_backs_one_winner_and_work_reserves_its_cost() {
+    use lpworker::orchestrator::payments::{
+        PaymentConfig, PaymentError, Payments, PriceBook, Work,
+    };
+    use lpworker::pm::recipient::TicketError;
+    use lpworker::pm::sender_monitor::SenderMonitor;
+    use lpworker::proto::lp_rpc as net;
+
+    let chain = LocalChain::start(&["--round-length=100", "--gas-price=1"]);
+    let orch = Arc::new(chain.client(1).await);
+    next_round(&orch).await;
+    orch.initialize_round().await.unwrap();
+    let (svc, _) = service(orch.clone(), None, false);
+    svc.tick().await.unwrap();
+    let dir = common::tempdir();
+    let store = Arc::new(TicketStore::open(&dir.path().join("tickets.sqlite")).unwrap());
+    let key: B256 = chain.private_key(1).parse().unwrap();
+    let ev = U256::from(2_000_000u64);
+    let payments = Arc::new(Payments::new(
+        secp256k1::SecretKey::from_slice(key.as_slice()).unwrap(),
+        orch.clone(),
+        svc.subscribe(),
+        store.clone(),
+        Arc::new(SenderMonitor::new()),
+        PaymentConfig {
+            ticket_ev: ev,
+            max_face_value: Some(ev),
+            redeem_gas: 1_200_000,
+        },
+        Price::new(1, 1).unwrap(),
+        PriceBook::default(),
+    ));
+    let price = Price::new(1, 1).unwrap();
+    let info_for = |params| net::OrchestratorInfo {
+        ticket_params: params,
+        price_info: Some(net::PriceInfo {
+            price_per_unit: 1,
+            pixels_per_unit: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let queued = || {
+        store
+            .counts()
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| s == "queued")
+            .map_or(0, |(_, n)| n)
+    };
+
+    // A sender whose deposit is one EV (2e6 wei; gas at 1 wei makes a
+    // redemption cost 1.2e6): face value = EV, so every ticket wins.
+    fund_sender(&chain.client(3).await, "0.000000000002", "0").await;
+    let mut poor = common::chain::GatewaySigner::new(&chain, 3);
+    let params = payments.ticket_params(poor.address, price).await.unwrap();
+    let payment = poor.payment(&info_for(params), 1000);
+    let err = payments
+        .process(&payment, "m", Work::Credit)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PaymentError::Ticket(TicketError::FaceValueTooHigh { .. })
+        ),
+        "{err}"
+    );
+    // One winner's worth of credit and one stored winner, not a thousand.
+    assert_eq!(
+        payments.balance(poor.address, "m"),
+        alloy_primitives::I256::try_from(2_000_000).unwrap()
+    );
+    assert_eq!(queued(), 1);
+    // While that winner is owed the sender gets no more params.
+    assert!(matches!(
+        payments.ticket_params(poor.address, price).await,
+        Err(PaymentError::InsufficientReserve(_))
+    ));
+
+    // Work reserves its estimated cost before it runs: two concurrent
+    // requests cannot both spend the same credit.
+    let first = payments
+        .reserve(Some(poor.address), "m", Work::Credit, 1_500_000)
+        .unwrap();
+    assert!(payments
+        .reserve(Some(poor.address), "m", Work::Credit, 1_500_000)
+        .is_err());
+    drop(first); // the work failed: nothing debited
+    let second = payments
+        .reserve(Some(poor.address), "m", Work::Credit, 1_500_000)
+        .unwrap();
+    assert_eq!(second.settle(1_200_000), U256::from(1_200_000u64));
+    assert_eq!(
+        payments.balance(poor.address, "m"),
+        alloy_primitives::I256::try_from(800_000).unwrap()
+    );
+    // Free only where this node charges nothing: no session, priced work.
+    assert!(payments
+        .reserve(Some(poor.address), "other", Work::Video, 1)
+        .is_err());
+
+    // Tickets on params that expired earn nothing, but a winner among
+    // them is still kept for redemption.
+    fund_sender(&chain.client(2).await, "1", "0").await;
+    let mut late = common::chain::GatewaySigner::new(&chain, 2);
+    let params = payments.ticket_params(late.address, price).await.unwrap();
+    mine(&orch, 41).await;
+    svc.tick().await.unwrap();
+    let payment = late.payment(&info_for(params), 3);
+    let err = payments
+        .process(&payment, "late", Work::Credit)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PaymentError::Ticket(TicketError::ParamsExpired(_))),
+        "{err}"
+    );
+    assert_eq!(
+        payments.balance(late.address, "late"),
+        alloy_primitives::I256::ZERO
+    );
+    assert_eq!(queued(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn winners_wait_for_an_initialized_round_and_next_rounds_reserve() {
+    let chain = LocalChain::start(&["--round-length=100", "--gas-price=10"]);
+    let orch = Arc::new(chain.client(1).await);
+    let other = chain.client(5).await;
+    next_round(&orch).await;
+    orch.initialize_round().await.unwrap();
+    // Two active transcoders: each may claim half of a sender's reserve per
+    // round (of what remains of it).
+    become_transcoder(&orch, "500").await;
+    become_transcoder(&other, "400").await;
+    next_round(&orch).await;
+    orch.initialize_round().await.unwrap();
+    assert!(orch.is_active().await.unwrap());
+    // A sender with a reserve and no deposit.
+    fund_sender(&chain.client(2).await, "0", "1").await;
+    let mut sender = Sender::new(&chain, 2);
+    let dir = common::tempdir();
+    let store = Arc::new(TicketStore::open(&dir.path().join("tickets.sqlite")).unwrap());
+    let recipient = Recipient::new(orch.account(), [5u8; 32]);
+    let (svc, _) = service(orch.clone(), Some(store.clone()), false);
+    let info = orch.round_info().await.unwrap();
+    let (round, hash) = (
+        info.last_initialized_round as i64,
+        info.last_initialized_block_hash,
+    );
+    let share = orch.sender_funds(sender.address).await.unwrap().1;
+    assert_eq!(share, parse_ether("0.5").unwrap());
+    sender.params_expire_at = info.block_number + 1;
+    let status = |w: &WinningTicket| store.status(w.ticket.hash()).unwrap().unwrap().0;
+    // Two winners in this round: the first takes this round's whole share.
+    let first = accept(
+        &recipient,
+        &orch,
+        &store,
+        &sender.ticket(&recipient, share, 1, round, hash),
+    )
+    .await;
+    let second = accept(
+        &recipient,
+        &orch,
+        &store,
+        &sender.ticket(&recipient, share / U256::from(2), 2, round, hash),
+    )
+    .await;
+    mine(&orch, 1).await;
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&first), Status::Redeemed);
+    let n = orch.mined_nonce().await.unwrap();
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(
+        (status(&second), orch.mined_nonce().await.unwrap()),
+        (Status::Queued, n),
+        "this round's share is spent: it waits, not written off"
+    );
+
+    // The round turns and nobody initializes it: the broker would refuse
+    // every redemption, so none is sent.
+    next_round(&orch).await;
+    for _ in 0..3 {
+        svc.redeem_queued().await.unwrap();
+    }
+    assert_eq!(
+        (status(&second), orch.mined_nonce().await.unwrap()),
+        (Status::Queued, n)
+    );
+    assert_eq!(store.status(second.ticket.hash()).unwrap().unwrap().1, 0);
+    // Someone initializes it: next round's share of what remains pays it.
+    other.initialize_round().await.unwrap();
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(status(&second), Status::Redeemed);
+    assert_eq!(orch.mined_nonce().await.unwrap(), n + 1);
 }

@@ -39,9 +39,14 @@ fn keystore(chain: &mut LocalChain, index: usize, dir: &Path) -> Account {
 }
 
 fn eth_flags(chain: &LocalChain, account: &Account) -> Vec<String> {
+    eth_flags_at(&chain.rpc, chain, account)
+}
+
+/// Chain flags with the node reached at `rpc` (e.g. through a proxy).
+fn eth_flags_at(rpc: &str, chain: &LocalChain, account: &Account) -> Vec<String> {
     vec![
         "-ethUrl".into(),
-        chain.rpc.clone(),
+        rpc.to_string(),
         "-ethController".into(),
         chain.controller.to_string(),
         "-ethKeystorePath".into(),
@@ -71,7 +76,23 @@ struct Shim {
     child: Child,
     addr: String,
     metrics: String,
+    /// Its stderr: what an operator's log would hold.
+    log: PathBuf,
 }
+
+/// The shims' usual prices: every ticket wins (face value = EV) so that
+/// redemption is exercised; the chain's gas price is 1 wei, so a
+/// redemption costs 1.2M wei and a 2M wei face value pays for it.
+const PRICING: &[&str] = &[
+    "-pricePerUnit",
+    "2",
+    "-pixelsPerUnit",
+    "1",
+    "-ticketEV",
+    "2000000",
+    "-maxFaceValue",
+    "2000000",
+];
 
 impl Shim {
     fn start(
@@ -79,6 +100,19 @@ impl Shim {
         account: &Account,
         workers: &str,
         datadir: &Path,
+        extra: &[&str],
+    ) -> Shim {
+        Self::start_with(chain, account, workers, datadir, &chain.rpc, PRICING, extra)
+    }
+
+    /// A shim reaching the chain at `rpc`, priced by `pricing`.
+    fn start_with(
+        chain: &LocalChain,
+        account: &Account,
+        workers: &str,
+        datadir: &Path,
+        rpc: &str,
+        pricing: &[&str],
         extra: &[&str],
     ) -> Shim {
         let metrics = std::net::TcpListener::bind("127.0.0.1:0")
@@ -100,18 +134,8 @@ impl Shim {
             ])
             .args(["--workers", workers, "-datadir"])
             .arg(datadir)
-            .args(eth_flags(chain, account))
-            // Every ticket wins (face value = EV) so that redemption is exercised.
-            .args([
-                "-pricePerUnit",
-                "1",
-                "-pixelsPerUnit",
-                "1",
-                "-ticketEV",
-                "1000000",
-                "-maxFaceValue",
-                "1000000",
-            ])
+            .args(eth_flags_at(rpc, chain, account))
+            .args(pricing)
             .args([
                 "-initializeRound",
                 "true",
@@ -133,6 +157,7 @@ impl Shim {
             child,
             addr,
             metrics: format!("http://{metrics}/metrics"),
+            log: log_path,
         }
     }
 
@@ -159,7 +184,13 @@ impl Drop for Shim {
     }
 }
 
-fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData {
+/// A signed segment's credentials, as a go-livepeer gateway sends them.
+fn seg_data(
+    gateway: &GatewaySigner,
+    info: &net::OrchestratorInfo,
+    body: &[u8],
+    seq: i64,
+) -> net::SegData {
     let profile = |name: &str, w, h| net::VideoProfile {
         name: name.into(),
         width: w,
@@ -168,7 +199,7 @@ fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData
         fps: 30,
         ..Default::default()
     };
-    net::SegData {
+    gateway.signed(net::SegData {
         manifest_id: b"manifest".to_vec(),
         seq,
         hash: keccak256(body).to_vec(),
@@ -179,7 +210,27 @@ fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData
             profile("P240p30fps16x9", 426, 240),
         ],
         ..Default::default()
-    }
+    })
+}
+
+/// Output pixels the shim reserves for one `seg_data` segment before
+/// transcoding it: 1 s at 30 fps of 256×144 and 426×240.
+const SEGMENT_ESTIMATE: i64 = 30 * (256 * 144 + 426 * 240);
+
+/// Segment credentials for an AI request as go-livepeer's gateway signs
+/// them: manifest "<capability>_<model>", seq 0, the hash of no data.
+fn ai_creds(gateway: &GatewaySigner, info: &net::OrchestratorInfo, model: &str) -> String {
+    let upscale = lpworker::ai::PipelineKind::from_name("upscale")
+        .unwrap()
+        .capability();
+    b64(&gateway
+        .signed(net::SegData {
+            manifest_id: format!("{upscale}_{model}").into_bytes(),
+            hash: keccak256(b"").to_vec(),
+            auth_token: info.auth_token.clone(),
+            ..Default::default()
+        })
+        .encode_to_vec())
 }
 
 async fn post(
@@ -225,7 +276,8 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redeemed() {
-    let mut chain = LocalChain::start(&["--round-length=50"]);
+    // Rounds well longer than the params' 40 blocks, as on Arbitrum.
+    let mut chain = LocalChain::start(&["--round-length=100", "--gas-price=1"]);
     let dir = tempdir();
     let account = keystore(&mut chain, 1, dir.path());
     let orch_client = chain.client(1).await;
@@ -243,11 +295,11 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         "--models-dir",
         "models",
     ]);
-    // The upscale model has its own price: 2 wei per output pixel.
+    // The upscale model has its own price: 4 wei per output pixel.
     let ai_models = dir.path().join("aiModels.json");
     std::fs::write(
         &ai_models,
-        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":2,"pixels_per_unit":1}]"#,
+        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":4,"pixels_per_unit":1}]"#,
     )
     .unwrap();
     let shim = Shim::start(
@@ -277,7 +329,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     assert_eq!(info.address, account.address.to_vec());
     let params = info.ticket_params.clone().expect("ticket params on chain");
     assert_eq!(params.recipient, account.address.to_vec());
-    assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 1);
+    assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 2);
     // Ping answers with the orchestrator's signature of the value.
     let pong = grpc
         .ping(net::PingPong {
@@ -307,7 +359,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     let payment = gateway.payment(&info, 12);
     let (status, body) = post(
         &url,
-        &seg_data(&info, &segment, 0),
+        &seg_data(&gateway, &info, &segment, 0),
         &payment,
         segment.clone(),
     )
@@ -334,7 +386,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     assert_eq!(
         info.capabilities_prices,
         vec![net::PriceInfo {
-            price_per_unit: 2,
+            price_per_unit: 4,
             pixels_per_unit: 1,
             capability: upscale,
             constraint: "lpworker/nearest-2x".into()
@@ -355,11 +407,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         .post(format!("{}/upscale", info.transcoder))
         .header(
             "Livepeer-Segment",
-            b64(&net::SegData {
-                auth_token: info.auth_token.clone(),
-                ..Default::default()
-            }
-            .encode_to_vec()),
+            ai_creds(&gateway, &info, "lpworker/nearest-2x"),
         )
         .header("Livepeer-Payment", b64(&cheap.encode_to_vec()))
         .multipart(form(&png))
@@ -386,7 +434,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         );
     request.capabilities = Some(caps);
     let info = grpc.get_orchestrator(request).await.unwrap().into_inner();
-    assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 2);
+    assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 4);
     let ai_payment = gateway.payment(&info, 1);
     let ai_tickets = gateway.tickets(&ai_payment);
 
@@ -394,11 +442,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         .post(format!("{}/upscale", info.transcoder))
         .header(
             "Livepeer-Segment",
-            b64(&net::SegData {
-                auth_token: info.auth_token.clone(),
-                ..Default::default()
-            }
-            .encode_to_vec()),
+            ai_creds(&gateway, &info, "lpworker/nearest-2x"),
         )
         .header("Livepeer-Payment", b64(&ai_payment.encode_to_vec()))
         .header("Authorization", "Livepeer-AI-Worker-1.0")
@@ -451,18 +495,24 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         expected_price: info.price_info.clone(),
         ..Default::default()
     };
-    let (status, body) = post(&url, &seg_data(&info, &segment, 1), &empty, segment.clone()).await;
+    let (status, body) = post(
+        &url,
+        &seg_data(&gateway, &info, &segment, 1),
+        &empty,
+        segment.clone(),
+    )
+    .await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).as_ref()),
         (400, "Insufficient balance")
     );
 
-    // Paid: 12 tickets of EV 1e6 wei cover ~1.4M pixels at 1 wei/pixel.
+    // Paid: 12 tickets of EV 2e6 wei cover 12M pixels at 2 wei/pixel.
     let payment = gateway.payment(&info, 12);
     let video_tickets = gateway.tickets(&payment);
     let (status, body) = post(
         &url,
-        &seg_data(&info, &segment, 2),
+        &seg_data(&gateway, &info, &segment, 2),
         &payment,
         segment.clone(),
     )
@@ -503,14 +553,15 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     );
 
     // Credit left over pays for further segments without tickets while it
-    // is at least one ticket's EV (go-livepeer's SufficientBalance); then
-    // the balance is short and work is refused.
+    // covers the segment's estimated cost and at least one ticket's EV
+    // (go-livepeer's SufficientBalance); then the balance is short and work
+    // is refused. In pixels at 2 wei each: 12M of credit, EV 1M.
     let mut balance = 12_000_000 - pixels;
     let mut seq = 3;
-    while balance >= 1_000_000 {
+    while balance >= SEGMENT_ESTIMATE.max(1_000_000) {
         let (status, body) = post(
             &url,
-            &seg_data(&info, &segment, seq),
+            &seg_data(&gateway, &info, &segment, seq),
             &empty,
             segment.clone(),
         )
@@ -526,7 +577,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     }
     let (status, body) = post(
         &url,
-        &seg_data(&info, &segment, seq),
+        &seg_data(&gateway, &info, &segment, seq),
         &empty,
         segment.clone(),
     )
@@ -536,7 +587,17 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         (400, "Insufficient balance")
     );
 
-    // Every ticket won (face value = EV): the shim redeems them all.
+    // Every ticket won (face value = EV). None is redeemed while its params
+    // live (redeeming reveals the recipientRand); once the chain passes
+    // their expiration block the shim redeems them all.
+    // (The AI ticket's params expired with the round mined above.)
+    for t in &video_tickets {
+        assert!(
+            !used(&orch_client, t.hash()).await,
+            "redeemed before its params expired"
+        );
+    }
+    common::chain::mine(&orch_client, 41).await;
     for t in ai_tickets.iter().chain(&video_tickets) {
         let h = t.hash();
         wait_until("redemption", Duration::from_secs(60), || {
@@ -567,7 +628,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
-    let mut chain = LocalChain::start(&["--round-length=2000"]);
+    let mut chain = LocalChain::start(&["--round-length=2000", "--gas-price=1"]);
     let dir = tempdir();
     let account = keystore(&mut chain, 1, dir.path());
     let orch_client = chain.client(1).await;
@@ -604,10 +665,10 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
             loop {
                 let payment = gateway.payment(&info, 10);
                 let tickets = gateway.tickets(&payment);
-                let seg = net::SegData {
+                let seg = gateway.signed(net::SegData {
                     auth_token: info.auth_token.clone(),
                     ..Default::default()
-                };
+                });
                 let r = http()
                     .post(format!("{}/payment", info.transcoder))
                     .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
@@ -677,10 +738,14 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
     // Restart: whatever was queued or mid-redemption is redeemed, each once.
     let nonce_before = common::chain::nonce(&orch_client, account.address).await;
     let _shim = Shim::start(&chain, &account, &worker.grpc.to_string(), &datadir, &[]);
+    // Redeemable once their params expire (40 blocks after issue).
+    common::chain::mine(&orch_client, 41).await;
     let total = rows.len();
     wait_until(
         "every stored ticket redeemed",
-        Duration::from_secs(600),
+        // All of them wait for their params to expire, then go one
+        // transaction each through ganache's JavaScript EVM (~0.5 s).
+        Duration::from_secs(1200),
         || {
             let db = db.clone();
             async move {
@@ -711,4 +776,326 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
         "{sent} transactions for {} tickets",
         total as u64 - was_redeemed
     );
+}
+
+/// A JSON-RPC proxy in front of the test chain at a hosted-provider-like
+/// URL whose path is the API key; once `fail` is set it answers 429 as a
+/// provider does under load.
+struct RpcProxy {
+    url: String,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+const RPC_KEY: &str = "SECRETKEY7f3a9c";
+
+async fn rpc_proxy(upstream: &str) -> RpcProxy {
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fail = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (upstream, flag) = (upstream.to_string(), fail.clone());
+    let app = axum::Router::new().route(
+        &format!("/v2/{RPC_KEY}"),
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (upstream, flag) = (upstream.clone(), flag.clone());
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    return (StatusCode::TOO_MANY_REQUESTS, "rate limited".to_string());
+                }
+                let r = reqwest::Client::new()
+                    .post(&upstream)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (StatusCode::OK, r.text().await.unwrap())
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    RpcProxy {
+        url: format!("http://{addr}/v2/{RPC_KEY}"),
+        fail,
+    }
+}
+
+/// `gateway`'s SegData signed by the independent signer (Python
+/// eth-account over bytes built from go-livepeer's rules).
+fn independently_signed(chain: &LocalChain, index: usize, seg: net::SegData) -> net::SegData {
+    use std::io::Write;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/independent/sign_segdata.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = serde_json::json!({
+        "key": chain.private_key(index),
+        "manifest_id": alloy_primitives::hex::encode(&seg.manifest_id),
+        "seq": seg.seq,
+        "hash": alloy_primitives::hex::encode(&seg.hash),
+        "profiles": Vec::<String>::new(),
+    });
+    writeln!(child.stdin.take().unwrap(), "{request}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    net::SegData {
+        sig: alloy_primitives::hex::decode(reply["sig"].as_str().unwrap()).unwrap(),
+        ..seg
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key() {
+    let mut chain = LocalChain::start(&["--round-length=100", "--gas-price=1"]);
+    let dir = tempdir();
+    let account = keystore(&mut chain, 1, dir.path());
+
+    // On a chain with no price at all the shim refuses to start (go-livepeer
+    // refuses too): it would work for free by accident.
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "orchestrator",
+            "-serviceAddr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--workers", "127.0.0.1:9", "-datadir"])
+        .arg(dir.path().join("unpriced"))
+        .args(eth_flags(&chain, &account))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no price set"), "{stderr}");
+
+    // Deployment used most of round 0: start at the top of round 1 (the
+    // shim initializes it).
+    next_round(&chain.client(1).await).await;
+    let victim_client = chain.client(2).await;
+    fund_sender(&victim_client, "1", "0").await;
+    let late_client = chain.client(4).await;
+    fund_sender(&late_client, "1", "0").await;
+    let mut victim = GatewaySigner::new(&chain, 2);
+    let thief = GatewaySigner::new(&chain, 3);
+    let mut late = GatewaySigner::new(&chain, 4);
+    let proxy = rpc_proxy(&chain.rpc).await;
+    let worker = ServeProcess::start(&[
+        "--ai-models",
+        "upscale:lpworker/nearest-2x:true",
+        "--models-dir",
+        "models",
+    ]);
+    // AI-only pricing: base price 0, the model at 2 wei per output pixel.
+    let ai_models = dir.path().join("aiModels.json");
+    std::fs::write(
+        &ai_models,
+        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":2,"pixels_per_unit":1}]"#,
+    )
+    .unwrap();
+    let shim = Shim::start_with(
+        &chain,
+        &account,
+        &worker.grpc.to_string(),
+        &dir.path().join("data"),
+        &proxy.url,
+        &[
+            "-pricePerUnit",
+            "0",
+            "-ticketEV",
+            "2000000",
+            "-maxFaceValue",
+            "2000000",
+        ],
+        &["--ai-models", ai_models.to_str().unwrap()],
+    );
+    let mut grpc = shim.grpc().await;
+    let upscale = lpworker::ai::PipelineKind::from_name("upscale")
+        .unwrap()
+        .capability();
+    let model_request = |g: &GatewaySigner| {
+        let mut request = g.orchestrator_request();
+        let mut caps = net::Capabilities::default();
+        caps.constraints
+            .get_or_insert_with(Default::default)
+            .per_capability
+            .insert(
+                upscale,
+                net::capabilities::CapabilityConstraints {
+                    models: [("lpworker/nearest-2x".to_string(), Default::default())].into(),
+                },
+            );
+        request.capabilities = Some(caps);
+        request
+    };
+    let png =
+        lpworker::ai::media::encode_png(&image::RgbImage::from_pixel(12, 8, image::Rgb([9, 9, 9])))
+            .unwrap();
+    let upscale_request = |creds: String, payment: &net::Payment, model: Option<&str>| {
+        let mut form = reqwest::multipart::Form::new().text("prompt", "x").part(
+            "image",
+            reqwest::multipart::Part::bytes(png.clone()).file_name("in.png"),
+        );
+        if let Some(m) = model {
+            form = form.text("model_id", m.to_string());
+        }
+        http()
+            .post(format!("https://{}/upscale", shim.addr))
+            .header("Livepeer-Segment", creds)
+            .header("Livepeer-Payment", b64(&payment.encode_to_vec()))
+            .multipart(form)
+            .send()
+    };
+    let served = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap()
+            .matches("ai request served")
+            .count()
+    };
+
+    // Base price 0 does not make a priced model free: no tickets, 400,
+    // nothing run; with the model left out it is priced as the model the
+    // workers would run.
+    let info = grpc
+        .get_orchestrator(victim.orchestrator_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let no_tickets = net::Payment {
+        sender: victim.address.to_vec(),
+        ..Default::default()
+    };
+    for model in [Some("lpworker/nearest-2x"), None] {
+        let r = upscale_request(
+            ai_creds(&victim, &info, "lpworker/nearest-2x"),
+            &no_tickets,
+            model,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        assert_eq!(r.text().await.unwrap(), "Insufficient balance");
+    }
+    // At base price 0 no params are issued for unpriced work at all.
+    assert!(info.ticket_params.is_none());
+    // A model nobody serves is refused before any payment is looked at.
+    let r = upscale_request(
+        ai_creds(&victim, &info, "x"),
+        &no_tickets,
+        Some("no/such-model"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await.unwrap().contains("not served"));
+    assert_eq!(served(&shim.log), 0, "nothing ran");
+
+    // The victim pays for the model and keeps credit after its request.
+    let info = grpc
+        .get_orchestrator(model_request(&victim))
+        .await
+        .unwrap()
+        .into_inner();
+    let paid = victim.payment(&info, 3);
+    let r = upscale_request(
+        ai_creds(&victim, &info, "lpworker/nearest-2x"),
+        &paid,
+        Some("lpworker/nearest-2x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(served(&shim.log), 1);
+
+    // The thief, with its own valid auth token, names the victim as payer:
+    // without the victim's signature over the segment credentials it is
+    // refused, whether it signs them itself or not at all.
+    let thief_info = grpc
+        .get_orchestrator(model_request(&thief))
+        .await
+        .unwrap()
+        .into_inner();
+    let as_victim = net::Payment {
+        sender: victim.address.to_vec(),
+        ..Default::default()
+    };
+    let unsigned = b64(&net::SegData {
+        manifest_id: format!("{upscale}_lpworker/nearest-2x").into_bytes(),
+        auth_token: thief_info.auth_token.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec());
+    for creds in [
+        ai_creds(&thief, &thief_info, "lpworker/nearest-2x"),
+        unsigned,
+    ] {
+        let r = upscale_request(creds, &as_victim, Some("lpworker/nearest-2x"))
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        assert_eq!(r.text().await.unwrap(), "Sig check failed");
+    }
+    assert_eq!(served(&shim.log), 1, "the thief got nothing done");
+    // The victim's own credit still pays for its next request, signed by a
+    // signer that shares no code with lpworker (as a real gateway's would be).
+    let creds = independently_signed(
+        &chain,
+        2,
+        net::SegData {
+            manifest_id: format!("{upscale}_lpworker/nearest-2x").into_bytes(),
+            hash: keccak256(b"").to_vec(),
+            auth_token: info.auth_token.clone(),
+            ..Default::default()
+        },
+    );
+    let r = upscale_request(
+        b64(&creds.encode_to_vec()),
+        &as_victim,
+        Some("lpworker/nearest-2x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(served(&shim.log), 2);
+
+    // The provider starts refusing (429). A gateway whose funds must be read
+    // gets a 503 that does not carry the RPC URL's key; neither does the log.
+    let late_info = grpc
+        .get_orchestrator(model_request(&late))
+        .await
+        .unwrap()
+        .into_inner();
+    let late_payment = late.payment(&late_info, 1);
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the funds cache
+    proxy.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = http()
+        .post(format!("https://{}/payment", shim.addr))
+        .header(
+            "Livepeer-Segment",
+            b64(&late
+                .signed(net::SegData {
+                    auth_token: late_info.auth_token.clone(),
+                    ..Default::default()
+                })
+                .encode_to_vec()),
+        )
+        .header("Livepeer-Payment", b64(&late_payment.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(RPC_KEY), "{body}");
+    // Let the chain loop fail a few times too, then read the whole log.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = std::fs::read_to_string(&shim.log).unwrap();
+    assert!(
+        log.contains("429") || log.contains("rate limited"),
+        "the failure is logged"
+    );
+    assert!(!log.contains(RPC_KEY), "the RPC key is in the log");
 }

@@ -21,7 +21,7 @@ use super::contracts::Controller;
 use super::ChainError;
 
 /// How to reach and use the chain.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ChainConfig {
     pub eth_url: String,
     pub controller: Address,
@@ -32,6 +32,19 @@ pub struct ChainConfig {
     pub receipt_timeout: Duration,
     /// Re-sends of one transaction after a receipt timeout.
     pub tx_retries: u32,
+}
+
+impl std::fmt::Debug for ChainConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the URL's path or query: they carry the provider's key.
+        f.debug_struct("ChainConfig")
+            .field("eth_url", &super::redact_url(&self.eth_url))
+            .field("controller", &self.controller)
+            .field("max_gas_price", &self.max_gas_price)
+            .field("receipt_timeout", &self.receipt_timeout)
+            .field("tx_retries", &self.tx_retries)
+            .finish()
+    }
 }
 
 impl ChainConfig {
@@ -65,7 +78,7 @@ impl ChainClient {
         signer: PrivateKeySigner,
     ) -> Result<ChainClient, ChainError> {
         let url: reqwest::Url = config.eth_url.parse().map_err(|e| ChainError::Rpc {
-            url: config.eth_url.clone(),
+            endpoint: super::redact_url(&config.eth_url),
             message: format!("not a URL: {e}"),
         })?;
         // The HTTP transport's rustls has no provider of its own (see
@@ -81,13 +94,13 @@ impl ChainClient {
                 .connect_ws(alloy::providers::WsConnect::new(url.as_str()))
                 .await
                 .map_err(|e| ChainError::Rpc {
-                    url: config.eth_url.clone(),
-                    message: format!("WebSocket connect: {e}"),
+                    endpoint: super::redact_url(&config.eth_url),
+                    message: super::scrub_url(&format!("WebSocket connect: {e}"), &config.eth_url),
                 })?
                 .erased(),
             other => {
                 return Err(ChainError::Rpc {
-                    url: config.eth_url.clone(),
+                    endpoint: super::redact_url(&config.eth_url),
                     message: format!("unsupported scheme {other:?}: use http(s):// or ws(s)://"),
                 })
             }
@@ -108,7 +121,8 @@ impl ChainClient {
         if code.is_empty() {
             return Err(ChainError::Refused(format!(
                 "no contract at the Controller address {} on {}",
-                client.config.controller, client.config.eth_url
+                client.config.controller,
+                super::redact_url(&client.config.eth_url)
             )));
         }
         Ok(client)
@@ -128,8 +142,8 @@ impl ChainClient {
 
     pub(crate) fn rpc_error(&self, e: impl std::fmt::Display) -> ChainError {
         ChainError::Rpc {
-            url: self.config.eth_url.clone(),
-            message: e.to_string(),
+            endpoint: super::redact_url(&self.config.eth_url),
+            message: super::scrub_url(&e.to_string(), &self.config.eth_url),
         }
     }
 
@@ -206,6 +220,12 @@ impl ChainClient {
                 return Ok(price);
             }
         }
+        self.gas_price_fresh().await
+    }
+
+    /// The node's suggested gas price read now (what a redemption about
+    /// to be sent will pay), refreshing the cache.
+    pub async fn gas_price_fresh(&self) -> Result<u128, ChainError> {
         let price = self
             .provider
             .get_gas_price()
@@ -231,6 +251,31 @@ impl ChainClient {
         &self,
         what: &str,
         tx: TransactionRequest,
+    ) -> Result<TransactionReceipt, ChainError> {
+        self.send_recorded(what, tx, None, &mut |_, _| Ok(())).await
+    }
+
+    /// The account's nonce as mined (transactions below it are final).
+    pub async fn mined_nonce(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_transaction_count(self.account)
+            .latest()
+            .await
+            .map_err(|e| self.rpc_error(e))
+    }
+
+    /// [`send`](Self::send) at `nonce` when given (replacing a pending
+    /// transaction there: only one of them can be mined), else at the
+    /// account's next. `record(nonce, hash)` runs before the first
+    /// broadcast (hash `None`) and after each (its hash), so a caller can
+    /// make the transaction findable after a timeout or a crash before it
+    /// can be mined; an error there sends nothing.
+    pub async fn send_recorded(
+        &self,
+        what: &str,
+        tx: TransactionRequest,
+        nonce: Option<u64>,
+        record: &mut (dyn FnMut(u64, Option<B256>) -> Result<(), String> + Send),
     ) -> Result<TransactionReceipt, ChainError> {
         let _one_at_a_time = self.tx_lock.lock().await;
         let tx = tx.with_from(self.account);
@@ -263,12 +308,28 @@ impl ChainClient {
             max_fee = max_fee.min(cap);
             tip = tip.min(max_fee);
         }
-        let nonce = self
-            .provider
-            .get_transaction_count(self.account)
-            .pending()
-            .await
-            .map_err(|e| self.rpc_error(e))?;
+        let replacing = nonce.is_some();
+        if replacing {
+            // A replacement must outbid the pending one (nodes want +10%):
+            // the previous attempt's fee is not known here, so bid well above
+            // the current estimate; the cap still holds.
+            max_fee += max_fee / 2;
+            tip += tip / 2;
+            if let Some(cap) = self.config.max_gas_price {
+                max_fee = max_fee.min(cap);
+                tip = tip.min(max_fee);
+            }
+        }
+        let nonce = match nonce {
+            Some(n) => n,
+            None => self
+                .provider
+                .get_transaction_count(self.account)
+                .pending()
+                .await
+                .map_err(|e| self.rpc_error(e))?,
+        };
+        record(nonce, None).map_err(|e| ChainError::Refused(format!("recording {what}: {e}")))?;
         // 20% headroom: state can move between estimate and inclusion.
         let gas_limit = gas + gas / 5;
         let mut sent: Vec<B256> = Vec::new();
@@ -283,6 +344,9 @@ impl ChainClient {
                 Ok(pending) => {
                     let hash = *pending.tx_hash();
                     sent.push(hash);
+                    if let Err(e) = record(nonce, Some(hash)) {
+                        tracing::warn!(what, %hash, error = %e, "could not record the transaction hash");
+                    }
                     tracing::debug!(what, %hash, nonce, attempt, "transaction sent");
                     // Nodes that mine on receipt (dev chains, some L2
                     // sequencers) have it already: skip the block poller.
@@ -302,6 +366,18 @@ impl ChainClient {
                 }
                 // The nonce was used: one of our earlier sends was mined.
                 Err(e) if is_nonce_used(&e) && !sent.is_empty() => {}
+                // Replacing a pending transaction of an earlier attempt that
+                // is still pending (or was mined): it stays the one that counts.
+                Err(e)
+                    if replacing
+                        && sent.is_empty()
+                        && (is_nonce_used(&e) || is_underpriced(&e)) =>
+                {
+                    return Err(ChainError::StillPending {
+                        what: what.to_string(),
+                        nonce,
+                    });
+                }
                 Err(e) => return Err(self.rpc_error(format!("sending {what}: {e}"))),
             }
             if let Some(receipt) = self.find_receipt(&sent).await? {
@@ -363,6 +439,11 @@ impl ChainClient {
             })
         }
     }
+}
+
+fn is_underpriced(e: &RpcError<TransportErrorKind>) -> bool {
+    let text = e.to_string().to_lowercase();
+    text.contains("underpriced") || text.contains("fee too low")
 }
 
 fn is_nonce_used(e: &RpcError<TransportErrorKind>) -> bool {

@@ -5,6 +5,10 @@
 //! sent: already used (redeemed by us before a crash, or elsewhere),
 //! expired, creation round block hash not the chain's, sender with neither
 //! deposit nor reserve for us. What remains is caught by the gas estimate.
+//! A transaction already sent for a ticket (recorded by nonce before it
+//! was broadcast) is found again before anything else is sent: if its
+//! nonce is still unmined it is replaced at that nonce, so at most one
+//! redemption of a ticket is ever mined.
 
 use alloy::providers::DynProvider;
 use alloy_primitives::{Bytes, B256, U256};
@@ -31,7 +35,8 @@ pub enum RedeemOutcome {
     /// The creation round's block hash on chain differs (a reorg or a
     /// forged aux data): the broker would refuse it.
     BlockHashMismatch,
-    /// The sender has no deposit and no reserve share for us.
+    /// The sender has no deposit and no reserve share for us (now: a
+    /// reserve share can be claimed again next round, so it waits).
     SenderUnfunded,
     /// The broker refuses it for another reason (reported by the node).
     Refused(String),
@@ -44,7 +49,7 @@ impl RedeemOutcome {
             RedeemOutcome::Redeemed { .. } => Status::Redeemed,
             RedeemOutcome::AlreadyUsed => Status::Used,
             RedeemOutcome::Expired { .. } | RedeemOutcome::BlockHashMismatch => Status::Expired,
-            RedeemOutcome::SenderUnfunded => Status::Unfunded,
+            RedeemOutcome::SenderUnfunded => Status::Queued,
             RedeemOutcome::Refused(_) => Status::Failed,
         }
     }
@@ -129,14 +134,20 @@ impl ChainClient {
     /// `usedTickets` check then stops a second send if the first landed.
     pub async fn redeem(&self, w: &WinningTicket) -> Result<RedeemOutcome, ChainError> {
         let mut ctx = RedeemContext::read(self).await?;
-        self.redeem_with(w, &mut ctx).await
+        self.redeem_with(w, &mut ctx, None, &mut |_, _| Ok(()))
+            .await
     }
 
     /// [`redeem`](Self::redeem) with round facts shared across a batch.
+    /// `sent_before` is the nonce of a transaction already sent for this
+    /// ticket, if any; `record` is told the nonce (and hash) of the one
+    /// sent now before it is broadcast.
     pub async fn redeem_with(
         &self,
         w: &WinningTicket,
         ctx: &mut RedeemContext,
+        sent_before: Option<u64>,
+        record: &mut (dyn FnMut(u64, Option<B256>) -> Result<(), String> + Send),
     ) -> Result<RedeemOutcome, ChainError> {
         let ticket = &w.ticket;
         let hash = ticket.hash();
@@ -149,6 +160,13 @@ impl ChainClient {
         {
             return Ok(RedeemOutcome::AlreadyUsed);
         }
+        // Not used yet. An earlier transaction whose nonce is not mined is
+        // still pending (or was dropped): replace it at that nonce. One
+        // whose nonce is mined went elsewhere: send anew.
+        let replace = match sent_before {
+            Some(n) if self.mined_nonce().await? <= n => Some(n),
+            _ => None,
+        };
         let creation = u64::try_from(ticket.creation_round).unwrap_or(0);
         if is_expired(
             ticket.creation_round,
@@ -171,21 +189,9 @@ impl ChainClient {
         if block_hash != ticket.creation_round_block_hash {
             return Ok(RedeemOutcome::BlockHashMismatch);
         }
-        let info = tb
-            .getSenderInfo(ticket.sender)
-            .call()
-            .await
-            .map_err(|e| self.call_error("getSenderInfo", e))?;
-        // The reserve matters only when the deposit cannot pay on its own.
-        if info.sender.deposit.is_zero() {
-            let claimable = tb
-                .claimableReserve(ticket.sender, self.account())
-                .call()
-                .await
-                .map_err(|e| self.call_error("claimableReserve", e))?;
-            if claimable.is_zero() {
-                return Ok(RedeemOutcome::SenderUnfunded);
-            }
+        let (deposit, claimable) = ctx.sender_funds(self, ticket.sender).await?;
+        if deposit.is_zero() && claimable.is_zero() {
+            return Ok(RedeemOutcome::SenderUnfunded);
         }
         let call = tb.redeemWinningTicket(
             to_contract_ticket(ticket),
@@ -193,16 +199,21 @@ impl ChainClient {
             w.recipient_rand,
         );
         match self
-            .send(
+            .send_recorded(
                 "TicketBroker.redeemWinningTicket",
                 call.into_transaction_request(),
+                replace,
+                record,
             )
             .await
         {
-            Ok(receipt) => Ok(RedeemOutcome::Redeemed {
-                tx: receipt.transaction_hash,
-                face_value: ticket.face_value,
-            }),
+            Ok(receipt) => {
+                ctx.spent(ticket.sender, ticket.face_value);
+                Ok(RedeemOutcome::Redeemed {
+                    tx: receipt.transaction_hash,
+                    face_value: ticket.face_value,
+                })
+            }
             Err(ChainError::WouldRevert { reason, .. }) => Ok(RedeemOutcome::Refused(reason)),
             Err(e) => Err(e),
         }
@@ -215,14 +226,49 @@ pub struct RedeemContext {
     pub current_round: u64,
     pub validity_period: u64,
     block_hashes: std::collections::HashMap<u64, B256>,
+    /// Senders' (deposit, claimable reserve) as read this batch, kept
+    /// current as its redemptions spend them.
+    funds: std::collections::HashMap<alloy_primitives::Address, (U256, U256)>,
 }
 
 impl RedeemContext {
     pub async fn read(client: &ChainClient) -> Result<RedeemContext, ChainError> {
-        Ok(RedeemContext {
-            current_round: client.current_round().await?,
-            validity_period: client.ticket_validity_period().await?,
+        Ok(Self::new(
+            client.current_round().await?,
+            client.ticket_validity_period().await?,
+        ))
+    }
+
+    pub fn new(current_round: u64, validity_period: u64) -> RedeemContext {
+        RedeemContext {
+            current_round,
+            validity_period,
             block_hashes: Default::default(),
-        })
+            funds: Default::default(),
+        }
+    }
+
+    /// A sender's (deposit, claimable reserve), read once per batch.
+    pub async fn sender_funds(
+        &mut self,
+        client: &ChainClient,
+        sender: alloy_primitives::Address,
+    ) -> Result<(U256, U256), ChainError> {
+        if let Some(f) = self.funds.get(&sender) {
+            return Ok(*f);
+        }
+        let f = client.sender_funds(sender).await?;
+        self.funds.insert(sender, f);
+        Ok(f)
+    }
+
+    /// A redemption paid `face_value`: from the deposit first, then the
+    /// reserve, as the broker pays.
+    pub fn spent(&mut self, sender: alloy_primitives::Address, face_value: U256) {
+        if let Some((deposit, claimable)) = self.funds.get_mut(&sender) {
+            let from_deposit = face_value.min(*deposit);
+            *deposit -= from_deposit;
+            *claimable = claimable.saturating_sub(face_value - from_deposit);
+        }
     }
 }

@@ -1,13 +1,19 @@
-//! The shim's chain loop: each tick follows the round (re-resolving
+//! The shim's chain loops. Each tick follows the round (re-resolving
 //! contract addresses when it changes), initializes it if configured,
-//! calls reward once per round if configured and active, publishes what the
-//! payment and routing code need (round, block hash, active), and drains
-//! the winning-ticket queue.
+//! calls reward once per round if configured and active, and publishes
+//! what the payment and routing code need (round, block hash, active).
+//! A second loop redeems winning tickets, so a long queue never delays a
+//! round's reward. A winner is redeemed only once it can be, safely and at
+//! a profit: the round is initialized, the ticket's params have expired
+//! (the recipientRand it reveals is then worthless to the sender), the gas
+//! price is within the cap, the face value exceeds the transaction's cost,
+//! and the sender's funds cover it. Otherwise it waits, until its validity
+//! period ends. Senders take turns, so one sender's backlog delays no one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::B256;
+use alloy_primitives::{B256, U256};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{watch, Mutex};
 
@@ -16,7 +22,8 @@ use super::redeem::{is_expired, RedeemContext, RedeemOutcome};
 use super::rewards::RewardOutcome;
 use super::rounds::RoundInfo;
 use super::ChainError;
-use crate::pm::store::{Status, TicketStore};
+use crate::pm::sender_monitor::SenderMonitor;
+use crate::pm::store::{Queued, Status, TicketStore};
 
 /// What the rest of the shim reads from the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +41,15 @@ pub struct ServiceOptions {
     /// Call reward once per round while active (go-livepeer's -reward).
     pub reward: bool,
     pub poll_interval: Duration,
-    /// Tickets redeemed per tick at most.
+    /// Tickets looked at per redemption pass at most.
     pub redeem_batch: usize,
-    /// Attempts before a ticket that keeps failing transiently is given up.
+    /// Tickets of one sender per pass at most (senders take turns).
+    pub redeem_per_sender: usize,
+    /// Refusals by the chain before a ticket is given up (waiting for gas,
+    /// funds or a reachable node counts none).
     pub max_redeem_attempts: u32,
+    /// Gas one redemption costs (go-livepeer's redeemGas: 1.2M on Arbitrum).
+    pub redeem_gas: u64,
 }
 
 impl Default for ServiceOptions {
@@ -46,8 +58,10 @@ impl Default for ServiceOptions {
             initialize_round: false,
             reward: true,
             poll_interval: Duration::from_secs(5),
-            redeem_batch: 32,
+            redeem_batch: 64,
+            redeem_per_sender: 16,
             max_redeem_attempts: 20,
+            redeem_gas: 1_200_000,
         }
     }
 }
@@ -128,6 +142,7 @@ pub struct ChainService {
     metrics: ChainMetrics,
     state: watch::Sender<Option<ChainState>>,
     last_round: Mutex<Option<u64>>,
+    monitor: Arc<SenderMonitor>,
 }
 
 impl ChainService {
@@ -144,7 +159,15 @@ impl ChainService {
             metrics,
             state: watch::channel(None).0,
             last_round: Mutex::new(None),
+            monitor: Arc::new(SenderMonitor::new()),
         }
+    }
+
+    /// Shares the payments' sender monitor: winners leaving the queue are
+    /// no longer owed by their sender.
+    pub fn with_monitor(mut self, monitor: Arc<SenderMonitor>) -> Self {
+        self.monitor = monitor;
+        self
     }
 
     pub fn client(&self) -> &Arc<ChainClient> {
@@ -218,154 +241,233 @@ impl ChainService {
         self.metrics.round.set(state.round.current_round as i64);
         self.metrics.active.set(i64::from(active));
         self.state.send_replace(Some(state.clone()));
-        // Tickets to an unregistered recipient revert on chain: they wait
-        // (until registration or expiry) instead of failing.
-        if self.client.is_registered().await? {
-            // Drain the queue: a batch at a time, until a batch comes back short.
-            while self.redeem_queued().await? >= self.options.redeem_batch {}
-        } else {
-            self.expire_queued(&state).await?;
-        }
         Ok(state)
     }
 
-    /// Redeems up to one batch of queued winning tickets, oldest creation
-    /// round first; returns how many reached a final state.
+    /// One redemption pass over the tickets that are due; returns how many
+    /// reached a final state. Tests drive this directly.
     pub async fn redeem_queued(&self) -> Result<usize, ChainError> {
         let Some(store) = &self.store else {
             return Ok(0);
         };
         let store_err = |e: crate::pm::store::StoreError| ChainError::Refused(e.to_string());
-        let mut done = 0;
-        let queued = store.queued(self.options.redeem_batch).map_err(store_err)?;
-        if queued.is_empty() {
+        let current_round = self.client.current_round().await?;
+        if !self.client.round_initialized().await? {
+            // The broker refuses every redemption until the round is
+            // initialized (by us with --initialize-round, else by anyone).
+            tracing::debug!(
+                round = current_round,
+                "waiting for the round to be initialized"
+            );
             return Ok(0);
         }
-        let mut ctx = RedeemContext::read(&self.client).await?;
-        for w in queued {
-            let hash = w.ticket.hash();
-            if !store.claim(hash).map_err(store_err)? {
-                continue;
+        let validity = self.client.ticket_validity_period().await?;
+        // Past the validity period nothing can pay them: expired in bulk,
+        // with no chain reads per ticket.
+        let oldest_valid = current_round as i64 + 1 - validity as i64;
+        let mut done = 0;
+        for w in store.expire_before(oldest_valid).map_err(store_err)? {
+            self.monitor.resolved(w.ticket.sender, w.ticket.face_value);
+            self.metrics
+                .redemptions
+                .with_label_values(&["expired"])
+                .inc();
+            done += 1;
+        }
+        if !self.client.is_registered().await? {
+            // Tickets to an unregistered recipient revert on chain: they
+            // wait (until registration or expiry) instead of failing.
+            let waiting = store.queued(1).map_err(store_err)?.len();
+            if waiting > 0 {
+                tracing::warn!("winning tickets wait for this node to register as a transcoder (bond to itself) before they can be redeemed");
             }
-            let mut outcome = self.client.redeem_with(&w, &mut ctx).await;
-            if let Ok(RedeemOutcome::Refused(_)) = &outcome {
-                // A refusal may come from a contract the Controller has moved
-                // since we resolved it: resolve again and retry once.
-                // (Errors here must not leave the claimed ticket stranded
-                // in `redeeming`: they become this ticket's outcome.)
-                match self.client.refresh_addresses().await {
-                    Ok(changed) if !changed.is_empty() => {
-                        outcome = self.client.redeem_with(&w, &mut ctx).await;
-                    }
-                    Ok(_) => {}
-                    Err(e) => outcome = Err(e),
+            return Ok(done);
+        }
+        let gas_price = self.client.gas_price_fresh().await?;
+        if let Some(cap) = self.client.config().max_gas_price {
+            if gas_price > cap {
+                tracing::info!(
+                    gas_price,
+                    cap,
+                    "gas price above --max-gas-price: winning tickets wait"
+                );
+                return Ok(done);
+            }
+        }
+        let tx_cost = U256::from(self.options.redeem_gas) * U256::from(gas_price);
+        let due = store
+            .redeemable(
+                self.client.l1_block().await?,
+                self.options.redeem_per_sender,
+                self.options.redeem_batch,
+            )
+            .map_err(store_err)?;
+        let mut ctx = RedeemContext::new(current_round, validity);
+        let mut i = 0;
+        while i < due.len() {
+            let sender = due[i].winner.ticket.sender;
+            let end = due[i..]
+                .iter()
+                .position(|q| q.winner.ticket.sender != sender)
+                .map_or(due.len(), |n| i + n);
+            let (deposit, claimable) = ctx.sender_funds(&self.client, sender).await?;
+            let mut available = deposit.saturating_add(claimable);
+            for q in &due[i..end] {
+                let t = &q.winner.ticket;
+                if t.face_value <= tx_cost {
+                    // Redeeming would cost more than it pays (a gas spike
+                    // since the params were issued): wait for cheaper gas.
+                    tracing::debug!(ticket = %t.hash(), face_value = %t.face_value, %tx_cost, "winning ticket waits: face value does not cover the gas");
+                    continue;
                 }
-            }
-            match outcome {
-                Ok(o) => {
-                    let (label, error, tx): (&str, Option<String>, Option<B256>) = match &o {
-                        RedeemOutcome::Redeemed { tx, .. } => ("redeemed", None, Some(*tx)),
-                        RedeemOutcome::AlreadyUsed => ("used", None, None),
-                        RedeemOutcome::Expired { .. } => ("expired", None, None),
-                        RedeemOutcome::BlockHashMismatch => (
-                            "expired",
-                            Some("creation round block hash differs on chain".into()),
-                            None,
-                        ),
-                        RedeemOutcome::SenderUnfunded => ("unfunded", None, None),
-                        RedeemOutcome::Refused(reason) => ("refused", Some(reason.clone()), None),
-                    };
-                    let attempts = store.status(hash).map_err(store_err)?.map_or(0, |(_, a)| a);
-                    let status = match o.status() {
-                        // A refusal can pass later (the sender tops up, the
-                        // node registers): retry until the attempts run out.
-                        Status::Failed if attempts < self.options.max_redeem_attempts => {
-                            Status::Queued
-                        }
-                        s => s,
-                    };
-                    tracing::info!(ticket = %hash, sender = %w.ticket.sender, outcome = label, reason = error.as_deref().unwrap_or(""), "winning ticket");
-                    self.metrics.redemptions.with_label_values(&[label]).inc();
-                    store
-                        .finish(hash, status, error.as_deref(), tx)
-                        .map_err(store_err)?;
-                    // Only tickets that left the queue count: requeued ones
-                    // wait for the next tick, not this one's drain loop.
-                    if status != Status::Queued {
+                // The last round it can be redeemed in: take what the
+                // sender can pay rather than nothing.
+                let last_chance = is_expired(t.creation_round, validity, current_round + 1);
+                if available <= tx_cost || (available < t.face_value && !last_chance) {
+                    // A reserve share can be claimed again next round, a
+                    // deposit topped up: wait for it.
+                    tracing::debug!(ticket = %t.hash(), %available, face_value = %t.face_value, "winning ticket waits for the sender's funds");
+                    continue;
+                }
+                match self.redeem_one(store, q, &mut ctx).await? {
+                    Some(RedeemOutcome::Redeemed { .. }) => {
+                        available = available.saturating_sub(t.face_value);
                         done += 1;
                     }
-                }
-                Err(e) => {
-                    let attempts = store.status(hash).map_err(store_err)?.map_or(0, |(_, a)| a);
-                    let status = if attempts >= self.options.max_redeem_attempts {
-                        Status::Failed
-                    } else {
-                        Status::Queued
-                    };
-                    tracing::warn!(ticket = %hash, attempts, error = %e, "redemption failed; will retry");
-                    self.metrics.redemptions.with_label_values(&["error"]).inc();
-                    store
-                        .finish(hash, status, Some(&e.to_string()), None)
-                        .map_err(store_err)?;
-                    if e.is_transient() {
-                        // The node is struggling: leave the rest for the next tick.
-                        return Err(e);
-                    }
+                    Some(_) => done += 1,
+                    None => {}
                 }
             }
+            i = end;
         }
         Ok(done)
     }
 
-    /// Marks queued tickets past their validity period expired (without
-    /// redeeming anything else).
-    async fn expire_queued(&self, state: &ChainState) -> Result<(), ChainError> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
+    /// Redeems one due ticket. Returns its outcome when it left the queue,
+    /// `None` when it went back to wait; a transient error ends the pass.
+    async fn redeem_one(
+        &self,
+        store: &TicketStore,
+        q: &Queued,
+        ctx: &mut RedeemContext,
+    ) -> Result<Option<RedeemOutcome>, ChainError> {
         let store_err = |e: crate::pm::store::StoreError| ChainError::Refused(e.to_string());
-        let queued = store.queued(usize::MAX >> 1).map_err(store_err)?;
-        if !queued.is_empty() {
-            tracing::warn!(
-                waiting = queued.len(),
-                "winning tickets wait for this node to register as a transcoder (bond to itself) before they can be redeemed"
-            );
+        let w = &q.winner;
+        let hash = w.ticket.hash();
+        if !store.claim(hash).map_err(store_err)? {
+            return Ok(None);
         }
-        for w in queued {
-            if is_expired(
-                w.ticket.creation_round,
-                state.ticket_validity_period,
-                state.round.current_round,
-            ) {
-                let hash = w.ticket.hash();
-                if store.claim(hash).map_err(store_err)? {
-                    store
-                        .finish(
-                            hash,
-                            Status::Expired,
-                            Some("expired before the node registered"),
-                            None,
-                        )
-                        .map_err(store_err)?;
-                    self.metrics
-                        .redemptions
-                        .with_label_values(&["expired"])
-                        .inc();
+        let mut record = |nonce: u64, tx: Option<B256>| {
+            store
+                .record_tx(hash, Some(nonce), tx)
+                .map_err(|e| e.to_string())
+        };
+        let mut outcome = self
+            .client
+            .redeem_with(w, ctx, q.tx_nonce, &mut record)
+            .await;
+        if let Ok(RedeemOutcome::Refused(_)) = &outcome {
+            // A refusal may come from a contract the Controller has moved
+            // since we resolved it: resolve again and retry once.
+            // (Errors here must not leave the claimed ticket stranded
+            // in `redeeming`: they become this ticket's outcome.)
+            match self.client.refresh_addresses().await {
+                Ok(changed) if !changed.is_empty() => {
+                    outcome = self.client.redeem_with(w, ctx, None, &mut record).await;
                 }
+                Ok(_) => {}
+                Err(e) => outcome = Err(e),
             }
         }
-        Ok(())
+        let o = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(ticket = %hash, error = %e, "redemption failed; will retry");
+                self.metrics.redemptions.with_label_values(&["error"]).inc();
+                store
+                    .finish(hash, Status::Queued, Some(&e.to_string()), None, false)
+                    .map_err(store_err)?;
+                return Err(e);
+            }
+        };
+        let o = match o {
+            // Used because our own earlier transaction was mined meanwhile.
+            RedeemOutcome::AlreadyUsed if q.tx_nonce.is_some() => RedeemOutcome::Redeemed {
+                tx: q.tx_hash.unwrap_or_default(),
+                face_value: w.ticket.face_value,
+            },
+            o => o,
+        };
+        let (label, error, tx): (&str, Option<String>, Option<B256>) = match &o {
+            RedeemOutcome::Redeemed { tx, .. } => ("redeemed", None, Some(*tx)),
+            RedeemOutcome::AlreadyUsed => ("used", None, None),
+            RedeemOutcome::Expired { .. } => ("expired", None, None),
+            RedeemOutcome::BlockHashMismatch => (
+                "expired",
+                Some("creation round block hash differs on chain".into()),
+                None,
+            ),
+            RedeemOutcome::SenderUnfunded => ("unfunded", None, None),
+            RedeemOutcome::Refused(reason) => ("refused", Some(reason.clone()), None),
+        };
+        // A round that turned during the pass refuses every redemption
+        // until it is initialized: that is a wait, not the ticket's fault.
+        let refused = matches!(o, RedeemOutcome::Refused(_))
+            && self.client.round_initialized().await.unwrap_or(true);
+        let attempts =
+            store.status(hash).map_err(store_err)?.map_or(0, |(_, a)| a) + u32::from(refused);
+        let status = match o.status() {
+            // A refusal can pass later (the sender tops up, the node
+            // registers): retry until the refusals run out.
+            Status::Failed if attempts < self.options.max_redeem_attempts => Status::Queued,
+            s => s,
+        };
+        store
+            .finish(hash, status, error.as_deref(), tx, refused)
+            .map_err(store_err)?;
+        if status != Status::Queued {
+            self.monitor.resolved(w.ticket.sender, w.ticket.face_value);
+        }
+        tracing::info!(ticket = %hash, sender = %w.ticket.sender, outcome = label, reason = error.as_deref().unwrap_or(""), "winning ticket");
+        self.metrics.redemptions.with_label_values(&[label]).inc();
+        Ok((status != Status::Queued).then_some(o))
     }
 
-    /// Ticks every poll interval until `shutdown` resolves; errors are
-    /// logged and the loop goes on.
+    /// Ticks and redeems every poll interval until `shutdown` resolves;
+    /// errors are logged and the loops go on.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let redeemer = {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(this.options.poll_interval);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    interval.tick().await;
+                    this.monitor.sweep();
+                    // Drain what is due, a pass at a time, while passes settle
+                    // tickets (each settles at least one, so this ends).
+                    loop {
+                        match this.redeem_queued().await {
+                            Ok(n) if n > 0 => continue,
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "redemption pass failed");
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
         let mut interval = tokio::time::interval(self.options.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => {
+                    redeemer.abort();
+                    return;
+                }
                 _ = interval.tick() => {
                     if let Err(e) = self.tick().await {
                         tracing::warn!(error = %e, "chain tick failed");

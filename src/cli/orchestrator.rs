@@ -14,6 +14,7 @@ use lpworker::chain::{ChainClient, ChainConfig, ChainMetrics, ChainService, Serv
 use lpworker::orchestrator::payments::{PaymentConfig, Payments};
 use lpworker::orchestrator::{BoundOrchestrator, OrchestratorConfig};
 use lpworker::pm::recipient::Price;
+use lpworker::pm::sender_monitor::SenderMonitor;
 use lpworker::pm::store::TicketStore;
 
 /// The Controller on Arbitrum One (go-livepeer's default for
@@ -46,8 +47,9 @@ pub struct EthArgs {
     /// name for a chain given by --eth-url and --eth-controller.
     #[arg(long, alias = "network", env = "LP_NETWORK")]
     pub network: Option<String>,
-    /// Ethereum JSON-RPC URL (go-livepeer's -ethUrl).
-    #[arg(long, alias = "ethUrl", env = "LP_ETHURL")]
+    /// Ethereum JSON-RPC URL (go-livepeer's -ethUrl). Hosted URLs carry an
+    /// API key: only its scheme and host are ever logged or shown.
+    #[arg(long, alias = "ethUrl", env = "LP_ETHURL", hide_env_values = true)]
     pub eth_url: Option<String>,
     /// Controller contract; every other address is resolved through it.
     #[arg(long, alias = "ethController", env = "LP_ETHCONTROLLER")]
@@ -200,8 +202,11 @@ pub struct OrchestratorArgs {
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Wei per --pixels-per-unit pixels, advertised in OrchestratorInfo.
-    #[arg(long, alias = "pricePerUnit", default_value_t = 0)]
-    pub price_per_unit: i64,
+    /// On a chain it must be given (0 only when said explicitly) unless
+    /// --ai-models or --price-per-gateway set prices: as go-livepeer, a
+    /// node never works for free by accident.
+    #[arg(long, alias = "pricePerUnit")]
+    pub price_per_unit: Option<i64>,
     #[arg(long, alias = "pixelsPerUnit", default_value_t = 1)]
     pub pixels_per_unit: i64,
     /// Expected value of one ticket, in wei (go-livepeer's -ticketEV).
@@ -340,7 +345,8 @@ async fn status(a: StatusArgs) -> Result<()> {
 }
 
 async fn serve(args: OrchestratorArgs) -> Result<()> {
-    if args.pixels_per_unit <= 0 || args.price_per_unit < 0 {
+    let price_per_unit = args.price_per_unit.unwrap_or(0);
+    if args.pixels_per_unit <= 0 || price_per_unit < 0 {
         bail!("--pixels-per-unit must be positive and --price-per-unit not negative");
     }
     if args.ticket_ev.is_zero() || args.ticket_ev > args.max_ticket_ev {
@@ -388,7 +394,13 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
                 "winning tickets waiting for redemption from before the restart"
             );
         }
-        let service = Arc::new(ChainService::new(
+        // What each sender still owes in winners, as the store has it.
+        let monitor = Arc::new(SenderMonitor::with_pending(
+            store
+                .pending_by_sender()
+                .context("reading pending winners")?,
+        ));
+        let service = ChainService::new(
             client.clone(),
             Some(store.clone()),
             ServiceOptions {
@@ -398,7 +410,9 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
                 ..ServiceOptions::default()
             },
             ChainMetrics::new(&registry),
-        ));
+        )
+        .with_monitor(monitor.clone());
+        let service = Arc::new(service);
         // The first tick must succeed: payments need the round and block.
         let state = service.tick().await.context("reading the chain's state")?;
         let stake = client.stake_status().await?;
@@ -424,13 +438,27 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         };
         let prices =
             lpworker::orchestrator::pricing::book(args.price_per_gateway.as_deref(), &models)?;
-        let price = Price::new(args.price_per_unit as u128, args.pixels_per_unit as u128)
+        let price = Price::new(price_per_unit as u128, args.pixels_per_unit as u128)
             .expect("pixels per unit checked");
+        let others_priced = prices.per_gateway.values().any(|p| p.num != 0)
+            || prices.per_model.values().any(|p| p.num != 0);
+        match (args.price_per_unit, others_priced) {
+            (None, false) => bail!(
+                "no price set: give -pricePerUnit (and -pixelsPerUnit), or price models in --ai-models; \
+                 -pricePerUnit 0 works for free on purpose (go-livepeer refuses to start unpriced too)"
+            ),
+            (Some(0) | None, true) => tracing::warn!(
+                "-pricePerUnit is 0: work not priced per gateway or per model (video, and models without a price) is done for free"
+            ),
+            (Some(0), false) => tracing::warn!("-pricePerUnit 0: all work is done for free"),
+            _ => {}
+        }
         payments = Some(Arc::new(Payments::new(
             key,
             client.clone(),
             service.subscribe(),
             store,
+            monitor,
             PaymentConfig {
                 ticket_ev: args.ticket_ev,
                 max_face_value: args.max_face_value,
@@ -466,7 +494,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         workers: args.workers.clone(),
         datadir: args.eth.datadir.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
-        price_per_unit: args.price_per_unit,
+        price_per_unit,
         pixels_per_unit: args.pixels_per_unit,
         max_segment_bytes: args.max_segment_bytes,
         livepeer_version: args.livepeer_version.clone(),

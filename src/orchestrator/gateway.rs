@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use super::auth::AuthTokens;
 use super::media::MediaStore;
-use super::payments::{PaymentError, Payments, Work};
+use super::payments::{PaymentError, Payments, Reservation, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
@@ -198,12 +198,8 @@ fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
 /// answer is 200 with a protobuf `TranscodeResult` holding either rendition
 /// URLs on this node or the error.
 pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, seg, payment) = match credentials(&gw, &headers) {
+    let (session, seg, payment) = match credentials(&gw, &headers).await {
         Ok(c) => c,
-        Err((status, msg)) => return text(status, msg),
-    };
-    let sender = match pay(&gw, &payment, &session, Work::Video).await {
-        Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };
     let job = match job_from_seg_data(&seg, &gw.capabilities) {
@@ -212,6 +208,11 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
             return text(StatusCode::FORBIDDEN, e.to_string())
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let estimate = estimated_pixels(&job.profiles, job.duration_ms);
+    let (sender, reservation) = match pay(&gw, &payment, &session, Work::Video, estimate).await {
+        Ok(s) => s,
+        Err((status, msg)) => return text(status, msg),
     };
     if body.len() > gw.max_segment_bytes {
         return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large");
@@ -253,8 +254,8 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
             }
             let pixels: i64 = segments.iter().map(|s| s.pixels).sum();
             let mut sig = Vec::new();
-            if let (Some(p), Some(sender)) = (&gw.payments, sender) {
-                let fee = p.debit(sender, &session, pixels.max(0) as u64);
+            if let (Some(p), Some(reservation)) = (&gw.payments, reservation) {
+                let fee = reservation.settle(pixels.max(0) as u64);
                 // go-livepeer's TranscodeData.sig: personal-sign over
                 // keccak256 of the renditions' keccak256 hashes.
                 sig = p.sign_hash(keccak256(&hashes));
@@ -290,7 +291,10 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
 
 /// Checks a request's `Livepeer-Segment` (session credentials) and
 /// `Livepeer-Payment` headers as `/segment` does; returns the session id.
-fn credentials(
+/// On chain the segment credentials must carry the paying sender's
+/// signature (go-livepeer's `verifySegCreds`), so no one can spend another
+/// gateway's credit or pose as it.
+async fn credentials(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<(String, net::SegData, net::Payment), (StatusCode, String)> {
@@ -309,67 +313,113 @@ fn credentials(
         Ok(Ok(s)) => s,
         _ => return Err((StatusCode::FORBIDDEN, "Invalid segment credentials".into())),
     };
-    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
-        Ok(s) => s.to_string(),
-        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
-    };
     if payment.ticket_params.is_some() && gw.payments.is_none() {
         return Err((
             StatusCode::BAD_REQUEST,
             "this orchestrator runs off chain and takes no tickets".into(),
         ));
     }
+    if gw.payments.is_some() {
+        // go-livepeer takes a missing sender as the zero address, which
+        // no signature recovers to.
+        let sender = if payment.sender.len() == 20 {
+            Address::from_slice(&payment.sender)
+        } else {
+            Address::ZERO
+        };
+        // One signature recovery: off the async threads like the tickets'.
+        let seg_for_check = seg.clone();
+        let signed = tokio::task::spawn_blocking(move || {
+            crate::lp_rpc::seg_creds::verify(&seg_for_check, sender)
+        })
+        .await
+        .expect("signature check does not panic");
+        if !signed {
+            return Err((StatusCode::FORBIDDEN, "Sig check failed".into()));
+        }
+    }
+    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
+        Ok(s) => s.to_string(),
+        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
+    };
     Ok((session, seg, payment))
 }
 
-/// Processes a payment for `manifest` and checks the session's balance, as
-/// go-livepeer does before any work: payment errors are 400 (503 when the
-/// node itself cannot check), a short balance 400 "Insufficient balance".
-/// Returns the paying sender (`None` off chain).
+/// Processes a payment for `manifest` and reserves the work's estimated
+/// cost (`units` at the session's price) from the balance, as go-livepeer
+/// checks the balance before any work: payment errors are 400 (503 when
+/// the node itself cannot check), a short balance 400 "Insufficient
+/// balance". Returns the paying sender (`None` off chain) and the
+/// reservation to settle once the work's real size is known.
 async fn pay(
     gw: &Gateway,
     payment: &net::Payment,
     manifest: &str,
     work: Work<'_>,
-) -> Result<Option<Address>, (StatusCode, String)> {
+    units: u64,
+) -> Result<(Option<Address>, Option<Reservation>), (StatusCode, String)> {
     let Some(p) = &gw.payments else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Err(e) = p.process(payment, manifest, work).await {
-        warn!(manifest, error = %e, "payment refused");
+        // Never the manifest itself: for AI it comes from the request.
+        warn!(manifest_len = manifest.len(), ?sender, error = %e, "payment refused");
         return Err(refusal(&e));
     }
-    let Some(sender) = sender else {
-        return Err((StatusCode::BAD_REQUEST, "payment has no sender".into()));
-    };
-    if !p.sufficient_balance(sender, manifest) {
-        return Err((StatusCode::BAD_REQUEST, "Insufficient balance".into()));
+    match p.reserve(sender, manifest, work, units) {
+        Ok(r) => Ok((sender, Some(r))),
+        Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
     }
-    Ok(Some(sender))
 }
 
 /// A refused payment's answer: 503 when this node could not check it (store
-/// or chain trouble), else 400 as go-livepeer answers payment errors.
+/// or chain trouble, told generically), else 400 as go-livepeer answers
+/// payment errors.
 fn refusal(e: &PaymentError) -> (StatusCode, String) {
     let status = if e.is_internal() {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::BAD_REQUEST
     };
-    (status, e.to_string())
+    (status, e.public_message())
+}
+
+/// Output pixels a segment will be billed, estimated before it runs:
+/// each rendition's width × height × frames over the segment's duration
+/// (go-livepeer's default of 2 s when the gateway sent none; the source
+/// rate, unknown here, is taken as 30 fps where a profile keeps it).
+fn estimated_pixels(profiles: &[crate::video::VideoProfile], duration_ms: u32) -> u64 {
+    let seconds = if duration_ms == 0 {
+        2.0
+    } else {
+        f64::from(duration_ms) / 1000.0
+    };
+    profiles
+        .iter()
+        .map(|p| {
+            let fps = if p.fps == 0 {
+                30.0
+            } else {
+                f64::from(p.fps) / f64::from(p.fps_den.max(1))
+            };
+            let frames = (seconds * fps).ceil() as u64;
+            u64::from(p.width) * u64::from(p.height) * frames
+        })
+        .sum()
 }
 
 /// `POST /payment`: credit a session without work (go-livepeer's payment
 /// endpoint); answers a protobuf `PaymentResult` with fresh params.
 pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (session, seg, payment) = match credentials(&gw, &headers) {
+    let (session, seg, payment) = match credentials(&gw, &headers).await {
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Some(p) = &gw.payments {
         if let Err(e) = p.process(&payment, &session, Work::Credit).await {
+            warn!(?sender, error = %e, "payment refused");
             let (status, msg) = refusal(&e);
             return text(status, msg);
         }
@@ -397,7 +447,7 @@ pub async fn ai(
     let Some(kind) = PipelineKind::from_name(&route) else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
-    let (session, _, payment) = match credentials(&gw, request.headers()) {
+    let (session, _, payment) = match credentials(&gw, request.headers()).await {
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
@@ -411,6 +461,41 @@ pub async fn ai(
         Ok(m) => m.unwrap_or_default(),
         Err(e) => return error_response(&e),
     };
+    // The work must be a model the workers serve, priced as itself: an
+    // unnamed model is the one a worker would run (the pipeline's first),
+    // and an unknown one is refused before any payment or state.
+    let served: Vec<String> = gw
+        .workers
+        .pipelines()
+        .into_iter()
+        .filter(|(p, _)| p == kind.name())
+        .map(|(_, m)| m)
+        .collect();
+    let model_id = if model_id.is_empty() {
+        match served.first() {
+            Some(m) => m.clone(),
+            None => {
+                return error_response(&AiError::BadRequest(format!(
+                    "no model is served for {}",
+                    kind.name()
+                )))
+            }
+        }
+    } else if served.contains(&model_id) {
+        model_id
+    } else {
+        // Named back, but never at the length a stranger chose.
+        let shown: String = model_id.chars().take(64).collect();
+        let more = if shown.len() < model_id.len() {
+            "…"
+        } else {
+            ""
+        };
+        return error_response(&AiError::BadRequest(format!(
+            "model {shown:?}{more} is not served by this orchestrator for {}",
+            kind.name()
+        )));
+    };
     // go-livepeer's AI balance key: "<capability>_<model id>". AI work is
     // paid like video but never gated by stake.
     let manifest = format!("{}_{model_id}", kind.capability());
@@ -418,7 +503,8 @@ pub async fn ai(
         capability: kind.capability(),
         model: &model_id,
     };
-    let sender = match pay(&gw, &payment, &manifest, work).await {
+    let estimate = estimated_ai_units(kind, &req);
+    let (sender, reservation) = match pay(&gw, &payment, &manifest, work, estimate).await {
         Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };
@@ -474,10 +560,50 @@ pub async fn ai(
             crate::ai::media::data_url(f.mime, &f.data)
         }
     });
-    if let (Some(p), Some(sender)) = (&gw.payments, sender) {
-        let fee = p.debit(sender, &manifest, result.units);
-        info!(session = %session, fee_wei = %fee, "fees debited");
+    if let Some(r) = reservation {
+        let fee = r.settle(result.units);
+        info!(session = %session, ?sender, fee_wei = %fee, "fees debited");
     }
     info!(session = %session, pipeline = kind.name(), units = result.units, "ai request served");
     axum::Json(body).into_response()
+}
+
+/// Billing units an AI request will come to, estimated before it runs
+/// from what the request says (go-livepeer computes its output pixels up
+/// front too): output pixels for the image pipelines, input pixels for
+/// image-to-text. 0 where the request does not tell (audio length, tokens
+/// generated): such work is admitted on one ticket's EV of credit.
+fn estimated_ai_units(kind: crate::ai::PipelineKind, req: &crate::ai::PipelineRequest) -> u64 {
+    use crate::ai::PipelineKind as K;
+    let number = |name: &str, default: u64| {
+        req.params
+            .get(name)
+            .and_then(|v| {
+                v.as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            })
+            .unwrap_or(default)
+    };
+    let image_pixels = || {
+        req.files
+            .get("image")
+            .and_then(|data| {
+                image::ImageReader::new(std::io::Cursor::new(data))
+                    .with_guessed_format()
+                    .ok()?
+                    .into_dimensions()
+                    .ok()
+            })
+            .map_or(0, |(w, h)| u64::from(w) * u64::from(h))
+    };
+    match kind {
+        // 2x upscalers give four times the input's pixels.
+        K::Upscale => image_pixels().saturating_mul(4),
+        K::ImageToImage => image_pixels().saturating_mul(number("num_images_per_prompt", 1)),
+        K::ImageToText => image_pixels(),
+        K::TextToImage => number("width", 512)
+            .saturating_mul(number("height", 512))
+            .saturating_mul(number("num_images_per_prompt", 1)),
+        _ => 0,
+    }
 }

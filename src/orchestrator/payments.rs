@@ -5,6 +5,9 @@
 //! Balances are keyed by (sender, manifest id) as go-livepeer keys them:
 //! each accepted ticket credits its expected value, each piece of work
 //! debits price × units at the price pinned when the session first paid.
+//! Work reserves its estimated cost before it runs and settles after, so
+//! concurrent requests cannot spend the same credit twice. What a sender
+//! may still be paid in winners is the sender monitor's (`pm::sender_monitor`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,18 +20,23 @@ use crate::chain::{ChainClient, ChainState};
 use crate::pm::recipient::{
     self, ChainView, Expiration, Price, ReceivedTicket, Recipient, SenderFunds,
 };
+use crate::pm::sender_monitor::SenderMonitor;
 use crate::pm::signature::{personal_hash, recover_digest, sign};
 use crate::pm::store::{TicketStore, WinningTicket};
 use crate::pm::ticket::{from_be_bytes, minimal_bytes};
+use crate::pm::validation::validate_payment;
 use crate::pm::Ticket;
 use crate::proto::lp_rpc as net;
 
 /// Blocks a set of ticket params stays valid (go-livepeer's paramsExpirationBlock).
 const PARAMS_EXPIRY_BLOCKS: u64 = 40;
-/// Sender funds are re-read from chain at most this often per sender.
-const FUNDS_TTL: Duration = Duration::from_secs(2);
 /// Sessions idle this long are forgotten (their credit with them).
 const SESSION_IDLE: Duration = Duration::from_secs(3600);
+/// Most balances kept; a new one beyond it is refused until idle ones go
+/// (each needs a funded, signing sender, so this is a backstop).
+const MAX_SESSIONS: usize = 100_000;
+/// Idle sessions are swept at most this often (not on every payment).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
@@ -82,15 +90,36 @@ pub enum PaymentError {
     Store(#[from] crate::pm::store::StoreError),
     #[error("insufficient sender reserve for a ticket of EV {0} wei")]
     InsufficientReserve(U256),
+    #[error("too many open payment sessions; retry later")]
+    TooManySessions,
 }
 
 impl PaymentError {
     /// Server-side failures (5xx) rather than the gateway's (4xx).
     pub fn is_internal(&self) -> bool {
-        matches!(self, PaymentError::Store(_) | PaymentError::NoChainState)
-            || matches!(self, PaymentError::Chain(e) if e.is_transient())
+        matches!(
+            self,
+            PaymentError::Store(_) | PaymentError::NoChainState | PaymentError::TooManySessions
+        ) || matches!(self, PaymentError::Chain(_))
+    }
+
+    /// What a gateway is told: this node's own trouble is described
+    /// generically (chain errors name the RPC endpoint, whose URL carries
+    /// the provider's key, and say nothing a gateway can act on).
+    pub fn public_message(&self) -> String {
+        match self {
+            PaymentError::Chain(_) | PaymentError::Store(_) => {
+                "orchestrator cannot process payments right now; retry shortly".into()
+            }
+            other => other.to_string(),
+        }
     }
 }
+
+/// Work's balance was short of its estimated cost.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Insufficient balance")]
+pub struct InsufficientBalance;
 
 /// Prices beyond the base video price: per gateway (go-livepeer's
 /// -pricePerGateway) and per AI capability and model (aiModels.json).
@@ -116,8 +145,26 @@ pub enum Work<'a> {
 #[derive(Debug)]
 struct Session {
     balance: I256,
+    /// Estimated cost of work admitted and not yet settled.
+    reserved: U256,
     price: Price,
     touched: Instant,
+}
+
+#[derive(Debug)]
+struct Sessions {
+    map: HashMap<(Address, String), Session>,
+    swept: Instant,
+}
+
+impl Sessions {
+    fn sweep(&mut self) {
+        if self.swept.elapsed() >= SWEEP_EVERY || self.map.len() >= MAX_SESSIONS {
+            self.map
+                .retain(|_, s| !s.reserved.is_zero() || s.touched.elapsed() < SESSION_IDLE);
+            self.swept = Instant::now();
+        }
+    }
 }
 
 /// What one processed payment did.
@@ -129,7 +176,8 @@ pub struct PaymentReceipt {
 }
 
 pub struct Payments {
-    recipient: Recipient,
+    recipient: Arc<Recipient>,
+    monitor: Arc<SenderMonitor>,
     key: secp256k1::SecretKey,
     client: Arc<ChainClient>,
     chain: watch::Receiver<Option<ChainState>>,
@@ -138,8 +186,7 @@ pub struct Payments {
     /// This node's price for video (wei per pixel).
     price: Price,
     prices: PriceBook,
-    sessions: Mutex<HashMap<(Address, String), Session>>,
-    funds: Mutex<HashMap<Address, (Instant, SenderFunds)>>,
+    sessions: Mutex<Sessions>,
 }
 
 fn to_i256(v: U256) -> I256 {
@@ -158,18 +205,21 @@ impl std::fmt::Debug for Payments {
 }
 
 impl Payments {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         key: secp256k1::SecretKey,
         client: Arc<ChainClient>,
         chain: watch::Receiver<Option<ChainState>>,
         store: Arc<TicketStore>,
+        monitor: Arc<SenderMonitor>,
         config: PaymentConfig,
         price: Price,
         prices: PriceBook,
     ) -> Self {
         let address = crate::pm::signature::address_of(&key.public_key(secp256k1::SECP256K1));
         Payments {
-            recipient: Recipient::new(address, rand::random()),
+            recipient: Arc::new(Recipient::new(address, rand::random())),
+            monitor,
             key,
             client,
             chain,
@@ -177,9 +227,22 @@ impl Payments {
             config,
             price,
             prices,
-            sessions: Mutex::new(HashMap::new()),
-            funds: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
+    }
+
+    pub fn monitor(&self) -> &Arc<SenderMonitor> {
+        &self.monitor
+    }
+
+    /// Whether any price is set (base, per gateway or per model).
+    pub fn has_prices(&self) -> bool {
+        self.price.num != 0
+            || self.prices.per_gateway.values().any(|p| p.num != 0)
+            || self.prices.per_model.values().any(|p| p.num != 0)
     }
 
     pub fn address(&self) -> Address {
@@ -256,10 +319,8 @@ impl Payments {
     }
 
     async fn sender_funds(&self, sender: Address) -> Result<SenderFunds, PaymentError> {
-        if let Some((at, f)) = self.funds.lock().expect("funds cache").get(&sender) {
-            if at.elapsed() < FUNDS_TTL {
-                return Ok(*f);
-            }
+        if let Some(f) = self.monitor.cached_funds(sender) {
+            return Ok(f);
         }
         let (deposit, reserve_alloc, withdraw_round) = self.client.sender_info(sender).await?;
         let f = SenderFunds {
@@ -267,10 +328,7 @@ impl Payments {
             reserve_alloc,
             withdraw_round: i64::try_from(withdraw_round).unwrap_or(i64::MAX),
         };
-        self.funds
-            .lock()
-            .expect("funds cache")
-            .insert(sender, (Instant::now(), f));
+        self.monitor.set_funds(sender, f);
         Ok(f)
     }
 
@@ -285,7 +343,7 @@ impl Payments {
             return Ok(None);
         }
         let state = self.state()?;
-        if state.round.last_initialized_block_hash == B256::ZERO {
+        if state.round.creation_round_block_hash == B256::ZERO {
             // Tickets without a creation round block hash are refused by
             // the broker: issue none until a round is initialized.
             return Err(PaymentError::NoChainState);
@@ -294,13 +352,17 @@ impl Payments {
         let gas_price = self.client.gas_price().await?;
         let tx_cost = U256::from(self.config.redeem_gas) * U256::from(gas_price);
         let ev = self.config.ticket_ev;
-        let face_value =
-            recipient::face_value(ev, tx_cost, funds.max_float(), self.config.max_face_value)
-                .ok_or(PaymentError::InsufficientReserve(ev))?;
+        let face_value = recipient::face_value(
+            ev,
+            tx_cost,
+            self.monitor.max_float(sender, &funds),
+            self.config.max_face_value,
+        )
+        .ok_or(PaymentError::InsufficientReserve(ev))?;
         let win_prob = recipient::win_prob(ev, face_value);
         let expiration = Expiration {
-            creation_round: state.round.last_initialized_round as i64,
-            creation_round_block_hash: state.round.last_initialized_block_hash,
+            creation_round: state.round.creation_round as i64,
+            creation_round_block_hash: state.round.creation_round_block_hash,
         };
         let expiration_block = U256::from(state.round.block_number + PARAMS_EXPIRY_BLOCKS);
         let p = self.recipient.ticket_params(
@@ -327,6 +389,7 @@ impl Payments {
 
     /// Validates and credits a payment for `manifest`; stores winners
     /// (durably) before returning. `video` work also needs the node active.
+    /// Ticket signatures are checked off the async threads, in parallel.
     pub async fn process(
         &self,
         payment: &net::Payment,
@@ -361,8 +424,7 @@ impl Payments {
         )
         .ok_or(PaymentError::BadPrice)?;
         let ours = self.price_for(Some(sender), work);
-        let session_price = self.pin_price(sender, manifest, expected, ours)?;
-        let funds = self.sender_funds(sender).await?;
+        let session_price = self.session_price(sender, manifest, expected, ours)?;
         let exp = payment.expiration_params.clone().unwrap_or_default();
         let word =
             |b: &[u8], what: &'static str| from_be_bytes(b).ok_or(PaymentError::BadParams(what));
@@ -392,15 +454,15 @@ impl Payments {
         };
         let seed = word(&params.seed, "seed")?;
         let expiration_block = word(&params.expiration_block, "expiration block")?;
+        let funds = self.sender_funds(sender).await?;
         let view = ChainView {
             block: U256::from(state.round.block_number),
             round: state.round.last_initialized_round as i64,
         };
-        let mut receipt = PaymentReceipt::default();
-        let mut winners = Vec::new();
-        let mut rejected: Vec<String> = Vec::new();
-        for tsp in &payment.ticket_sender_params {
-            let r = ReceivedTicket {
+        let received: Vec<ReceivedTicket> = payment
+            .ticket_sender_params
+            .iter()
+            .map(|tsp| ReceivedTicket {
                 ticket: Ticket {
                     sender_nonce: tsp.sender_nonce,
                     ..template.clone()
@@ -409,35 +471,48 @@ impl Payments {
                 seed,
                 expiration_block,
                 price: expected,
-            };
-            match self.recipient.validate(&r, &view, &funds) {
-                Ok(v) => {
-                    if v.winning {
-                        winners.push(WinningTicket {
-                            ticket: r.ticket.clone(),
-                            sig: r.sig.clone(),
-                            recipient_rand: v.recipient_rand,
-                        });
-                        receipt.winning += 1;
-                    }
-                    receipt.accepted += 1;
-                    receipt.credited += v.expected_value;
-                }
-                Err(e) if e.is_fatal() => {
-                    self.store_winners(winners).await?;
-                    self.credit(sender, manifest, session_price, receipt.credited);
-                    return Err(e.into());
-                }
-                Err(e) => rejected.push(e.to_string()),
-            }
-        }
+            })
+            .collect();
+        let (recipient, monitor) = (self.recipient.clone(), self.monitor.clone());
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let outcome = tokio::task::spawn_blocking(move || {
+            validate_payment(&recipient, &monitor, &received, &view, &funds, threads)
+        })
+        .await
+        .expect("ticket validation does not panic");
+        let params_expiry = u64::try_from(expiration_block).unwrap_or(u64::MAX);
+        let winners: Vec<WinningTicket> = outcome
+            .winners
+            .iter()
+            .map(|(r, rand)| WinningTicket {
+                ticket: r.ticket.clone(),
+                sig: r.sig.clone(),
+                recipient_rand: *rand,
+                params_expiration_block: params_expiry,
+            })
+            .collect();
         // Durable before the work is answered: one synchronous commit for
         // the payment's winners, off the async threads.
-        self.store_winners(winners).await?;
-        self.credit(sender, manifest, session_price, receipt.credited);
-        if let Some(first) = rejected.first() {
+        if let Err(e) = self.store_winners(winners).await {
+            for (r, _) in &outcome.winners {
+                self.monitor.resolved(sender, r.ticket.face_value);
+            }
+            return Err(e);
+        }
+        let receipt = PaymentReceipt {
+            accepted: outcome.accepted,
+            winning: outcome.winners.len(),
+            credited: outcome.credited,
+        };
+        if !receipt.credited.is_zero() {
+            self.credit(sender, manifest, session_price, receipt.credited)?;
+        }
+        if let Some(e) = outcome.fatal {
+            return Err(e.into());
+        }
+        if let Some(first) = outcome.rejected.first() {
             return Err(PaymentError::SomeRejected {
-                rejected: rejected.len(),
+                rejected: outcome.rejected.len(),
                 total: payment.ticket_sender_params.len(),
                 first: first.clone(),
             });
@@ -457,8 +532,9 @@ impl Payments {
     }
 
     /// The session's price: the one the gateway first paid at. A gateway
-    /// may not pay below this node's price.
-    fn pin_price(
+    /// may not pay below this node's price. Nothing is stored until a
+    /// ticket is accepted.
+    fn session_price(
         &self,
         sender: Address,
         manifest: &str,
@@ -466,10 +542,7 @@ impl Payments {
         ours: Price,
     ) -> Result<Price, PaymentError> {
         let mut sessions = self.sessions.lock().expect("sessions");
-        if sessions.len() > 1024 {
-            sessions.retain(|_, s| s.touched.elapsed() < SESSION_IDLE);
-        }
-        if let Some(s) = sessions.get_mut(&(sender, manifest.to_string())) {
+        if let Some(s) = sessions.map.get_mut(&(sender, manifest.to_string())) {
             s.touched = Instant::now();
             return Ok(s.price);
         }
@@ -482,28 +555,31 @@ impl Payments {
                 ours: format!("{}/{}", ours.num, ours.den),
             });
         }
-        sessions.insert(
-            (sender, manifest.to_string()),
-            Session {
-                balance: I256::ZERO,
-                price: expected,
-                touched: Instant::now(),
-            },
-        );
         Ok(expected)
     }
 
-    fn credit(&self, sender: Address, manifest: &str, price: Price, amount: U256) {
+    fn credit(
+        &self,
+        sender: Address,
+        manifest: &str,
+        price: Price,
+        amount: U256,
+    ) -> Result<(), PaymentError> {
         let mut sessions = self.sessions.lock().expect("sessions");
-        let s = sessions
-            .entry((sender, manifest.to_string()))
-            .or_insert(Session {
-                balance: I256::ZERO,
-                price,
-                touched: Instant::now(),
-            });
+        sessions.sweep();
+        let key = (sender, manifest.to_string());
+        if !sessions.map.contains_key(&key) && sessions.map.len() >= MAX_SESSIONS {
+            return Err(PaymentError::TooManySessions);
+        }
+        let s = sessions.map.entry(key).or_insert(Session {
+            balance: I256::ZERO,
+            reserved: U256::ZERO,
+            price,
+            touched: Instant::now(),
+        });
         s.balance = s.balance.saturating_add(to_i256(amount));
         s.touched = Instant::now();
+        Ok(())
     }
 
     /// The session's credit, in wei (negative when work outran payment).
@@ -511,30 +587,106 @@ impl Payments {
         self.sessions
             .lock()
             .expect("sessions")
+            .map
             .get(&(sender, manifest.to_string()))
             .map_or(I256::ZERO, |s| s.balance)
     }
 
-    /// go-livepeer's `SufficientBalance`: free sessions always pass; paid
-    /// ones need at least one ticket's EV of credit.
-    pub fn sufficient_balance(&self, sender: Address, manifest: &str) -> bool {
-        let sessions = self.sessions.lock().expect("sessions");
-        match sessions.get(&(sender, manifest.to_string())) {
-            Some(s) if s.price.num == 0 => true,
-            Some(s) => s.balance >= to_i256(self.config.ticket_ev),
-            None => self.price.num == 0,
+    /// Admits work estimated at `units` for (sender, manifest): free work
+    /// (this node's price for it is 0) always; priced work when the
+    /// session's credit not already reserved covers the estimate and at
+    /// least one ticket's EV (go-livepeer's SufficientBalance). The
+    /// estimate is reserved until the returned reservation is settled or
+    /// dropped, so concurrent requests cannot all spend the same credit.
+    pub fn reserve(
+        self: &Arc<Self>,
+        sender: Option<Address>,
+        manifest: &str,
+        work: Work<'_>,
+        units: u64,
+    ) -> Result<Reservation, InsufficientBalance> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let key = (sender.unwrap_or(Address::ZERO), manifest.to_string());
+        let free = Reservation {
+            payments: None,
+            key: key.clone(),
+            cost: U256::ZERO,
+        };
+        let Some(s) = sender.and_then(|_| sessions.map.get_mut(&key)) else {
+            // No credit at all: only work this node does not charge for.
+            return if self.price_for(sender, work).num == 0 {
+                Ok(free)
+            } else {
+                Err(InsufficientBalance)
+            };
+        };
+        if s.price.num == 0 {
+            return Ok(free);
         }
+        let cost = s.price.cost(units);
+        let available = s.balance.saturating_sub(to_i256(s.reserved));
+        if available < to_i256(cost.max(self.config.ticket_ev)) {
+            return Err(InsufficientBalance);
+        }
+        s.reserved = s.reserved.saturating_add(cost);
+        s.touched = Instant::now();
+        Ok(Reservation {
+            payments: Some(self.clone()),
+            key,
+            cost,
+        })
     }
 
-    /// Debits `units` (pixels, ms, tokens) at the session's price.
-    pub fn debit(&self, sender: Address, manifest: &str, units: u64) -> U256 {
+    fn release(&self, key: &(Address, String), reserved: U256, spent_units: Option<u64>) -> U256 {
         let mut sessions = self.sessions.lock().expect("sessions");
-        let Some(s) = sessions.get_mut(&(sender, manifest.to_string())) else {
+        let Some(s) = sessions.map.get_mut(key) else {
+            return U256::ZERO;
+        };
+        s.reserved = s.reserved.saturating_sub(reserved);
+        let Some(units) = spent_units else {
             return U256::ZERO;
         };
         let cost = s.price.cost(units);
         s.balance = s.balance.saturating_sub(to_i256(cost));
         s.touched = Instant::now();
         cost
+    }
+
+    /// Debits `units` (pixels, ms, tokens) at the session's price.
+    pub fn debit(&self, sender: Address, manifest: &str, units: u64) -> U256 {
+        self.release(&(sender, manifest.to_string()), U256::ZERO, Some(units))
+    }
+}
+
+/// Credit set aside for work in flight; released when dropped, turned
+/// into the actual debit by [`settle`](Reservation::settle).
+#[must_use = "a reservation is released when dropped"]
+pub struct Reservation {
+    payments: Option<Arc<Payments>>,
+    key: (Address, String),
+    cost: U256,
+}
+
+impl Reservation {
+    /// The estimate reserved, in wei.
+    pub fn reserved(&self) -> U256 {
+        self.cost
+    }
+
+    /// Debits what the work really used and frees the reservation.
+    /// Returns the fee in wei.
+    pub fn settle(mut self, units: u64) -> U256 {
+        match self.payments.take() {
+            Some(p) => p.release(&self.key, self.cost, Some(units)),
+            None => U256::ZERO,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(p) = self.payments.take() {
+            p.release(&self.key, self.cost, None);
+        }
     }
 }

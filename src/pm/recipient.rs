@@ -103,16 +103,10 @@ pub struct SenderFunds {
 }
 
 impl SenderFunds {
-    /// The most a single ticket may be worth: the reserve share, which
-    /// guarantees it. A recipient outside the active set has no reserve
-    /// share (the broker pays it from the deposit only: AI orchestrators),
-    /// so then the deposit bounds it.
+    /// The most a single ticket may be worth with nothing pending (the
+    /// sender monitor subtracts what is: [`super::sender_monitor`]).
     pub fn max_float(&self) -> U256 {
-        if self.reserve_alloc.is_zero() {
-            self.deposit
-        } else {
-            self.reserve_alloc
-        }
+        super::sender_monitor::max_float(self, U256::ZERO)
     }
 }
 
@@ -160,6 +154,9 @@ pub struct Validated {
     pub recipient_rand: U256,
     pub winning: bool,
     pub expected_value: U256,
+    /// Its params expired: it earns no credit, but a winner is still worth
+    /// redeeming (the broker does not check the params' expiry).
+    pub params_expired: bool,
 }
 
 /// The recipient: its address, HMAC secret and per-rand nonce memory.
@@ -276,6 +273,23 @@ impl Recipient {
         chain: &ChainView,
         funds: &SenderFunds,
     ) -> Result<Validated, TicketError> {
+        let v = self.check_params(r, chain, funds)?;
+        check_signature(r)?;
+        let v = self.accept(r, v, chain, funds.max_float())?;
+        if v.params_expired {
+            return Err(TicketError::ParamsExpired(r.expiration_block));
+        }
+        Ok(v)
+    }
+
+    /// The checks before the signature: sender funds, recipient, and the
+    /// recipientRand commitment (whose rand it returns). Fatal when they fail.
+    pub fn check_params(
+        &self,
+        r: &ReceivedTicket,
+        chain: &ChainView,
+        funds: &SenderFunds,
+    ) -> Result<U256, TicketError> {
         let t = &r.ticket;
         if funds.withdraw_round != 0 && funds.withdraw_round <= chain.round + 1 {
             return Err(TicketError::SenderUnlocking(t.sender));
@@ -301,14 +315,23 @@ impl Recipient {
         if Self::rand_hash(rand) != t.recipient_rand_hash {
             return Err(TicketError::InvalidRecipientRand);
         }
-        let signer = recover_digest(personal_hash(t.hash().as_slice()), &r.sig)
-            .map_err(|e| TicketError::InvalidSignature(e.to_string()))?;
-        if signer != t.sender {
-            return Err(TicketError::InvalidSignature(format!(
-                "signed by {signer}, not the sender {}",
-                t.sender
-            )));
-        }
+        Ok(rand)
+    }
+
+    /// The checks after the signature, with `rand` from [`check_params`]:
+    /// creation round, face value against `max_float`, nonce replay, and
+    /// the params' expiry (reported in [`Validated::params_expired`] so a
+    /// winner on expired params is still kept). Records the nonce.
+    ///
+    /// [`check_params`]: Self::check_params
+    pub fn accept(
+        &self,
+        r: &ReceivedTicket,
+        rand: U256,
+        chain: &ChainView,
+        max_float: U256,
+    ) -> Result<Validated, TicketError> {
+        let t = &r.ticket;
         if t.creation_round + TICKET_VALIDITY_ROUNDS < chain.round {
             return Err(TicketError::RoundExpired {
                 created: t.creation_round,
@@ -318,20 +341,18 @@ impl Recipient {
         if t.creation_round > chain.round + 1 {
             return Err(TicketError::RoundInFuture(t.creation_round));
         }
-        if t.face_value > funds.max_float() {
+        if t.face_value > max_float {
             return Err(TicketError::FaceValueTooHigh {
                 face_value: t.face_value,
-                max_float: funds.max_float(),
+                max_float,
             });
         }
         self.record_nonce(rand, t.sender_nonce, r.expiration_block, chain.block)?;
-        if r.expiration_block <= chain.block {
-            return Err(TicketError::ParamsExpired(r.expiration_block));
-        }
         Ok(Validated {
             recipient_rand: rand,
             winning: Self::is_winning(&r.sig, rand, t.win_prob),
             expected_value: t.expected_value(),
+            params_expired: r.expiration_block <= chain.block,
         })
     }
 
@@ -363,9 +384,28 @@ impl Recipient {
     }
 }
 
+/// The sender's signature over the ticket hash (personal-sign). The costly
+/// part of validation and free of state, so payments check it in parallel.
+/// Not fatal for the payment (go-livepeer skips such a ticket).
+pub fn check_signature(r: &ReceivedTicket) -> Result<(), TicketError> {
+    let t = &r.ticket;
+    let signer = recover_digest(personal_hash(t.hash().as_slice()), &r.sig)
+        .map_err(|e| TicketError::InvalidSignature(e.to_string()))?;
+    if signer != t.sender {
+        return Err(TicketError::InvalidSignature(format!(
+            "signed by {signer}, not the sender {}",
+            t.sender
+        )));
+    }
+    Ok(())
+}
+
 /// Face value for a target `ev`: go-livepeer's rule (100× the redemption
 /// transaction cost, at least 100× the EV) capped by the sender's max float
-/// and the operator's `max_face_value`.
+/// and the operator's `max_face_value`. `None` when the result is below
+/// the EV or does not cover the redemption's transaction cost (a winner
+/// would cost more to redeem than it pays: go-livepeer's
+/// errInsufficientSenderReserve).
 pub fn face_value(
     ev: U256,
     tx_cost: U256,
@@ -380,7 +420,7 @@ pub fn face_value(
     if let Some(cap) = max_face_value {
         fv = fv.min(cap);
     }
-    (fv >= ev && !fv.is_zero()).then_some(fv)
+    (fv >= ev && !fv.is_zero() && fv > tx_cost).then_some(fv)
 }
 
 /// Win probability giving `ev` at `face_value`: EV × ⌈(2^256 − 1) / faceValue⌉.
@@ -418,6 +458,22 @@ mod tests {
         assert!(got >= ev && got - ev <= U256::from(1), "EV {got} vs {ev}");
         // Capped by the sender's float: below the EV, no params.
         assert_eq!(face_value(ev, U256::from(1), U256::from(100), None), None);
+        // A face value that does not cover the redemption's gas: no params
+        // (EV 8e9 wei, tx cost 1.2e13 wei, float 8e9).
+        assert_eq!(
+            face_value(ev, U256::from(12_000_000_000_000u64), ev, None),
+            None
+        );
+        assert_eq!(
+            face_value(
+                ev,
+                U256::from(10_000_000_000u64),
+                U256::MAX,
+                Some(U256::from(9_000_000_000u64))
+            ),
+            None,
+            "an operator cap below the tx cost gives no params either"
+        );
         assert_eq!(win_prob(ev, ev), MAX_WIN_PROB);
     }
 }

@@ -18,6 +18,20 @@ pub struct WinningTicket {
     pub ticket: Ticket,
     pub sig: Vec<u8>,
     pub recipient_rand: U256,
+    /// The block (L1 on Arbitrum) at which the ticket's params expire.
+    /// Redeeming earlier reveals the recipientRand while the sender can
+    /// still sign tickets on it (and pick losing ones); 0 = no wait.
+    pub params_expiration_block: u64,
+}
+
+/// A queued ticket with what redemption tracks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    pub winner: WinningTicket,
+    /// Nonce of a redemption transaction already sent for it (recorded
+    /// before sending): the next attempt must find that one first.
+    pub tx_nonce: Option<u64>,
+    pub tx_hash: Option<B256>,
 }
 
 /// Where a ticket is in redemption.
@@ -25,8 +39,9 @@ pub struct WinningTicket {
 pub enum Status {
     /// Waiting to be redeemed.
     Queued,
-    /// Claimed by a redeemer; back to queued on restart (the redeemer then
-    /// checks the broker's `usedTickets` before sending, so never twice).
+    /// Claimed by a redeemer; back to queued on restart (a transaction
+    /// sent for it is recorded by nonce first, and looked for before any
+    /// other is sent, so never twice).
     Redeeming,
     Redeemed,
     /// Past the ticket validity period before it could be redeemed.
@@ -114,8 +129,25 @@ impl TicketStore {
                 created_at INTEGER NOT NULL,
                 updated_at INTEGER NOT NULL
             ) WITHOUT ROWID;
-            CREATE INDEX IF NOT EXISTS winning_tickets_status ON winning_tickets (status, creation_round);
-            UPDATE winning_tickets SET status = 'queued' WHERE status = 'redeeming';",
+            CREATE INDEX IF NOT EXISTS winning_tickets_status ON winning_tickets (status, creation_round);",
+        )?;
+        // Columns added after the first release: stores written by an
+        // older version gain them (their tickets wait for no params expiry).
+        for (column, decl) in [
+            ("params_expiration_block", "INTEGER NOT NULL DEFAULT 0"),
+            ("tx_nonce", "INTEGER"),
+        ] {
+            let present: bool = conn
+                .prepare("SELECT 1 FROM pragma_table_info('winning_tickets') WHERE name = ?1")?
+                .exists([column])?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE winning_tickets ADD COLUMN {column} {decl}"
+                ))?;
+            }
+        }
+        conn.execute_batch(
+            "UPDATE winning_tickets SET status = 'queued' WHERE status = 'redeeming';",
         )?;
         Ok(TicketStore {
             conn: Mutex::new(conn),
@@ -149,8 +181,9 @@ impl TicketStore {
         let ts = now();
         let n = conn.execute(
             "INSERT OR IGNORE INTO winning_tickets (ticket_hash, recipient, sender, face_value, win_prob, sender_nonce,
-                recipient_rand_hash, creation_round, creation_round_block_hash, sig, recipient_rand, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                recipient_rand_hash, creation_round, creation_round_block_hash, sig, recipient_rand, created_at, updated_at,
+                params_expiration_block)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13)",
             params![
                 t.hash().as_slice(),
                 t.recipient.as_slice(),
@@ -164,6 +197,7 @@ impl TicketStore {
                 &w.sig,
                 &w.recipient_rand.to_be_bytes::<32>()[..],
                 ts,
+                i64::try_from(w.params_expiration_block).unwrap_or(i64::MAX),
             ],
         )?;
         Ok(n)
@@ -171,29 +205,123 @@ impl TicketStore {
 
     /// Queued tickets, oldest creation round first.
     pub fn queued(&self, limit: usize) -> Result<Vec<WinningTicket>, StoreError> {
+        Ok(self
+            .select(
+                "WHERE status = 'queued' ORDER BY creation_round, created_at LIMIT ?1",
+                params![limit as i64],
+            )?
+            .into_iter()
+            .map(|q| q.winner)
+            .collect())
+    }
+
+    /// Queued tickets whose params expired by `block`, taken in turns
+    /// across senders (at most `per_sender` each, each sender's oldest
+    /// first), so one sender's backlog never delays another's winners.
+    pub fn redeemable(
+        &self,
+        block: u64,
+        per_sender: usize,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StoreError> {
+        self.select(
+            "WHERE ticket_hash IN (
+                SELECT ticket_hash FROM (
+                    SELECT ticket_hash, ROW_NUMBER() OVER (
+                        PARTITION BY sender ORDER BY creation_round, created_at, sender_nonce) AS turn
+                    FROM winning_tickets
+                    WHERE status = 'queued' AND params_expiration_block <= ?1)
+                WHERE turn <= ?2)
+             ORDER BY sender, creation_round, created_at, sender_nonce LIMIT ?3",
+            params![
+                i64::try_from(block).unwrap_or(i64::MAX),
+                per_sender as i64,
+                limit as i64
+            ],
+        )
+    }
+
+    /// Face value still owed per sender (queued or mid-redemption): what
+    /// the sender monitor starts from after a restart.
+    pub fn pending_by_sender(&self) -> Result<Vec<(Address, U256)>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT recipient, sender, face_value, win_prob, sender_nonce, recipient_rand_hash, creation_round,
-                    creation_round_block_hash, sig, recipient_rand
-             FROM winning_tickets WHERE status = 'queued' ORDER BY creation_round, created_at LIMIT ?1",
+            "SELECT sender, face_value FROM winning_tickets WHERE status IN ('queued', 'redeeming')",
         )?;
-        let rows = stmt.query_map([limit as i64], |r| {
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut sums: std::collections::HashMap<Address, U256> = Default::default();
+        for row in rows {
+            let (sender, fv) = row?;
+            if sender.len() != 20 {
+                return Err(StoreError::Corrupt(format!(
+                    "sender has {} bytes",
+                    sender.len()
+                )));
+            }
+            let e = sums.entry(Address::from_slice(&sender)).or_default();
+            *e = e.saturating_add(U256::from_be_slice(&fv));
+        }
+        Ok(sums.into_iter().collect())
+    }
+
+    /// Marks queued tickets created before `oldest_valid_round` expired
+    /// (past the broker's validity period: no transaction can pay them)
+    /// and returns them, in one statement and with no chain reads.
+    pub fn expire_before(&self, oldest_valid_round: i64) -> Result<Vec<WinningTicket>, StoreError> {
+        let expired: Vec<WinningTicket> = self
+            .select(
+                "WHERE status = 'queued' AND creation_round < ?1",
+                params![oldest_valid_round],
+            )?
+            .into_iter()
+            .map(|q| q.winner)
+            .collect();
+        if !expired.is_empty() {
+            self.conn().execute(
+                "UPDATE winning_tickets SET status = 'expired', last_error = 'ticket validity period passed', updated_at = ?2
+                 WHERE status = 'queued' AND creation_round < ?1",
+                params![oldest_valid_round, now()],
+            )?;
+        }
+        Ok(expired)
+    }
+
+    fn select(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Queued>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT recipient, sender, face_value, win_prob, sender_nonce, recipient_rand_hash, creation_round,
+                    creation_round_block_hash, sig, recipient_rand, params_expiration_block, tx_nonce, tx_hash
+             FROM winning_tickets {filter}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, u32>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, Vec<u8>>(7)?,
-                r.get::<_, Vec<u8>>(8)?,
-                r.get::<_, Vec<u8>>(9)?,
+                (
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                    r.get::<_, Vec<u8>>(8)?,
+                    r.get::<_, Vec<u8>>(9)?,
+                ),
+                r.get::<_, i64>(10)?,
+                r.get::<_, Option<i64>>(11)?,
+                r.get::<_, Option<Vec<u8>>>(12)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (recipient, sender, fv, wp, nonce, rrh, round, hash, sig, rand) = row?;
+            let (
+                (recipient, sender, fv, wp, nonce, rrh, round, hash, sig, rand),
+                expiry,
+                tx_nonce,
+                tx_hash,
+            ) = row?;
             let fixed = |b: &[u8], n: usize, what: &str| {
                 (b.len() == n)
                     .then_some(())
@@ -203,22 +331,51 @@ impl TicketStore {
             fixed(&sender, 20, "sender")?;
             fixed(&rrh, 32, "recipient_rand_hash")?;
             fixed(&hash, 32, "block hash")?;
-            out.push(WinningTicket {
-                ticket: Ticket {
-                    recipient: Address::from_slice(&recipient),
-                    sender: Address::from_slice(&sender),
-                    face_value: U256::from_be_slice(&fv),
-                    win_prob: U256::from_be_slice(&wp),
-                    sender_nonce: nonce,
-                    recipient_rand_hash: B256::from_slice(&rrh),
-                    creation_round: round,
-                    creation_round_block_hash: B256::from_slice(&hash),
+            if let Some(h) = &tx_hash {
+                fixed(h, 32, "tx_hash")?;
+            }
+            out.push(Queued {
+                winner: WinningTicket {
+                    ticket: Ticket {
+                        recipient: Address::from_slice(&recipient),
+                        sender: Address::from_slice(&sender),
+                        face_value: U256::from_be_slice(&fv),
+                        win_prob: U256::from_be_slice(&wp),
+                        sender_nonce: nonce,
+                        recipient_rand_hash: B256::from_slice(&rrh),
+                        creation_round: round,
+                        creation_round_block_hash: B256::from_slice(&hash),
+                    },
+                    sig,
+                    recipient_rand: U256::from_be_slice(&rand),
+                    params_expiration_block: u64::try_from(expiry).unwrap_or(0),
                 },
-                sig,
-                recipient_rand: U256::from_be_slice(&rand),
+                tx_nonce: tx_nonce.and_then(|n| u64::try_from(n).ok()),
+                tx_hash: tx_hash.map(|h| B256::from_slice(&h)),
             });
         }
         Ok(out)
+    }
+
+    /// Records, durably and before it is broadcast, the nonce (and once
+    /// known the hash) of a redemption transaction for a claimed ticket.
+    pub fn record_tx(
+        &self,
+        ticket_hash: B256,
+        nonce: Option<u64>,
+        tx_hash: Option<B256>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE winning_tickets SET tx_nonce = ?2, tx_hash = COALESCE(?3, tx_hash), updated_at = ?4
+             WHERE ticket_hash = ?1",
+            params![
+                ticket_hash.as_slice(),
+                nonce.and_then(|n| i64::try_from(n).ok()),
+                tx_hash.map(|h| h.to_vec()),
+                now()
+            ],
+        )?;
+        Ok(())
     }
 
     /// Claims a queued ticket for redemption. Returns false if it was not
@@ -226,27 +383,40 @@ impl TicketStore {
     /// from being redeemed twice.
     pub fn claim(&self, ticket_hash: B256) -> Result<bool, StoreError> {
         let n = self.conn().execute(
-            "UPDATE winning_tickets SET status = 'redeeming', attempts = attempts + 1, updated_at = ?2
+            "UPDATE winning_tickets SET status = 'redeeming', updated_at = ?2
              WHERE ticket_hash = ?1 AND status = 'queued'",
             params![ticket_hash.as_slice(), now()],
         )?;
         Ok(n == 1)
     }
 
-    /// Records a claimed ticket's outcome; `Queued` puts it back for a retry.
+    /// Records a claimed ticket's outcome; `Queued` puts it back for a
+    /// retry. `refused` counts an attempt the chain refused (transient
+    /// trouble and waiting for gas or funds count none); returns the
+    /// attempts counted so far.
     pub fn finish(
         &self,
         ticket_hash: B256,
         status: Status,
         error: Option<&str>,
         tx_hash: Option<B256>,
-    ) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE winning_tickets SET status = ?2, last_error = ?3, tx_hash = COALESCE(?4, tx_hash), updated_at = ?5
+        refused: bool,
+    ) -> Result<u32, StoreError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE winning_tickets SET status = ?2, last_error = ?3, tx_hash = COALESCE(?4, tx_hash), updated_at = ?5,
+                attempts = attempts + ?6
              WHERE ticket_hash = ?1 AND status = 'redeeming'",
-            params![ticket_hash.as_slice(), status.as_str(), error, tx_hash.map(|h| h.to_vec()), now()],
+            params![ticket_hash.as_slice(), status.as_str(), error, tx_hash.map(|h| h.to_vec()), now(), i64::from(refused)],
         )?;
-        Ok(())
+        Ok(conn
+            .query_row(
+                "SELECT attempts FROM winning_tickets WHERE ticket_hash = ?1",
+                [ticket_hash.as_slice()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
     }
 
     pub fn status(&self, ticket_hash: B256) -> Result<Option<(Status, u32)>, StoreError> {
@@ -295,6 +465,7 @@ mod tests {
             },
             sig: vec![5; 65],
             recipient_rand: U256::from(nonce) << 200,
+            params_expiration_block: 1000 + u64::from(nonce),
         }
     }
 
@@ -315,7 +486,13 @@ mod tests {
             assert!(store.claim(hash).unwrap());
             assert!(!store.claim(hash).unwrap(), "a ticket is claimed once");
             store
-                .finish(hash, Status::Redeemed, None, Some(B256::repeat_byte(9)))
+                .finish(
+                    hash,
+                    Status::Redeemed,
+                    None,
+                    Some(B256::repeat_byte(9)),
+                    false,
+                )
                 .unwrap();
             assert!(store.claim(winner(1).ticket.hash()).unwrap());
             // Dropped with ticket 1 mid-redemption, as a crash would leave it.
@@ -323,11 +500,11 @@ mod tests {
         let store = TicketStore::open(&path).unwrap();
         assert_eq!(
             store.status(winner(0).ticket.hash()).unwrap(),
-            Some((Status::Redeemed, 1))
+            Some((Status::Redeemed, 0))
         );
         assert_eq!(
             store.status(winner(1).ticket.hash()).unwrap(),
-            Some((Status::Queued, 1)),
+            Some((Status::Queued, 0)),
             "back in the queue after restart"
         );
         let queued = store.queued(100).unwrap();
@@ -343,5 +520,60 @@ mod tests {
             store.counts().unwrap(),
             vec![("queued".into(), 9), ("redeemed".into(), 1)]
         );
+    }
+
+    #[test]
+    fn redeemable_waits_for_params_expiry_and_takes_senders_in_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TicketStore::open(&dir.path().join("t.db")).unwrap();
+        // Sender A has a backlog of 6, sender B one ticket.
+        for n in 0..6 {
+            store.insert(&winner(n)).unwrap();
+        }
+        let mut b = winner(100);
+        b.ticket.sender = Address::repeat_byte(0xb);
+        b.params_expiration_block = 900;
+        store.insert(&b).unwrap();
+        // Nothing's params expired at block 999 but B's.
+        let at_999 = store.redeemable(999, 2, 10).unwrap();
+        assert_eq!(at_999.len(), 1);
+        assert_eq!(at_999[0].winner, b);
+        // At 1010 everything is due; at most 2 of A's, and B's is not behind them.
+        let due = store.redeemable(1010, 2, 10).unwrap();
+        let senders: Vec<Address> = due.iter().map(|q| q.winner.ticket.sender).collect();
+        assert_eq!(
+            senders
+                .iter()
+                .filter(|s| **s == Address::repeat_byte(2))
+                .count(),
+            2
+        );
+        assert!(senders.contains(&Address::repeat_byte(0xb)));
+        // Pending per sender is the face value of what is still owed.
+        let pending: std::collections::HashMap<Address, U256> =
+            store.pending_by_sender().unwrap().into_iter().collect();
+        assert_eq!(
+            pending[&Address::repeat_byte(2)],
+            U256::from(6u64 * 10u64.pow(18))
+        );
+        // A recorded transaction is read back with the ticket.
+        let h = winner(0).ticket.hash();
+        assert!(store.claim(h).unwrap());
+        store
+            .record_tx(h, Some(7), Some(B256::repeat_byte(8)))
+            .unwrap();
+        store
+            .finish(h, Status::Queued, Some("no receipt"), None, false)
+            .unwrap();
+        let q = store.redeemable(1010, 6, 10).unwrap();
+        let mine = q.iter().find(|q| q.winner.ticket.hash() == h).unwrap();
+        assert_eq!(
+            (mine.tx_nonce, mine.tx_hash),
+            (Some(7), Some(B256::repeat_byte(8)))
+        );
+        // Past the validity period: expired in bulk, no longer pending.
+        let expired = store.expire_before(101).unwrap();
+        assert_eq!(expired.len(), 2, "rounds 100 of A (nonces 0 and 3)");
+        assert_eq!(store.status(h).unwrap().unwrap().0, Status::Expired);
     }
 }

@@ -15,6 +15,8 @@
 //                                and point NAME at it (a contract upgrade)
 //   keystore INDEX DIR PASSWORD  write account INDEX as a V3 keystore file
 //                                in DIR (go-ethereum's file naming)
+// Options: --round-length=N --round-lock-amount=PPM --active-transcoders=N
+//   --ticket-validity=ROUNDS --gas-price=WEI
 // and exits when stdin closes, so a test that dies never leaks a chain.
 "use strict";
 
@@ -99,7 +101,10 @@ async function main() {
     logging: { quiet: true },
     wallet: { deterministic: true, totalAccounts: 10, defaultBalance: 1000 },
     chain: { chainId: 1337 },
-    miner: { instamine: "eager" },
+    // --gas-price=WEI sets what eth_gasPrice answers (ganache's default is
+    // 2 gwei), so tests can price redemptions low or raise it mid-test
+    // with miner_setGasPrice.
+    miner: { instamine: "eager", ...(args["gas-price"] ? { defaultGasPrice: BigInt(args["gas-price"]) } : {}) },
   });
   await server.listen(port, "127.0.0.1");
   const rpc = `http://127.0.0.1:${port}`;

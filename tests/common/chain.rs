@@ -196,6 +196,16 @@ impl GatewaySigner {
             .to_vec()
     }
 
+    /// `seg` with the gateway's signature over go-livepeer's `Flatten()`
+    /// (segment credentials: `SegData.sig`).
+    pub fn signed(
+        &self,
+        mut seg: lpworker::proto::lp_rpc::SegData,
+    ) -> lpworker::proto::lp_rpc::SegData {
+        seg.sig = self.sign(&lpworker::lp_rpc::seg_creds::flatten(&seg));
+        seg
+    }
+
     /// A GetOrchestrator request signed over the EIP-55 address string.
     pub fn orchestrator_request(&self) -> lpworker::proto::lp_rpc::OrchestratorRequest {
         lpworker::proto::lp_rpc::OrchestratorRequest {
