@@ -33,6 +33,8 @@ fn service(
     let options = ServiceOptions {
         initialize_round: initialize,
         reward: true,
+        // Tests look again at once where the shim lets others go first.
+        recheck_after: std::time::Duration::ZERO,
         ..ServiceOptions::default()
     };
     let svc = ChainService::new(client, store, options, ChainMetrics::new(&registry));
@@ -405,6 +407,14 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
     let expiry = w1.params_expiration_block.max(w2.params_expiration_block);
     let block = orch.round_info().await.unwrap().block_number;
     mine(&orch, expiry.saturating_sub(block)).await;
+    // Redeemed once the chain, and what payments see of it, pass the expiry.
+    svc.redeem_queued().await.unwrap();
+    assert_eq!(
+        store.status(w1.ticket.hash()).unwrap().unwrap().0,
+        Status::Queued,
+        "payments still judge params by the last tick's block"
+    );
+    svc.tick().await.unwrap();
     svc.redeem_queued().await.unwrap();
     for w in [&w1, &w2] {
         assert_eq!(
@@ -545,6 +555,7 @@ async fn winning_tickets_are_redeemed_once_and_follow_upgrades() {
         "still cached"
     );
     mine(&orch, 1).await;
+    svc.tick().await.unwrap();
     svc.redeem_queued().await.unwrap();
     assert_eq!(
         store.status(w5.ticket.hash()).unwrap().unwrap().0,

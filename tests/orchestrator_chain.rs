@@ -1012,8 +1012,9 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
     assert_eq!(served(&shim.log), 1);
 
     // The thief, with its own valid auth token, names the victim as payer:
-    // without the victim's signature over the segment credentials it is
-    // refused, whether it signs them itself or not at all.
+    // refused, whether it signs the segment credentials itself, not at all,
+    // or replays credentials the victim signed (as another orchestrator the
+    // victim pays could): the token pays only as the gateway it was issued to.
     let thief_info = grpc
         .get_orchestrator(model_request(&thief))
         .await
@@ -1029,16 +1030,37 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
         ..Default::default()
     }
     .encode_to_vec());
+    let replayed = ai_creds(&victim, &thief_info, "lpworker/nearest-2x");
     for creds in [
         ai_creds(&thief, &thief_info, "lpworker/nearest-2x"),
         unsigned,
+        replayed,
     ] {
         let r = upscale_request(creds, &as_victim, Some("lpworker/nearest-2x"))
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 403);
-        assert_eq!(r.text().await.unwrap(), "Sig check failed");
+        assert_eq!(
+            r.text().await.unwrap(),
+            "auth token was issued to another sender"
+        );
     }
+    // A token issued to the victim, the victim's name, but no signature of
+    // the victim's: the signature check refuses it.
+    let victim_info = grpc
+        .get_orchestrator(model_request(&victim))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = upscale_request(
+        ai_creds(&thief, &victim_info, "lpworker/nearest-2x"),
+        &as_victim,
+        Some("lpworker/nearest-2x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.text().await.unwrap(), "Sig check failed");
     assert_eq!(served(&shim.log), 1, "the thief got nothing done");
     // The victim's own credit still pays for its next request, signed by a
     // signer that shares no code with lpworker (as a real gateway's would be).

@@ -173,9 +173,10 @@ fn bad_tickets_are_refused_with_clear_errors() {
         Err(TicketError::InvalidRecipient(_))
     ));
 
-    // Expired creation round; params past their expiration block.
+    // Expired creation round (from the round the broker stops redeeming
+    // it: creation + validity); params past their expiration block.
     let late = ChainView {
-        round: c.received.ticket.creation_round + 3,
+        round: c.received.ticket.creation_round + 2,
         ..chain
     };
     assert!(matches!(

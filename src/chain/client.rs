@@ -150,7 +150,9 @@ impl ChainClient {
     /// Maps a failed contract read to a ChainError.
     pub(crate) fn call_error(&self, what: &str, e: alloy::contract::Error) -> ChainError {
         match e {
-            alloy::contract::Error::TransportError(RpcError::ErrorResp(resp)) => {
+            alloy::contract::Error::TransportError(RpcError::ErrorResp(resp))
+                if is_revert(resp.code, &resp.message) =>
+            {
                 ChainError::WouldRevert {
                     what: what.to_string(),
                     reason: revert_reason(&resp.message),
@@ -284,10 +286,13 @@ impl ChainClient {
             .estimate_gas(tx.clone())
             .await
             .map_err(|e| match e {
-                RpcError::ErrorResp(resp) => ChainError::WouldRevert {
-                    what: what.to_string(),
-                    reason: revert_reason(&resp.message),
-                },
+                RpcError::ErrorResp(resp) if is_revert(resp.code, &resp.message) => {
+                    ChainError::WouldRevert {
+                        what: what.to_string(),
+                        reason: revert_reason(&resp.message),
+                    }
+                }
+                // A node's own trouble (rate limits, overload) is no refusal.
                 other => self.rpc_error(format!("estimating gas for {what}: {other}")),
             })?;
         let fees = self
@@ -311,10 +316,11 @@ impl ChainClient {
         let replacing = nonce.is_some();
         if replacing {
             // A replacement must outbid the pending one (nodes want +10%):
-            // the previous attempt's fee is not known here, so bid well above
-            // the current estimate; the cap still holds.
-            max_fee += max_fee / 2;
-            tip += tip / 2;
+            // the previous attempt's fee is not known here, but its retries
+            // bid at most 1.2³ ≈ 1.73× the estimate, so bid twice it; the
+            // cap still holds.
+            max_fee *= 2;
+            tip *= 2;
             if let Some(cap) = self.config.max_gas_price {
                 max_fee = max_fee.min(cap);
                 tip = tip.min(max_fee);
@@ -439,6 +445,13 @@ impl ChainClient {
             })
         }
     }
+}
+
+/// Whether a node's error reply is the EVM reverting (JSON-RPC code 3, or
+/// a message saying so) rather than the node's own trouble.
+fn is_revert(code: i64, message: &str) -> bool {
+    let m = message.to_lowercase();
+    code == 3 || m.contains("revert") || m.contains("invalid opcode")
 }
 
 fn is_underpriced(e: &RpcError<TransportErrorKind>) -> bool {

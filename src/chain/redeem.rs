@@ -152,6 +152,12 @@ impl ChainClient {
         let ticket = &w.ticket;
         let hash = ticket.hash();
         let tb = self.ticket_broker().await?;
+        // The account's mined nonce before the ticket's state: a transaction
+        // of ours mined in between then shows as used, never as pending.
+        let mined = match sent_before {
+            Some(_) => Some(self.mined_nonce().await?),
+            None => None,
+        };
         if tb
             .usedTickets(hash)
             .call()
@@ -163,8 +169,8 @@ impl ChainClient {
         // Not used yet. An earlier transaction whose nonce is not mined is
         // still pending (or was dropped): replace it at that nonce. One
         // whose nonce is mined went elsewhere: send anew.
-        let replace = match sent_before {
-            Some(n) if self.mined_nonce().await? <= n => Some(n),
+        let replace = match (sent_before, mined) {
+            (Some(n), Some(m)) if m <= n => Some(n),
             _ => None,
         };
         let creation = u64::try_from(ticket.creation_round).unwrap_or(0);
@@ -215,6 +221,11 @@ impl ChainClient {
                 })
             }
             Err(ChainError::WouldRevert { reason, .. }) => Ok(RedeemOutcome::Refused(reason)),
+            // Mined and reverted: a refusal like any other (counted), not
+            // a transient error to be retried at our cost every pass.
+            Err(ChainError::Reverted { tx, .. }) => Ok(RedeemOutcome::Refused(format!(
+                "reverted on chain in transaction {tx}"
+            ))),
             Err(e) => Err(e),
         }
     }

@@ -50,6 +50,9 @@ pub struct ServiceOptions {
     pub max_redeem_attempts: u32,
     /// Gas one redemption costs (go-livepeer's redeemGas: 1.2M on Arbitrum).
     pub redeem_gas: u64,
+    /// A ticket waiting for its sender's funds or cheaper gas is looked at
+    /// again after this, so waiting tickets do not take every turn.
+    pub recheck_after: Duration,
 }
 
 impl Default for ServiceOptions {
@@ -62,6 +65,7 @@ impl Default for ServiceOptions {
             redeem_per_sender: 16,
             max_redeem_attempts: 20,
             redeem_gas: 1_200_000,
+            recheck_after: Duration::from_secs(30),
         }
     }
 }
@@ -222,6 +226,16 @@ impl ChainService {
             round = self.client.round_info().await?;
         }
         let active = self.client.is_active().await?;
+        let state = ChainState {
+            round: round.clone(),
+            active,
+            ticket_validity_period: self.client.ticket_validity_period().await?,
+        };
+        // Published before reward(), whose transaction can take minutes:
+        // payments judge params expiry by this block.
+        self.metrics.round.set(state.round.current_round as i64);
+        self.metrics.active.set(i64::from(active));
+        self.state.send_replace(Some(state.clone()));
         if self.options.reward && active && round.initialized {
             match self.client.reward_if_due().await? {
                 RewardOutcome::Rewarded { minted, .. } => {
@@ -233,14 +247,6 @@ impl ChainService {
                 other => tracing::debug!(?other, "no reward call"),
             }
         }
-        let state = ChainState {
-            round,
-            active,
-            ticket_validity_period: self.client.ticket_validity_period().await?,
-        };
-        self.metrics.round.set(state.round.current_round as i64);
-        self.metrics.active.set(i64::from(active));
-        self.state.send_replace(Some(state.clone()));
         Ok(state)
     }
 
@@ -251,6 +257,11 @@ impl ChainService {
             return Ok(0);
         };
         let store_err = |e: crate::pm::store::StoreError| ChainError::Refused(e.to_string());
+        if self.client.controller_paused().await? {
+            // Every redemption reverts while the protocol is paused: wait.
+            tracing::debug!("protocol paused: winning tickets wait");
+            return Ok(0);
+        }
         let current_round = self.client.current_round().await?;
         if !self.client.round_initialized().await? {
             // The broker refuses every redemption until the round is
@@ -266,8 +277,8 @@ impl ChainService {
         // with no chain reads per ticket.
         let oldest_valid = current_round as i64 + 1 - validity as i64;
         let mut done = 0;
-        for w in store.expire_before(oldest_valid).map_err(store_err)? {
-            self.monitor.resolved(w.ticket.sender, w.ticket.face_value);
+        for (sender, face_value) in store.expire_before(oldest_valid).map_err(store_err)? {
+            self.monitor.resolved(sender, face_value);
             self.metrics
                 .redemptions
                 .with_label_values(&["expired"])
@@ -295,9 +306,16 @@ impl ChainService {
             }
         }
         let tx_cost = U256::from(self.options.redeem_gas) * U256::from(gas_price);
+        // Redeem by the older of the chain's block and the one payments
+        // judge params by: a recipientRand is revealed only once the params
+        // it backs are refused by this node too.
+        let mut block = self.client.l1_block().await?;
+        if let Some(published) = self.state.borrow().as_ref() {
+            block = block.min(published.round.block_number);
+        }
         let due = store
             .redeemable(
-                self.client.l1_block().await?,
+                block,
                 self.options.redeem_per_sender,
                 self.options.redeem_batch,
             )
@@ -318,6 +336,7 @@ impl ChainService {
                     // Redeeming would cost more than it pays (a gas spike
                     // since the params were issued): wait for cheaper gas.
                     tracing::debug!(ticket = %t.hash(), face_value = %t.face_value, %tx_cost, "winning ticket waits: face value does not cover the gas");
+                    self.defer(store, t.hash())?;
                     continue;
                 }
                 // The last round it can be redeemed in: take what the
@@ -327,6 +346,7 @@ impl ChainService {
                     // A reserve share can be claimed again next round, a
                     // deposit topped up: wait for it.
                     tracing::debug!(ticket = %t.hash(), %available, face_value = %t.face_value, "winning ticket waits for the sender's funds");
+                    self.defer(store, t.hash())?;
                     continue;
                 }
                 match self.redeem_one(store, q, &mut ctx).await? {
@@ -341,6 +361,13 @@ impl ChainService {
             i = end;
         }
         Ok(done)
+    }
+
+    /// Lets a waiting ticket's turn go to others for a while.
+    fn defer(&self, store: &TicketStore, ticket: B256) -> Result<(), ChainError> {
+        store
+            .defer(ticket, self.options.recheck_after.as_secs())
+            .map_err(|e| ChainError::Refused(e.to_string()))
     }
 
     /// Redeems one due ticket. Returns its outcome when it left the queue,
@@ -373,7 +400,10 @@ impl ChainService {
             // in `redeeming`: they become this ticket's outcome.)
             match self.client.refresh_addresses().await {
                 Ok(changed) if !changed.is_empty() => {
-                    outcome = self.client.redeem_with(w, ctx, None, &mut record).await;
+                    outcome = self
+                        .client
+                        .redeem_with(w, ctx, q.tx_nonce, &mut record)
+                        .await;
                 }
                 Ok(_) => {}
                 Err(e) => outcome = Err(e),
@@ -437,8 +467,7 @@ impl ChainService {
     /// errors are logged and the loops go on.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let redeemer = {
-            let this = self.clone();
+        let spawn_redeemer = |this: Arc<Self>| {
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(this.options.poll_interval);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -460,6 +489,7 @@ impl ChainService {
                 }
             })
         };
+        let mut redeemer = spawn_redeemer(self.clone());
         let mut interval = tokio::time::interval(self.options.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -471,6 +501,11 @@ impl ChainService {
                 _ = interval.tick() => {
                     if let Err(e) = self.tick().await {
                         tracing::warn!(error = %e, "chain tick failed");
+                    }
+                    if redeemer.is_finished() {
+                        // Only a panic ends it: say so, and redeem on.
+                        tracing::error!("the redemption loop stopped; restarting it");
+                        redeemer = spawn_redeemer(self.clone());
                     }
                 }
             }

@@ -33,6 +33,22 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// 64 bits of keccak256(address): too many to grind an address that shares it.
+fn sender_tag(address: alloy_primitives::Address) -> String {
+    alloy_primitives::hex::encode(&alloy_primitives::keccak256(address)[..8])
+}
+
+/// Whether a session id may pay with `sender`'s tickets: ids bound to a
+/// gateway only with its own; unbound ids (off chain) with any.
+pub fn session_pays_as(session_id: &str, sender: alloy_primitives::Address) -> bool {
+    match session_id.split_once('-') {
+        Some((_, tag)) => {
+            crate::worker::constant_time_eq(tag.as_bytes(), sender_tag(sender).as_bytes())
+        }
+        None => true,
+    }
+}
+
 impl AuthTokens {
     pub fn new(secret: [u8; 32]) -> Self {
         AuthTokens { secret }
@@ -48,11 +64,19 @@ impl AuthTokens {
         mac.finalize().into_bytes().to_vec()
     }
 
-    /// A token for a new session with a random id.
-    pub fn issue(&self) -> AuthToken {
-        let session_id: String = (0..8)
+    /// A token for a new session with a random id, bound to `gateway` when
+    /// given (the address whose signature GetOrchestrator checked): the id
+    /// then ends in a tag of that address, which the HMAC covers, so the
+    /// token pays only with that sender's tickets and credit. A segment
+    /// signature seen elsewhere cannot be replayed with another token.
+    pub fn issue(&self, gateway: Option<alloy_primitives::Address>) -> AuthToken {
+        let mut session_id: String = (0..8)
             .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
             .collect();
+        if let Some(address) = gateway {
+            session_id.push('-');
+            session_id.push_str(&sender_tag(address));
+        }
         let expiration = now() + VALID_SECONDS;
         AuthToken {
             token: self.mac(&session_id, expiration),
@@ -83,7 +107,7 @@ mod tests {
     #[test]
     fn tokens_verify_and_forgeries_do_not() {
         let auth = AuthTokens::new([7; 32]);
-        let t = auth.issue();
+        let t = auth.issue(None);
         assert_eq!(auth.verify(Some(&t)), Ok(t.session_id.as_str()));
         assert_eq!(auth.verify(None), Err(AuthError::Missing));
         let forged = AuthToken {
@@ -101,7 +125,7 @@ mod tests {
             Err(AuthError::Invalid)
         );
         let old = AuthTokens::new([7; 32]);
-        let mut stale = old.issue();
+        let mut stale = old.issue(None);
         stale.expiration = 1;
         stale.token = old.mac(&stale.session_id, 1);
         assert_eq!(old.verify(Some(&stale)), Err(AuthError::Expired));

@@ -60,7 +60,7 @@ impl Gateway {
             transcoder: self.service_uri.clone(),
             price_info: Some(self.price.clone()),
             capabilities: Some(self.capabilities.clone()),
-            auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue())),
+            auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue(sender))),
             ..Default::default()
         };
         if let Some(p) = &self.payments {
@@ -319,6 +319,11 @@ async fn credentials(
             "this orchestrator runs off chain and takes no tickets".into(),
         ));
     }
+    // The cheap HMAC check first, then the signature.
+    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
+        Ok(s) => s.to_string(),
+        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
+    };
     if gw.payments.is_some() {
         // go-livepeer takes a missing sender as the zero address, which
         // no signature recovers to.
@@ -327,6 +332,12 @@ async fn credentials(
         } else {
             Address::ZERO
         };
+        if !super::auth::session_pays_as(&session, sender) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                "auth token was issued to another sender".into(),
+            ));
+        }
         // One signature recovery: off the async threads like the tickets'.
         let seg_for_check = seg.clone();
         let signed = tokio::task::spawn_blocking(move || {
@@ -338,10 +349,6 @@ async fn credentials(
             return Err((StatusCode::FORBIDDEN, "Sig check failed".into()));
         }
     }
-    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
-        Ok(s) => s.to_string(),
-        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
-    };
     Ok((session, seg, payment))
 }
 

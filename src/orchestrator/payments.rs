@@ -391,7 +391,7 @@ impl Payments {
     /// (durably) before returning. `video` work also needs the node active.
     /// Ticket signatures are checked off the async threads, in parallel.
     pub async fn process(
-        &self,
+        self: &Arc<Self>,
         payment: &net::Payment,
         manifest: &str,
         work: Work<'_>,
@@ -473,6 +473,41 @@ impl Payments {
                 price: expected,
             })
             .collect();
+        // Validation records nonces and counts winners as owed; storing them
+        // and crediting must follow even if the gateway hangs up meanwhile,
+        // so the three run as one task of their own.
+        let this = self.clone();
+        let manifest = manifest.to_string();
+        let total = payment.ticket_sender_params.len();
+        tokio::spawn(async move {
+            this.settle_payment(
+                sender,
+                &manifest,
+                session_price,
+                received,
+                view,
+                funds,
+                expiration_block,
+                total,
+            )
+            .await
+        })
+        .await
+        .expect("payment settlement does not panic")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn settle_payment(
+        &self,
+        sender: Address,
+        manifest: &str,
+        session_price: Price,
+        received: Vec<ReceivedTicket>,
+        view: ChainView,
+        funds: SenderFunds,
+        expiration_block: U256,
+        total: usize,
+    ) -> Result<PaymentReceipt, PaymentError> {
         let (recipient, monitor) = (self.recipient.clone(), self.monitor.clone());
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let outcome = tokio::task::spawn_blocking(move || {
@@ -493,11 +528,19 @@ impl Payments {
             .collect();
         // Durable before the work is answered: one synchronous commit for
         // the payment's winners, off the async threads.
-        if let Err(e) = self.store_winners(winners).await {
-            for (r, _) in &outcome.winners {
-                self.monitor.resolved(sender, r.ticket.face_value);
+        match self.store_winners(winners).await {
+            Ok(new) => {
+                // A winner stored before (a replay) is owed once, not twice.
+                for ((r, _), _) in outcome.winners.iter().zip(new).filter(|(_, n)| !n) {
+                    self.monitor.resolved(sender, r.ticket.face_value);
+                }
             }
-            return Err(e);
+            Err(e) => {
+                for (r, _) in &outcome.winners {
+                    self.monitor.resolved(sender, r.ticket.face_value);
+                }
+                return Err(e);
+            }
         }
         let receipt = PaymentReceipt {
             accepted: outcome.accepted,
@@ -513,22 +556,24 @@ impl Payments {
         if let Some(first) = outcome.rejected.first() {
             return Err(PaymentError::SomeRejected {
                 rejected: outcome.rejected.len(),
-                total: payment.ticket_sender_params.len(),
+                total,
                 first: first.clone(),
             });
         }
         Ok(receipt)
     }
 
-    async fn store_winners(&self, winners: Vec<WinningTicket>) -> Result<(), PaymentError> {
+    /// Stores winners; says for each whether it was new.
+    async fn store_winners(&self, winners: Vec<WinningTicket>) -> Result<Vec<bool>, PaymentError> {
         if winners.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.insert_all(&winners))
-            .await
-            .expect("ticket store task does not panic")?;
-        Ok(())
+        Ok(
+            tokio::task::spawn_blocking(move || store.insert_new(&winners))
+                .await
+                .expect("ticket store task does not panic")?,
+        )
     }
 
     /// The session's price: the one the gateway first paid at. A gateway
@@ -623,9 +668,12 @@ impl Payments {
         if s.price.num == 0 {
             return Ok(free);
         }
-        let cost = s.price.cost(units);
+        // Each piece of work in flight holds at least one ticket's EV, so
+        // work whose size is unknown before it runs (estimate 0) cannot run
+        // many times over on one EV of credit.
+        let cost = s.price.cost(units).max(self.config.ticket_ev);
         let available = s.balance.saturating_sub(to_i256(s.reserved));
-        if available < to_i256(cost.max(self.config.ticket_ev)) {
+        if available < to_i256(cost) {
             return Err(InsufficientBalance);
         }
         s.reserved = s.reserved.saturating_add(cost);

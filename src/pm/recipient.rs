@@ -332,7 +332,9 @@ impl Recipient {
         max_float: U256,
     ) -> Result<Validated, TicketError> {
         let t = &r.ticket;
-        if t.creation_round + TICKET_VALIDITY_ROUNDS < chain.round {
+        // The broker redeems while creationRound + validity > currentRound:
+        // credit nothing it would refuse.
+        if t.creation_round + TICKET_VALIDITY_ROUNDS <= chain.round {
             return Err(TicketError::RoundExpired {
                 created: t.creation_round,
                 current: chain.round,

@@ -182,20 +182,26 @@ impl SenderMonitor {
         self.len() == 0
     }
 
-    /// Makes room for one: idle senders first, then the least recently
-    /// used with nothing pending.
+    /// Makes room: idle senders first, then the least recently used tenth
+    /// of those with nothing pending, so a full map is scanned once per
+    /// many thousand new senders, not once per sender.
     fn evict(senders: &mut HashMap<Address, Entry>) {
         senders.retain(|_, e| !e.pending.is_zero() || e.used.elapsed() < IDLE_TTL);
         if senders.len() < MAX_SENDERS {
             return;
         }
-        if let Some(oldest) = senders
+        let mut unowed: Vec<(Instant, Address)> = senders
             .iter()
             .filter(|(_, e)| e.pending.is_zero())
-            .min_by_key(|(_, e)| e.used)
-            .map(|(a, _)| *a)
-        {
-            senders.remove(&oldest);
+            .map(|(a, e)| (e.used, *a))
+            .collect();
+        let drop = (MAX_SENDERS / 10).min(unowed.len());
+        if drop == 0 {
+            return;
+        }
+        unowed.select_nth_unstable(drop - 1);
+        for (_, a) in &unowed[..drop] {
+            senders.remove(a);
         }
     }
 }

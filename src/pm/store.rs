@@ -136,6 +136,7 @@ impl TicketStore {
         for (column, decl) in [
             ("params_expiration_block", "INTEGER NOT NULL DEFAULT 0"),
             ("tx_nonce", "INTEGER"),
+            ("wait_until", "INTEGER NOT NULL DEFAULT 0"),
         ] {
             let present: bool = conn
                 .prepare("SELECT 1 FROM pragma_table_info('winning_tickets') WHERE name = ?1")?
@@ -166,11 +167,17 @@ impl TicketStore {
     /// Stores winners durably in one transaction (one fsync for a whole
     /// payment); returns how many were new.
     pub fn insert_all(&self, winners: &[WinningTicket]) -> Result<usize, StoreError> {
+        Ok(self.insert_new(winners)?.into_iter().filter(|n| *n).count())
+    }
+
+    /// [`insert_all`](Self::insert_all), saying for each winner whether it
+    /// was new (a replayed one is already stored, and already owed).
+    pub fn insert_new(&self, winners: &[WinningTicket]) -> Result<Vec<bool>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let mut new = 0;
+        let mut new = Vec::with_capacity(winners.len());
         for w in winners {
-            new += Self::insert_in(&tx, w)?;
+            new.push(Self::insert_in(&tx, w)? == 1);
         }
         tx.commit()?;
         Ok(new)
@@ -224,19 +231,23 @@ impl TicketStore {
         per_sender: usize,
         limit: usize,
     ) -> Result<Vec<Queued>, StoreError> {
+        // Every sender's first due ticket, then every sender's second, ...:
+        // however many tickets the first senders have, the limit reaches
+        // the others. Tickets told to wait are skipped until their time.
         self.select(
-            "WHERE ticket_hash IN (
-                SELECT ticket_hash FROM (
-                    SELECT ticket_hash, ROW_NUMBER() OVER (
-                        PARTITION BY sender ORDER BY creation_round, created_at, sender_nonce) AS turn
-                    FROM winning_tickets
-                    WHERE status = 'queued' AND params_expiration_block <= ?1)
-                WHERE turn <= ?2)
-             ORDER BY sender, creation_round, created_at, sender_nonce LIMIT ?3",
+            "JOIN (
+                SELECT ticket_hash AS due, ROW_NUMBER() OVER (
+                    PARTITION BY sender ORDER BY creation_round, created_at, sender_nonce) AS turn
+                FROM winning_tickets
+                WHERE status = 'queued' AND params_expiration_block <= ?1 AND wait_until <= ?4)
+             ON ticket_hash = due
+             WHERE turn <= ?2
+             ORDER BY turn, sender LIMIT ?3",
             params![
                 i64::try_from(block).unwrap_or(i64::MAX),
                 per_sender as i64,
-                limit as i64
+                limit as i64,
+                now()
             ],
         )
     }
@@ -269,23 +280,31 @@ impl TicketStore {
     /// Marks queued tickets created before `oldest_valid_round` expired
     /// (past the broker's validity period: no transaction can pay them)
     /// and returns them, in one statement and with no chain reads.
-    pub fn expire_before(&self, oldest_valid_round: i64) -> Result<Vec<WinningTicket>, StoreError> {
-        let expired: Vec<WinningTicket> = self
-            .select(
-                "WHERE status = 'queued' AND creation_round < ?1",
-                params![oldest_valid_round],
-            )?
-            .into_iter()
-            .map(|q| q.winner)
-            .collect();
-        if !expired.is_empty() {
-            self.conn().execute(
-                "UPDATE winning_tickets SET status = 'expired', last_error = 'ticket validity period passed', updated_at = ?2
-                 WHERE status = 'queued' AND creation_round < ?1",
-                params![oldest_valid_round, now()],
-            )?;
+    pub fn expire_before(
+        &self,
+        oldest_valid_round: i64,
+    ) -> Result<Vec<(Address, U256)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "UPDATE winning_tickets SET status = 'expired', last_error = 'ticket validity period passed', updated_at = ?2
+             WHERE status = 'queued' AND creation_round < ?1
+             RETURNING sender, face_value",
+        )?;
+        let rows = stmt.query_map(params![oldest_valid_round, now()], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sender, fv) = row?;
+            if sender.len() != 20 {
+                return Err(StoreError::Corrupt(format!(
+                    "sender has {} bytes",
+                    sender.len()
+                )));
+            }
+            out.push((Address::from_slice(&sender), U256::from_be_slice(&fv)));
         }
-        Ok(expired)
+        Ok(out)
     }
 
     fn select(&self, filter: &str, args: impl rusqlite::Params) -> Result<Vec<Queued>, StoreError> {
@@ -366,7 +385,9 @@ impl TicketStore {
         tx_hash: Option<B256>,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "UPDATE winning_tickets SET tx_nonce = ?2, tx_hash = COALESCE(?3, tx_hash), updated_at = ?4
+            "UPDATE winning_tickets SET
+                tx_hash = CASE WHEN tx_nonce IS ?2 THEN COALESCE(?3, tx_hash) ELSE ?3 END,
+                tx_nonce = ?2, updated_at = ?4
              WHERE ticket_hash = ?1",
             params![
                 ticket_hash.as_slice(),
@@ -374,6 +395,16 @@ impl TicketStore {
                 tx_hash.map(|h| h.to_vec()),
                 now()
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Leaves a queued ticket out of [`redeemable`](Self::redeemable) for
+    /// `seconds` (it waits for funds or cheaper gas: others go first).
+    pub fn defer(&self, ticket_hash: B256, seconds: u64) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE winning_tickets SET wait_until = ?2 WHERE ticket_hash = ?1 AND status = 'queued'",
+            params![ticket_hash.as_slice(), now().saturating_add(seconds as i64)],
         )?;
         Ok(())
     }

@@ -346,7 +346,8 @@ impl ProfileSpec {
         if self.bitrate == 0 && self.quality == 0 {
             return Err(bad("needs a bitrate or a quality".into()));
         }
-        if self.fps > 240 * self.fps_den.max(1) {
+        // In 64 bits: fps_den comes from the gateway and 240× it may not fit 32.
+        if u64::from(self.fps) > 240 * u64::from(self.fps_den.max(1)) {
             return Err(bad(format!(
                 "frame rate {}/{} is above 240",
                 self.fps, self.fps_den
