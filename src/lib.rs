@@ -11,5 +11,6 @@ pub mod lp_rpc;
 pub mod orchestrator;
 pub mod pm;
 pub mod proto;
+pub mod trickle;
 pub mod video;
 pub mod worker;

@@ -35,6 +35,8 @@ pub struct Gateway {
     pub max_segment_bytes: usize,
     /// Ticket payments; `None` off chain.
     pub payments: Option<Arc<Payments>>,
+    /// Trickle channels served at `/ai/trickle/`.
+    pub trickle: Arc<crate::trickle::TrickleServer>,
 }
 
 impl Gateway {

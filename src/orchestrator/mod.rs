@@ -172,6 +172,7 @@ impl BoundOrchestrator {
             },
             max_segment_bytes: config.max_segment_bytes,
             payments: config.payments.clone(),
+            trickle: crate::trickle::TrickleServer::new(Default::default()),
         });
         Ok(BoundOrchestrator {
             listener,
@@ -203,7 +204,11 @@ impl BoundOrchestrator {
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.gateway.max_segment_bytes,
             ))
-            .with_state(Arc::clone(&self.gateway));
+            .with_state(Arc::clone(&self.gateway))
+            // Trickle channels (Live Runner sessions and live video create
+            // them); the server streams bodies itself and caps segments.
+            .nest(crate::trickle::BASE_PATH, self.gateway.trickle.router());
+        let _sweeper = self.gateway.trickle.spawn_sweeper();
         let app = tonic::service::Routes::new(grpc)
             .into_axum_router()
             .merge(http);
