@@ -23,8 +23,9 @@ async def read_segments(url: str, want: int, out: list) -> bool:
             if seg is None:
                 return True  # end of stream (404, Lp-Trickle-Closed)
             data = b""
+            reader = seg.make_reader()
             while True:
-                chunk = await seg.read(32 * 1024)
+                chunk = await reader.read(32 * 1024)
                 if not chunk:
                     break
                 data += chunk
