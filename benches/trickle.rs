@@ -123,6 +123,9 @@ async fn subscribe(
         let mut head = Vec::with_capacity(8);
         while let Some(Ok(chunk)) = stream.next().await {
             bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if latencies.is_none() {
+                continue;
+            }
             for b in chunk.iter() {
                 if offset % piece < 8 {
                     head.push(*b);
@@ -271,9 +274,11 @@ async fn socket_copy(writers: usize, readers_per: usize, seconds: u64) -> f64 {
 }
 
 fn main() {
-    let streams = env("LPW_TRICKLE_STREAMS", 100) as usize;
+    // `cargo test --all-targets` runs this without --bench: a short smoke run.
+    let bench = std::env::args().any(|a| a == "--bench");
+    let streams = env("LPW_TRICKLE_STREAMS", if bench { 100 } else { 4 }) as usize;
     let subs = env("LPW_TRICKLE_SUBS", 2) as usize;
-    let seconds = env("LPW_TRICKLE_SECONDS", 10);
+    let seconds = env("LPW_TRICKLE_SECONDS", if bench { 10 } else { 2 });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -294,6 +299,10 @@ fn main() {
         TrickleConfig::default().retention,
         (piece * pieces) as f64 / 1e6,
         bound as f64 / 1e6,
+    );
+    assert!(
+        !live.latencies.is_empty() && live.max_retained <= bound,
+        "pieces reached the subscribers and retention held"
     );
     let fast = runtime.block_on(run(streams, subs, seconds.min(5), 64 * 1024, 32, false));
     let trickle_rate = fast.delivered as f64 / fast.seconds;
