@@ -420,6 +420,31 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         .await
         .unwrap()
         .contains("below this orchestrator's price"));
+    // Leaving the model out does not make it cheaper: the model a worker
+    // would run is priced as itself.
+    let r = http()
+        .post(format!("{}/upscale", info.transcoder))
+        .header(
+            "Livepeer-Segment",
+            ai_creds(&gateway, &info, "lpworker/nearest-2x"),
+        )
+        .header(
+            "Livepeer-Payment",
+            b64(&gateway.payment(&info, 1).encode_to_vec()),
+        )
+        .multipart(reqwest::multipart::Form::new().text("prompt", "x").part(
+            "image",
+            reqwest::multipart::Part::bytes(png.clone()).file_name("in.png"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("below this orchestrator's price"));
     // A gateway asking for the model gets params at the model's price.
     let mut request = gateway.orchestrator_request();
     let mut caps = net::Capabilities::default();
@@ -1083,6 +1108,69 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
     .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
     assert_eq!(served(&shim.log), 2);
+
+    // Ticket signatures are checked off the async threads: thousands of
+    // badly signed tickets on valid params (the costly case: every one is
+    // recovered) do not hold up GetOrchestrator for other gateways.
+    let flood_info = grpc
+        .get_orchestrator(model_request(&victim))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut floods = Vec::new();
+    for _ in 0..8 {
+        let mut p = victim.payment(&flood_info, 3000);
+        for t in &mut p.ticket_sender_params {
+            t.sig[10] ^= 0xff;
+        }
+        let seg = b64(&victim
+            .signed(net::SegData {
+                auth_token: flood_info.auth_token.clone(),
+                ..Default::default()
+            })
+            .encode_to_vec());
+        // HTTP/1.1: a 3000-ticket header is larger than HTTP/2 allows.
+        let client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .http1_only()
+            .build()
+            .unwrap();
+        let url = format!("https://{}/payment", shim.addr);
+        floods.push(tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .header("Livepeer-Segment", seg)
+                .header("Livepeer-Payment", b64(&p.encode_to_vec()))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    let mut latencies = Vec::new();
+    while !floods.iter().all(|f| f.is_finished()) {
+        let t = Instant::now();
+        grpc.get_orchestrator(late.orchestrator_request())
+            .await
+            .unwrap();
+        latencies.push(t.elapsed());
+    }
+    for f in floods {
+        let (status, body) = f.await.unwrap();
+        assert_eq!(status, 400);
+        assert!(body.contains("3000 of 3000 tickets rejected"), "{body}");
+    }
+    latencies.sort();
+    assert!(latencies.len() >= 5, "{latencies:?}");
+    let p99 = latencies[(latencies.len() - 1) * 99 / 100];
+    eprintln!(
+        "GetOrchestrator during 8 payments of 3000 badly signed tickets: {} calls, p50 {:?}, p99 {p99:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2]
+    );
+    // Debug build, 2 cores shared with the other tests: generous, but far
+    // below the seconds a blocked runtime would take.
+    assert!(p99 < Duration::from_millis(250), "{latencies:?}");
 
     // The provider starts refusing (429). A gateway whose funds must be read
     // gets a 503 that does not carry the RPC URL's key; neither does the log.
