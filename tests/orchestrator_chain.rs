@@ -217,6 +217,46 @@ fn seg_data(
 /// transcoding it: 1 s at 30 fps of 256×144 and 426×240.
 const SEGMENT_ESTIMATE: i64 = 30 * (256 * 144 + 426 * 240);
 
+/// A GetOrchestrator request for the upscale model: params at its price.
+fn model_request(g: &GatewaySigner) -> net::OrchestratorRequest {
+    let upscale = lpworker::ai::PipelineKind::from_name("upscale")
+        .unwrap()
+        .capability();
+    let mut request = g.orchestrator_request();
+    let mut caps = net::Capabilities::default();
+    caps.constraints
+        .get_or_insert_with(Default::default)
+        .per_capability
+        .insert(
+            upscale,
+            net::capabilities::CapabilityConstraints {
+                models: [("lpworker/nearest-2x".to_string(), Default::default())].into(),
+            },
+        );
+    request.capabilities = Some(caps);
+    request
+}
+
+/// A `serve` worker running the upscale model, and an aiModels.json in
+/// `dir` pricing it at `price` wei per output pixel.
+fn upscale_worker(dir: &Path, price: u32) -> (ServeProcess, PathBuf) {
+    let worker = ServeProcess::start(&[
+        "--max-sessions",
+        "2",
+        "--ai-models",
+        "upscale:lpworker/nearest-2x:true",
+        "--models-dir",
+        "models",
+    ]);
+    let ai_models = dir.join("aiModels.json");
+    std::fs::write(
+        &ai_models,
+        format!(r#"[{{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":{price},"pixels_per_unit":1}}]"#),
+    )
+    .unwrap();
+    (worker, ai_models)
+}
+
 /// Segment credentials for an AI request as go-livepeer's gateway signs
 /// them: manifest "<capability>_<model>", seq 0, the hash of no data.
 fn ai_creds(gateway: &GatewaySigner, info: &net::OrchestratorInfo, model: &str) -> String {
@@ -287,21 +327,8 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     // Deployment used most of round 0: start at the top of round 1.
     next_round(&orch_client).await;
 
-    let worker = ServeProcess::start(&[
-        "--max-sessions",
-        "2",
-        "--ai-models",
-        "upscale:lpworker/nearest-2x:true",
-        "--models-dir",
-        "models",
-    ]);
     // The upscale model has its own price: 4 wei per output pixel.
-    let ai_models = dir.path().join("aiModels.json");
-    std::fs::write(
-        &ai_models,
-        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":4,"pixels_per_unit":1}]"#,
-    )
-    .unwrap();
+    let (worker, ai_models) = upscale_worker(dir.path(), 4);
     let shim = Shim::start(
         &chain,
         &account,
@@ -446,19 +473,11 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         .unwrap()
         .contains("below this orchestrator's price"));
     // A gateway asking for the model gets params at the model's price.
-    let mut request = gateway.orchestrator_request();
-    let mut caps = net::Capabilities::default();
-    caps.constraints
-        .get_or_insert_with(Default::default)
-        .per_capability
-        .insert(
-            upscale,
-            net::capabilities::CapabilityConstraints {
-                models: [("lpworker/nearest-2x".to_string(), Default::default())].into(),
-            },
-        );
-    request.capabilities = Some(caps);
-    let info = grpc.get_orchestrator(request).await.unwrap().into_inner();
+    let info = grpc
+        .get_orchestrator(model_request(&gateway))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.price_info.as_ref().unwrap().price_per_unit, 4);
     let ai_payment = gateway.payment(&info, 1);
     let ai_tickets = gateway.tickets(&ai_payment);
@@ -909,19 +928,8 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
     let thief = GatewaySigner::new(&chain, 3);
     let mut late = GatewaySigner::new(&chain, 4);
     let proxy = rpc_proxy(&chain.rpc).await;
-    let worker = ServeProcess::start(&[
-        "--ai-models",
-        "upscale:lpworker/nearest-2x:true",
-        "--models-dir",
-        "models",
-    ]);
     // AI-only pricing: base price 0, the model at 2 wei per output pixel.
-    let ai_models = dir.path().join("aiModels.json");
-    std::fs::write(
-        &ai_models,
-        r#"[{"pipeline":"upscale","model_id":"lpworker/nearest-2x","warm":true,"price_per_unit":2,"pixels_per_unit":1}]"#,
-    )
-    .unwrap();
+    let (worker, ai_models) = upscale_worker(dir.path(), 2);
     let shim = Shim::start_with(
         &chain,
         &account,
@@ -942,21 +950,6 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
     let upscale = lpworker::ai::PipelineKind::from_name("upscale")
         .unwrap()
         .capability();
-    let model_request = |g: &GatewaySigner| {
-        let mut request = g.orchestrator_request();
-        let mut caps = net::Capabilities::default();
-        caps.constraints
-            .get_or_insert_with(Default::default)
-            .per_capability
-            .insert(
-                upscale,
-                net::capabilities::CapabilityConstraints {
-                    models: [("lpworker/nearest-2x".to_string(), Default::default())].into(),
-                },
-            );
-        request.capabilities = Some(caps);
-        request
-    };
     let png =
         lpworker::ai::media::encode_png(&image::RgbImage::from_pixel(12, 8, image::Rgb([9, 9, 9])))
             .unwrap();

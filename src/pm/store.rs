@@ -94,6 +94,17 @@ pub struct TicketStore {
     conn: Mutex<Connection>,
 }
 
+/// A stored sender column as an address.
+fn sender_address(bytes: &[u8]) -> Result<Address, StoreError> {
+    if bytes.len() != 20 {
+        return Err(StoreError::Corrupt(format!(
+            "sender has {} bytes",
+            bytes.len()
+        )));
+    }
+    Ok(Address::from_slice(bytes))
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -265,13 +276,7 @@ impl TicketStore {
         let mut sums: std::collections::HashMap<Address, U256> = Default::default();
         for row in rows {
             let (sender, fv) = row?;
-            if sender.len() != 20 {
-                return Err(StoreError::Corrupt(format!(
-                    "sender has {} bytes",
-                    sender.len()
-                )));
-            }
-            let e = sums.entry(Address::from_slice(&sender)).or_default();
+            let e = sums.entry(sender_address(&sender)?).or_default();
             *e = e.saturating_add(U256::from_be_slice(&fv));
         }
         Ok(sums.into_iter().collect())
@@ -296,13 +301,7 @@ impl TicketStore {
         let mut out = Vec::new();
         for row in rows {
             let (sender, fv) = row?;
-            if sender.len() != 20 {
-                return Err(StoreError::Corrupt(format!(
-                    "sender has {} bytes",
-                    sender.len()
-                )));
-            }
-            out.push((Address::from_slice(&sender), U256::from_be_slice(&fv)));
+            out.push((sender_address(&sender)?, U256::from_be_slice(&fv)));
         }
         Ok(out)
     }

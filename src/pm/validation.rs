@@ -40,19 +40,10 @@ pub fn validate_payment(
     let checked = check_in_parallel(recipient, tickets, view, funds, threads);
     let mut out = Validation::default();
     for (r, pre) in tickets.iter().zip(checked) {
-        let rand = match pre {
-            Ok(rand) => rand,
-            Err(e) if e.is_fatal() => {
-                out.fatal = Some(e);
-                break;
-            }
-            Err(e) => {
-                out.rejected.push(e.to_string());
-                continue;
-            }
-        };
         let sender = r.ticket.sender;
-        let v = match recipient.accept(r, rand, view, monitor.max_float(sender, funds)) {
+        let accepted =
+            pre.and_then(|rand| recipient.accept(r, rand, view, monitor.max_float(sender, funds)));
+        let v = match accepted {
             Ok(v) => v,
             Err(e) if e.is_fatal() => {
                 out.fatal = Some(e);

@@ -619,6 +619,22 @@ mod tests {
         format!("http://{addr}{}", super::super::BASE_PATH)
     }
 
+    /// A GET that waits on the server (a long poll), started and given
+    /// time to arrive.
+    async fn waiting_get(
+        http: &reqwest::Client,
+        url: String,
+    ) -> tokio::task::JoinHandle<reqwest::Response> {
+        let http = http.clone();
+        let get = tokio::spawn(async move { http.get(url).send().await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        get
+    }
+
+    async fn status(request: reqwest::RequestBuilder) -> u16 {
+        request.send().await.unwrap().status().as_u16()
+    }
+
     fn header(r: &reqwest::Response, name: &str) -> Option<String> {
         r.headers()
             .get(name)
@@ -642,14 +658,7 @@ mod tests {
         assert_eq!(r.status(), 404);
         assert_eq!(header(&r, "connection").as_deref(), Some("close"));
         server.create_channel("s1", "video/MP2T").unwrap();
-        assert_eq!(
-            http.post(format!("{base}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(status(http.post(format!("{base}/s1"))).await, 200);
 
         // A subscriber waits for segment 0 before anything is written...
         let reader = {
@@ -720,19 +729,8 @@ mod tests {
         assert_eq!(header(&r, "lp-trickle-seq").as_deref(), Some("20"));
 
         // Closing the channel wakes a waiting reader with Closed; then 404.
-        let waiting = {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move { http.get(format!("{base}/s1/-1")).send().await.unwrap() })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            http.delete(format!("{base}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        let waiting = waiting_get(&http, format!("{base}/s1/-1")).await;
+        assert_eq!(status(http.delete(format!("{base}/s1"))).await, 200);
         let r = waiting.await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(
@@ -740,22 +738,8 @@ mod tests {
             Some("terminated")
         );
         assert_eq!(header(&r, "lp-trickle-seq").as_deref(), Some("8"));
-        assert_eq!(
-            http.get(format!("{base}/s1/0"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404
-        );
-        assert_eq!(
-            http.delete(format!("{base}/s1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            400
-        );
+        assert_eq!(status(http.get(format!("{base}/s1/0"))).await, 404);
+        assert_eq!(status(http.delete(format!("{base}/s1"))).await, 400);
         assert_eq!(server.retained_bytes(), 0);
     }
 
@@ -789,39 +773,17 @@ mod tests {
         assert_eq!(r.status(), 413);
         assert!(server.retained_bytes() <= 1000);
         // A reader waiting on segment 1 is released by its delete.
-        let waiting = {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move { http.get(format!("{base}/a/1")).send().await.unwrap() })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            http.delete(format!("{base}/a/1"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        let waiting = waiting_get(&http, format!("{base}/a/1")).await;
+        assert_eq!(status(http.delete(format!("{base}/a/1"))).await, 200);
         let r = waiting.await.unwrap();
         assert_eq!(
             (r.status().as_u16(), header(&r, "lp-trickle-seq")),
             (200, Some("1".into()))
         );
         assert!(r.bytes().await.unwrap().is_empty());
-        assert_eq!(
-            http.delete(format!("{base}/a/9"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            400
-        );
+        assert_eq!(status(http.delete(format!("{base}/a/9"))).await, 400);
         // A publisher starting over with Reset releases readers of older segments.
-        let waiting = {
-            let (http, base) = (http.clone(), base.clone());
-            tokio::spawn(async move { http.get(format!("{base}/b/0")).send().await.unwrap() })
-        };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waiting = waiting_get(&http, format!("{base}/b/0")).await;
         let r = http
             .post(format!("{base}/b/3"))
             .header("Lp-Trickle-Reset", "1")
@@ -842,14 +804,7 @@ mod tests {
                     .status(),
                 400
             );
-            assert_eq!(
-                http.get(format!("{base}/b/{bad}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .status(),
-                400
-            );
+            assert_eq!(status(http.get(format!("{base}/b/{bad}"))).await, 400);
         }
         // Idle channels go.
         tokio::time::sleep(Duration::from_millis(300)).await;
