@@ -272,6 +272,15 @@ impl ChainService {
             );
             return Ok(0);
         }
+        // One redeemer: a ticket still claimed from an earlier pass was
+        // stranded by a store error there. Back in the queue with it.
+        let stranded = store.requeue_stranded().map_err(store_err)?;
+        if stranded > 0 {
+            tracing::warn!(
+                stranded,
+                "winning tickets left mid-redemption are queued again"
+            );
+        }
         let validity = self.client.ticket_validity_period().await?;
         // Past the validity period nothing can pay them: expired in bulk,
         // with no chain reads per ticket.

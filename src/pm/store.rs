@@ -398,6 +398,17 @@ impl TicketStore {
         Ok(())
     }
 
+    /// Puts tickets left mid-redemption (`redeeming`: a store error after
+    /// their claim) back in the queue; a transaction sent for one was
+    /// recorded by nonce first and is looked for before any other is sent.
+    /// Returns how many.
+    pub fn requeue_stranded(&self) -> Result<usize, StoreError> {
+        Ok(self.conn().execute(
+            "UPDATE winning_tickets SET status = 'queued' WHERE status = 'redeeming'",
+            [],
+        )?)
+    }
+
     /// Leaves a queued ticket out of [`redeemable`](Self::redeemable) for
     /// `seconds` (it waits for funds or cheaper gas: others go first).
     pub fn defer(&self, ticket_hash: B256, seconds: u64) -> Result<(), StoreError> {
@@ -556,6 +567,24 @@ mod tests {
     fn redeemable_waits_for_params_expiry_and_takes_senders_in_turns() {
         let dir = tempfile::tempdir().unwrap();
         let store = TicketStore::open(&dir.path().join("t.db")).unwrap();
+        // A claim left behind by a failed pass goes back to the queue.
+        store.insert(&winner(50)).unwrap();
+        assert!(store.claim(winner(50).ticket.hash()).unwrap());
+        assert_eq!(store.requeue_stranded().unwrap(), 1);
+        assert_eq!(
+            store.status(winner(50).ticket.hash()).unwrap().unwrap().0,
+            Status::Queued
+        );
+        store.claim(winner(50).ticket.hash()).unwrap();
+        store
+            .finish(
+                winner(50).ticket.hash(),
+                Status::Redeemed,
+                None,
+                None,
+                false,
+            )
+            .unwrap();
         // Sender A has a backlog of 6, sender B one ticket.
         for n in 0..6 {
             store.insert(&winner(n)).unwrap();
