@@ -181,9 +181,11 @@ impl ChannelState {
     /// go-livepeer's getForWrite: the segment `seq` is written to, taking
     /// its ring slot (an older segment there is closed).
     fn for_write(&mut self, seq: i64) -> Arc<Segment> {
-        if let Some(s) = self.retained(seq) {
-            return s;
-        }
+        self.retained(seq).unwrap_or_else(|| self.start(seq))
+    }
+
+    /// A new segment `seq` in its ring slot; the older one there is closed.
+    fn start(&mut self, seq: i64) -> Arc<Segment> {
         let slot = self.slot(seq);
         if let Some(old) = self.ring[slot].take() {
             old.close();
@@ -200,16 +202,7 @@ impl ChannelState {
             return Some(s);
         }
         let upcoming = seq == self.next_write || (self.next_write == 0 && seq == 1);
-        if !upcoming || self.closed {
-            return None;
-        }
-        let slot = self.slot(seq);
-        if let Some(old) = self.ring[slot].take() {
-            old.close();
-        }
-        let s = Segment::new(seq);
-        self.ring[slot] = Some(s.clone());
-        Some(s)
+        (upcoming && !self.closed).then(|| self.start(seq))
     }
 
     fn close(&mut self) {
