@@ -238,13 +238,6 @@ impl ChainClient {
         Ok(price)
     }
 
-    pub async fn block_number(&self) -> Result<u64, ChainError> {
-        self.provider
-            .get_block_number()
-            .await
-            .map_err(|e| self.rpc_error(e))
-    }
-
     /// Sends `tx` from the account: estimates gas first (a revert there is
     /// reported and nothing is sent), applies the gas cap, then sends and
     /// waits for the receipt, re-sending at the same nonce with a 20% higher

@@ -100,10 +100,7 @@ impl ChainClient {
             } else {
                 (last_initialized_round, last_initialized_block_hash)
             };
-        let block_number = small(
-            rm.blockNum().call().await.map_err(e("blockNum"))?,
-            "block number",
-        )?;
+        let block_number = self.l1_block().await?;
         Ok(RoundInfo {
             current_round,
             initialized,
@@ -121,15 +118,10 @@ impl ChainClient {
     /// Initializes the current round if nobody has yet. Returns whether
     /// this call did it.
     pub async fn initialize_round(&self) -> Result<bool, ChainError> {
-        let rm = self.rounds_manager().await?;
-        if rm
-            .currentRoundInitialized()
-            .call()
-            .await
-            .map_err(|e| self.call_error("currentRoundInitialized", e))?
-        {
+        if self.round_initialized().await? {
             return Ok(false);
         }
+        let rm = self.rounds_manager().await?;
         let tx = rm.initializeRound().into_transaction_request();
         match self.send("RoundsManager.initializeRound", tx).await {
             Ok(_) => Ok(true),
