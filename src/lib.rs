@@ -7,6 +7,7 @@ pub mod ai;
 pub mod attach;
 pub mod bench;
 pub mod chain;
+pub mod live_runner;
 pub mod lp_rpc;
 pub mod orchestrator;
 pub mod pm;

@@ -193,9 +193,51 @@ pub struct OrchestratorArgs {
     /// Listen address (go-livepeer's -httpAddr); default: all interfaces, the service port.
     #[arg(long, alias = "httpAddr", env = "LP_HTTPADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// `lpworker serve` workers, comma-separated host:port or URLs.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// `lpworker serve` workers, comma-separated host:port or URLs. A shim
+    /// that only hosts Live Runners needs none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present_any = ["use_live_runners", "live_runner_config"]
+    )]
     pub workers: Vec<String>,
+    /// Host Live Runners (go-livepeer 0.9's -useLiveRunners): dynamic
+    /// registration needs --orch-secret, static runners --live-runner-config.
+    #[arg(long, alias = "useLiveRunners", env = "LP_USELIVERUNNERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub use_live_runners: bool,
+    /// Static Live Runners: a runners.json file (go-livepeer's -liveRunnerConfig).
+    #[arg(long, alias = "liveRunnerConfig", env = "LP_LIVERUNNERCONFIG")]
+    pub live_runner_config: Option<PathBuf>,
+    /// The base URL runners reach this node at (-liveRunnerAddr); default the service URI.
+    #[arg(long, alias = "liveRunnerAddr", env = "LP_LIVERUNNERADDR")]
+    pub live_runner_addr: Option<String>,
+    /// Where session proxies are published, with one {proxy} in the host or
+    /// as the last path segment (-liveRunnerProxyUrl); default {serviceURI}/run/{proxy}.
+    #[arg(long, alias = "liveRunnerProxyUrl", env = "LP_LIVERUNNERPROXYURL")]
+    pub live_runner_proxy_url: Option<String>,
+    /// Dynamic runners' bootstrap secret, or a file holding it (-orchSecret).
+    #[arg(
+        long,
+        alias = "orchSecret",
+        env = "LP_ORCHSECRET",
+        hide_env_values = true
+    )]
+    pub orch_secret: Option<String>,
+    /// The operator's listener for POST /registerLiveRunners (go-livepeer's
+    /// -cliAddr); plain HTTP, so keep it on loopback.
+    #[arg(
+        long,
+        alias = "cliAddr",
+        env = "LP_CLIADDR",
+        default_value = "127.0.0.1:7935"
+    )]
+    pub cli_addr: SocketAddr,
+    /// Seconds between runner heartbeats (and static health checks).
+    #[arg(long, default_value_t = 5)]
+    pub live_runner_heartbeat_interval: u64,
+    /// Seconds after its last heartbeat a runner is removed (at least two intervals).
+    #[arg(long, default_value_t = 20)]
+    pub live_runner_heartbeat_ttl: u64,
     /// PEM certificate and key; a self-signed pair is generated in --datadir when absent.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -363,10 +405,8 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         .service_addr
         .clone()
         .context("--service-addr is required")?;
-    let port = service_addr
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
-        .with_context(|| format!("--service-addr {service_addr:?}: expected host:port"))?;
+    let port = service_port(&service_addr)
+        .with_context(|| format!("--service-addr {service_addr:?}: expected host:port or a URL"))?;
     let listen = args
         .http_addr
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], port)));
@@ -428,7 +468,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
                 "not in the active set: video work is refused, AI work is served"
             );
         }
-        let expected_uri = format!("https://{service_addr}");
+        let expected_uri = lpworker::orchestrator::service_uri(&service_addr, port);
         if stake.registered && stake.service_uri != expected_uri {
             tracing::warn!(on_chain = %stake.service_uri, expected = %expected_uri, "the ServiceRegistry holds another service URI; set it with `lpworker orchestrator register --service-uri`");
         }
@@ -488,6 +528,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             .await;
         });
     }
+    let live_runners = live_runner_options(&args)?;
     let config = OrchestratorConfig {
         listen,
         service_addr: service_addr.clone(),
@@ -499,13 +540,21 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         max_segment_bytes: args.max_segment_bytes,
         livepeer_version: args.livepeer_version.clone(),
         payments,
+        live_runners,
     };
     let orch = BoundOrchestrator::bind(config).await?;
-    println!(
-        "lpworker orchestrator listening addr={} uri={}",
-        orch.local_addr(),
-        orch.service_uri()
-    );
+    match orch.cli_addr() {
+        Some(cli) => println!(
+            "lpworker orchestrator listening addr={} uri={} cli={cli}",
+            orch.local_addr(),
+            orch.service_uri()
+        ),
+        None => println!(
+            "lpworker orchestrator listening addr={} uri={}",
+            orch.local_addr(),
+            orch.service_uri()
+        ),
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::serve::shutdown_signal().await;
@@ -516,4 +565,67 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The port of `-serviceAddr`: `host:port`, or a URL (its port, or its
+/// scheme's).
+fn service_port(service_addr: &str) -> Option<u16> {
+    if service_addr.contains("://") {
+        return reqwest::Url::parse(service_addr)
+            .ok()?
+            .port_or_known_default();
+    }
+    service_addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// go-livepeer's rules for the Live Runner flags: -useLiveRunners needs a
+/// secret or a config file, and a config file that does not load stops
+/// the node.
+fn live_runner_options(
+    args: &OrchestratorArgs,
+) -> Result<Option<lpworker::orchestrator::LiveRunnerOptions>> {
+    let secret = args
+        .orch_secret
+        .as_deref()
+        .map(lpworker::chain::account::resolve_password)
+        .filter(|s| !s.is_empty());
+    if !args.use_live_runners && args.live_runner_config.is_none() {
+        return Ok(None);
+    }
+    if secret.is_none() && args.live_runner_config.is_none() {
+        bail!("-useLiveRunners needs -orchSecret (dynamic runners) or -liveRunnerConfig (static runners)");
+    }
+    let static_runners = match &args.live_runner_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading -liveRunnerConfig {}", path.display()))?;
+            let file: lpworker::live_runner::wire::RunnersFile = serde_json::from_str(&text)
+                .with_context(|| format!("-liveRunnerConfig {}", path.display()))?;
+            file.runners
+        }
+        None => Vec::new(),
+    };
+    Ok(Some(lpworker::orchestrator::LiveRunnerOptions {
+        orch_secret: secret,
+        static_runners,
+        runner_addr: args.live_runner_addr.clone(),
+        proxy_url: args.live_runner_proxy_url.clone(),
+        cli_listen: Some(args.cli_addr),
+        heartbeat_interval: Some(Duration::from_secs(args.live_runner_heartbeat_interval)),
+        heartbeat_ttl: Some(Duration::from_secs(args.live_runner_heartbeat_ttl)),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_port;
+
+    #[test]
+    fn the_service_address_is_host_port_or_a_url() {
+        assert_eq!(service_port("o.example:8935"), Some(8935));
+        assert_eq!(service_port("https://o.example:9000/"), Some(9000));
+        assert_eq!(service_port("https://o.example"), Some(443));
+        assert_eq!(service_port("http://o.example"), Some(80));
+        assert_eq!(service_port("o.example"), None);
+    }
 }

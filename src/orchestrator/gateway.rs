@@ -37,6 +37,8 @@ pub struct Gateway {
     pub payments: Option<Arc<Payments>>,
     /// Trickle channels served at `/ai/trickle/`.
     pub trickle: Arc<crate::trickle::TrickleServer>,
+    /// Live Runners hosted here; `None` when not enabled.
+    pub runners: Option<Arc<super::runners::LiveRunners>>,
 }
 
 impl Gateway {

@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod media;
 pub mod payments;
 pub mod pricing;
+pub mod runners;
 pub mod tls;
 pub mod workers;
 
@@ -44,6 +45,55 @@ pub struct OrchestratorConfig {
     pub livepeer_version: String,
     /// Ticket payments on a chain; `None` runs off chain.
     pub payments: Option<Arc<payments::Payments>>,
+    /// Hosting Live Runners; `None` leaves their routes out.
+    pub live_runners: Option<LiveRunnerOptions>,
+}
+
+/// go-livepeer's Live Runner flags.
+#[derive(Debug, Clone, Default)]
+pub struct LiveRunnerOptions {
+    /// `-orchSecret`: dynamic registration's bootstrap secret.
+    pub orch_secret: Option<String>,
+    /// `-liveRunnerConfig`: static runners.
+    pub static_runners: Vec<crate::live_runner::wire::RunnerDecl>,
+    /// `-liveRunnerAddr`: the base URL runners reach this node at.
+    pub runner_addr: Option<String>,
+    /// `-liveRunnerProxyUrl`.
+    pub proxy_url: Option<String>,
+    /// Where `POST /registerLiveRunners` is served (`-cliAddr`).
+    pub cli_listen: Option<SocketAddr>,
+    /// Heartbeat period asked of runners, and static runners' health-check
+    /// period (go-livepeer: 5 s).
+    pub heartbeat_interval: Option<Duration>,
+    /// A runner silent this long is removed (go-livepeer: 20 s).
+    pub heartbeat_ttl: Option<Duration>,
+}
+
+/// The public base URL for `-serviceAddr`: `host:port` (HTTPS, as
+/// go-livepeer assumes) or a URL with its scheme. A `:0` port is the
+/// listener's real one (tests).
+pub fn service_uri(service_addr: &str, port: u16) -> String {
+    let addr = service_addr.trim().trim_end_matches('/');
+    let (scheme, rest) = addr.split_once("://").unwrap_or(("https", addr));
+    let rest = match rest.strip_suffix(":0") {
+        Some(host) => format!("{host}:{port}"),
+        None => rest.to_string(),
+    };
+    format!("{scheme}://{rest}")
+}
+
+/// The host name in `-serviceAddr` (for the TLS certificate).
+fn service_host(service_addr: &str) -> String {
+    let addr = service_addr.trim();
+    let rest = addr.split_once("://").map_or(addr, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or_default().to_string();
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .to_string()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +114,8 @@ pub enum OrchestratorError {
     Worker(#[from] workers::InvalidWorker),
     #[error("no worker answered at {0:?}; start `lpworker serve` first")]
     NoWorkers(Vec<String>),
+    #[error("live runners: {0}")]
+    LiveRunners(String),
 }
 
 /// Adds the AI pipelines the workers serve: one capability per pipeline and
@@ -94,8 +146,67 @@ fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, Strin
     }
 }
 
+/// The Live Runner registry with its static runners loaded, and the CLI
+/// listener bound.
+async fn live_runners(
+    options: &LiveRunnerOptions,
+    service_uri: &str,
+    on_chain: bool,
+    trickle: &Arc<crate::trickle::TrickleServer>,
+) -> Result<(Arc<runners::LiveRunners>, Option<TcpListener>), OrchestratorError> {
+    use crate::live_runner::{proxy_url::ProxyTemplate, Registry, RegistryConfig};
+    let bad = |e: &dyn std::fmt::Display| OrchestratorError::LiveRunners(e.to_string());
+    let mut config = RegistryConfig::new(service_uri);
+    config.orch_secret = options.orch_secret.clone().filter(|s| !s.is_empty());
+    config.on_chain = on_chain;
+    if let Some(every) = options.heartbeat_interval {
+        config.heartbeat_interval = every.max(Duration::from_secs(1));
+    }
+    if let Some(ttl) = options.heartbeat_ttl {
+        config.heartbeat_ttl = ttl.max(config.heartbeat_interval * 2);
+    }
+    if let Some(addr) = &options.runner_addr {
+        let url = reqwest::Url::parse(addr)
+            .map_err(|e| bad(&format!("-liveRunnerAddr {addr:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad(&format!(
+                "-liveRunnerAddr {addr:?} must be an absolute http(s) URL"
+            )));
+        }
+        config.runner_base = addr.trim_end_matches('/').to_string();
+    }
+    if let Some(template) = &options.proxy_url {
+        config.proxy_template = ProxyTemplate::parse(template, service_uri)
+            .map_err(|e| bad(&format!("invalid -liveRunnerProxyUrl: {e}")))?;
+    }
+    let registry = Registry::new(config, trickle.clone());
+    if !options.static_runners.is_empty() {
+        registry
+            .register_static(&options.static_runners)
+            .map_err(|e| bad(&format!("-liveRunnerConfig: {e}")))?;
+    }
+    let runners = runners::LiveRunners::new(registry);
+    runners.check_health().await;
+    let cli = match options.cli_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "the CLI listener is not on loopback: anyone who reaches it can register Live Runners");
+            }
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| OrchestratorError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
+    Ok((runners, cli))
+}
+
 pub struct BoundOrchestrator {
     listener: TcpListener,
+    /// Loopback operator API (`/registerLiveRunners`).
+    cli: Option<TcpListener>,
     gateway: Arc<Gateway>,
     tls: Arc<rustls::ServerConfig>,
 }
@@ -107,16 +218,22 @@ impl BoundOrchestrator {
             source,
         })?;
         let pool = Arc::new(workers::WorkerPool::new(&config.workers)?);
-        let mut caps = None;
-        for _ in 0..20 {
-            caps = pool.refresh().await;
-            if caps.is_some() {
-                break;
+        // A shim that only hosts Live Runners has no workers.
+        let caps = if config.workers.is_empty() {
+            Default::default()
+        } else {
+            let mut caps = None;
+            for _ in 0..20 {
+                caps = pool.refresh().await;
+                if caps.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let caps = caps.ok_or_else(|| OrchestratorError::NoWorkers(config.workers.clone()))?;
-        pool.spawn_refresher(Duration::from_secs(5));
+            let caps = caps.ok_or_else(|| OrchestratorError::NoWorkers(config.workers.clone()))?;
+            pool.spawn_refresher(Duration::from_secs(5));
+            caps
+        };
         // What the workers can do, in go-livepeer's capability encoding.
         let probe = crate::video::probe::Capabilities {
             cpu_model: caps.cpu_model.clone(),
@@ -131,11 +248,7 @@ impl BoundOrchestrator {
             &config.livepeer_version,
         );
         add_ai_capabilities(&mut net_caps, &pool.pipelines());
-        let host = config
-            .service_addr
-            .rsplit_once(':')
-            .map_or(config.service_addr.as_str(), |(h, _)| h)
-            .to_string();
+        let host = service_host(&config.service_addr);
         let (cert, key) = tls::ensure_identity(
             &config.datadir,
             config.tls.clone(),
@@ -149,18 +262,22 @@ impl BoundOrchestrator {
                     addr: config.listen,
                     source,
                 })?;
-        let service_addr = if config.service_addr.ends_with(":0") {
-            // Tests listen on an ephemeral port: advertise the real one.
-            format!(
-                "{}:{}",
-                &config.service_addr[..config.service_addr.len() - 2],
-                listener.local_addr().map(|a| a.port()).unwrap_or(0)
-            )
-        } else {
-            config.service_addr.clone()
+        let service_uri = service_uri(
+            &config.service_addr,
+            listener.local_addr().map(|a| a.port()).unwrap_or(0),
+        );
+        let trickle = crate::trickle::TrickleServer::new(Default::default());
+        let (runners, cli) = match &config.live_runners {
+            Some(options) => {
+                let (runners, cli) =
+                    live_runners(options, &service_uri, config.payments.is_some(), &trickle)
+                        .await?;
+                (Some(runners), cli)
+            }
+            None => (None, None),
         };
         let gateway = Arc::new(Gateway {
-            service_uri: format!("https://{service_addr}"),
+            service_uri,
             auth: auth::AuthTokens::new(rand::random()),
             workers: pool,
             media: media::MediaStore::new(512 << 20),
@@ -172,10 +289,12 @@ impl BoundOrchestrator {
             },
             max_segment_bytes: config.max_segment_bytes,
             payments: config.payments.clone(),
-            trickle: crate::trickle::TrickleServer::new(Default::default()),
+            trickle,
+            runners,
         });
         Ok(BoundOrchestrator {
             listener,
+            cli,
             gateway,
             tls,
         })
@@ -189,6 +308,11 @@ impl BoundOrchestrator {
 
     pub fn service_uri(&self) -> &str {
         &self.gateway.service_uri
+    }
+
+    /// Where the CLI listener (`/registerLiveRunners`) is, when there is one.
+    pub fn cli_addr(&self) -> Option<SocketAddr> {
+        self.cli.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` resolves; open connections are then closed.
@@ -209,9 +333,28 @@ impl BoundOrchestrator {
             // them); the server streams bodies itself and caps segments.
             .nest(crate::trickle::BASE_PATH, self.gateway.trickle.router());
         let _sweeper = self.gateway.trickle.spawn_sweeper();
-        let app = tonic::service::Routes::new(grpc)
+        let mut app = tonic::service::Routes::new(grpc)
             .into_axum_router()
             .merge(http);
+        let mut _maintenance = None;
+        if let Some(runners) = &self.gateway.runners {
+            // Proxy URLs are matched before every route, as go-livepeer does.
+            app = app
+                .merge(runners.router())
+                .layer(axum::middleware::from_fn_with_state(
+                    runners.clone(),
+                    runners::proxy_layer,
+                ));
+            _maintenance = Some(runners.spawn_maintenance());
+            if let Some(cli) = self.cli {
+                let router = runners.cli_router();
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(cli, router).await {
+                        warn!(error = %e, "CLI listener stopped");
+                    }
+                });
+            }
+        }
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
         let accept = {
@@ -238,7 +381,11 @@ impl BoundOrchestrator {
                             if let Err(e) = hyper_util::server::conn::auto::Builder::new(
                                 hyper_util::rt::TokioExecutor::new(),
                             )
-                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            // Upgrades: WebSockets proxied to Live Runners.
+                            .serve_connection_with_upgrades(
+                                hyper_util::rt::TokioIo::new(tls),
+                                service,
+                            )
                             .await
                             {
                                 tracing::debug!(%peer, error = %e, "connection ended");

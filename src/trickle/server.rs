@@ -256,6 +256,18 @@ impl TrickleServer {
     /// Creates a channel (an existing one is kept as it is). Channels are
     /// made by the orchestrator only, never by a publisher.
     pub fn create_channel(&self, name: &str, mime: &str) -> Result<(), TrickleError> {
+        self.create_channel_at(name, mime, 0)
+    }
+
+    /// Creates a channel whose first segment is `next_write`: a channel
+    /// restored after a restart continues its sequence, so readers that
+    /// follow it from before (a runner's O2R reader) are not sent back.
+    pub fn create_channel_at(
+        &self,
+        name: &str,
+        mime: &str,
+        next_write: i64,
+    ) -> Result<(), TrickleError> {
         if !valid_name(name) {
             return Err(TrickleError::BadName);
         }
@@ -275,7 +287,7 @@ impl TrickleServer {
                     mime.to_string()
                 },
                 state: Mutex::new(ChannelState {
-                    next_write: 0,
+                    next_write: next_write.max(0),
                     ring: vec![None; self.config.retention.max(1)],
                     closed: false,
                     write_time: Instant::now(),
@@ -283,6 +295,35 @@ impl TrickleServer {
             }),
         );
         Ok(())
+    }
+
+    /// Writes one whole segment at the channel's next sequence number, as a
+    /// publisher would, for messages the orchestrator itself sends (a
+    /// runner's O2R events). Returns its sequence number, or `None` for an
+    /// unknown or closed channel.
+    pub fn publish_local(&self, name: &str, bytes: Bytes) -> Option<i64> {
+        let channel = self.channel(name)?;
+        let segment = {
+            let mut state = channel.lock();
+            if state.closed {
+                return None;
+            }
+            let seq = state.next_write;
+            let segment = state.for_write(seq);
+            state.next_write = seq + 1;
+            state.write_time = Instant::now();
+            segment
+        };
+        if !bytes.is_empty() {
+            segment.append(bytes);
+        }
+        segment.close();
+        Some(segment.seq)
+    }
+
+    /// The sequence number the next segment of a channel is written at.
+    pub fn next_write(&self, name: &str) -> Option<i64> {
+        Some(self.channel(name)?.lock().next_write)
     }
 
     /// Closes a channel: its waiting readers are told, later requests get 404.
@@ -632,6 +673,29 @@ mod tests {
         r.headers()
             .get(name)
             .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn local_messages_are_whole_segments_and_a_restored_channel_continues_its_sequence() {
+        let server = TrickleServer::new(TrickleConfig::default());
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server
+            .create_channel_at("o2r", "application/json", 41)
+            .unwrap();
+        // A reader waiting on the next segment gets the local message whole.
+        let waiting = waiting_get(&http, format!("{base}/o2r/-1")).await;
+        assert_eq!(
+            server.publish_local("o2r", Bytes::from_static(b"{}")),
+            Some(41)
+        );
+        let r = waiting.await.unwrap();
+        assert_eq!(header(&r, "lp-trickle-seq").as_deref(), Some("41"));
+        assert_eq!(r.text().await.unwrap(), "{}");
+        assert_eq!(server.next_write("o2r"), Some(42));
+        assert_eq!(server.publish_local("nope", Bytes::new()), None);
+        server.close_channel("o2r");
+        assert_eq!(server.publish_local("o2r", Bytes::new()), None);
     }
 
     #[tokio::test]

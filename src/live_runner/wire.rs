@@ -1,0 +1,228 @@
+//! The Live Runner protocol's JSON, as go-livepeer 0.9 speaks it
+//! (`ai/runner/live_runner.go`, `server/ai_http.go` at 176aa415). The host
+//! (`orchestrator::runners`) and a runner use the same types.
+
+use serde::{Deserialize, Serialize};
+
+/// A runner as declared: one entry of `runners.json` or `POST
+/// /registerLiveRunners`, or the body of a heartbeat. Unknown fields are
+/// ignored; loosely typed fields (`gpu`, `price_info.price`) are kept as
+/// JSON and checked by [`super::spec`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunnerDecl {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub runner_id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub label: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub routing: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub proxy: bool,
+    pub runner_url: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub health_url: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub healthy_status_code: i64,
+    pub app: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+    pub capacity: i64,
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub gpu: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_info: Option<PriceInfoDecl>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub status: String,
+    /// Heartbeats: the sessions the runner tracks (from its O2R channel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_ids: Option<Vec<String>>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PriceInfoDecl {
+    /// A JSON number or a numeric string.
+    pub price: serde_json::Value,
+    pub currency: String,
+    pub unit: String,
+}
+
+/// `runners.json` and the body of `POST /registerLiveRunners`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunnersFile {
+    #[serde(default)]
+    pub runners: Vec<RunnerDecl>,
+}
+
+/// `{id, name, vram_mb}` of the GPU a runner uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GpuInfo {
+    pub id: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub vram_mb: i64,
+}
+
+/// One registered static runner, as `POST /registerLiveRunners` answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredRunner {
+    pub runner_id: String,
+    pub label: String,
+    pub app: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+    pub runner_url: String,
+    pub mode: String,
+    pub health_url: String,
+    pub healthy_status_code: u16,
+    pub healthy: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisteredRunners {
+    pub runners: Vec<RegisteredRunner>,
+}
+
+/// A trickle channel given to a runner or a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub channel_name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub internal_url: String,
+    pub mime_type: String,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub runner_id: String,
+    pub orchestrator: String,
+    /// Go durations (`5s`, `20s`).
+    pub heartbeat_interval: String,
+    pub heartbeat_ttl: String,
+    /// Only in the answer that registers the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub o2r: Option<ChannelInfo>,
+    /// The sessions the orchestrator holds for this runner, oldest first.
+    pub session_ids: Vec<String>,
+}
+
+/// One O2R message: a keepalive or a session event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum O2rMessage {
+    Keepalive {
+        keep: String,
+    },
+    Session {
+        event: String,
+        session: String,
+        timestamp: String,
+    },
+}
+
+/// `price_info` in discovery: wei per billing unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeiPriceInfo {
+    pub price: u64,
+    pub currency: String,
+    pub unit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiscoveredRunner {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuInfo>,
+    pub app: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata: String,
+    pub mode: String,
+    pub capacity: u32,
+    pub capacity_used: u32,
+    pub capacity_available: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_info: Option<WeiPriceInfo>,
+}
+
+/// `GET /discovery` answers a list of these (one: this orchestrator).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiscoveredOrchestrator {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runners: Vec<DiscoveredRunner>,
+}
+
+/// A reserved persistent session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionResponse {
+    pub session_id: String,
+    pub app_url: String,
+    pub control_url: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChannelRequest {
+    pub name: String,
+    #[serde(default)]
+    pub mime_type: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateChannels {
+    #[serde(default)]
+    pub channels: Vec<ChannelRequest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedChannels {
+    pub channels: Vec<ChannelInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeleteChannels {
+    #[serde(default)]
+    pub channels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedChannels {
+    pub deleted: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProxyRequest {
+    #[serde(default)]
+    pub target_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyResponse {
+    pub proxy_id: String,
+    pub url: String,
+}
+
+/// Headers the proxy sets on every request it passes to a runner.
+pub mod headers {
+    pub const ROUTE: &str = "Livepeer-Runner-Route";
+    pub const SESSION_ID: &str = "Livepeer-Session-Id";
+    pub const SESSION_TOKEN: &str = "Livepeer-Session-Token";
+    pub const SESSION_CONTROL: &str = "Livepeer-Session-Control";
+}
