@@ -23,19 +23,28 @@ struct Shim {
     child: Child,
     uri: String,
     cli: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Shim {
     fn start(extra: &[&str]) -> Shim {
         let dir = tempdir();
+        let mut shim = Shim::start_in(dir.path(), 0, extra);
+        shim._dir = Some(dir);
+        shim
+    }
+
+    /// In `datadir`, on `port` (0: any), so a restart finds its state and
+    /// keeps its URLs.
+    fn start_in(datadir: &Path, port: u16, extra: &[&str]) -> Shim {
+        let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
             .args([
                 "orchestrator",
                 "--service-addr",
-                "127.0.0.1:0",
+                &addr,
                 "--http-addr",
-                "127.0.0.1:0",
+                &addr,
                 "--cli-addr",
                 "127.0.0.1:0",
                 "--use-live-runners",
@@ -47,7 +56,7 @@ impl Shim {
                 "3",
                 "--datadir",
             ])
-            .arg(dir.path())
+            .arg(datadir)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -74,7 +83,7 @@ impl Shim {
             uri: line_field(&line, "uri=").unwrap().to_string(),
             cli: format!("http://{}", line_field(&line, "cli=").unwrap()),
             child,
-            _dir: dir,
+            _dir: None,
         }
     }
 }
@@ -679,4 +688,87 @@ async fn static_runners_are_health_checked_and_single_shot_takes_one_slot_per_re
         assert!(Instant::now() < deadline, "a healthy runner stays hidden");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_the_shim_keeps_live_sessions() {
+    let dir = tempdir();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut shim = Shim::start_in(dir.path(), port, &[]);
+    let http = insecure_http();
+    let mut runner = Command::new(python())
+        .arg(sdk_script("live_runner_app.py"))
+        .args(["--orch", &shim.uri, "--secret", SECRET, "--capacity", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(runner.stdout.take().unwrap()).lines();
+    let registered: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let id = registered["runner_id"].as_str().unwrap().to_string();
+    let (status, body) = post_json(
+        &http,
+        &format!("{}/apps/{id}/session", shim.uri),
+        None,
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session: Value = serde_json::from_str(&body).unwrap();
+    let sid = session["session_id"].as_str().unwrap().to_string();
+    let app_url = session["app_url"].as_str().unwrap().to_string();
+    let echo = |http: reqwest::Client, url: String| async move {
+        let r = http.post(url).body("hi").send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.ok())
+    };
+    let (status, seen) = echo(http.clone(), format!("{app_url}/v1/echo")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen.unwrap()["headers"]["Livepeer-Session-Id"],
+        sid.as_str()
+    );
+    // The runner heard of the session on its O2R channel.
+    let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (line["event"].as_str(), line["session_id"].as_str()),
+        (Some("reserved"), Some(sid.as_str()))
+    );
+
+    // Killed, not shut down: what was written after the reservation is all
+    // there is. Then started again on the same port and data directory.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shim.child.kill().unwrap();
+    shim.child.wait().unwrap();
+    let shim = Shim::start_in(dir.path(), port, &[]);
+    let (status, seen) = echo(http.clone(), format!("{app_url}/v1/echo")).await;
+    assert_eq!(status, 200, "the session's URL leads to its runner again");
+    let seen = seen.unwrap();
+    assert_eq!(seen["headers"]["Livepeer-Session-Id"], sid.as_str());
+    // Past several heartbeats (the runner reports the session it tracks)
+    // and the TTL, the session is still held.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let listed = discovery(&http, &shim).await;
+    assert_eq!(listed.len(), 1, "the runner kept its registration");
+    assert_eq!(listed[0]["capacity_used"], 1);
+    let (status, _) = echo(http.clone(), format!("{app_url}/v1/echo")).await;
+    assert_eq!(status, 200);
+    // A stop after the restart still reaches the runner over O2R.
+    let r = http
+        .post(session["control_url"].as_str().unwrap().to_string() + "/stop")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let line: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        (line["event"].as_str(), line["session_id"].as_str()),
+        (Some("released"), Some(sid.as_str()))
+    );
+    drop(runner.stdin.take());
+    let _ = runner.wait();
 }

@@ -613,6 +613,11 @@ fn live_runner_options(
         cli_listen: Some(args.cli_addr),
         heartbeat_interval: Some(Duration::from_secs(args.live_runner_heartbeat_interval)),
         heartbeat_ttl: Some(Duration::from_secs(args.live_runner_heartbeat_ttl)),
+        state_file: Some(
+            args.eth
+                .datadir
+                .join(lpworker::live_runner::snapshot::FILE_NAME),
+        ),
     }))
 }
 

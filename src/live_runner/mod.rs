@@ -14,6 +14,7 @@ pub mod price;
 pub mod proxy_url;
 pub mod registry;
 pub mod secrets;
+pub mod snapshot;
 pub mod spec;
 pub mod wire;
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::capacity::{self, Load};
 use super::proxy_url::ProxyTemplate;
 use super::secrets::{random_id, secret_eq, Seed};
+use super::snapshot::{ChannelRecord, ProxyRecord, RunnerRecord, SessionRecord, Snapshot};
 use super::spec::{self, Mode, Routing, Rules, RunnerSpec, SpecError};
 use super::wire::{
     ChannelInfo, ChannelRequest, DiscoveredRunner, HeartbeatResponse, O2rMessage, RegisteredRunner,
@@ -127,6 +128,8 @@ enum Kind {
 struct Runner {
     id: String,
     spec: RunnerSpec,
+    /// As declared: what a snapshot keeps, checked again when restored.
+    decl: RunnerDecl,
     seed: Seed,
     kind: Kind,
     /// Static runners: the last health check passed.
@@ -239,6 +242,15 @@ pub enum ProxyTarget {
     },
     /// A single-shot `proxy` runner: dispatched as `/apps/{route}/app/…`.
     SingleShot { route: String },
+}
+
+/// A heartbeat's declaration as kept: its session list is the runner's
+/// view at one moment, not part of what it is.
+fn stored_decl(decl: &RunnerDecl) -> RunnerDecl {
+    RunnerDecl {
+        session_ids: None,
+        ..decl.clone()
+    }
 }
 
 fn check_count(n: usize) -> Result<(), RegistryError> {
@@ -416,7 +428,7 @@ impl Registry {
             }
         }
         let mut out = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for (spec, decl) in specs.into_iter().zip(decls) {
             let existing = state
                 .runners
                 .values()
@@ -426,6 +438,7 @@ impl Registry {
                 Some(id) => {
                     let r = state.runners.get_mut(&id).expect("found above");
                     r.spec = spec;
+                    r.decl = decl.clone();
                     id
                 }
                 None => {
@@ -435,6 +448,7 @@ impl Registry {
                         Runner {
                             id: id.clone(),
                             spec,
+                            decl: decl.clone(),
                             seed: Seed::random(),
                             kind: Kind::Static,
                             // Checked right after registration.
@@ -558,6 +572,7 @@ impl Registry {
             let runner = state.runners.get_mut(id).expect("found above");
             let changed = runner.spec != spec;
             runner.spec = spec;
+            runner.decl = stored_decl(decl);
             if let Kind::Dynamic { last_heartbeat, .. } = &mut runner.kind {
                 *last_heartbeat = now;
             }
@@ -624,6 +639,7 @@ impl Registry {
             Runner {
                 id: id.clone(),
                 spec,
+                decl: stored_decl(decl),
                 seed,
                 kind: Kind::Dynamic {
                     last_heartbeat: now,
@@ -1135,6 +1151,163 @@ impl Registry {
         })
     }
 
+    /// Everything a restart must keep.
+    pub fn snapshot(&self) -> Snapshot {
+        let state = self.lock();
+        let mut runners: Vec<RunnerRecord> = state
+            .runners
+            .values()
+            .map(|r| RunnerRecord {
+                id: r.id.clone(),
+                dynamic: matches!(r.kind, Kind::Dynamic { .. }),
+                seed: alloy_primitives::hex::encode(r.seed.as_bytes()),
+                decl: r.decl.clone(),
+                healthy: r.healthy,
+                o2r_next: match &r.kind {
+                    Kind::Dynamic { o2r, .. } => self.trickle.next_write(o2r).unwrap_or(0),
+                    Kind::Static => 0,
+                },
+            })
+            .collect();
+        runners.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut sessions: Vec<SessionRecord> = state
+            .sessions
+            .iter()
+            .map(|(sid, s)| SessionRecord {
+                sid: sid.clone(),
+                runner_id: s.runner_id.clone(),
+                created_unix_ms: s
+                    .created
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                channels: s
+                    .channels
+                    .values()
+                    .map(|info| ChannelRecord {
+                        info: info.clone(),
+                        next: self.trickle.next_write(&info.channel_name).unwrap_or(0),
+                    })
+                    .collect(),
+                proxies: s
+                    .proxies
+                    .iter()
+                    .filter_map(|p| {
+                        Some(ProxyRecord {
+                            id: p.clone(),
+                            target: state.proxies.get(p)?.target.to_string(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        sessions.sort_by_key(|s| (s.created_unix_ms, s.sid.clone()));
+        Snapshot {
+            runners,
+            sessions,
+            ..Snapshot::default()
+        }
+    }
+
+    /// Takes back a snapshot into an empty registry. Runners whose
+    /// declaration no longer passes (the rules changed, say on chain now)
+    /// are dropped with their sessions. Dynamic runners get a full TTL to
+    /// beat again; their sessions stay only if they report them.
+    pub fn restore(&self, snap: Snapshot) -> (usize, usize) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for rec in snap.runners {
+            let rules = Rules {
+                dynamic: rec.dynamic,
+                on_chain: self.config.on_chain,
+            };
+            let spec = match spec::check(&rec.decl, rules) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(runner = %rec.id, error = %e, "restored live runner dropped");
+                    continue;
+                }
+            };
+            let mut seed = [0u8; 32];
+            if alloy_primitives::hex::decode_to_slice(&rec.seed, &mut seed).is_err() {
+                continue;
+            }
+            let seed = Seed::from_bytes(seed);
+            let kind = if rec.dynamic {
+                let o2r = seed.o2r_channel(&rec.id);
+                if self
+                    .trickle
+                    .create_channel_at(&o2r, O2R_MIME, rec.o2r_next)
+                    .is_err()
+                {
+                    continue;
+                }
+                Kind::Dynamic {
+                    last_heartbeat: now,
+                    o2r,
+                }
+            } else {
+                Kind::Static
+            };
+            state.runners.insert(
+                rec.id.clone(),
+                Runner {
+                    id: rec.id,
+                    spec,
+                    decl: rec.decl,
+                    seed,
+                    kind,
+                    healthy: rec.healthy,
+                    sessions: Vec::new(),
+                },
+            );
+        }
+        let mut kept = 0;
+        for rec in snap.sessions {
+            let Some(runner) = state.runners.get_mut(&rec.runner_id) else {
+                continue;
+            };
+            runner.sessions.push(rec.sid.clone());
+            let unconfirmed = matches!(runner.kind, Kind::Dynamic { .. });
+            let mut channels = BTreeMap::new();
+            for c in rec.channels {
+                let mime = c.info.mime_type.clone();
+                if self
+                    .trickle
+                    .create_channel_at(&c.info.channel_name, &mime, c.next)
+                    .is_ok()
+                {
+                    channels.insert(c.info.name.clone(), c.info);
+                }
+            }
+            let mut proxies = Vec::new();
+            for p in rec.proxies {
+                if let Ok(target) = Url::parse(&p.target) {
+                    state.proxies.insert(
+                        p.id.clone(),
+                        ProxyEntry {
+                            target,
+                            sid: rec.sid.clone(),
+                        },
+                    );
+                    proxies.push(p.id);
+                }
+            }
+            state.sessions.insert(
+                rec.sid,
+                Session {
+                    runner_id: rec.runner_id,
+                    created: SystemTime::UNIX_EPOCH + Duration::from_millis(rec.created_unix_ms),
+                    channels,
+                    proxies,
+                    cancel: CancellationToken::new(),
+                    unconfirmed,
+                },
+            );
+            kept += 1;
+        }
+        (state.runners.len(), kept)
+    }
+
     /// Sessions held, in all.
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()
@@ -1446,5 +1619,65 @@ mod tests {
             reg.reserve("scope", Mode::Persistent, None).unwrap_err(),
             RegistryError::UnknownRunner
         );
+    }
+
+    #[test]
+    fn a_restart_keeps_runners_secrets_and_the_sessions_their_runners_still_report() {
+        let reg = registry(Duration::from_secs(20));
+        let first = reg
+            .heartbeat(SECRET, &dynamic(3, serde_json::Value::Null))
+            .unwrap();
+        let secret = first.heartbeat_secret.unwrap();
+        let o2r = first.o2r.unwrap().channel_name;
+        let kept = reg
+            .reserve(&first.runner_id, Mode::Persistent, None)
+            .unwrap();
+        let dropped = reg
+            .reserve(&first.runner_id, Mode::Persistent, None)
+            .unwrap();
+        let (route, sid, token) = (&kept.grant.route, &kept.grant.sid, &kept.grant.token);
+        let ch = reg
+            .create_channels(
+                route,
+                sid,
+                token,
+                &[ChannelRequest {
+                    name: "out".into(),
+                    mime_type: "video/MP2T".into(),
+                }],
+            )
+            .unwrap();
+        reg.trickle()
+            .publish_local(&ch[0].channel_name, Bytes::from_static(b"seg"));
+        let (proxy, _) = reg.create_proxy(route, sid, token, "").unwrap();
+        let snap = reg.snapshot();
+        let json = serde_json::to_string(&snap).unwrap();
+
+        // A new process: a new registry and trickle server from the file.
+        let again = registry(Duration::from_secs(20));
+        let snap: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(again.restore(snap), (1, 2));
+        // Channels continue their sequence (O2R: two reservations sent).
+        assert_eq!(again.trickle().next_write(&o2r), Some(2));
+        assert_eq!(again.trickle().next_write(&ch[0].channel_name), Some(1));
+        // The same token works for callbacks, the same proxy leads on.
+        assert!(again.create_proxy(route, sid, token, "").is_ok());
+        assert!(matches!(
+            again.proxy(&proxy),
+            Some(ProxyTarget::Session { .. })
+        ));
+        // The runner beats with its old secret and reports one session:
+        // the other is released.
+        let mut beat = dynamic(3, serde_json::Value::Null);
+        beat.runner_id = first.runner_id.clone();
+        beat.session_ids = Some(vec![sid.clone()]);
+        let answer = again.heartbeat(&secret, &beat).unwrap();
+        assert_eq!(answer.session_ids, vec![sid.clone()]);
+        assert!(again.session(route, &dropped.grant.sid).is_err());
+        // Once confirmed, a session is not released by a later heartbeat
+        // that races its reservation.
+        beat.session_ids = Some(Vec::new());
+        again.heartbeat(&secret, &beat).unwrap();
+        assert!(again.session(route, sid).is_ok());
     }
 }

@@ -67,6 +67,8 @@ pub struct LiveRunnerOptions {
     pub heartbeat_interval: Option<Duration>,
     /// A runner silent this long is removed (go-livepeer: 20 s).
     pub heartbeat_ttl: Option<Duration>,
+    /// Where the registry is kept across restarts; `None` keeps it in memory.
+    pub state_file: Option<PathBuf>,
 }
 
 /// The public base URL for `-serviceAddr`: `host:port` (HTTPS, as
@@ -180,12 +182,20 @@ async fn live_runners(
             .map_err(|e| bad(&format!("invalid -liveRunnerProxyUrl: {e}")))?;
     }
     let registry = Registry::new(config, trickle.clone());
+    // What was live before a restart first; the config file then updates
+    // its runners by label, keeping their IDs and sessions.
+    if let Some(path) = &options.state_file {
+        if let Some(snap) = crate::live_runner::snapshot::load(path).map_err(|e| bad(&e))? {
+            let (runners, sessions) = registry.restore(snap);
+            info!(runners, sessions, "live runners restored");
+        }
+    }
     if !options.static_runners.is_empty() {
         registry
             .register_static(&options.static_runners)
             .map_err(|e| bad(&format!("-liveRunnerConfig: {e}")))?;
     }
-    let runners = runners::LiveRunners::new(registry);
+    let runners = runners::LiveRunners::new(registry, options.state_file.clone());
     runners.check_health().await;
     let cli = match options.cli_listen {
         Some(addr) => {
@@ -405,6 +415,9 @@ impl BoundOrchestrator {
             _ = shutdown => {},
         }
         connections.lock().expect("connection set").abort_all();
+        if let Some(runners) = &self.gateway.runners {
+            runners.save_state();
+        }
         info!("orchestrator stopped");
     }
 }

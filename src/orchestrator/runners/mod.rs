@@ -24,7 +24,7 @@ use crate::live_runner::wire::{
     self, CreateChannels, CreatedChannels, DeleteChannels, DeletedChannels, DiscoveredOrchestrator,
     ProxyRequest, ProxyResponse, RegisteredRunners, RunnersFile,
 };
-use crate::live_runner::{Registry, RegistryError, Release};
+use crate::live_runner::{snapshot, Registry, RegistryError, Release};
 
 /// Largest JSON body a runner or the operator sends (metadata is 1 KiB).
 const MAX_JSON_BYTES: usize = 256 << 10;
@@ -33,6 +33,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct LiveRunners {
     pub registry: Arc<Registry>,
+    /// Where the registry is kept across restarts.
+    state_file: Option<std::path::PathBuf>,
     /// To runners: HTTP/1.1 (WebSocket upgrades need it), no redirects
     /// followed (the client sees them), no overall timeout (SSE lasts).
     client: reqwest::Client,
@@ -40,7 +42,10 @@ pub struct LiveRunners {
 }
 
 impl LiveRunners {
-    pub fn new(registry: Arc<Registry>) -> Arc<LiveRunners> {
+    pub fn new(
+        registry: Arc<Registry>,
+        state_file: Option<std::path::PathBuf>,
+    ) -> Arc<LiveRunners> {
         let client = reqwest::Client::builder()
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())
@@ -54,6 +59,7 @@ impl LiveRunners {
             .expect("HTTP client");
         Arc::new(LiveRunners {
             registry,
+            state_file,
             client,
             health,
         })
@@ -75,11 +81,23 @@ impl LiveRunners {
         }
     }
 
+    /// Writes the registry to its state file now (at shutdown).
+    pub fn save_state(&self) {
+        if let Some(path) = &self.state_file {
+            if let Err(e) = snapshot::save(path, &self.registry.snapshot()) {
+                tracing::warn!(error = %e, "live runner state not saved");
+            }
+        }
+    }
+
     /// Sweeps silent runners and checks health every heartbeat interval,
     /// and sends O2R keepalives, until the registry is dropped.
     pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         let config = self.registry.config().clone();
+        if let Some(path) = &self.state_file {
+            snapshot::spawn_persister(&self.registry, path.clone());
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(config.heartbeat_interval);
             let mut last_keepalive = tokio::time::Instant::now();
