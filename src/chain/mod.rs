@@ -10,6 +10,7 @@
 pub mod account;
 pub mod client;
 pub mod contracts;
+pub mod price_feed;
 pub mod redeem;
 pub mod rewards;
 pub mod rounds;

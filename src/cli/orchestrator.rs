@@ -232,6 +232,19 @@ pub struct OrchestratorArgs {
         default_value = "127.0.0.1:7935"
     )]
     pub cli_addr: SocketAddr,
+    /// How often metered Live Runner sessions are billed (go-livepeer's
+    /// -livePaymentInterval), e.g. `5s`.
+    #[arg(long, alias = "livePaymentInterval", env = "LP_LIVEPAYMENTINTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub live_payment_interval: Duration,
+    /// The Chainlink ETH/USD feed that turns runners' USD prices into wei
+    /// (go-livepeer's -priceFeedAddr); on arbitrum-one-mainnet the Arbitrum
+    /// feed by default.
+    #[arg(long, alias = "priceFeedAddr", env = "LP_PRICEFEEDADDR")]
+    pub price_feed_addr: Option<Address>,
+    /// New priced sessions are refused while the ETH/USD reading is older
+    /// than this (go-livepeer has no limit), e.g. `2h`.
+    #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
+    pub price_feed_max_age: Duration,
     /// Seconds between runner heartbeats (and static health checks).
     #[arg(long, default_value_t = 5)]
     pub live_runner_heartbeat_interval: u64,
@@ -418,6 +431,8 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut payments = None;
     let mut chain_task = None;
+    // ETH/USD for runners' USD prices; read on chain only.
+    let eth_usd: Option<Arc<dyn lpworker::live_runner::price::EthUsdSource>> = None;
     if let Some(chain_config) = args.eth.chain_config()? {
         let signer = load_signer(&args.eth.key_source()?)?;
         let key = secp256k1::SecretKey::from_slice(signer.to_bytes().as_slice())
@@ -528,7 +543,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             .await;
         });
     }
-    let live_runners = live_runner_options(&args)?;
+    let live_runners = live_runner_options(&args, eth_usd)?;
     let config = OrchestratorConfig {
         listen,
         service_addr: service_addr.clone(),
@@ -583,6 +598,7 @@ fn service_port(service_addr: &str) -> Option<u16> {
 /// the node.
 fn live_runner_options(
     args: &OrchestratorArgs,
+    prices: Option<Arc<dyn lpworker::live_runner::price::EthUsdSource>>,
 ) -> Result<Option<lpworker::orchestrator::LiveRunnerOptions>> {
     let secret = args
         .orch_secret
@@ -618,6 +634,8 @@ fn live_runner_options(
                 .datadir
                 .join(lpworker::live_runner::snapshot::FILE_NAME),
         ),
+        prices,
+        payment_interval: args.live_payment_interval,
     }))
 }
 

@@ -207,6 +207,19 @@ pub struct EthUsd {
     pub decimals: u8,
 }
 
+/// Where ETH/USD readings come from: the on-chain feed in service, a fixed
+/// reading in tests of what is priced from it.
+pub trait EthUsdSource: Send + Sync {
+    /// A reading fresh enough to price new sessions, or why there is none.
+    fn eth_usd(&self) -> Result<EthUsd, String>;
+}
+
+impl EthUsdSource for EthUsd {
+    fn eth_usd(&self) -> Result<EthUsd, String> {
+        Ok(self.clone())
+    }
+}
+
 /// A converted price: wei per billing unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WeiPrice {

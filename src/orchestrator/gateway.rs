@@ -9,14 +9,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use prost::Message;
 use tonic::{Request, Status};
 use tracing::{info, warn};
 
 use super::auth::AuthTokens;
 use super::media::MediaStore;
-use super::payments::{PaymentError, Payments, Reservation, Work};
+use super::payments::{Payments, Reservation, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
@@ -26,7 +25,7 @@ use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 pub struct Gateway {
     /// Public URI gateways reach this node at (`https://host:port`).
     pub service_uri: String,
-    pub auth: AuthTokens,
+    pub auth: Arc<AuthTokens>,
     pub workers: Arc<WorkerPool>,
     pub media: MediaStore,
     /// What the workers behind the shim can do, in go-livepeer's encoding.
@@ -293,67 +292,11 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
     }
 }
 
-/// Checks a request's `Livepeer-Segment` (session credentials) and
-/// `Livepeer-Payment` headers as `/segment` does; returns the session id.
-/// On chain the segment credentials must carry the paying sender's
-/// signature (go-livepeer's `verifySegCreds`), so no one can spend another
-/// gateway's credit or pose as it.
 async fn credentials(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<(String, net::SegData, net::Payment), (StatusCode, String)> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let payment = match b64
-        .decode(header(headers, "Livepeer-Payment"))
-        .map(|b| net::Payment::decode(b.as_slice()))
-    {
-        Ok(Ok(p)) => p,
-        _ => return Err((StatusCode::PAYMENT_REQUIRED, "Invalid payment".into())),
-    };
-    let seg = match b64
-        .decode(header(headers, "Livepeer-Segment"))
-        .map(|b| net::SegData::decode(b.as_slice()))
-    {
-        Ok(Ok(s)) => s,
-        _ => return Err((StatusCode::FORBIDDEN, "Invalid segment credentials".into())),
-    };
-    if payment.ticket_params.is_some() && gw.payments.is_none() {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "this orchestrator runs off chain and takes no tickets".into(),
-        ));
-    }
-    // The cheap HMAC check first, then the signature.
-    let session = match gw.auth.verify(seg.auth_token.as_ref()) {
-        Ok(s) => s.to_string(),
-        Err(e) => return Err((StatusCode::FORBIDDEN, e.to_string())),
-    };
-    if gw.payments.is_some() {
-        // go-livepeer takes a missing sender as the zero address, which
-        // no signature recovers to.
-        let sender = if payment.sender.len() == 20 {
-            Address::from_slice(&payment.sender)
-        } else {
-            Address::ZERO
-        };
-        if !super::auth::session_pays_as(&session, sender) {
-            return Err((
-                StatusCode::FORBIDDEN,
-                "auth token was issued to another sender".into(),
-            ));
-        }
-        // One signature recovery: off the async threads like the tickets'.
-        let seg_for_check = seg.clone();
-        let signed = tokio::task::spawn_blocking(move || {
-            crate::lp_rpc::seg_creds::verify(&seg_for_check, sender)
-        })
-        .await
-        .expect("signature check does not panic");
-        if !signed {
-            return Err((StatusCode::FORBIDDEN, "Sig check failed".into()));
-        }
-    }
-    Ok((session, seg, payment))
+    super::credentials::check(&gw.auth, gw.payments.as_deref(), headers).await
 }
 
 /// Processes a payment for `manifest` and reserves the work's estimated
@@ -376,24 +319,12 @@ async fn pay(
     if let Err(e) = p.process(payment, manifest, work).await {
         // Never the manifest itself: for AI it comes from the request.
         warn!(manifest_len = manifest.len(), ?sender, error = %e, "payment refused");
-        return Err(refusal(&e));
+        return Err(super::credentials::refusal(&e));
     }
     match p.reserve(sender, manifest, work, units) {
         Ok(r) => Ok((sender, Some(r))),
         Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
     }
-}
-
-/// A refused payment's answer: 503 when this node could not check it (store
-/// or chain trouble, told generically), else 400 as go-livepeer answers
-/// payment errors.
-fn refusal(e: &PaymentError) -> (StatusCode, String) {
-    let status = if e.is_internal() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    (status, e.public_message())
 }
 
 /// Output pixels a segment will be billed, estimated before it runs:
@@ -431,7 +362,7 @@ pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     if let Some(p) = &gw.payments {
         if let Err(e) = p.process(&payment, &session, Work::Credit).await {
             warn!(?sender, error = %e, "payment refused");
-            let (status, msg) = refusal(&e);
+            let (status, msg) = super::credentials::refusal(&e);
             return text(status, msg);
         }
     }

@@ -7,6 +7,7 @@
 //! chain service (`crate::chain`) follows rounds and redeems winners.
 
 pub mod auth;
+pub mod credentials;
 pub mod gateway;
 pub mod media;
 pub mod payments;
@@ -50,7 +51,7 @@ pub struct OrchestratorConfig {
 }
 
 /// go-livepeer's Live Runner flags.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct LiveRunnerOptions {
     /// `-orchSecret`: dynamic registration's bootstrap secret.
     pub orch_secret: Option<String>,
@@ -69,6 +70,24 @@ pub struct LiveRunnerOptions {
     pub heartbeat_ttl: Option<Duration>,
     /// Where the registry is kept across restarts; `None` keeps it in memory.
     pub state_file: Option<PathBuf>,
+    /// ETH/USD readings for runners' USD prices (needed on chain).
+    pub prices: Option<Arc<dyn crate::live_runner::price::EthUsdSource>>,
+    /// How often metered sessions are billed (-livePaymentInterval).
+    pub payment_interval: Duration,
+}
+
+impl std::fmt::Debug for LiveRunnerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bootstrap secret.
+        f.debug_struct("LiveRunnerOptions")
+            .field("static_runners", &self.static_runners.len())
+            .field("runner_addr", &self.runner_addr)
+            .field("proxy_url", &self.proxy_url)
+            .field("cli_listen", &self.cli_listen)
+            .field("state_file", &self.state_file)
+            .field("payment_interval", &self.payment_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The public base URL for `-serviceAddr`: `host:port` (HTTPS, as
@@ -153,9 +172,11 @@ fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, Strin
 async fn live_runners(
     options: &LiveRunnerOptions,
     service_uri: &str,
-    on_chain: bool,
+    payments: Option<&Arc<payments::Payments>>,
+    auth: &Arc<auth::AuthTokens>,
     trickle: &Arc<crate::trickle::TrickleServer>,
 ) -> Result<(Arc<runners::LiveRunners>, Option<TcpListener>), OrchestratorError> {
+    let on_chain = payments.is_some();
     use crate::live_runner::{proxy_url::ProxyTemplate, Registry, RegistryConfig};
     let bad = |e: &dyn std::fmt::Display| OrchestratorError::LiveRunners(e.to_string());
     let mut config = RegistryConfig::new(service_uri);
@@ -195,7 +216,22 @@ async fn live_runners(
             .register_static(&options.static_runners)
             .map_err(|e| bad(&format!("-liveRunnerConfig: {e}")))?;
     }
-    let runners = runners::LiveRunners::new(registry, options.state_file.clone());
+    let paid = match (payments, &options.prices) {
+        (None, _) => None,
+        (Some(payments), Some(prices)) => Some(runners::billing::LivePayments::new(
+            payments.clone(),
+            auth.clone(),
+            prices.clone(),
+            options.payment_interval,
+            service_uri,
+        )),
+        (Some(_), None) => {
+            return Err(bad(
+                &"on chain, runners' USD prices need an ETH/USD price feed (-priceFeedAddr)",
+            ))
+        }
+    };
+    let runners = runners::LiveRunners::new(registry, options.state_file.clone(), paid);
     runners.check_health().await;
     let cli = match options.cli_listen {
         Some(addr) => {
@@ -276,19 +312,25 @@ impl BoundOrchestrator {
             &config.service_addr,
             listener.local_addr().map(|a| a.port()).unwrap_or(0),
         );
+        let auth = Arc::new(auth::AuthTokens::new(rand::random()));
         let trickle = crate::trickle::TrickleServer::new(Default::default());
         let (runners, cli) = match &config.live_runners {
             Some(options) => {
-                let (runners, cli) =
-                    live_runners(options, &service_uri, config.payments.is_some(), &trickle)
-                        .await?;
+                let (runners, cli) = live_runners(
+                    options,
+                    &service_uri,
+                    config.payments.as_ref(),
+                    &auth,
+                    &trickle,
+                )
+                .await?;
                 (Some(runners), cli)
             }
             None => (None, None),
         };
         let gateway = Arc::new(Gateway {
             service_uri,
-            auth: auth::AuthTokens::new(rand::random()),
+            auth: auth.clone(),
             workers: pool,
             media: media::MediaStore::new(512 << 20),
             capabilities: net_caps,

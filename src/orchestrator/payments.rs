@@ -140,6 +140,8 @@ pub enum Work<'a> {
     /// Credit without work (`POST /payment`): at the base price, not gated
     /// (the work it later pays for is).
     Credit,
+    /// A Live Runner session, at its runner's price (converted from USD).
+    LiveRunner(Price),
 }
 
 #[derive(Debug)]
@@ -256,6 +258,9 @@ impl Payments {
     /// This node's price for `work` from `sender`: a model's own price for
     /// AI, else the gateway's override, else the base price.
     pub fn price_for(&self, sender: Option<Address>, work: Work<'_>) -> Price {
+        if let Work::LiveRunner(price) = work {
+            return price;
+        }
         if let Work::Ai { capability, model } = work {
             if let Some(p) = self.prices.per_model.get(&(capability, model.to_string())) {
                 return *p;
@@ -703,6 +708,39 @@ impl Payments {
     /// Debits `units` (pixels, ms, tokens) at the session's price.
     pub fn debit(&self, sender: Address, manifest: &str, units: u64) -> U256 {
         self.release(&(sender, manifest.to_string()), U256::ZERO, Some(units))
+    }
+
+    /// Debits `units` at the session's price only if its credit not
+    /// reserved covers them (metered Live Runner sessions: a session whose
+    /// credit is short is ended, not run into debt). Returns the fee.
+    pub fn try_debit(
+        &self,
+        sender: Address,
+        manifest: &str,
+        units: u64,
+    ) -> Result<U256, InsufficientBalance> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let s = sessions
+            .map
+            .get_mut(&(sender, manifest.to_string()))
+            .ok_or(InsufficientBalance)?;
+        let fee = s.price.cost(units);
+        if s.balance.saturating_sub(to_i256(s.reserved)) < to_i256(fee) {
+            return Err(InsufficientBalance);
+        }
+        s.balance = s.balance.saturating_sub(to_i256(fee));
+        s.touched = Instant::now();
+        Ok(fee)
+    }
+
+    /// The price a session was first paid at, if it has been paid.
+    pub fn session_price_of(&self, sender: Address, manifest: &str) -> Option<Price> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .map
+            .get(&(sender, manifest.to_string()))
+            .map(|s| s.price)
     }
 }
 

@@ -4,6 +4,7 @@
 //! listener, the runners' own callbacks, and `POST /registerLiveRunners` on
 //! the loopback CLI listener. The registry itself is `crate::live_runner`.
 
+pub mod billing;
 pub mod proxy;
 
 use std::sync::Arc;
@@ -39,12 +40,16 @@ pub struct LiveRunners {
     /// followed (the client sees them), no overall timeout (SSE lasts).
     client: reqwest::Client,
     health: reqwest::Client,
+    /// On chain: challenges, payments and metering. Off chain, as in
+    /// go-livepeer, sessions are free and nothing is priced.
+    paid: Option<Arc<billing::LivePayments>>,
 }
 
 impl LiveRunners {
     pub fn new(
         registry: Arc<Registry>,
         state_file: Option<std::path::PathBuf>,
+        paid: Option<Arc<billing::LivePayments>>,
     ) -> Arc<LiveRunners> {
         let client = reqwest::Client::builder()
             .http1_only()
@@ -60,6 +65,7 @@ impl LiveRunners {
         Arc::new(LiveRunners {
             registry,
             state_file,
+            paid,
             client,
             health,
         })
@@ -122,6 +128,7 @@ impl LiveRunners {
             .route("/discovery", axum::routing::get(discovery))
             .route("/apps/{id}/session", post(reserve_session))
             .route("/apps/{id}/session/{sid}/stop", post(stop_session))
+            .route("/apps/{id}/session/{sid}/payment", post(session_payment))
             .route("/apps/{id}/session/{sid}/app", any(session_app_root))
             .route("/apps/{id}/session/{sid}/app/", any(session_app_root))
             .route("/apps/{id}/session/{sid}/app/{*path}", any(session_app))
@@ -148,7 +155,7 @@ impl LiveRunners {
 type Shared = State<Arc<LiveRunners>>;
 
 /// go-livepeer's `respondWithError`: plain text and a newline.
-fn text(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+pub(crate) fn text(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (status, format!("{msg}\n")).into_response()
 }
 
@@ -257,7 +264,9 @@ struct DiscoveryQuery {
 async fn discovery(State(lr): Shared, Query(q): Query<DiscoveryQuery>) -> Response {
     let runners = lr
         .registry
-        .discover(q.app.as_deref(), q.gpu.as_deref(), |_| None);
+        .discover(q.app.as_deref(), q.gpu.as_deref(), |spec| {
+            lr.paid.as_ref().and_then(|p| p.advertised(spec))
+        });
     Json(vec![DiscoveredOrchestrator {
         address: lr.registry.config().service_uri.clone(),
         runners,
@@ -265,10 +274,90 @@ async fn discovery(State(lr): Shared, Query(q): Query<DiscoveryQuery>) -> Respon
     .into_response()
 }
 
-async fn reserve_session(State(lr): Shared, Path(id): Path<String>) -> Response {
-    match lr.registry.reserve(&id, Mode::Persistent, None) {
+async fn reserve_session(
+    State(lr): Shared,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match lr.reserve_paid(&id, Mode::Persistent, &headers).await {
         Ok(Reserved { response, .. }) => Json(response).into_response(),
-        Err(e) => registry_error(e),
+        Err(r) => r,
+    }
+}
+
+/// `POST /apps/{id}/session/{sid}/payment`: a metered session's top-up.
+async fn session_payment(
+    State(lr): Shared,
+    Path((id, sid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = lr.registry.session(&id, &sid) {
+        return registry_error(e);
+    }
+    match &lr.paid {
+        Some(paid) => paid.top_up(&sid, &headers).await,
+        None => text(
+            StatusCode::BAD_REQUEST,
+            "this orchestrator runs off chain and takes no tickets",
+        ),
+    }
+}
+
+impl LiveRunners {
+    /// Reserves a session of `mode` on runner `route`. On chain the request
+    /// must pay: without payment headers it gets the `402` challenge; with
+    /// them the payment is checked, the session reserved under its manifest
+    /// ID, then the payment processed (the session is released if refused).
+    async fn reserve_paid(
+        self: &Arc<Self>,
+        route: &str,
+        mode: Mode,
+        headers: &HeaderMap,
+    ) -> Result<Reserved, Response> {
+        let Some(paid) = &self.paid else {
+            return self
+                .registry
+                .reserve(route, mode, None)
+                .map_err(registry_error);
+        };
+        let spec = self.registry.runner_spec(route).map_err(registry_error)?;
+        match (spec.mode, mode) {
+            (Mode::SingleShot, Mode::Persistent) => {
+                return Err(registry_error(RegistryError::SingleShotRunner))
+            }
+            (Mode::Persistent, Mode::SingleShot) => {
+                return Err(registry_error(RegistryError::PersistentRunner))
+            }
+            _ => {}
+        }
+        let wei = paid.wei_price(&spec).map_err(|e| {
+            tracing::warn!(runner = route, error = %e, "live runner has no price now");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "live runner price unavailable",
+            )
+        })?;
+        if !headers.contains_key("Livepeer-Payment") && !headers.contains_key("Livepeer-Segment") {
+            return Err(paid.challenge(route, headers, wei).await);
+        }
+        let admitted = paid.admit(headers, wei).await?;
+        let reserved = self
+            .registry
+            .reserve(route, mode, Some(&admitted.sid))
+            .map_err(registry_error)?;
+        if let Err(r) = paid
+            .pay(
+                &self.registry,
+                &admitted,
+                wei,
+                reserved.grant.cancel.clone(),
+            )
+            .await
+        {
+            self.registry.release(&admitted.sid, Release::Unpaid);
+            return Err(r);
+        }
+        Ok(reserved)
     }
 }
 
@@ -347,9 +436,12 @@ impl Drop for ReleaseOnDrop {
 /// One request, one session: reserved, proxied, released once the
 /// response has been streamed (or the client went away).
 async fn run_single_shot(State(lr): Shared, id: &str, path: &str, request: Request) -> Response {
-    let reserved = match lr.registry.reserve(id, Mode::SingleShot, None) {
+    let reserved = match lr
+        .reserve_paid(id, Mode::SingleShot, request.headers())
+        .await
+    {
         Ok(r) => r,
-        Err(e) => return registry_error(e),
+        Err(r) => return r,
     };
     let guard = ReleaseOnDrop {
         registry: lr.registry.clone(),
