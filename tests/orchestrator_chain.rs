@@ -132,7 +132,13 @@ impl Shim {
                 "--http-addr",
                 "127.0.0.1:0",
             ])
-            .args(["--workers", workers, "-datadir"])
+            .args(if workers.is_empty() {
+                // Live Runners only.
+                vec![]
+            } else {
+                vec!["--workers", workers]
+            })
+            .arg("-datadir")
             .arg(datadir)
             .args(eth_flags_at(rpc, chain, account))
             .args(pricing)
@@ -1201,4 +1207,303 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
         "the failure is logged"
     );
     assert!(!log.contains(RPC_KEY), "the RPC key is in the log");
+}
+
+/// A runner app for paid sessions: `/health` and `/echo` (the session it
+/// was reached as).
+async fn echo_runner() -> String {
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/echo",
+            axum::routing::any(|headers: axum::http::HeaderMap| async move {
+                headers
+                    .get("livepeer-session-id")
+                    .map(|v| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// Posts `payment` and `seg` as a live payment's headers.
+async fn post_paid(url: &str, seg: &net::SegData, payment: &net::Payment) -> (u16, Vec<u8>) {
+    let r = http()
+        .post(url)
+        .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
+        .header("Livepeer-Payment", b64(&payment.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_payment_stops() {
+    use base64::Engine;
+    const SECRET: &str = "runner-bootstrap";
+    let mut chain = LocalChain::start(&["--round-length=100", "--gas-price=1"]);
+    let dir = tempdir();
+    let account = keystore(&mut chain, 1, dir.path());
+    let orch_client = chain.client(1).await;
+    fund_sender(&chain.client(2).await, "1", "1").await;
+    fund_sender(&chain.client(3).await, "1", "1").await;
+    let mut gateway = GatewaySigner::new(&chain, 2);
+    let mut other = GatewaySigner::new(&chain, 3);
+    next_round(&orch_client).await;
+    orch_client.initialize_round().await.unwrap();
+    // Bonded and registered, active from the next round: the broker
+    // credits a winning ticket's fees to an active transcoder's pool.
+    cli(&["bond", "--amount", "500"], &chain, &account);
+    cli(
+        &["register", "--reward-cut", "10", "--fee-share", "5"],
+        &chain,
+        &account,
+    );
+    next_round(&orch_client).await;
+    orch_client.initialize_round().await.unwrap();
+
+    // Chainlink's aggregator behind a feed that says "ETH / USD": $2000,
+    // but last updated 3 hours ago.
+    let feed = chain.command("deployPriceFeed 8 200000000000");
+    let aggregator = feed["aggregator"].as_str().unwrap().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    chain.command(&format!(
+        "setPrice {aggregator} 200000000000 {}",
+        now - 3 * 3600
+    ));
+    // A wrong address (the bare aggregator describes itself otherwise) is
+    // refused at start.
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "orchestrator",
+            "-serviceAddr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--use-live-runners",
+            "--orch-secret",
+            SECRET,
+            "-priceFeedAddr",
+            &aggregator,
+        ])
+        .arg("-datadir")
+        .arg(dir.path().join("wrong"))
+        .args(eth_flags(&chain, &account))
+        .args(PRICING)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ETH / USD"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let shim = Shim::start_with(
+        &chain,
+        &account,
+        "",
+        &dir.path().join("data"),
+        &chain.rpc,
+        PRICING,
+        &[
+            "--use-live-runners",
+            "--orch-secret",
+            SECRET,
+            "-priceFeedAddr",
+            feed["feed"].as_str().unwrap(),
+            "-livePaymentInterval",
+            "1s",
+            "--price-feed-refresh",
+            "1s",
+        ],
+    );
+    let uri = format!("https://{}", shim.addr);
+    let runner_url = echo_runner().await;
+    // $0.0000072 an hour at $2000 is 1e6 wei a second: one 2e6 wei
+    // ticket pays for 2 s.
+    let (status, body) = http()
+        .post(format!("{uri}/runners/heartbeat"))
+        .header("authorization", SECRET)
+        .json(&serde_json::json!({
+            "runner_url": runner_url, "app": "test/paid", "capacity": 2,
+            "price_info": {"price": "0.0000072", "currency": "usd", "unit": "hour"}
+        }))
+        .send()
+        .await
+        .map(|r| (r.status().as_u16(), r))
+        .unwrap();
+    assert_eq!(status, 200);
+    let runner: serde_json::Value = body.json().await.unwrap();
+    let id = runner["runner_id"].as_str().unwrap().to_string();
+    // Unpriced on chain is refused.
+    let r = http()
+        .post(format!("{uri}/runners/heartbeat"))
+        .header("authorization", SECRET)
+        .json(&serde_json::json!({"runner_url": runner_url, "app": "test/free"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let discovery = || async {
+        let v: serde_json::Value = http()
+            .get(format!("{uri}/discovery"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v[0]["runners"][0].clone()
+    };
+    // A stale reading prices nothing: no price advertised, no session.
+    assert_eq!(discovery().await["price_info"], serde_json::Value::Null);
+    let reserve = format!("{uri}/apps/{id}/session");
+    let r = http()
+        .post(&reserve)
+        .header("Livepeer-Payer-Address", gateway.address.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // A fresh round: picked up within the refresh period.
+    chain.command(&format!("setPrice {aggregator} 200000000000"));
+    wait_until("a fresh price", Duration::from_secs(15), || async {
+        discovery().await["price_info"]
+            == serde_json::json!({"price": 1_000_000, "currency": "wei", "unit": "seconds"})
+    })
+    .await;
+
+    // No payer: 402 with go-livepeer's JSON error; a payer: the challenge.
+    let r = http().post(&reserve).send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        serde_json::json!({"error": {"message": "invalid live runner payment signer address"}})
+    );
+    let r = http()
+        .post(&reserve)
+        .header("Livepeer-Payer-Address", gateway.address.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let challenge: serde_json::Value = r.json().await.unwrap();
+    let manifest = challenge["manifest_id"].as_str().unwrap().to_string();
+    assert_eq!(challenge["orchestrator"], uri.as_str());
+    assert_eq!(
+        challenge["payment_url"],
+        format!("{uri}/apps/{id}/session/{manifest}/payment")
+    );
+    let info = net::OrchestratorInfo::decode(
+        base64::engine::general_purpose::STANDARD
+            .decode(challenge["payment_params"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(info.address, account.address.to_vec());
+    assert_eq!(
+        info.price_info
+            .as_ref()
+            .map(|p| (p.price_per_unit, p.pixels_per_unit)),
+        Some((1_000_000, 1))
+    );
+    assert_eq!(info.auth_token.as_ref().unwrap().session_id, manifest);
+    let seg_for = |signer: &GatewaySigner, manifest_id: &str| {
+        signer.signed(net::SegData {
+            manifest_id: manifest_id.as_bytes().to_vec(),
+            auth_token: info.auth_token.clone(),
+            ..Default::default()
+        })
+    };
+
+    // Another gateway cannot pay for (and so use) this challenge.
+    let theirs = other.payment(&info, 1);
+    let (status, body) = post_paid(&reserve, &seg_for(&other, &manifest), &theirs).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (403, "auth token was issued to another sender\n")
+    );
+    // The segment credentials must name the challenge's manifest.
+    let payment = gateway.payment(&info, 3);
+    let (status, body) = post_paid(&reserve, &seg_for(&gateway, "another"), &payment).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (403, "mismatched manifest and auth token\n")
+    );
+    let (status, body) = post_paid(&reserve, &seg_for(&gateway, &manifest), &payment).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let session: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(session["session_id"], manifest.as_str());
+    let app_url = session["app_url"].as_str().unwrap().to_string();
+    // The same payment again: the session exists.
+    let (status, _) = post_paid(&reserve, &seg_for(&gateway, &manifest), &payment).await;
+    assert_eq!(status, 409);
+    let r = http().get(format!("{app_url}/echo")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), manifest);
+
+    // A top-up: 2 more tickets, answered with fresh params.
+    let more = gateway.payment(&info, 2);
+    let payment_url = challenge["payment_url"].as_str().unwrap();
+    let (status, body) = post_paid(payment_url, &seg_for(&gateway, &manifest), &more).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let result = net::PaymentResult::decode(body.as_slice()).unwrap();
+    assert!(result.info.unwrap().ticket_params.is_some());
+    // Someone else's tickets cannot top it up.
+    let (status, _) = post_paid(
+        payment_url,
+        &seg_for(&other, &manifest),
+        &other.payment(&info, 1),
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Payments stop: 5 tickets are 10 s of credit, billed each second;
+    // then the session is released.
+    let paid_at = Instant::now();
+    wait_until(
+        "the unpaid session's release",
+        Duration::from_secs(30),
+        || async {
+            http()
+                .get(format!("{app_url}/echo"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 404
+        },
+    )
+    .await;
+    let lasted = paid_at.elapsed();
+    assert!(
+        lasted >= Duration::from_secs(6),
+        "released after {lasted:?}: before its credit ran out"
+    );
+    assert_eq!(discovery().await["capacity_used"], 0);
+
+    // Every ticket won; once their params expire they are redeemed.
+    common::chain::mine(&orch_client, 41).await;
+    for t in gateway
+        .tickets(&payment)
+        .iter()
+        .chain(&gateway.tickets(&more))
+    {
+        let h = t.hash();
+        wait_until("redemption", Duration::from_secs(60), || {
+            used(&orch_client, h)
+        })
+        .await;
+    }
 }

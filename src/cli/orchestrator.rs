@@ -245,6 +245,9 @@ pub struct OrchestratorArgs {
     /// than this (go-livepeer has no limit), e.g. `2h`.
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration)]
     pub price_feed_max_age: Duration,
+    /// How often the ETH/USD feed is read (go-livepeer: hourly).
+    #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+    pub price_feed_refresh: Duration,
     /// Seconds between runner heartbeats (and static health checks).
     #[arg(long, default_value_t = 5)]
     pub live_runner_heartbeat_interval: u64,
@@ -432,7 +435,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
     let mut payments = None;
     let mut chain_task = None;
     // ETH/USD for runners' USD prices; read on chain only.
-    let eth_usd: Option<Arc<dyn lpworker::live_runner::price::EthUsdSource>> = None;
+    let mut eth_usd: Option<Arc<dyn lpworker::live_runner::price::EthUsdSource>> = None;
     if let Some(chain_config) = args.eth.chain_config()? {
         let signer = load_signer(&args.eth.key_source()?)?;
         let key = secp256k1::SecretKey::from_slice(signer.to_bytes().as_slice())
@@ -526,6 +529,9 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         chain_task = Some(tokio::spawn(
             service.run(async move { stop.cancelled().await }),
         ));
+        if args.use_live_runners || args.live_runner_config.is_some() {
+            eth_usd = Some(eth_usd_feed(&args, client.clone(), shutdown.clone()).await?);
+        }
     }
     if payments.is_none() && (args.ai_models.is_some() || args.price_per_gateway.is_some()) {
         tracing::warn!("--ai-models and --price-per-gateway price ticket payments; off chain nothing is charged");
@@ -580,6 +586,63 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         let _ = t.await;
     }
     Ok(())
+}
+
+/// ETH/USD from the Chainlink feed, for runners' USD prices: read now,
+/// then refreshed in the background; readings older than
+/// --price-feed-max-age price nothing.
+async fn eth_usd_feed(
+    args: &OrchestratorArgs,
+    client: Arc<ChainClient>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<Arc<dyn lpworker::live_runner::price::EthUsdSource>> {
+    use lpworker::chain::price_feed::{
+        PriceFeed, PriceFeedWatcher, WatcherOptions, ARBITRUM_ONE_ETH_USD_FEED,
+    };
+    let address = match (args.price_feed_addr, args.eth.network.as_deref()) {
+        (Some(a), _) => a,
+        (None, Some("arbitrum-one-mainnet")) => ARBITRUM_ONE_ETH_USD_FEED,
+        (None, _) => bail!(
+            "on chain, Live Runners' USD prices need the Chainlink ETH/USD feed: give -priceFeedAddr"
+        ),
+    };
+    let feed = PriceFeed::connect(client, address)
+        .await
+        .with_context(|| format!("-priceFeedAddr {address}"))?;
+    let watcher = Arc::new(PriceFeedWatcher::new(
+        feed,
+        WatcherOptions {
+            refresh: args.price_feed_refresh,
+            ..WatcherOptions::default()
+        },
+    ));
+    if let Err(e) = watcher.refresh().await {
+        tracing::warn!(error = %e, "the ETH/USD feed could not be read yet: priced sessions wait for it");
+    }
+    tokio::spawn(
+        watcher
+            .clone()
+            .run(async move { shutdown.cancelled().await }),
+    );
+    Ok(Arc::new(FreshEthUsd {
+        watcher,
+        max_age: args.price_feed_max_age,
+    }))
+}
+
+/// The feed's reading while it is fresh enough to price new sessions.
+struct FreshEthUsd {
+    watcher: Arc<lpworker::chain::price_feed::PriceFeedWatcher>,
+    max_age: Duration,
+}
+
+impl lpworker::live_runner::price::EthUsdSource for FreshEthUsd {
+    fn eth_usd(&self) -> Result<lpworker::live_runner::price::EthUsd, String> {
+        self.watcher
+            .fresh(self.max_age)
+            .map(|r| r.to_eth_usd())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// The port of `-serviceAddr`: `host:port`, or a URL (its port, or its
