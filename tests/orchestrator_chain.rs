@@ -1308,13 +1308,18 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Video priced in USD too: $0.000002 a pixel is 1e9 wei at $2000.
+    let usd_pricing: Vec<&str> = PRICING
+        .iter()
+        .map(|a| if *a == "2" { "0.000002USD" } else { a })
+        .collect();
     let shim = Shim::start_with(
         &chain,
         &account,
         "",
         &dir.path().join("data"),
         &chain.rpc,
-        PRICING,
+        &usd_pricing,
         &[
             "--use-live-runners",
             "--orch-secret",
@@ -1366,7 +1371,7 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
             .unwrap();
         v[0]["runners"][0].clone()
     };
-    // A stale reading prices nothing: no price advertised, no session.
+    // A stale reading prices no session: no price advertised, no session.
     assert_eq!(discovery().await["price_info"], serde_json::Value::Null);
     let reserve = format!("{uri}/apps/{id}/session");
     let r = http()
@@ -1383,6 +1388,19 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
             == serde_json::json!({"price": 1_000_000, "currency": "wei", "unit": "seconds"})
     })
     .await;
+
+    let price_request = gateway.orchestrator_request();
+    let video_price = || async {
+        let mut grpc = shim.grpc().await;
+        let info = grpc
+            .get_orchestrator(price_request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        info.price_info
+            .map(|p| (p.price_per_unit, p.pixels_per_unit))
+    };
+    assert_eq!(video_price().await, Some((1_000_000_000, 1)));
 
     // No payer: 402 with go-livepeer's JSON error; a payer: the challenge.
     let r = http().post(&reserve).send().await.unwrap();
@@ -1492,6 +1510,14 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
         "released after {lasted:?}: before its credit ran out"
     );
     assert_eq!(discovery().await["capacity_used"], 0);
+
+    // ETH doubles: the video price halves, the runner's advertised price too.
+    chain.command(&format!("setPrice {aggregator} 400000000000"));
+    wait_until("the new ETH price", Duration::from_secs(15), || async {
+        video_price().await == Some((500_000_000, 1))
+    })
+    .await;
+    assert_eq!(discovery().await["price_info"]["price"], 500_000);
 
     // Every ticket won; once their params expire they are redeemed.
     common::chain::mine(&orch_client, 41).await;

@@ -263,8 +263,10 @@ pub struct OrchestratorArgs {
     /// On a chain it must be given (0 only when said explicitly) unless
     /// --ai-models or --price-per-gateway set prices: as go-livepeer, a
     /// node never works for free by accident.
+    /// Wei (an integer), or US dollars with a `USD` suffix (`0.5USD`),
+    /// converted with the ETH/USD feed as go-livepeer does.
     #[arg(long, alias = "pricePerUnit")]
-    pub price_per_unit: Option<i64>,
+    pub price_per_unit: Option<String>,
     #[arg(long, alias = "pixelsPerUnit", default_value_t = 1)]
     pub pixels_per_unit: i64,
     /// Expected value of one ticket, in wei (go-livepeer's -ticketEV).
@@ -402,10 +404,57 @@ async fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// -pricePerUnit: wei, or USD to be converted at the feed's rate.
+#[derive(Debug, Clone, PartialEq)]
+enum BasePrice {
+    Wei(i64),
+    Usd(lpworker::live_runner::price::UsdPrice),
+}
+
+fn parse_base_price(text: &str) -> Result<BasePrice> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    if let Some(amount) = lower.strip_suffix("usd") {
+        let usd = lpworker::live_runner::price::UsdPrice::parse(amount.trim(), "usd", "fixed")
+            .with_context(|| format!("-pricePerUnit {text:?}"))?;
+        return Ok(BasePrice::Usd(usd));
+    }
+    let wei: i64 = t.parse().with_context(|| {
+        format!("-pricePerUnit {text:?}: wei as an integer, or dollars as 0.5USD")
+    })?;
+    if wei < 0 {
+        bail!("-pricePerUnit must not be negative");
+    }
+    Ok(BasePrice::Wei(wei))
+}
+
+/// Wei per `pixels_per_unit` pixels for a USD price at `eth`.
+fn usd_base_price(
+    usd: &lpworker::live_runner::price::UsdPrice,
+    eth: &lpworker::live_runner::price::EthUsd,
+    pixels_per_unit: i64,
+) -> Result<Price> {
+    let wei = usd
+        .to_wei(eth)
+        .with_context(|| "-pricePerUnit in USD at the feed's ETH/USD rate")?;
+    Ok(Price::new(u128::from(wei.wei), pixels_per_unit as u128).expect("pixels per unit checked"))
+}
+
 async fn serve(args: OrchestratorArgs) -> Result<()> {
-    let price_per_unit = args.price_per_unit.unwrap_or(0);
-    if args.pixels_per_unit <= 0 || price_per_unit < 0 {
-        bail!("--pixels-per-unit must be positive and --price-per-unit not negative");
+    let base_price = args
+        .price_per_unit
+        .as_deref()
+        .map(parse_base_price)
+        .transpose()?;
+    let price_per_unit = match &base_price {
+        Some(BasePrice::Wei(w)) => *w,
+        _ => 0,
+    };
+    if args.pixels_per_unit <= 0 {
+        bail!("--pixels-per-unit must be positive");
+    }
+    if matches!(base_price, Some(BasePrice::Usd(_))) && args.eth.chain_config()?.is_none() {
+        bail!("-pricePerUnit in USD needs a chain and its ETH/USD feed (-priceFeedAddr); off chain nothing is charged");
     }
     if args.ticket_ev.is_zero() || args.ticket_ev > args.max_ticket_ev {
         bail!(
@@ -496,11 +545,36 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         };
         let prices =
             lpworker::orchestrator::pricing::book(args.price_per_gateway.as_deref(), &models)?;
-        let price = Price::new(price_per_unit as u128, args.pixels_per_unit as u128)
-            .expect("pixels per unit checked");
+        let wants_feed = matches!(base_price, Some(BasePrice::Usd(_)))
+            || args.use_live_runners
+            || args.live_runner_config.is_some();
+        let feed = match wants_feed {
+            true => Some(eth_usd_feed(&args, client.clone(), shutdown.clone()).await?),
+            false => None,
+        };
+        let price = match (&base_price, &feed) {
+            (Some(BasePrice::Usd(usd)), Some(feed)) => {
+                // The latest reading however old: gateways' sessions need a
+                // price, and it follows the feed from here on.
+                if let Err(e) = feed.eth_usd_now() {
+                    tracing::warn!(error = %e, "-pricePerUnit in USD converted at an old ETH/USD reading");
+                }
+                let reading = feed.watcher.current().context(
+                    "-pricePerUnit in USD: the ETH/USD feed could not be read to convert it",
+                )?;
+                usd_base_price(usd, &reading.to_eth_usd(), args.pixels_per_unit)?
+            }
+            _ => Price::new(price_per_unit as u128, args.pixels_per_unit as u128)
+                .expect("pixels per unit checked"),
+        };
         let others_priced = prices.per_gateway.values().any(|p| p.num != 0)
             || prices.per_model.values().any(|p| p.num != 0);
-        match (args.price_per_unit, others_priced) {
+        let stated = match &base_price {
+            None => None,
+            Some(BasePrice::Wei(w)) => Some(*w),
+            Some(BasePrice::Usd(_)) => Some(i64::try_from(price.num).unwrap_or(i64::MAX).max(1)),
+        };
+        match (stated, others_priced) {
             (None, false) => bail!(
                 "no price set: give -pricePerUnit (and -pixelsPerUnit), or price models in --ai-models; \
                  -pricePerUnit 0 works for free on purpose (go-livepeer refuses to start unpriced too)"
@@ -529,8 +603,27 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         chain_task = Some(tokio::spawn(
             service.run(async move { stop.cancelled().await }),
         ));
+        if let (Some(BasePrice::Usd(usd)), Some(feed), Some(payments)) =
+            (&base_price, &feed, &payments)
+        {
+            // The base price follows ETH/USD; sessions keep theirs.
+            let (usd, feed, payments) = (usd.clone(), feed.clone(), payments.clone());
+            let pixels = args.pixels_per_unit;
+            let mut updates = feed.watcher.subscribe();
+            tokio::spawn(async move {
+                while updates.changed().await.is_ok() {
+                    let reading = updates.borrow_and_update().clone();
+                    if let Some(r) = reading {
+                        match usd_base_price(&usd, &r.to_eth_usd(), pixels) {
+                            Ok(p) => payments.set_price(p),
+                            Err(e) => tracing::warn!(error = %e, "price not updated"),
+                        }
+                    }
+                }
+            });
+        }
         if args.use_live_runners || args.live_runner_config.is_some() {
-            eth_usd = Some(eth_usd_feed(&args, client.clone(), shutdown.clone()).await?);
+            eth_usd = feed.map(|f| f as Arc<dyn lpworker::live_runner::price::EthUsdSource>);
         }
     }
     if payments.is_none() && (args.ai_models.is_some() || args.price_per_gateway.is_some()) {
@@ -595,7 +688,7 @@ async fn eth_usd_feed(
     args: &OrchestratorArgs,
     client: Arc<ChainClient>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> Result<Arc<dyn lpworker::live_runner::price::EthUsdSource>> {
+) -> Result<Arc<FreshEthUsd>> {
     use lpworker::chain::price_feed::{
         PriceFeed, PriceFeedWatcher, WatcherOptions, ARBITRUM_ONE_ETH_USD_FEED,
     };
@@ -636,12 +729,15 @@ struct FreshEthUsd {
     max_age: Duration,
 }
 
+impl FreshEthUsd {
+    fn eth_usd_now(&self) -> Result<lpworker::live_runner::price::EthUsd> {
+        Ok(self.watcher.fresh(self.max_age)?.to_eth_usd())
+    }
+}
+
 impl lpworker::live_runner::price::EthUsdSource for FreshEthUsd {
     fn eth_usd(&self) -> Result<lpworker::live_runner::price::EthUsd, String> {
-        self.watcher
-            .fresh(self.max_age)
-            .map(|r| r.to_eth_usd())
-            .map_err(|e| e.to_string())
+        self.eth_usd_now().map_err(|e| e.to_string())
     }
 }
 
@@ -705,6 +801,26 @@ fn live_runner_options(
 #[cfg(test)]
 mod tests {
     use super::service_port;
+
+    #[test]
+    fn a_base_price_is_wei_or_usd() {
+        use super::{parse_base_price, usd_base_price, BasePrice};
+        assert_eq!(parse_base_price("1200").unwrap(), BasePrice::Wei(1200));
+        assert!(parse_base_price("-1").is_err());
+        assert!(parse_base_price("ten").is_err());
+        let BasePrice::Usd(usd) = parse_base_price("0.000002USD").unwrap() else {
+            panic!("USD expected")
+        };
+        assert!(matches!(parse_base_price("0.5 usd"), Ok(BasePrice::Usd(_))));
+        assert!(parse_base_price("0usd").is_err());
+        // $0.000002 at $2000 is 1e9 wei per -pixelsPerUnit pixels.
+        let eth = lpworker::live_runner::price::EthUsd {
+            answer: alloy_primitives::U256::from(200_000_000_000u64),
+            decimals: 8,
+        };
+        let p = usd_base_price(&usd, &eth, 3).unwrap();
+        assert_eq!((p.num, p.den), (1_000_000_000, 3));
+    }
 
     #[test]
     fn the_service_address_is_host_port_or_a_url() {

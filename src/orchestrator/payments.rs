@@ -185,8 +185,9 @@ pub struct Payments {
     chain: watch::Receiver<Option<ChainState>>,
     store: Arc<TicketStore>,
     config: PaymentConfig,
-    /// This node's price for video (wei per pixel).
-    price: Price,
+    /// This node's price for video (wei per pixel); moves with ETH/USD
+    /// when it is set in USD.
+    price: std::sync::RwLock<Price>,
     prices: PriceBook,
     sessions: Mutex<Sessions>,
 }
@@ -200,7 +201,7 @@ impl std::fmt::Debug for Payments {
         // Never the key.
         f.debug_struct("Payments")
             .field("address", &self.address())
-            .field("price", &self.price)
+            .field("price", &self.price())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -227,7 +228,7 @@ impl Payments {
             chain,
             store,
             config,
-            price,
+            price: std::sync::RwLock::new(price),
             prices,
             sessions: Mutex::new(Sessions {
                 map: HashMap::new(),
@@ -242,7 +243,7 @@ impl Payments {
 
     /// Whether any price is set (base, per gateway or per model).
     pub fn has_prices(&self) -> bool {
-        self.price.num != 0
+        self.price().num != 0
             || self.prices.per_gateway.values().any(|p| p.num != 0)
             || self.prices.per_model.values().any(|p| p.num != 0)
     }
@@ -252,7 +253,13 @@ impl Payments {
     }
 
     pub fn price(&self) -> Price {
-        self.price
+        *self.price.read().expect("price lock")
+    }
+
+    /// A new base price (a USD price converted at a new ETH/USD reading).
+    /// Sessions keep the price they were first paid at.
+    pub fn set_price(&self, price: Price) {
+        *self.price.write().expect("price lock") = price;
     }
 
     /// This node's price for `work` from `sender`: a model's own price for
@@ -268,7 +275,7 @@ impl Payments {
         }
         sender
             .and_then(|s| self.prices.per_gateway.get(&s).copied())
-            .unwrap_or(self.price)
+            .unwrap_or_else(|| self.price())
     }
 
     /// The per-model prices, as OrchestratorInfo.capabilities_prices lists them.
