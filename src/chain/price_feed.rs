@@ -228,7 +228,9 @@ impl PriceFeed {
         let found = match feed.description().call().await {
             Ok(d) => d,
             // No such function, or answers that are no string: not a feed.
-            Err(e @ (alloy::contract::Error::ZeroData(..) | alloy::contract::Error::AbiError(_))) => {
+            Err(
+                e @ (alloy::contract::Error::ZeroData(..) | alloy::contract::Error::AbiError(_)),
+            ) => {
                 return Err(PriceFeedError::NotAFeed {
                     address,
                     reason: e.to_string(),
@@ -260,7 +262,7 @@ impl PriceFeed {
         // in practice, and pinning both to one block would fail on load-
         // balanced nodes that have not seen that block yet.
         let (round, decimals) = tokio::try_join!(round_call.call(), decimals_call.call())
-            .map_err(|e| self.client.call_error("price feed latestRoundData", e))?;
+            .map_err(|e| self.client.call_error("price feed read", e))?;
         Reading::from_round(
             round.roundId.to::<u128>(),
             round.answer,
@@ -417,7 +419,13 @@ mod tests {
     use crate::live_runner::price::UsdPrice;
 
     fn reading(answer: u64, updated_at: u64) -> Reading {
-        Reading::from_round(1, I256::try_from(answer).unwrap(), U256::from(updated_at), 8).unwrap()
+        Reading::from_round(
+            1,
+            I256::try_from(answer).unwrap(),
+            U256::from(updated_at),
+            8,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -439,8 +447,9 @@ mod tests {
                 "{wrong:?}"
             );
         }
+        // As go-livepeer writes it, EIP-55 checksum included.
         assert_eq!(
-            format!("{a:?}"),
+            a.to_checksum(None),
             "0x639Fe6ab55C921f74e7fac1ee960C0B6293ba612"
         );
     }

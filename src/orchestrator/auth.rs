@@ -70,7 +70,19 @@ impl AuthTokens {
     /// token pays only with that sender's tickets and credit. A segment
     /// signature seen elsewhere cannot be replayed with another token.
     pub fn issue(&self, gateway: Option<alloy_primitives::Address>) -> AuthToken {
-        let mut session_id: String = (0..8)
+        self.issue_random(gateway, 8)
+    }
+
+    /// As [`issue`](Self::issue), with `hex_digits` random hex digits in
+    /// the session ID: a Live Runner session's ID is also what its URLs
+    /// (and its unauthenticated stop, as go-livepeer has it) are reached
+    /// by, so it gets more than go-livepeer's 32 random bits.
+    pub fn issue_random(
+        &self,
+        gateway: Option<alloy_primitives::Address>,
+        hex_digits: usize,
+    ) -> AuthToken {
+        let mut session_id: String = (0..hex_digits)
             .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
             .collect();
         if let Some(address) = gateway {

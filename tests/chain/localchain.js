@@ -15,11 +15,29 @@
 //                                and point NAME at it (a contract upgrade)
 //   keystore INDEX DIR PASSWORD  write account INDEX as a V3 keystore file
 //                                in DIR (go-ethereum's file naming)
+//   deployPriceFeed DECIMALS ANSWER
+//                                deploy a Chainlink MockV3Aggregator (from
+//                                @chainlink/contracts) answering ANSWER with
+//                                DECIMALS decimals, and an EthUsdFeed
+//                                (contracts/EthUsdFeed.sol) reading it, which
+//                                describes itself "ETH / USD" as the real feed
+//                                does (the bare aggregator does not: it stands
+//                                for a wrong feed) -> {aggregator, feed,
+//                                roundId, answer, updatedAt}
+//   setPrice AGGREGATOR ANSWER [UPDATED_AT]
+//                                a new round on that aggregator answering
+//                                ANSWER, updated now (updateAnswer) or at
+//                                UPDATED_AT, unix seconds (updateRoundData),
+//                                e.g. long ago for a stale reading
+//                                -> {aggregator, roundId, answer, updatedAt}
+// The Solidity is compiled with solc-js on first use and cached under
+// node_modules/.cache, so a chain that never deploys a feed starts as fast.
 // Options: --round-length=N --round-lock-amount=PPM --active-transcoders=N
 //   --ticket-validity=ROUNDS --gas-price=WEI
 // and exits when stdin closes, so a test that dies never leaks a chain.
 "use strict";
 
+const crypto = require("crypto");
 const fs = require("fs");
 const net = require("net");
 const path = require("path");
@@ -64,6 +82,79 @@ const A = {
   Minter: artifact("token/Minter.sol/Minter.json"),
   LivepeerToken: artifact("token/LivepeerToken.sol/LivepeerToken.json"),
 };
+
+// Our test contracts (contracts/*.sol) and the Chainlink ones they use.
+const CONTRACTS = path.join(__dirname, "contracts");
+const CHAINLINK = "@chainlink/contracts/";
+const MOCK_V3_AGGREGATOR = CHAINLINK + "src/v0.8/shared/mocks/MockV3Aggregator.sol";
+
+function readSource(name) {
+  if (name.startsWith(CHAINLINK)) {
+    const root = path.dirname(require.resolve(CHAINLINK + "package.json"));
+    return fs.readFileSync(path.join(root, name.slice(CHAINLINK.length)), "utf8");
+  }
+  return fs.readFileSync(path.join(CONTRACTS, name), "utf8");
+}
+
+// {EthUsdFeed, MockV3Aggregator}: {abi, bytecode}. Compiling takes solc-js
+// about 1.5 s (loading the compiler included), so the artifacts are cached,
+// keyed by the compiler, the Chainlink package and every input.
+let compiled = null;
+function solidity() {
+  if (compiled) return compiled;
+  const input = {
+    language: "Solidity",
+    sources: {
+      "EthUsdFeed.sol": { content: readSource("EthUsdFeed.sol") },
+      [MOCK_V3_AGGREGATOR]: { content: readSource(MOCK_V3_AGGREGATOR) },
+    },
+    settings: {
+      // ganache 7.9 runs Shanghai; newer compilers default to later forks
+      // whose opcodes (MCOPY) it does not know.
+      evmVersion: "shanghai",
+      outputSelection: { "*": { "*": ["abi", "evm.bytecode.object"] } },
+    },
+  };
+  const version = (pkg) => require(pkg + "/package.json").version;
+  const key = crypto
+    .createHash("sha256")
+    .update(JSON.stringify([version("solc"), version("@chainlink/contracts"), input]))
+    .digest("hex")
+    .slice(0, 16);
+  const cacheDir = path.join(__dirname, "node_modules", ".cache", "lpworker-localchain");
+  const cacheFile = path.join(cacheDir, `solidity-${key}.json`);
+  try {
+    compiled = JSON.parse(fs.readFileSync(cacheFile, "utf8"));
+    return compiled;
+  } catch (_) {
+    // Not compiled yet (or a torn file): compile below.
+  }
+  const solc = require("solc");
+  const findImports = (name) => {
+    try {
+      return { contents: readSource(name) };
+    } catch (e) {
+      return { error: `${name}: ${e.message}` };
+    }
+  };
+  const out = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
+  const errors = (out.errors || []).filter((e) => e.severity === "error");
+  if (errors.length) throw new Error("solc: " + errors.map((e) => e.formattedMessage).join("\n"));
+  const pick = (file, name) => {
+    const c = out.contracts[file][name];
+    return { abi: c.abi, bytecode: "0x" + c.evm.bytecode.object };
+  };
+  compiled = {
+    EthUsdFeed: pick("EthUsdFeed.sol", "EthUsdFeed"),
+    MockV3Aggregator: pick(MOCK_V3_AGGREGATOR, "MockV3Aggregator"),
+  };
+  // Chains start in parallel: write aside, then rename into place.
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const tmp = `${cacheFile}.${process.pid}`;
+  fs.writeFileSync(tmp, JSON.stringify(compiled));
+  fs.renameSync(tmp, cacheFile);
+  return compiled;
+}
 
 const id = (name) => ethers.keccak256(ethers.toUtf8Bytes(name));
 const NO_COMMIT = "0x" + "00".repeat(20);
@@ -199,6 +290,12 @@ async function main() {
     JSON.stringify({ rpc, chainId: 1337, controller: controllerAddr, contracts, accounts, params: PARAMS }) + "\n",
   );
 
+  // An aggregator's latestRoundData(), JSON-safe.
+  async function latestRound(aggregator) {
+    const r = await aggregator.latestRoundData();
+    return { roundId: Number(r.roundId), answer: r.answer.toString(), updatedAt: Number(r.updatedAt) };
+  }
+
   async function command(line) {
     const [cmd, ...rest] = line.trim().split(/\s+/);
     if (cmd === "upgrade") {
@@ -238,6 +335,32 @@ async function main() {
       fs.mkdirSync(dir, { recursive: true });
       fs.writeFileSync(file, json);
       return { keystore: file, address: a.address };
+    }
+    if (cmd === "deployPriceFeed") {
+      const [decimals, answer] = rest;
+      if (answer === undefined) throw new Error("usage: deployPriceFeed DECIMALS ANSWER");
+      const S = solidity();
+      const aggregator = await deploy(S.MockV3Aggregator, null, Number(decimals), BigInt(answer));
+      const aggregatorAddr = await aggregator.getAddress();
+      const feed = await deploy(S.EthUsdFeed, null, aggregatorAddr);
+      return { aggregator: aggregatorAddr, feed: await feed.getAddress(), ...(await latestRound(aggregator)) };
+    }
+    if (cmd === "setPrice") {
+      const [addr, answer, updatedAt] = rest;
+      if (answer === undefined) throw new Error("usage: setPrice AGGREGATOR ANSWER [UPDATED_AT]");
+      const aggregator = new ethers.Contract(addr, solidity().MockV3Aggregator.abi, deployer);
+      // Gas given: ganache's estimate for these first-time storage writes
+      // can come out short, and the update then reverts out of gas.
+      const gas = { gasLimit: 500000 };
+      if (updatedAt === undefined) {
+        await send(aggregator.updateAnswer(BigInt(answer), gas));
+      } else {
+        // A new round (as the real feed's rounds only go up) whose
+        // timestamps are the given ones.
+        const round = (await aggregator.latestRound()) + 1n;
+        await send(aggregator.updateRoundData(round, BigInt(answer), BigInt(updatedAt), BigInt(updatedAt), gas));
+      }
+      return { aggregator: addr, ...(await latestRound(aggregator)) };
     }
     throw new Error(`unknown command: ${line}`);
   }

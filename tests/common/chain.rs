@@ -111,6 +111,57 @@ impl LocalChain {
             .as_u64()
             .expect("roundLength")
     }
+
+    /// Deploys a Chainlink MockV3Aggregator answering `answer` with
+    /// `decimals` decimals and, reading it, an EthUsdFeed that describes
+    /// itself "ETH / USD" (the bare aggregator does not).
+    pub fn deploy_price_feed(&mut self, decimals: u8, answer: &str) -> PriceFeedContracts {
+        let v = self.command(&format!("deployPriceFeed {decimals} {answer}"));
+        let addr = |k: &str| v[k].as_str().expect(k).parse().expect("address");
+        PriceFeedContracts {
+            aggregator: addr("aggregator"),
+            feed: addr("feed"),
+            round: FeedRound::from_reply(&v),
+        }
+    }
+
+    /// A new round on `aggregator` answering `answer`, updated now or at
+    /// `updated_at` (unix seconds).
+    pub fn set_price(
+        &mut self,
+        aggregator: Address,
+        answer: &str,
+        updated_at: Option<u64>,
+    ) -> FeedRound {
+        let at = updated_at.map(|t| format!(" {t}")).unwrap_or_default();
+        FeedRound::from_reply(&self.command(&format!("setPrice {aggregator} {answer}{at}")))
+    }
+}
+
+/// What `deployPriceFeed` deployed.
+#[derive(Debug, Clone)]
+pub struct PriceFeedContracts {
+    pub aggregator: Address,
+    pub feed: Address,
+    pub round: FeedRound,
+}
+
+/// An aggregator's latest round, as localchain.js reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedRound {
+    pub round_id: u128,
+    pub answer: String,
+    pub updated_at: u64,
+}
+
+impl FeedRound {
+    fn from_reply(v: &Value) -> FeedRound {
+        FeedRound {
+            round_id: v["roundId"].as_u64().expect("roundId").into(),
+            answer: v["answer"].as_str().expect("answer").to_string(),
+            updated_at: v["updatedAt"].as_u64().expect("updatedAt"),
+        }
+    }
 }
 
 impl Drop for LocalChain {
@@ -267,6 +318,31 @@ impl GatewaySigner {
             ticket_sender_params: senders,
             expected_price: info.price_info.clone(),
         }
+    }
+
+    /// `Eth.Sign(msg)`: personal-sign over `msg` itself (no keccak256
+    /// first), as go-livepeer's remote signer signs its state blob.
+    pub fn eth_sign(&self, msg: &[u8]) -> Vec<u8> {
+        lpworker::pm::signature::sign(&self.key, msg).to_vec()
+    }
+
+    /// [`Self::payment`] continuing after `last_nonce` on `info`'s
+    /// recipientRandHash (go-livepeer's `StartSessionWithNonce`: the first
+    /// ticket gets `last_nonce + 1`).
+    pub fn payment_after_nonce(
+        &mut self,
+        info: &lpworker::proto::lp_rpc::OrchestratorInfo,
+        n: usize,
+        last_nonce: u32,
+    ) -> lpworker::proto::lp_rpc::Payment {
+        let rand_hash = info
+            .ticket_params
+            .as_ref()
+            .expect("ticket params in OrchestratorInfo")
+            .recipient_rand_hash
+            .clone();
+        self.nonces.insert(rand_hash, last_nonce);
+        self.payment(info, n)
     }
 
     /// The tickets of `payment`, as the orchestrator hashes them.

@@ -155,7 +155,8 @@ impl LivePayments {
                 "invalid live runner payment signer address",
             );
         };
-        let token = self.auth.issue(Some(payer));
+        // 96 random bits: the session ID is its URLs' only secret.
+        let token = self.auth.issue_random(Some(payer), 24);
         let manifest = token.session_id.clone();
         let info = match self.info(payer, wei_as_price(wei), token).await {
             Ok(i) => i,
