@@ -1400,6 +1400,18 @@ mod tests {
     }
 
     #[test]
+    fn keepalives_go_to_every_dynamic_runners_o2r_channel() {
+        let reg = registry(Duration::from_secs(20));
+        let a = reg
+            .heartbeat(SECRET, &dynamic(1, serde_json::Value::Null))
+            .unwrap();
+        let o2r = a.o2r.unwrap().channel_name;
+        reg.keepalive();
+        reg.keepalive();
+        assert_eq!(reg.trickle().next_write(&o2r), Some(2));
+    }
+
+    #[test]
     fn without_a_bootstrap_secret_dynamic_registration_is_off() {
         let reg = Registry::new(
             RegistryConfig::new("https://o:1"),

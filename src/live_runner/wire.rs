@@ -226,3 +226,43 @@ pub mod headers {
     pub const SESSION_TOKEN: &str = "Livepeer-Session-Token";
     pub const SESSION_CONTROL: &str = "Livepeer-Session-Control";
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn o2r_messages_are_go_livepeers_json() {
+        let keep = O2rMessage::Keepalive {
+            keep: "alive".into(),
+        };
+        assert_eq!(serde_json::to_string(&keep).unwrap(), r#"{"keep":"alive"}"#);
+        let event = O2rMessage::Session {
+            event: "reserved".into(),
+            session: "session_abcdefgh".into(),
+            timestamp: "2026-12-06T00:00:00.000000001Z".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"event":"reserved","session":"session_abcdefgh","timestamp":"2026-12-06T00:00:00.000000001Z"}"#
+        );
+        // Both parse back as themselves.
+        let back: O2rMessage = serde_json::from_str(r#"{"keep":"alive"}"#).unwrap();
+        assert_eq!(back, keep);
+    }
+
+    #[test]
+    fn a_heartbeat_takes_a_gpu_index_or_object_and_a_price_as_number_or_string() {
+        let d: RunnerDecl = serde_json::from_str(
+            r#"{"runner_url":"http://r:1","app":"a","gpu":0,"price_info":{"price":"0.5"},"session_ids":[],"extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(d.gpu, serde_json::json!(0));
+        assert_eq!(d.price_info.unwrap().price, serde_json::json!("0.5"));
+        let d: RunnerDecl = serde_json::from_str(
+            r#"{"runner_url":"http://r:1","app":"a","gpu":{"id":"GPU-1","name":"L40S","vram_mb":46068},"price_info":{"price":10}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.gpu["vram_mb"], 46068);
+    }
+}
