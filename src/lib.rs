@@ -12,6 +12,7 @@ pub mod lp_rpc;
 pub mod orchestrator;
 pub mod pm;
 pub mod proto;
+pub mod runner;
 pub mod trickle;
 pub mod video;
 pub mod worker;

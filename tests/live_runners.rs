@@ -772,3 +772,99 @@ async fn a_restart_of_the_shim_keeps_live_sessions() {
     drop(runner.stdin.take());
     let _ = runner.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_shim() {
+    let shim = Shim::start(&[]);
+    let http = insecure_http();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let runner_url = format!("http://127.0.0.1:{port}");
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "attach",
+            "--live-runner",
+            "-orchAddr",
+            &shim.uri,
+            "-orchSecret",
+            SECRET,
+        ])
+        .args([
+            "--runner-url",
+            &runner_url,
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--ai-models",
+            "upscale:lpworker/nearest-2x:true",
+            "--models-dir",
+        ])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = ready_line(&mut runner);
+    assert!(line.contains("apps=1"), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let app = loop {
+        let listed = discovery(&http, &shim).await;
+        if let Some(r) = listed
+            .iter()
+            .find(|r| r["app"] == "upscale/lpworker/nearest-2x")
+        {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner's app is not listed: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(app["mode"], "single-shot");
+    assert_eq!(app["version"], env!("CARGO_PKG_VERSION"));
+    // ai-runner's upscale route through the orchestrator's proxy.
+    let input = image::RgbImage::from_fn(12, 8, |x, y| {
+        image::Rgb([(x * 20) as u8, (y * 30) as u8, 5])
+    });
+    let png = lpworker::ai::media::encode_png(&input).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("prompt", "x")
+        .text("model_id", "lpworker/nearest-2x")
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png).file_name("in.png"),
+        );
+    let url = format!("{}/upscale", app["url"].as_str().unwrap());
+    let r = http.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let data_url = body["images"][0]["url"].as_str().unwrap();
+    let png = data_url.split_once("base64,").unwrap().1;
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(png)
+        .unwrap();
+    let out = image::load_from_memory(&bytes).unwrap().to_rgb8();
+    assert_eq!(out.dimensions(), (24, 16));
+    // A request without its image: ai-runner's 422, through the proxy.
+    let r = http
+        .post(&url)
+        .multipart(reqwest::multipart::Form::new().text("prompt", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // SIGTERM: the runner unregisters before it stops.
+    let ok = Command::new("kill")
+        .args(["-TERM", &runner.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert!(runner.wait().unwrap().success());
+    assert!(discovery(&http, &shim).await.is_empty());
+}

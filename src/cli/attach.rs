@@ -62,6 +62,21 @@ pub struct AttachArgs {
     /// Seconds a shutdown waits for jobs in flight.
     #[arg(long, default_value_t = 60.0)]
     pub drain_timeout: f64,
+    /// Join as a go-livepeer 0.9 Live Runner: each model in --ai-models is
+    /// a single-shot app registered with the orchestrator by heartbeat.
+    #[arg(long, requires = "runner_url")]
+    pub live_runner: bool,
+    /// The URL the orchestrator reaches this runner's HTTP server at.
+    #[arg(long)]
+    pub runner_url: Option<String>,
+    /// Where the runner's HTTP server listens (default: all interfaces, the
+    /// --runner-url port).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    /// A session's price in US dollars per hour (on-chain orchestrators
+    /// require one).
+    #[arg(long)]
+    pub price_usd_per_hour: Option<String>,
 }
 
 pub fn run(args: AttachArgs) -> Result<()> {
@@ -73,6 +88,9 @@ pub fn run(args: AttachArgs) -> Result<()> {
     }
     if !(args.drain_timeout > 0.0 && args.drain_timeout.is_finite()) {
         bail!("--drain-timeout must be a positive number of seconds");
+    }
+    if args.live_runner {
+        return live_runner(args);
     }
     let ai_role = args.ai || args.models.ai_models.is_some();
     let transcode_role = args.transcode || !ai_role;
@@ -151,6 +169,66 @@ pub fn run(args: AttachArgs) -> Result<()> {
         if let Some(w) = worker {
             w.await.context("worker task")??;
         }
+        Ok(())
+    })
+}
+
+/// `--live-runner`: the AI models as Live Runner apps.
+fn live_runner(args: AttachArgs) -> Result<()> {
+    let models = args
+        .models
+        .load()?
+        .context("--live-runner needs --ai-models: each model is an app")?;
+    let runner_url = args
+        .runner_url
+        .clone()
+        .context("--runner-url is required")?;
+    let url =
+        reqwest::Url::parse(&runner_url).with_context(|| format!("--runner-url {runner_url:?}"))?;
+    let http_addr = match args.http_addr {
+        Some(a) => a,
+        None => SocketAddr::from((
+            [0, 0, 0, 0],
+            url.port_or_known_default()
+                .context("--runner-url has no port")?,
+        )),
+    };
+    let probe = probe::probe();
+    let gpu = probe
+        .gpus
+        .first()
+        .map(|g| lpworker::live_runner::wire::GpuInfo {
+            id: g.index.to_string(),
+            name: g.name.clone(),
+            vram_mb: (g.memory_bytes >> 20) as i64,
+        });
+    let config = lpworker::runner::RunnerConfig {
+        orchestrator: args.orch_addr.clone(),
+        secret: args.orch_secret.clone(),
+        runner_url,
+        http_addr,
+        price_usd_per_hour: args.price_usd_per_hour.clone(),
+        gpu,
+        max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let runner = lpworker::runner::BoundRunner::bind(&config, models)
+            .await
+            .with_context(|| format!("binding {}", config.http_addr))?;
+        println!(
+            "lpworker attach live runner listening http={} apps={}",
+            runner.local_addr(),
+            runner.registrations.len()
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            super::serve::shutdown_signal().await;
+            info!("shutting down: unregistering");
+            signal.cancel();
+        });
+        runner.run(stop).await.context("serving the runner")?;
         Ok(())
     })
 }
