@@ -859,6 +859,37 @@ async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_sh
         .unwrap();
     assert_eq!(r.status(), 422);
 
+    // Paused past the TTL, the runner is forgotten; resumed, it registers
+    // again under the same ID.
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &runner.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let before = app["url"].clone();
+    signal("-STOP");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        discovery(&http, &shim).await.is_empty(),
+        "swept while paused"
+    );
+    signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = discovery(&http, &shim).await;
+        if let Some(r) = listed.first() {
+            assert_eq!(r["url"], before, "registered again under its own ID");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the runner did not register again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // SIGTERM: the runner unregisters before it stops.
     let ok = Command::new("kill")
         .args(["-TERM", &runner.id().to_string()])
