@@ -899,3 +899,25 @@ async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_sh
     assert!(runner.wait().unwrap().success());
     assert!(discovery(&http, &shim).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_shakes_hands_is_dropped() {
+    use tokio::io::AsyncReadExt;
+    let shim = Shim::start(&[]);
+    let addr = shim.uri.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("closed by the shim, not left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    // Others are served meanwhile and after.
+    assert!(discovery(&insecure_http(), &shim).await.is_empty());
+}

@@ -30,6 +30,13 @@ use crate::attach::capabilities;
 use crate::proto::lp_rpc as net;
 use gateway::{Gateway, OrchestratorService};
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 8192;
+/// A TLS handshake not done by then is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/1 request whose header has not arrived by then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
     /// Where to listen.
@@ -409,40 +416,60 @@ impl BoundOrchestrator {
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
         let connections = Arc::new(Mutex::new(JoinSet::new()));
+        // At most this many connections at once: a flood waits in the
+        // kernel's backlog instead of exhausting descriptors and memory.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let accept = {
             let connections = Arc::clone(&connections);
             async move {
+                let mut failures = 0u64;
                 loop {
+                    let Ok(permit) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
                     let (tcp, peer) = match self.listener.accept().await {
                         Ok(c) => c,
                         Err(e) => {
-                            warn!(error = %e, "accept failed");
+                            // Out of descriptors, typically: back off, and
+                            // log the first failure and then every 1000th.
+                            failures += 1;
+                            if failures == 1 || failures % 1000 == 0 {
+                                warn!(error = %e, failures, "accept failed");
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                             continue;
                         }
                     };
+                    failures = 0;
                     let _ = tcp.set_nodelay(true);
                     let (acceptor, app) = (acceptor.clone(), app.clone());
-                    connections
-                        .lock()
-                        .expect("connection set")
-                        .spawn(async move {
-                            let Ok(tls) = acceptor.accept(tcp).await else {
-                                return;
-                            };
-                            let service = hyper_util::service::TowerToHyperService::new(app);
-                            if let Err(e) = hyper_util::server::conn::auto::Builder::new(
-                                hyper_util::rt::TokioExecutor::new(),
-                            )
-                            // Upgrades: WebSockets proxied to Live Runners.
-                            .serve_connection_with_upgrades(
-                                hyper_util::rt::TokioIo::new(tls),
-                                service,
-                            )
+                    let mut set = connections.lock().expect("connection set");
+                    // Finished connections are reaped as new ones come.
+                    while set.try_join_next().is_some() {}
+                    set.spawn(async move {
+                        let _permit = permit;
+                        // A peer that never finishes its handshake is dropped.
+                        let Ok(Ok(tls)) =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                        else {
+                            return;
+                        };
+                        let service = hyper_util::service::TowerToHyperService::new(app);
+                        let mut builder = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        builder
+                            .http1()
+                            .timer(hyper_util::rt::TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT);
+                        // Upgrades: WebSockets proxied to Live Runners.
+                        if let Err(e) = builder
+                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
                             .await
-                            {
-                                tracing::debug!(%peer, error = %e, "connection ended");
-                            }
-                        });
+                        {
+                            tracing::debug!(%peer, error = %e, "connection ended");
+                        }
+                    });
                 }
             }
         };
