@@ -13,7 +13,8 @@ pub const GPU_SHARES: u64 = 720_720_000;
 
 /// The GPU share one session of a runner with `capacity` takes.
 pub fn session_share(capacity: u32) -> u64 {
-    GPU_SHARES / u64::from(capacity.max(1))
+    // At least one share: a capacity past GPU_SHARES must not divide by 0.
+    (GPU_SHARES / u64::from(capacity.max(1))).max(1)
 }
 
 /// A runner as capacity sees it: its own limit and its sessions.
@@ -56,6 +57,8 @@ mod tests {
             assert_eq!(available(load(c, c), Some(&[])), 0);
         }
         assert_eq!(available(load(3, 1), None), 2);
+        // Absurd capacities are refused by spec; here they do not panic.
+        assert!(available(load(u32::MAX, 0), Some(&[])) > 0);
     }
 
     #[test]

@@ -336,7 +336,11 @@ impl Registry {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("registry lock")
+        // A panic under the lock must not take every route down with it:
+        // each operation leaves the state consistent before it can panic.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn touch(&self) {

@@ -9,6 +9,10 @@ use super::wire::{GpuInfo, RunnerDecl};
 
 /// Public runner metadata is capped (go-livepeer: 1 KiB).
 pub const MAX_METADATA_BYTES: usize = 1024;
+/// Sessions one runner may declare (go-livepeer has no cap).
+pub const MAX_CAPACITY: i64 = 1024;
+/// Other public text fields (go-livepeer has no cap).
+pub const MAX_FIELD_BYTES: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -106,6 +110,10 @@ pub enum SpecError {
     Mode(String),
     #[error("capacity must be >= 0")]
     NegativeCapacity,
+    #[error("capacity must be at most {MAX_CAPACITY}")]
+    CapacityTooLarge,
+    #[error("{0} must be at most {MAX_FIELD_BYTES} bytes")]
+    FieldTooLong(&'static str),
     #[error("gpu must be an integer or {{\"id\",\"name\",\"vram_mb\"}}")]
     Gpu,
     #[error("price_info.price is required")]
@@ -137,6 +145,9 @@ fn gpu(value: &serde_json::Value) -> Result<Option<GpuInfo>, SpecError> {
         }
         serde_json::Value::Object(_) => {
             let g: GpuInfo = serde_json::from_value(value.clone()).map_err(|_| SpecError::Gpu)?;
+            if g.id.len() > MAX_FIELD_BYTES || g.name.len() > MAX_FIELD_BYTES {
+                return Err(SpecError::FieldTooLong("gpu"));
+            }
             Ok(Some(g))
         }
         _ => Err(SpecError::Gpu),
@@ -213,7 +224,25 @@ pub fn check(decl: &RunnerDecl, rules: Rules) -> Result<RunnerSpec, SpecError> {
     if decl.capacity < 0 {
         return Err(SpecError::NegativeCapacity);
     }
-    let capacity = decl.capacity.clamp(1, i64::from(u32::MAX)) as u32;
+    if decl.capacity > MAX_CAPACITY {
+        return Err(SpecError::CapacityTooLarge);
+    }
+    let capacity = decl.capacity.max(1) as u32;
+    // Every field is public in discovery and kept in the snapshot.
+    for (name, value) in [
+        ("label", &decl.label),
+        ("app", &decl.app),
+        ("version", &decl.version),
+        ("status", &decl.status),
+        ("runner_id", &decl.runner_id),
+    ] {
+        if value.len() > MAX_FIELD_BYTES {
+            return Err(SpecError::FieldTooLong(name));
+        }
+    }
+    if decl.runner_url.len() > 2048 || decl.health_url.len() > 2048 {
+        return Err(SpecError::FieldTooLong("runner_url"));
+    }
     let price = match &decl.price_info {
         _ if !rules.on_chain => None,
         None => return Err(SpecError::NoPrice),
