@@ -1465,9 +1465,46 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     let session: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(session["session_id"], manifest.as_str());
     let app_url = session["app_url"].as_str().unwrap().to_string();
-    // The same payment again: the session exists.
+    // The same payment again is a replay; a new one cannot reserve the
+    // session twice.
     let (status, _) = post_paid(&reserve, &seg_for(&gateway, &manifest), &payment).await;
+    assert_eq!(status, 400);
+    let again = gateway.payment(&info, 1);
+    let (status, _) = post_paid(&reserve, &seg_for(&gateway, &manifest), &again).await;
     assert_eq!(status, 409);
+    // A payment without tickets buys no session (a challenge answered
+    // with nothing): the first interval is paid before anything runs.
+    let r = http()
+        .post(&reserve)
+        .header("Livepeer-Payer-Address", gateway.address.to_string())
+        .send()
+        .await
+        .unwrap();
+    let empty_challenge: serde_json::Value = r.json().await.unwrap();
+    let empty_manifest = empty_challenge["manifest_id"].as_str().unwrap();
+    let empty_info = net::OrchestratorInfo::decode(
+        base64::engine::general_purpose::STANDARD
+            .decode(empty_challenge["payment_params"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let no_tickets = net::Payment {
+        sender: gateway.address.to_vec(),
+        expected_price: empty_info.price_info.clone(),
+        ..Default::default()
+    };
+    let seg = gateway.signed(net::SegData {
+        manifest_id: empty_manifest.as_bytes().to_vec(),
+        auth_token: empty_info.auth_token.clone(),
+        ..Default::default()
+    });
+    let (status, body) = post_paid(&reserve, &seg, &no_tickets).await;
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (400, "Insufficient balance\n")
+    );
+    assert_eq!(discovery().await["capacity_used"], 1);
     let r = http().get(format!("{app_url}/echo")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), manifest);
 

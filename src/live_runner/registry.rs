@@ -1312,6 +1312,16 @@ impl Registry {
         (state.runners.len(), kept)
     }
 
+    /// Every session's ID.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.lock().sessions.keys().cloned().collect()
+    }
+
+    /// What ends with session `sid` (its cancellation), if it is held.
+    pub fn session_cancel(&self, sid: &str) -> Option<CancellationToken> {
+        self.lock().sessions.get(sid).map(|s| s.cancel.clone())
+    }
+
     /// Sessions held, in all.
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()

@@ -239,6 +239,7 @@ async fn live_runners(
         }
     };
     let runners = runners::LiveRunners::new(registry, options.state_file.clone(), paid);
+    runners.restore_billing();
     runners.check_health().await;
     let cli = match options.cli_listen {
         Some(addr) => {
@@ -464,7 +465,10 @@ impl BoundOrchestrator {
                             .header_read_timeout(HEADER_READ_TIMEOUT);
                         // Upgrades: WebSockets proxied to Live Runners.
                         if let Err(e) = builder
-                            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service)
+                            .serve_connection_with_upgrades(
+                                hyper_util::rt::TokioIo::new(tls),
+                                service,
+                            )
                             .await
                         {
                             tracing::debug!(%peer, error = %e, "connection ended");

@@ -740,6 +740,39 @@ impl Payments {
         Ok(fee)
     }
 
+    /// Debits `fee` wei if the session's credit not reserved covers it
+    /// (Live Runner sessions, billed at their runner's price whatever the
+    /// balance was first paid at). Returns what is left.
+    pub fn try_debit_wei(
+        &self,
+        sender: Address,
+        manifest: &str,
+        fee: U256,
+    ) -> Result<I256, InsufficientBalance> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let s = sessions
+            .map
+            .get_mut(&(sender, manifest.to_string()))
+            .ok_or(InsufficientBalance)?;
+        if s.balance.saturating_sub(to_i256(s.reserved)) < to_i256(fee) {
+            return Err(InsufficientBalance);
+        }
+        s.balance = s.balance.saturating_sub(to_i256(fee));
+        s.touched = Instant::now();
+        Ok(s.balance)
+    }
+
+    /// Puts back a session's credit kept over a restart.
+    pub fn restore_credit(
+        &self,
+        sender: Address,
+        manifest: &str,
+        price: Price,
+        amount: U256,
+    ) -> Result<(), PaymentError> {
+        self.credit(sender, manifest, price, amount)
+    }
+
     /// The price a session was first paid at, if it has been paid.
     pub fn session_price_of(&self, sender: Address, manifest: &str) -> Option<Price> {
         self.sessions

@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod orch;
+pub mod remote_signer;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

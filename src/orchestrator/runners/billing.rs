@@ -13,9 +13,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, U256};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -36,10 +36,28 @@ use crate::proto::lp_rpc as net;
 /// Most sessions metered at once (a bound on tasks and state).
 const MAX_BILLED: usize = 100_000;
 
-/// A metered session's payer.
+/// A metered session's payer and the price it was reserved at.
 #[derive(Debug, Clone)]
 struct Billing {
     sender: Address,
+    wei: WeiPrice,
+}
+
+/// A metered session as kept over a restart.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BillingRecord {
+    pub sid: String,
+    pub sender: Address,
+    pub wei: WeiPrice,
+    /// Credit left, in wei (decimal).
+    pub balance: String,
+}
+
+/// The balance a Live Runner session's payments go to: a key of its own,
+/// so credit bought elsewhere (`/payment`, segments, AI) at another price
+/// can neither pay for it nor be spent by it.
+fn balance_key(sid: &str) -> String {
+    format!("live-runner:{sid}")
 }
 
 pub struct LivePayments {
@@ -208,20 +226,15 @@ impl LivePayments {
         })
     }
 
-    /// Processes the reservation's payment and starts billing the session
-    /// reserved for it; on any refusal the caller releases the session.
-    pub async fn pay(
-        self: &Arc<Self>,
-        registry: &Arc<Registry>,
-        admitted: &Admitted,
-        wei: WeiPrice,
-        cancel: tokio_util::sync::CancellationToken,
-    ) -> Result<(), Response> {
+    /// Processes the reservation's payment into the session's own balance.
+    /// Nothing is reserved yet: a client that hangs up here leaves credit,
+    /// never a session.
+    pub async fn process(&self, admitted: &Admitted, wei: WeiPrice) -> Result<(), Response> {
         if let Err(e) = self
             .payments
             .process(
                 &admitted.payment,
-                &admitted.sid,
+                &balance_key(&admitted.sid),
                 Work::LiveRunner(wei_as_price(wei)),
             )
             .await
@@ -230,67 +243,92 @@ impl LivePayments {
             let (status, msg) = credentials::refusal(&e);
             return Err(text(status, msg));
         }
-        if wei.unit == BillingUnit::Fixed {
-            // Paid once, at once.
-            return self
-                .payments
-                .try_debit(admitted.sender, &admitted.sid, 1)
-                .map(|_| ())
-                .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()));
+        Ok(())
+    }
+
+    /// Starts billing a session just reserved (no await: reservation and
+    /// billing cannot be separated by a client hanging up). Billing is
+    /// prepaid: `fixed` is debited once, a metered session its first
+    /// interval, now; a credit short of that refuses the session.
+    pub fn start(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        sid: &str,
+        sender: Address,
+        wei: WeiPrice,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), (StatusCode, &'static str)> {
+        let key = balance_key(sid);
+        let first = match wei.unit {
+            BillingUnit::Fixed => U256::from(wei.wei),
+            _ => self.interval_fee(wei),
+        };
+        if self.payments.try_debit_wei(sender, &key, first).is_err() {
+            return Err((StatusCode::BAD_REQUEST, "Insufficient balance"));
         }
         {
             let mut billing = self.billing.lock().expect("billing");
             if billing.len() >= MAX_BILLED {
-                return Err(text(
+                return Err((
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many live runner sessions",
                 ));
             }
-            billing.insert(
-                admitted.sid.clone(),
-                Billing {
-                    sender: admitted.sender,
-                },
-            );
+            billing.insert(sid.to_string(), Billing { sender, wei });
         }
-        self.spawn_metering(
-            registry.clone(),
-            admitted.sid.clone(),
-            admitted.sender,
-            wei.unit,
-            cancel,
-        );
+        if wei.unit != BillingUnit::Fixed {
+            self.spawn_metering(registry.clone(), sid.to_string(), cancel);
+        } else {
+            self.forget_when_done(sid.to_string(), cancel);
+        }
         Ok(())
     }
 
-    /// Bills the session every interval for the time since it was last
-    /// billed (the billed time advancing only by what was billed, so
-    /// rounding never loses a unit), until it ends; releases it when its
-    /// credit is short (go-livepeer's LivePaymentProcessor).
+    /// A fixed-price session is paid; its record goes when it ends.
+    fn forget_when_done(
+        self: &Arc<Self>,
+        sid: String,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            cancel.cancelled().await;
+            if let Some(me) = me.upgrade() {
+                me.billing.lock().expect("billing").remove(&sid);
+            }
+        });
+    }
+
+    /// One interval of a metered session, in wei (whole units, rounded up).
+    fn interval_fee(&self, wei: WeiPrice) -> U256 {
+        let units = (wei.unit.units_per_second() as f64 * self.interval.as_secs_f64()).ceil();
+        U256::from(units as u64) * U256::from(wei.wei)
+    }
+
+    /// Debits each interval ahead, at the runner's price the session was
+    /// reserved at, until the session ends; releases it when its credit
+    /// cannot cover the next interval.
     fn spawn_metering(
         self: &Arc<Self>,
         registry: Arc<Registry>,
         sid: String,
-        sender: Address,
-        unit: BillingUnit,
         cancel: tokio_util::sync::CancellationToken,
     ) {
         let me = Arc::downgrade(self);
         let interval = self.interval;
         tokio::spawn(async move {
-            let per_second = unit.units_per_second() as f64;
-            let mut billed_until = Instant::now();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(interval) => {}
                 }
                 let Some(me) = me.upgrade() else { return };
-                let elapsed = billed_until.elapsed().as_secs_f64();
-                let units = (per_second * elapsed) as u64;
-                billed_until += Duration::from_secs_f64(units as f64 / per_second);
-                if let Err(e) = me.payments.try_debit(sender, &sid, units) {
-                    tracing::info!(session = %sid, %sender, units, error = %e, "live runner session out of credit: released");
+                let Some(b) = me.billing.lock().expect("billing").get(&sid).cloned() else {
+                    break;
+                };
+                let fee = me.interval_fee(b.wei);
+                if let Err(e) = me.payments.try_debit_wei(b.sender, &balance_key(&sid), fee) {
+                    tracing::info!(session = %sid, sender = %b.sender, %fee, error = %e, "live runner session out of credit: released");
                     registry.release(&sid, Release::Unpaid);
                     break;
                 }
@@ -301,10 +339,74 @@ impl LivePayments {
         });
     }
 
+    /// Metered sessions' payers, prices and credit, for a restart.
+    pub fn records(&self) -> Vec<BillingRecord> {
+        let billing = self.billing.lock().expect("billing").clone();
+        let mut out: Vec<BillingRecord> = billing
+            .into_iter()
+            .map(|(sid, b)| BillingRecord {
+                balance: self
+                    .payments
+                    .balance(b.sender, &balance_key(&sid))
+                    .max(alloy_primitives::I256::ZERO)
+                    .to_string(),
+                sid,
+                sender: b.sender,
+                wei: b.wei,
+            })
+            .collect();
+        out.sort_by(|a, b| a.sid.cmp(&b.sid));
+        out
+    }
+
+    /// Takes back metered sessions after a restart: their credit and their
+    /// metering. Returns the sessions it billed again.
+    pub fn restore(
+        self: &Arc<Self>,
+        registry: &Arc<Registry>,
+        records: Vec<BillingRecord>,
+        grants: impl Fn(&str) -> Option<tokio_util::sync::CancellationToken>,
+    ) -> Vec<String> {
+        let mut restored = Vec::new();
+        for r in records {
+            let Some(cancel) = grants(&r.sid) else {
+                continue;
+            };
+            let amount: U256 = r.balance.parse().unwrap_or_default();
+            if self
+                .payments
+                .restore_credit(r.sender, &balance_key(&r.sid), wei_as_price(r.wei), amount)
+                .is_err()
+            {
+                continue;
+            }
+            self.billing.lock().expect("billing").insert(
+                r.sid.clone(),
+                Billing {
+                    sender: r.sender,
+                    wei: r.wei,
+                },
+            );
+            if r.wei.unit == BillingUnit::Fixed {
+                self.forget_when_done(r.sid.clone(), cancel);
+            } else {
+                self.spawn_metering(registry.clone(), r.sid.clone(), cancel);
+            }
+            restored.push(r.sid);
+        }
+        restored
+    }
+
     /// `POST /apps/{route}/session/{sid}/payment`: more credit for a
     /// metered session; answers a protobuf `PaymentResult`.
     pub async fn top_up(&self, sid: &str, headers: &HeaderMap) -> Response {
-        let billing = self.billing.lock().expect("billing").get(sid).cloned();
+        let billing = self
+            .billing
+            .lock()
+            .expect("billing")
+            .get(sid)
+            .cloned()
+            .filter(|b| b.wei.unit != BillingUnit::Fixed);
         let Some(billing) = billing else {
             // Reserved but not metered: a fixed-price session.
             return text(
@@ -329,13 +431,10 @@ impl LivePayments {
                 "payment sender is not the session's payer",
             );
         }
-        let price = self
-            .payments
-            .session_price_of(billing.sender, sid)
-            .unwrap_or_else(|| Price::new(0, 1).expect("denominator 1"));
+        let price = wei_as_price(billing.wei);
         if let Err(e) = self
             .payments
-            .process(&payment, sid, Work::LiveRunner(price))
+            .process(&payment, &balance_key(sid), Work::LiveRunner(price))
             .await
         {
             let (status, msg) = credentials::refusal(&e);
@@ -351,5 +450,35 @@ impl LivePayments {
             net::PaymentResult { info: Some(info) }.encode_to_vec(),
         )
             .into_response()
+    }
+}
+
+/// Where billing is kept over a restart, beside the registry's snapshot.
+pub fn billing_file(state_file: &std::path::Path) -> std::path::PathBuf {
+    state_file.with_file_name("live_billing.json")
+}
+
+/// Writes the billing records (owner-only, atomically).
+pub fn save_records(path: &std::path::Path, records: &[BillingRecord]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(&serde_json::to_vec(records).expect("serializable"))?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)
+}
+
+/// The records saved before a restart (none when there is no file).
+pub fn load_records(path: &std::path::Path) -> std::io::Result<Vec<BillingRecord>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }

@@ -87,11 +87,45 @@ impl LiveRunners {
         }
     }
 
-    /// Writes the registry to its state file now (at shutdown).
+    /// Writes the registry to its state file now (at shutdown), and the
+    /// paid sessions' billing beside it.
     pub fn save_state(&self) {
         if let Some(path) = &self.state_file {
             if let Err(e) = snapshot::save(path, &self.registry.snapshot()) {
                 tracing::warn!(error = %e, "live runner state not saved");
+            }
+        }
+        self.save_billing();
+    }
+
+    fn save_billing(&self) {
+        if let (Some(path), Some(paid)) = (&self.state_file, &self.paid) {
+            if let Err(e) = billing::save_records(&billing::billing_file(path), &paid.records()) {
+                tracing::warn!(error = %e, "live runner billing not saved");
+            }
+        }
+    }
+
+    /// After a restart on chain: paid sessions get their credit and
+    /// metering back; a restored session with no billing record (paid
+    /// nowhere now) is released, so no session runs unpaid.
+    pub fn restore_billing(&self) {
+        let (Some(path), Some(paid)) = (&self.state_file, &self.paid) else {
+            return;
+        };
+        let records = match billing::load_records(&billing::billing_file(path)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "live runner billing unreadable: restored sessions are released");
+                Vec::new()
+            }
+        };
+        let billed = paid.restore(&self.registry, records, |sid| {
+            self.registry.session_cancel(sid)
+        });
+        for sid in self.registry.session_ids() {
+            if !billed.contains(&sid) {
+                self.registry.release(&sid, Release::Unpaid);
             }
         }
     }
@@ -111,6 +145,7 @@ impl LiveRunners {
                 tick.tick().await;
                 let Some(me) = weak.upgrade() else { return };
                 me.registry.sweep();
+                me.save_billing();
                 if last_keepalive.elapsed() >= config.keepalive_interval {
                     me.registry.keepalive();
                     last_keepalive = tokio::time::Instant::now();
@@ -341,21 +376,22 @@ impl LiveRunners {
             return Err(paid.challenge(route, headers, wei).await);
         }
         let admitted = paid.admit(headers, wei).await?;
+        // Paid first, then reserved and billed with no await between: a
+        // client that hangs up leaves credit, never an unbilled session.
+        paid.process(&admitted, wei).await?;
         let reserved = self
             .registry
             .reserve(route, mode, Some(&admitted.sid))
             .map_err(registry_error)?;
-        if let Err(r) = paid
-            .pay(
-                &self.registry,
-                &admitted,
-                wei,
-                reserved.grant.cancel.clone(),
-            )
-            .await
-        {
+        if let Err(r) = paid.start(
+            &self.registry,
+            &admitted.sid,
+            admitted.sender,
+            wei,
+            reserved.grant.cancel.clone(),
+        ) {
             self.registry.release(&admitted.sid, Release::Unpaid);
-            return Err(r);
+            return Err(text(r.0, r.1));
         }
         Ok(reserved)
     }
