@@ -1515,6 +1515,36 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let result = net::PaymentResult::decode(body.as_slice()).unwrap();
     assert!(result.info.unwrap().ticket_params.is_some());
+    // Params about to expire: /refresh-payment gives new ones and a new
+    // token for the same session, paid at the session's own URL.
+    let refresh = |sender: String| {
+        let uri = uri.clone();
+        let manifest = manifest.clone();
+        async move {
+            let r = http()
+                .post(format!("{uri}/refresh-payment"))
+                .json(&serde_json::json!({"sender": sender, "manifest_id": manifest}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = refresh(gateway.address.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    let refreshed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refreshed["manifest_id"], manifest.as_str());
+    assert_eq!(refreshed["payment_url"], challenge["payment_url"]);
+    let refreshed_info = net::OrchestratorInfo::decode(
+        base64::engine::general_purpose::STANDARD
+            .decode(refreshed["payment_params"].as_str().unwrap())
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    assert_eq!(refreshed_info.auth_token.unwrap().session_id, manifest);
+    assert_eq!(refresh(other.address.to_string()).await.0, 409);
+    assert_eq!(refresh("not-an-address".into()).await.0, 400);
     // Someone else's tickets cannot top it up.
     let (status, _) = post_paid(
         payment_url,

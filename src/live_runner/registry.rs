@@ -1312,6 +1312,13 @@ impl Registry {
         (state.runners.len(), kept)
     }
 
+    /// The route of the runner session `sid` is on.
+    pub fn session_route(&self, sid: &str) -> Option<String> {
+        let state = self.lock();
+        let runner = state.runners.get(&state.sessions.get(sid)?.runner_id)?;
+        Some(runner.route().to_string())
+    }
+
     /// Every session's ID.
     pub fn session_ids(&self) -> Vec<String> {
         self.lock().sessions.keys().cloned().collect()

@@ -97,6 +97,17 @@ impl AuthTokens {
         }
     }
 
+    /// A fresh token for an existing session ID (go-livepeer's
+    /// `/refresh-payment`): the ID, and so the payer it is bound to, stay.
+    pub fn reissue(&self, session_id: &str) -> AuthToken {
+        let expiration = now() + VALID_SECONDS;
+        AuthToken {
+            token: self.mac(session_id, expiration),
+            session_id: session_id.to_string(),
+            expiration,
+        }
+    }
+
     /// Checks a token from a gateway; returns its session id.
     pub fn verify<'a>(&self, token: Option<&'a AuthToken>) -> Result<&'a str, AuthError> {
         let t = token.ok_or(AuthError::Missing)?;

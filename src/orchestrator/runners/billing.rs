@@ -397,6 +397,53 @@ impl LivePayments {
         restored
     }
 
+    /// `POST /refresh-payment` (go-livepeer `server/rpc.go`): new ticket
+    /// params and a new auth token for a metered session whose params or
+    /// token are about to expire, in the challenge's shape. The payment
+    /// URL is the session's own (go-livepeer answers `/payment`, which
+    /// here credits no Live Runner session).
+    pub async fn refresh(&self, registry: &Registry, body: &[u8]) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Refresh {
+            #[serde(default)]
+            sender: String,
+            #[serde(default)]
+            manifest_id: String,
+        }
+        let Ok(req) = serde_json::from_slice::<Refresh>(body) else {
+            return json_error(StatusCode::BAD_REQUEST, "invalid request body");
+        };
+        let Ok(sender) = req.sender.trim().parse::<Address>() else {
+            return json_error(StatusCode::BAD_REQUEST, "invalid sender address");
+        };
+        if req.manifest_id.is_empty() {
+            return json_error(StatusCode::BAD_REQUEST, "missing manifest_id");
+        }
+        let billing = self
+            .billing
+            .lock()
+            .expect("billing")
+            .get(&req.manifest_id)
+            .cloned()
+            .filter(|b| b.sender == sender);
+        let (Some(billing), Some(route)) = (billing, registry.session_route(&req.manifest_id))
+        else {
+            return text(StatusCode::CONFLICT, "fixed price not found for session");
+        };
+        let token = self.auth.reissue(&req.manifest_id);
+        let info = match self.info(sender, wei_as_price(billing.wei), token).await {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        Json(serde_json::json!({
+            "payment_params": b64().encode(info.encode_to_vec()),
+            "orchestrator": self.service_uri,
+            "manifest_id": req.manifest_id,
+            "payment_url": format!("{}/apps/{route}/session/{}/payment", self.service_uri, req.manifest_id),
+        }))
+        .into_response()
+    }
+
     /// `POST /apps/{route}/session/{sid}/payment`: more credit for a
     /// metered session; answers a protobuf `PaymentResult`.
     pub async fn top_up(&self, sid: &str, headers: &HeaderMap) -> Response {

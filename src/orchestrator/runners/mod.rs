@@ -164,6 +164,7 @@ impl LiveRunners {
             .route("/apps/{id}/session", post(reserve_session))
             .route("/apps/{id}/session/{sid}/stop", post(stop_session))
             .route("/apps/{id}/session/{sid}/payment", post(session_payment))
+            .route("/refresh-payment", post(refresh_payment))
             .route("/apps/{id}/session/{sid}/app", any(session_app_root))
             .route("/apps/{id}/session/{sid}/app/", any(session_app_root))
             .route("/apps/{id}/session/{sid}/app/{*path}", any(session_app))
@@ -335,6 +336,17 @@ async fn session_payment(
             StatusCode::BAD_REQUEST,
             "this orchestrator runs off chain and takes no tickets",
         ),
+    }
+}
+
+/// `POST /refresh-payment`: fresh params for a paid session.
+async fn refresh_payment(State(lr): Shared, request: Request) -> Response {
+    let Some(paid) = lr.paid.clone() else {
+        return text(StatusCode::NOT_FOUND, "404 page not found");
+    };
+    match small_body(request).await {
+        Ok(body) => paid.refresh(&lr.registry, &body).await,
+        Err(r) => r.into_response(),
     }
 }
 
