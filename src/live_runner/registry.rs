@@ -29,6 +29,11 @@ use crate::trickle::{TrickleError, TrickleServer, BASE_PATH};
 pub const MAX_CHANNELS_PER_SESSION: usize = 25;
 /// Most proxies a session may have.
 pub const MAX_PROXIES_PER_SESSION: usize = 16;
+/// Most requests proxied at once on one session.
+pub const MAX_IN_FLIGHT_PER_SESSION: usize = 32;
+/// Most trickle channels one runner's sessions hold in all, so no runner
+/// can take the trickle server's every channel.
+pub const MAX_CHANNELS_PER_RUNNER: usize = 256;
 /// O2R messages are small; a channel name the same way as go-livepeer's.
 const O2R_MIME: &str = "application/json";
 
@@ -174,6 +179,8 @@ struct Session {
     /// Cancelled when the session is released: in-flight requests and
     /// metering stop with it.
     cancel: CancellationToken,
+    /// Requests proxied at once on this session.
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Restored after a restart and not yet reported by its runner.
     unconfirmed: bool,
 }
@@ -224,6 +231,9 @@ pub struct SessionGrant {
     /// `Livepeer-Session-Control`: the session's callback base.
     pub control: String,
     pub cancel: CancellationToken,
+    /// Permits for requests proxied at once (a session cannot take every
+    /// socket the node has).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// A reservation: the session's grant and the client's answer.
@@ -376,6 +386,7 @@ impl Registry {
             token: runner.seed.session_token(sid),
             control: self.control_url(runner.route(), sid),
             cancel: session.cancel.clone(),
+            in_flight: session.in_flight.clone(),
         }
     }
 
@@ -873,6 +884,7 @@ impl Registry {
             channels: BTreeMap::new(),
             proxies: Vec::new(),
             cancel: CancellationToken::new(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_SESSION)),
             unconfirmed: false,
         };
         let mut session = session;
@@ -1009,7 +1021,13 @@ impl Registry {
             names.push((name, mime));
         }
         let mut state = self.lock();
-        self.authorize(&state, route, sid, token)?;
+        let runner = self.authorize(&state, route, sid, token)?;
+        let runner_channels: usize = runner
+            .sessions
+            .iter()
+            .filter_map(|s| state.sessions.get(s))
+            .map(|s| s.channels.len())
+            .sum();
         let session = state.sessions.get_mut(sid).expect("authorized");
         let new = names
             .iter()
@@ -1017,6 +1035,11 @@ impl Registry {
             .map(|(n, _)| n)
             .collect::<std::collections::HashSet<_>>()
             .len();
+        if runner_channels + new > MAX_CHANNELS_PER_RUNNER {
+            return Err(RegistryError::BadChannels(format!(
+                "a runner's sessions cannot have more than {MAX_CHANNELS_PER_RUNNER} channels"
+            )));
+        }
         if session.channels.len() + new > MAX_CHANNELS_PER_SESSION {
             return Err(RegistryError::BadChannels(format!(
                 "a session cannot have more than {MAX_CHANNELS_PER_SESSION} channels"
@@ -1304,6 +1327,7 @@ impl Registry {
                     channels,
                     proxies,
                     cancel: CancellationToken::new(),
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_SESSION)),
                     unconfirmed,
                 },
             );

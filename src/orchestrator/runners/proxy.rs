@@ -107,6 +107,15 @@ pub async fn forward<G: Send + 'static>(
     grant: &SessionGrant,
     done: G,
 ) -> Response {
+    let Ok(permit) = grant.in_flight.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many requests in flight on this session\n",
+        )
+            .into_response();
+    };
+    // Held until the response (or the upgraded pipe) is done.
+    let done = (done, permit);
     let url = target_url(target, app_path, request.uri().query());
     let upgrade = is_upgrade(request.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
