@@ -7,9 +7,15 @@
 //! `server` is the orchestrator side (go-livepeer `trickle/trickle_server.go`,
 //! served at `/ai/trickle/`), wire compatible with go-livepeer's own clients
 //! and the official Python SDK's `TricklePublisher`/`TrickleSubscriber`.
+//! `client` is the other side: a publisher and a subscriber.
 
+pub mod client;
 pub mod server;
 
+pub use client::{
+    Gap, PublisherConfig, RetryPolicy, SegmentReader, SegmentWriter, SubscriberConfig,
+    TrickleClientError, TricklePublisher, TrickleSubscriber,
+};
 pub use server::{TrickleConfig, TrickleError, TrickleServer};
 
 /// Where go-livepeer serves trickle channels.
