@@ -95,6 +95,16 @@ impl Drop for Shim {
     }
 }
 
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn python() -> std::path::PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
     assert!(
@@ -920,4 +930,188 @@ async fn a_connection_that_never_shakes_hands_is_dropped() {
     );
     // Others are served meanwhile and after.
     assert!(discovery(&insecure_http(), &shim).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_transcoding_session_over_trickle() {
+    use bytes::Bytes;
+    use lpworker::trickle::client::{http_client_builder, TricklePublisher, TrickleSubscriber};
+    let shim = Shim::start(&[]);
+    let http = insecure_http();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Its log outlives the test, for post-mortems.
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{port}.log"));
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .env("LPWORKER_LOG", "lpworker=debug")
+        .args([
+            "attach",
+            "--live-runner",
+            "--transcode",
+            "-orchAddr",
+            &shim.uri,
+        ])
+        .args([
+            "-orchSecret",
+            SECRET,
+            "--preset",
+            "veryfast",
+            "--max-sessions",
+            "2",
+        ])
+        .args(["--transcode-ladder", "P240p30fps16x9,P144p30fps16x9"])
+        .args(["--runner-url", &format!("http://127.0.0.1:{port}")])
+        .args(["--http-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let line = ready_line(&mut runner);
+    let _runner = KillOnDrop(runner);
+    assert!(line.contains("apps=1"), "{line}; see {}", log.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let app = loop {
+        let listed = discovery(&http, &shim).await;
+        if let Some(r) = listed.first() {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the transcoding app is not listed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(app["app"], "transcode/P240p30fps16x9,P144p30fps16x9");
+    assert_eq!(app["mode"], "persistent");
+    assert_eq!(app["capacity"], 2);
+
+    // Reserve, then start the session: the app makes its channels.
+    let session: Value = http
+        .post(app["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app_url = session["app_url"].as_str().unwrap();
+    let r = http
+        .post(format!("{app_url}/transcode"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started: Value = r.json().await.unwrap();
+    assert_eq!(started["manifest_id"], session["session_id"]);
+    let renditions = started["renditions"].as_array().unwrap().clone();
+    assert_eq!(renditions.len(), 2);
+
+    // Three 1 s segments, a broken one among them; every good one comes
+    // back in every rendition under its own sequence number.
+    let dir = tempdir();
+    let client = http_client_builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut publisher =
+        TricklePublisher::new(client.clone(), started["publish_url"].as_str().unwrap());
+    publisher.start(0).await.unwrap();
+    let mut inputs = Vec::new();
+    for i in 0..3 {
+        let (_, bytes) = common::clip(
+            dir.path(),
+            &format!("in{i}"),
+            &common::Clip {
+                seconds: 1.0,
+                width: 640,
+                height: 360,
+                ..common::Clip::default()
+            },
+        );
+        inputs.push(bytes);
+    }
+    for (i, bytes) in inputs.iter().enumerate() {
+        if i == 1 {
+            // Not MPEG-TS: reported and skipped.
+            assert_eq!(
+                publisher
+                    .write_segment(Bytes::from_static(b"garbage"))
+                    .await
+                    .unwrap(),
+                1
+            );
+        }
+        let seq = publisher
+            .write_segment(Bytes::from(bytes.clone()))
+            .await
+            .unwrap();
+        assert_eq!(seq, if i == 0 { 0 } else { i as i64 + 1 });
+    }
+    for (r, (w, h)) in renditions.iter().zip([(426, 240), (256, 144)]) {
+        let mut sub =
+            TrickleSubscriber::new(client.clone(), r["subscribe_url"].as_str().unwrap(), 0);
+        let mut seqs = Vec::new();
+        for _ in 0..4 {
+            let mut seg = tokio::time::timeout(Duration::from_secs(60), sub.next_segment())
+                .await
+                .expect("a rendition segment within a minute")
+                .unwrap()
+                .unwrap();
+            seqs.push(seg.seq());
+            let bytes = seg.read_all(16 << 20).await.unwrap();
+            if seg.seq() == 1 {
+                // The broken input: an empty segment keeps the numbering.
+                assert!(bytes.is_empty());
+                continue;
+            }
+            let path = dir
+                .path()
+                .join(format!("{}-{}.ts", r["name"].as_str().unwrap(), seg.seq()));
+            std::fs::write(&path, &bytes).unwrap();
+            let probed = common::ffprobe(&path);
+            assert_eq!((probed.width, probed.height), (w, h));
+            assert!((probed.fps - 30.0).abs() < 0.5, "{probed:?}");
+            assert!((28..=31).contains(&probed.frames), "{probed:?}");
+        }
+        // Sequence 1 was the broken input: skipped, not fatal.
+        assert_eq!(seqs, vec![0, 1, 2, 3]);
+    }
+    // The events channel reported the broken segment.
+    let mut events =
+        TrickleSubscriber::new(client.clone(), started["events_url"].as_str().unwrap(), 0);
+    let mut saw_error = false;
+    for _ in 0..8 {
+        let Ok(Ok(Some(mut seg))) =
+            tokio::time::timeout(Duration::from_secs(5), events.next_segment()).await
+        else {
+            break;
+        };
+        let event: Value = serde_json::from_slice(&seg.read_all(1 << 20).await.unwrap()).unwrap();
+        if event["type"] == "error" && event["seq"] == 1 {
+            saw_error = true;
+            break;
+        }
+    }
+    assert!(
+        saw_error,
+        "the broken segment was reported on the events channel"
+    );
+
+    // Stopping the session closes its channels; the runner keeps serving.
+    let r = http
+        .post(format!("{}/stop", session["control_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .get(format!("{}/next", started["publish_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(discovery(&http, &shim).await[0]["capacity_used"], 0);
 }

@@ -77,6 +77,10 @@ pub struct AttachArgs {
     /// require one).
     #[arg(long)]
     pub price_usd_per_hour: Option<String>,
+    /// With --live-runner: the renditions of the live transcoding app
+    /// (`transcode/LADDER`), go-livepeer profile names or a JSON file.
+    #[arg(long, default_value = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9")]
+    pub transcode_ladder: String,
 }
 
 pub fn run(args: AttachArgs) -> Result<()> {
@@ -173,12 +177,29 @@ pub fn run(args: AttachArgs) -> Result<()> {
     })
 }
 
-/// `--live-runner`: the AI models as Live Runner apps.
+/// `--live-runner`: the AI models as single-shot Live Runner apps, and
+/// with --transcode the live transcoding app.
 fn live_runner(args: AttachArgs) -> Result<()> {
-    let models = args
-        .models
-        .load()?
-        .context("--live-runner needs --ai-models: each model is an app")?;
+    let models = args.models.load()?;
+    if models.is_none() && !args.transcode {
+        bail!("--live-runner serves --ai-models (each model an app) and/or --transcode");
+    }
+    let transcoding = if args.transcode {
+        let probe = probe::probe();
+        let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?;
+        let ladder = lpworker::video::VideoProfile::from_spec(&args.transcode_ladder)
+            .with_context(|| format!("--transcode-ladder {:?}", args.transcode_ladder))?;
+        Some(lpworker::runner::Transcoding {
+            app: lpworker::runner::transcode::TranscodeApp::new(
+                std::sync::Arc::new(Transcoder::new(backend)),
+                ladder,
+                args.preset.clone(),
+            ),
+            capacity: args.max_sessions,
+        })
+    } else {
+        None
+    };
     let runner_url = args
         .runner_url
         .clone()
@@ -213,7 +234,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let runner = lpworker::runner::BoundRunner::bind(&config, models)
+        let runner = lpworker::runner::BoundRunner::bind(&config, models, transcoding)
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
         println!(

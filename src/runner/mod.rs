@@ -7,6 +7,7 @@
 //! static runner (`health_url: /health` in go-livepeer's runners.json).
 
 pub mod registration;
+pub mod transcode;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,22 +64,45 @@ fn declaration(config: &RunnerConfig, app: String, capacity: u32) -> RunnerDecl 
     }
 }
 
+/// The live transcoding app and how many sessions it takes at once.
+pub struct Transcoding {
+    pub app: Arc<transcode::TranscodeApp>,
+    pub capacity: u32,
+}
+
 impl BoundRunner {
-    pub async fn bind(config: &RunnerConfig, models: Arc<Models>) -> std::io::Result<BoundRunner> {
+    pub async fn bind(
+        config: &RunnerConfig,
+        models: Option<Arc<Models>>,
+        transcoding: Option<Transcoding>,
+    ) -> std::io::Result<BoundRunner> {
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-        let registrations = models
-            .entries()
-            .iter()
-            .map(|e| {
+        let mut registrations = Vec::new();
+        let mut router = axum::Router::new();
+        if let Some(models) = models {
+            registrations.extend(models.entries().iter().map(|e| {
                 let app = format!("{}/{}", e.pipeline.kind().name(), e.pipeline.model_id());
                 Registration::new(
                     &config.orchestrator,
                     &config.secret,
                     declaration(config, app, e.capacity),
                 )
-            })
-            .collect();
-        let router = crate::ai::http::AiHttp::new(models, None).router(config.max_body);
+            }));
+            router = router.merge(crate::ai::http::AiHttp::new(models, None).router(config.max_body));
+        } else {
+            router = router.route(
+                "/health",
+                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "OK"})) }),
+            );
+        }
+        if let Some(t) = transcoding {
+            let mut decl = declaration(config, t.app.app_name(), t.capacity);
+            decl.mode = "persistent".into();
+            let registration = Registration::new(&config.orchestrator, &config.secret, decl);
+            spawn_reconciler(registration.clone(), t.app.clone());
+            registrations.push(registration);
+            router = router.merge(t.app.router());
+        }
         Ok(BoundRunner {
             listener,
             router,
@@ -119,4 +143,31 @@ impl BoundRunner {
         }
         result
     }
+}
+
+/// Keeps a persistent app's sessions in line with the orchestrator's:
+/// reports what it works on in each beat, and stops work on sessions each
+/// heartbeat answer no longer lists.
+fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::TranscodeApp>) {
+    let mut answers = registration.subscribe();
+    tokio::spawn(async move {
+        loop {
+            registration.set_local_sessions(app.session_ids());
+            tokio::select! {
+                changed = answers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let held = answers
+                        .borrow_and_update()
+                        .as_ref()
+                        .map(|r| r.session_ids.clone());
+                    if let Some(held) = held {
+                        app.retain_sessions(&held);
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    });
 }

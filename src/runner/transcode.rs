@@ -1,0 +1,448 @@
+//! The live transcoding app: a persistent Live Runner app
+//! (`transcode/LADDER`). A gateway reserves a session, then starts it with
+//! `POST {app_url}/transcode` (`{"profiles": [...]}`, go-livepeer's names or
+//! its `-transcodingOptions` objects; none means the app's ladder). The app
+//! asks the orchestrator, through the session's callback, for trickle
+//! channels (`input`, one per rendition named by its profile, `events`),
+//! answers where they are, then reads MPEG-TS segments from `input`,
+//! transcodes each with the engine (NVDEC/NVENC when the GPU has them) and
+//! publishes every rendition's segment under the input's sequence number.
+//! A broken or late segment is reported on `events` and skipped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::live_runner::wire::{
+    headers as lr, ChannelInfo, ChannelRequest, CreateChannels, CreatedChannels,
+};
+use crate::trickle::client::{TricklePublisher, TrickleSubscriber};
+use crate::video::{TranscodeOptions, Transcoder, VideoProfile};
+
+/// Largest input segment taken (go-livepeer's trickle has no cap; ours
+/// server-side is 10 MB).
+const MAX_SEGMENT_BYTES: usize = 16 << 20;
+/// How often the events channel gets a status message.
+const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// A segment taking longer than this to transcode is abandoned: live
+/// output that late is of no use.
+const SEGMENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct TranscodeApp {
+    transcoder: Arc<Transcoder>,
+    ladder: Vec<VideoProfile>,
+    preset: String,
+    /// To the orchestrator: session callbacks and trickle.
+    http: reqwest::Client,
+    /// Sessions being transcoded: their cancellation and when they began.
+    sessions: Mutex<HashMap<String, (CancellationToken, Instant)>>,
+}
+
+/// A session younger than this is never stopped for missing from a
+/// heartbeat answer: that answer may predate its reservation.
+const RECONCILE_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Default, Deserialize)]
+struct StartRequest {
+    #[serde(default)]
+    profiles: Vec<serde_json::Value>,
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"detail": {"msg": msg.to_string()}})),
+    )
+        .into_response()
+}
+
+/// Profiles by go-livepeer name, or as its JSON objects.
+fn profiles(requested: &[serde_json::Value]) -> Result<Vec<VideoProfile>, String> {
+    let mut out = Vec::new();
+    for p in requested {
+        match p {
+            serde_json::Value::String(name) => out.push(
+                VideoProfile::by_name(name).ok_or_else(|| format!("unknown profile {name:?}"))?,
+            ),
+            other => out.extend(
+                VideoProfile::parse_json(&format!("[{other}]")).map_err(|e| e.to_string())?,
+            ),
+        }
+    }
+    Ok(out)
+}
+
+impl TranscodeApp {
+    pub fn new(
+        transcoder: Arc<Transcoder>,
+        ladder: Vec<VideoProfile>,
+        preset: String,
+    ) -> Arc<TranscodeApp> {
+        let http = crate::trickle::client::http_client_builder()
+            // Orchestrators use self-signed certificates (as the SDK and
+            // go-livepeer's clients, no verification).
+            .danger_accept_invalid_certs(true)
+            .build()
+            .expect("HTTP client");
+        Arc::new(TranscodeApp {
+            transcoder,
+            ladder,
+            preset,
+            http,
+            sessions: Mutex::default(),
+        })
+    }
+
+    /// The app's name in registrations: `transcode/` and its ladder.
+    pub fn app_name(&self) -> String {
+        let names: Vec<&str> = self.ladder.iter().map(|p| p.name.as_str()).collect();
+        format!("transcode/{}", names.join(","))
+    }
+
+    pub fn router(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new()
+            .route("/transcode", axum::routing::post(start))
+            .with_state(self.clone())
+    }
+
+    /// Sessions being worked on.
+    pub fn session_ids(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops local work on sessions the orchestrator no longer holds.
+    pub fn retain_sessions(&self, held: &[String]) {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        sessions.retain(|sid, (cancel, started)| {
+            let keep = held.contains(sid) || started.elapsed() < RECONCILE_GRACE;
+            if !keep {
+                tracing::info!(session = %sid, "session no longer held by the orchestrator: stopped");
+                cancel.cancel();
+            }
+            keep
+        });
+    }
+
+    async fn create_channels(
+        &self,
+        control: &str,
+        token: &str,
+        profiles: &[VideoProfile],
+    ) -> Result<Vec<ChannelInfo>, String> {
+        let mut wanted = vec![ChannelRequest {
+            name: "input".into(),
+            mime_type: "video/MP2T".into(),
+        }];
+        wanted.extend(profiles.iter().map(|p| ChannelRequest {
+            name: p.name.clone(),
+            mime_type: "video/MP2T".into(),
+        }));
+        wanted.push(ChannelRequest {
+            name: "events".into(),
+            mime_type: "application/json".into(),
+        });
+        let r = self
+            .http
+            .post(format!("{control}/channels"))
+            .header(lr::SESSION_TOKEN, token)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&CreateChannels { channels: wanted }).expect("serializable"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("session callback: {}", e.without_url()))?;
+        let status = r.status();
+        if !status.is_success() {
+            return Err(format!("the orchestrator refused the channels: {status}"));
+        }
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| format!("channels answer: {}", e.without_url()))?;
+        let created: CreatedChannels =
+            serde_json::from_slice(&body).map_err(|e| format!("channels answer: {e}"))?;
+        Ok(created.channels)
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// The runner-facing URL of a channel (where this app reads and writes it).
+fn runner_side(c: &ChannelInfo) -> String {
+    if c.internal_url.is_empty() {
+        c.url.clone()
+    } else {
+        c.internal_url.clone()
+    }
+}
+
+async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: Bytes) -> Response {
+    let (Some(sid), Some(token), Some(control)) = (
+        header(&headers, lr::SESSION_ID),
+        header(&headers, lr::SESSION_TOKEN),
+        header(&headers, lr::SESSION_CONTROL),
+    ) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a Live Runner session: the orchestrator's session headers are missing",
+        );
+    };
+    let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        }
+    };
+    let profiles = match profiles(&request.profiles) {
+        Ok(p) if p.is_empty() => app.ladder.clone(),
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
+    };
+    if app.sessions.lock().expect("sessions").contains_key(sid) {
+        return error(StatusCode::CONFLICT, "this session is already transcoding");
+    }
+    let channels = match app.create_channels(control, token, &profiles).await {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e),
+    };
+    let find = |name: &str| channels.iter().find(|c| c.name == name).cloned();
+    let (Some(input), Some(events)) = (find("input"), find("events")) else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "the orchestrator did not make the channels asked for",
+        );
+    };
+    let mut outputs = Vec::new();
+    let mut renditions = Vec::new();
+    for p in &profiles {
+        let Some(c) = find(&p.name) else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "the orchestrator did not make the channels asked for",
+            );
+        };
+        renditions.push(serde_json::json!({
+            "name": p.name, "width": p.width, "height": p.height,
+            "fps": p.frame_rate().map(|(n, d)| f64::from(n) / f64::from(d.max(1))),
+            "subscribe_url": c.url,
+        }));
+        outputs.push((p.clone(), runner_side(&c)));
+    }
+    let cancel = CancellationToken::new();
+    app.sessions
+        .lock()
+        .expect("sessions")
+        .insert(sid.to_string(), (cancel.clone(), Instant::now()));
+    let session = Session {
+        app: app.clone(),
+        sid: sid.to_string(),
+        input: runner_side(&input),
+        events: runner_side(&events),
+        outputs,
+        cancel,
+    };
+    tokio::spawn(session.run());
+    Json(serde_json::json!({
+        "manifest_id": sid,
+        "publish_url": input.url,
+        "events_url": events.url,
+        "renditions": renditions,
+    }))
+    .into_response()
+}
+
+/// An empty segment at `seq` on every rendition: renditions keep the
+/// input's numbering, and a reader of a rendition moves past a skipped
+/// segment instead of taking the gap for a fall behind the live edge.
+async fn skip(outputs: &[(VideoProfile, TricklePublisher)], seq: i64) {
+    for (_, publisher) in outputs {
+        let _ = publisher.publish(seq, Bytes::new()).await;
+    }
+}
+
+struct Session {
+    app: Arc<TranscodeApp>,
+    sid: String,
+    input: String,
+    events: String,
+    outputs: Vec<(VideoProfile, String)>,
+    cancel: CancellationToken,
+}
+
+#[derive(Default)]
+struct Stats {
+    segments_in: u64,
+    segments_out: u64,
+    frames_in: u64,
+    errors: u64,
+    last_error: Option<String>,
+    last_latency_ms: Option<u64>,
+}
+
+impl Session {
+    async fn event(&self, publisher: &TricklePublisher, value: serde_json::Value) {
+        if let Err(e) = publisher.publish(-1, Bytes::from(value.to_string())).await {
+            tracing::debug!(session = %self.sid, error = %e, "event not sent");
+        }
+    }
+
+    fn status(&self, stats: &Stats, started: Instant) -> serde_json::Value {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        serde_json::json!({
+            "type": "status",
+            "manifest_id": self.sid,
+            "backend": self.app.transcoder.backend_name(),
+            "segments_in": stats.segments_in,
+            "segments_out": stats.segments_out,
+            "fps_in": stats.frames_in as f64 / secs,
+            "last_latency_ms": stats.last_latency_ms,
+            "errors": stats.errors,
+            "last_error": stats.last_error,
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+        })
+    }
+
+    async fn run(self) {
+        let http = self.app.http.clone();
+        let events = TricklePublisher::new(http.clone(), &self.events);
+        let mut input = TrickleSubscriber::new(http.clone(), &self.input, 0);
+        let outputs: Vec<(VideoProfile, TricklePublisher)> = self
+            .outputs
+            .iter()
+            .map(|(p, url)| (p.clone(), TricklePublisher::new(http.clone(), url)))
+            .collect();
+        let started = Instant::now();
+        let mut stats = Stats::default();
+        let mut last_status = Instant::now();
+        self.event(&events, self.status(&stats, started)).await;
+        loop {
+            let next = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep_until((last_status + STATUS_EVERY).into()) => {
+                    last_status = Instant::now();
+                    self.event(&events, self.status(&stats, started)).await;
+                    continue;
+                }
+                n = input.next_segment() => n,
+            };
+            let mut segment = match next {
+                Ok(Some(s)) => s,
+                // The channel closed: the session ended.
+                Ok(None) => break,
+                Err(e) if e.is_terminal() => break,
+                Err(e) => {
+                    stats.errors += 1;
+                    stats.last_error = Some(e.to_string());
+                    tracing::warn!(session = %self.sid, error = %e, "input unavailable");
+                    continue;
+                }
+            };
+            let seq = segment.seq();
+            if let Some(gap) = segment.gap() {
+                stats.errors += 1;
+                let msg = format!("{} input segments missed before {seq}", gap.missed());
+                self.event(
+                    &events,
+                    serde_json::json!({"type": "error", "message": msg, "seq": seq}),
+                )
+                .await;
+            }
+            let bytes = match segment.read_all(MAX_SEGMENT_BYTES).await {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    skip(&outputs, seq).await;
+                    continue;
+                }
+                Err(e) => {
+                    stats.errors += 1;
+                    stats.last_error = Some(e.to_string());
+                    self.event(
+                        &events,
+                        serde_json::json!({"type": "error", "message": e.to_string(), "seq": seq}),
+                    )
+                    .await;
+                    skip(&outputs, seq).await;
+                    continue;
+                }
+            };
+            stats.segments_in += 1;
+            let received = Instant::now();
+            let options = TranscodeOptions {
+                profiles: self.outputs.iter().map(|(p, _)| p.clone()).collect(),
+                preset: self.app.preset.clone(),
+                timeout: Some(SEGMENT_TIMEOUT),
+                max_input_bytes: MAX_SEGMENT_BYTES,
+                ..TranscodeOptions::default()
+            };
+            let transcoder = self.app.transcoder.clone();
+            let data: Arc<[u8]> = bytes.to_vec().into();
+            let result = tokio::task::spawn_blocking(move || {
+                transcoder.transcode(data, &options, &mut |_| {})
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+            let output = match result {
+                Ok(o) => o,
+                Err(e) => {
+                    // A broken segment is reported and skipped.
+                    stats.errors += 1;
+                    stats.last_error = Some(e.clone());
+                    tracing::info!(session = %self.sid, seq, error = %e, "input segment not transcoded");
+                    self.event(
+                        &events,
+                        serde_json::json!({"type": "error", "message": e, "seq": seq}),
+                    )
+                    .await;
+                    skip(&outputs, seq).await;
+                    continue;
+                }
+            };
+            stats.frames_in += output.decoded.frames;
+            let mut sent = true;
+            for ((_, publisher), rendition) in outputs.iter().zip(output.renditions) {
+                if let Err(e) = publisher.publish(seq, Bytes::from(rendition.data)).await {
+                    tracing::warn!(session = %self.sid, seq, error = %e, "rendition segment not published");
+                    sent = false;
+                    stats.errors += 1;
+                    stats.last_error = Some(e.to_string());
+                    if e.is_terminal() {
+                        break;
+                    }
+                }
+            }
+            if sent {
+                stats.segments_out += 1;
+            }
+            stats.last_latency_ms = Some(received.elapsed().as_millis() as u64);
+            tracing::debug!(session = %self.sid, seq, latency_ms = ?stats.last_latency_ms, "segment transcoded");
+        }
+        self.event(&events, self.status(&stats, started)).await;
+        self.app
+            .sessions
+            .lock()
+            .expect("sessions")
+            .remove(&self.sid);
+        tracing::info!(session = %self.sid, segments = stats.segments_out, errors = stats.errors, "live transcoding session ended");
+    }
+}
