@@ -88,7 +88,8 @@ impl BoundRunner {
                     declaration(config, app, e.capacity),
                 )
             }));
-            router = router.merge(crate::ai::http::AiHttp::new(models, None).router(config.max_body));
+            router =
+                router.merge(crate::ai::http::AiHttp::new(models, None).router(config.max_body));
         } else {
             router = router.route(
                 "/health",
