@@ -608,3 +608,28 @@ async fn ai_worker_registers_models_runs_jobs_and_posts_results() {
     }
     assert!(attach.alive());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_arrives_on_the_stream_is_still_a_refusal() {
+    let dir = tempdir();
+    let orch = TestOrch::start(SECRET, dir.path()).await;
+    orch.shared
+        .refuse_in_stream
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut attach = Attach::start(&orch, "not-the-secret", &[]);
+    wait_registrations(&orch, 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        orch.registrations().len(),
+        1,
+        "a refusal read off the stream must not be retried quickly"
+    );
+    let log = attach.log.lock().unwrap().clone();
+    assert!(attach.logged("invalid secret"), "log: {log:?}");
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("registered") && !l.contains("refused")),
+        "logged as registered: {log:?}"
+    );
+    assert!(attach.alive());
+}

@@ -18,6 +18,9 @@ use super::insecure_tls;
 /// long enough not to spam its logs, short enough to recover once fixed.
 pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
+/// A job stream quiet this long after it opened is taken as registered.
+const OPEN_AFTER: Duration = Duration::from_secs(1);
+
 /// go-livepeer's fatal registration errors, matched on the message text as
 /// its own workers do.
 pub fn is_refusal(status: &Status) -> bool {
@@ -81,12 +84,37 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
                 }
             }
         };
+        // A refusal may also come as the stream's first read (headers, then
+        // trailers: legal gRPC, as go-livepeer checks on Recv too); the
+        // stream counts as open once a job arrives or nothing went wrong
+        // for a moment.
+        let mut first = tokio::select! {
+            m = tokio::time::timeout(OPEN_AFTER, stream.message()) => m.ok(),
+            _ = shutdown.changed() => break 'connect,
+        };
+        if let Some(Err(status)) = &first {
+            let wait = if is_refusal(status) {
+                error!(orch = %orch_addr, role, reason = status.message(), "orchestrator refused registration; check -orchSecret and the capacity; retrying in {:?}", REFUSED_RETRY);
+                REFUSED_RETRY
+            } else {
+                let wait = backoff.next_delay();
+                warn!(orch = %orch_addr, role, error = %status.message(), code = ?status.code(), retry_in = ?wait, "job stream failed as it opened");
+                wait
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => continue 'connect,
+                _ = shutdown.changed() => break 'connect,
+            }
+        }
         info!(orch = %orch_addr, role, "registered");
         backoff.reset();
         loop {
-            let message = tokio::select! {
-                m = stream.message() => m,
-                _ = shutdown.changed() => break 'connect,
+            let message = match first.take() {
+                Some(m) => m,
+                None => tokio::select! {
+                    m = stream.message() => m,
+                    _ = shutdown.changed() => break 'connect,
+                },
             };
             match message {
                 Ok(Some(job)) => {

@@ -60,6 +60,10 @@ pub struct Shared {
     in_progress: Mutex<(i64, i64)>,
     fetched: Mutex<usize>,
     changed: Notify,
+    /// Refuse a wrong secret in the stream (response headers sent, then the
+    /// error as trailers: legal gRPC, what a proxy in front may produce)
+    /// instead of refusing the call.
+    pub refuse_in_stream: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -92,7 +96,7 @@ impl net::transcoder_server::Transcoder for TranscoderService {
         // The job sender is in place before the registration is visible, so
         // a test that saw the registration can push at once.
         if accepted {
-            *lock(&self.shared.jobs) = Some(tx);
+            *lock(&self.shared.jobs) = Some(tx.clone());
         }
         lock(&self.shared.registrations).push(Registration {
             secret_ok,
@@ -101,6 +105,15 @@ impl net::transcoder_server::Transcoder for TranscoderService {
         });
         self.shared.changed.notify_waiters();
         // go-livepeer's exact error texts.
+        if !secret_ok
+            && self
+                .shared
+                .refuse_in_stream
+                .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = tx.send(Err(Status::unknown("invalid secret"))).await;
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         if !secret_ok {
             return Err(Status::unknown("invalid secret"));
         }
