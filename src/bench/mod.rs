@@ -6,6 +6,7 @@
 pub mod hardware;
 pub mod input;
 pub mod report;
+pub mod trickle;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

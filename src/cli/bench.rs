@@ -60,6 +60,31 @@ pub struct BenchArgs {
     /// JSON (needs a build with `--features nvidia`).
     #[arg(long)]
     pub gpu_kernels: bool,
+    /// Instead, load the trickle server on loopback: publishers × subscribers,
+    /// first-byte latency per hop, retained bytes, throughput beside a plain
+    /// socket relay of the same bytes.
+    #[arg(long)]
+    pub trickle: bool,
+    /// Trickle: live streams (one publisher each).
+    #[arg(long, default_value_t = 100, requires = "trickle")]
+    pub streams: usize,
+    /// Trickle: subscribers per stream.
+    #[arg(long, default_value_t = 2, requires = "trickle")]
+    pub subscribers: usize,
+    /// Trickle: each stream's bitrate (e.g. 4M, 4Mbit, 500k).
+    #[arg(long, default_value = "4M", value_parser = bench::trickle::parse_bitrate, requires = "trickle")]
+    pub bitrate: u64,
+    /// Trickle: seconds of live load (the flat-out run takes half as long).
+    #[arg(long, default_value_t = 10.0, requires = "trickle")]
+    pub seconds: f64,
+    /// Trickle: every publisher writes at the same instants (by default each
+    /// stream starts at a random phase of the 50 ms piece interval, as
+    /// independent streams do).
+    #[arg(long, requires = "trickle")]
+    pub aligned: bool,
+    /// Trickle: print the report as JSON.
+    #[arg(long, requires = "trickle")]
+    pub json: bool,
 }
 
 #[cfg(feature = "nvidia")]
@@ -83,9 +108,30 @@ fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {
         .collect()
 }
 
+fn trickle(args: &BenchArgs) -> Result<()> {
+    let options = bench::trickle::Options {
+        streams: args.streams,
+        subscribers: args.subscribers,
+        bitrate: args.bitrate,
+        seconds: args.seconds,
+        throughput_seconds: (args.seconds / 2.0).max(1.0),
+        aligned: args.aligned,
+    };
+    let report = bench::trickle::run(&options).context("trickle bench")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.gpu_kernels {
         return gpu_kernels();
+    }
+    if args.trickle {
+        return trickle(&args);
     }
     if args.concurrency.contains(&0) {
         bail!("--concurrency levels must be at least 1");
