@@ -33,7 +33,11 @@ use metrics::Metrics;
 use service::{RequestLimits, WorkerService};
 
 /// Everything `lpworker serve` can be told.
+/// How long a drained worker waits for finished responses to be sent.
+const FLUSH_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
+
 pub struct WorkerConfig {
     pub addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
@@ -292,6 +296,11 @@ impl BoundWorker {
                         "drain timeout reached; stopping with work in flight"
                     );
                 }
+                // Work counts as done when its renditions are produced; their
+                // response streams may still be on their way out. A moment for
+                // them to reach the clients before the listener stops (under
+                // load a stop right away reset a finished job's stream).
+                tokio::time::sleep(FLUSH_GRACE).await;
                 let _ = stop_tx.send(true);
             }
         };
