@@ -1357,11 +1357,6 @@ impl Registry {
     pub fn session_count(&self) -> usize {
         self.lock().sessions.len()
     }
-
-    /// A session's age, for metering and logs.
-    pub fn session_created(&self, sid: &str) -> Option<SystemTime> {
-        self.lock().sessions.get(sid).map(|s| s.created)
-    }
 }
 
 #[cfg(test)]

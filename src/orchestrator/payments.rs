@@ -717,29 +717,6 @@ impl Payments {
         self.release(&(sender, manifest.to_string()), U256::ZERO, Some(units))
     }
 
-    /// Debits `units` at the session's price only if its credit not
-    /// reserved covers them (metered Live Runner sessions: a session whose
-    /// credit is short is ended, not run into debt). Returns the fee.
-    pub fn try_debit(
-        &self,
-        sender: Address,
-        manifest: &str,
-        units: u64,
-    ) -> Result<U256, InsufficientBalance> {
-        let mut sessions = self.sessions.lock().expect("sessions");
-        let s = sessions
-            .map
-            .get_mut(&(sender, manifest.to_string()))
-            .ok_or(InsufficientBalance)?;
-        let fee = s.price.cost(units);
-        if s.balance.saturating_sub(to_i256(s.reserved)) < to_i256(fee) {
-            return Err(InsufficientBalance);
-        }
-        s.balance = s.balance.saturating_sub(to_i256(fee));
-        s.touched = Instant::now();
-        Ok(fee)
-    }
-
     /// Debits `fee` wei if the session's credit not reserved covers it
     /// (Live Runner sessions, billed at their runner's price whatever the
     /// balance was first paid at). Returns what is left.
@@ -771,16 +748,6 @@ impl Payments {
         amount: U256,
     ) -> Result<(), PaymentError> {
         self.credit(sender, manifest, price, amount)
-    }
-
-    /// The price a session was first paid at, if it has been paid.
-    pub fn session_price_of(&self, sender: Address, manifest: &str) -> Option<Price> {
-        self.sessions
-            .lock()
-            .expect("sessions")
-            .map
-            .get(&(sender, manifest.to_string()))
-            .map(|s| s.price)
     }
 }
 
