@@ -105,6 +105,12 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A loopback port nothing listens on (for a process started later).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 fn python() -> std::path::PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
     assert!(
@@ -576,33 +582,16 @@ async fn dynamic_runners_sessions_and_callbacks_keep_go_livepeers_rules() {
         shim.uri,
         second["runner_id"].as_str().unwrap()
     );
-    let r = http
-        .post(&unregister_url)
-        .header("authorization", SECRET)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
-    let r = http
-        .post(&unregister_url)
-        .header(
-            "authorization",
-            second["heartbeat_secret"].as_str().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = http
-        .post(&unregister_url)
-        .header(
-            "authorization",
-            second["heartbeat_secret"].as_str().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let unregister = |auth: &str| {
+        let req = http
+            .post(&unregister_url)
+            .header("authorization", auth.to_string());
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let own = second["heartbeat_secret"].as_str().unwrap();
+    assert_eq!(unregister(SECRET).await, 401);
+    assert_eq!(unregister(own).await, 204);
+    assert_eq!(unregister(own).await, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,10 +692,7 @@ async fn static_runners_are_health_checked_and_single_shot_takes_one_slot_per_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_of_the_shim_keeps_live_sessions() {
     let dir = tempdir();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let mut shim = Shim::start_in(dir.path(), port, &[]);
     let http = insecure_http();
     let mut runner = Command::new(python())
@@ -787,10 +773,7 @@ async fn a_restart_of_the_shim_keeps_live_sessions() {
 async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_shim() {
     let shim = Shim::start(&[]);
     let http = insecure_http();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let runner_url = format!("http://127.0.0.1:{port}");
     let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
         .args([
@@ -938,10 +921,7 @@ async fn a_live_transcoding_session_over_trickle() {
     use lpworker::trickle::client::{http_client_builder, TricklePublisher, TrickleSubscriber};
     let shim = Shim::start(&[]);
     let http = insecure_http();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     // Its log outlives the test, for post-mortems.
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{port}.log"));
     let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
