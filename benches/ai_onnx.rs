@@ -40,8 +40,8 @@ use std::time::Instant;
 
 use lpworker::ai::onnx::OnnxModel;
 use lpworker::ai::pipelines::image::{ImagePipeline, DEFAULT_MAX_INPUT_PIXELS};
-use lpworker::ai::{media, AiError, Infer, Pipeline, PipelineKind, PipelineRequest, Tensor};
-use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use lpworker::ai::{media, Pipeline, PipelineKind, PipelineRequest};
+use ndarray::{ArrayD, IxDyn};
 
 const TARGET_RATIO: f64 = 1.05;
 /// Largest |lpworker − Python| accepted on any output element.
@@ -558,20 +558,6 @@ fn decode_data_url(url: &str) -> image::RgbImage {
     image::load_from_memory(&bytes).expect("a PNG").to_rgb8()
 }
 
-/// The in-process model behind the in-process pipeline too, so that both
-/// in-process measurements use one ONNX Runtime session.
-struct SharedModel(Arc<OnnxModel>);
-
-impl Infer for SharedModel {
-    fn runtime(&self) -> &'static str {
-        self.0.runtime()
-    }
-
-    fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError> {
-        self.0.infer(input)
-    }
-}
-
 /// Requests per block in part 2 (see `http_overhead`).
 const HTTP_BLOCK: usize = 20;
 
@@ -591,7 +577,8 @@ fn http_overhead(s: &Settings) {
     let pipeline = ImagePipeline::new(
         PipelineKind::Upscale,
         MODEL_ID,
-        Box::new(SharedModel(Arc::clone(&model))),
+        // The same session as the in-process model measurement.
+        Arc::clone(&model),
         DEFAULT_MAX_INPUT_PIXELS,
     );
     let input = test_image(w, h);

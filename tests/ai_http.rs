@@ -153,11 +153,12 @@ async fn bad_ai_requests_get_ai_runner_errors() {
     let (status, body) = post(&server, "upscale", Form::new().text("prompt", "x"), None).await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["loc"][1], "image");
-    // Not an image, a truncated image, a GIF.
+    // Not an image, a truncated image, a GIF: bad requests (ai-runner's
+    // upscale lists no 415).
     for (bytes, want) in [
         (b"plain text".to_vec(), 400),
         (good[..good.len() / 2].to_vec(), 400),
-        (b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec(), 415),
+        (b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec(), 400),
     ] {
         let (status, body) = post(&server, "upscale", form(bytes), None).await;
         assert_eq!(status, want, "{body}");
@@ -168,7 +169,8 @@ async fn bad_ai_requests_get_ai_runner_errors() {
             "{body}"
         );
     }
-    // Oversize: 3000x2000 is above the 2048x2048 input limit.
+    // Oversize: 3000x2000 is above the 2048x2048 input limit, a bad request
+    // (ai-runner's upscale lists no 413).
     let (status, body) = post(
         &server,
         "upscale",
@@ -176,7 +178,7 @@ async fn bad_ai_requests_get_ai_runner_errors() {
         None,
     )
     .await;
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(status, 400, "{body}");
     // Unknown model, wrong field types.
     let (status, body) = post(
         &server,
@@ -198,15 +200,6 @@ async fn bad_ai_requests_get_ai_runner_errors() {
     )
     .await;
     assert_eq!(status, 422);
-    // A JSON body on a multipart route.
-    let url = format!("http://{}/upscale", server.http.unwrap());
-    let r = reqwest::Client::new()
-        .post(&url)
-        .json(&serde_json::json!({"prompt": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 415);
     // Still serving.
     let (status, _) = post(&server, "upscale", form(good), None).await;
     assert_eq!(status, 200);
@@ -228,6 +221,70 @@ async fn bearer_token_is_required_when_configured() {
     assert_eq!(
         post(&server, "upscale", form(img), Some("tok")).await.0,
         200
+    );
+}
+
+/// Credentials are checked on the request's head: a wrong or missing token
+/// gets 401 while the 64 MiB body it announces is still unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_refused_before_the_body_is_sent() {
+    let server = start(&["--ai-auth-token", "tok"]);
+    let url = format!("http://{}/upscale", server.http.unwrap());
+    let client = reqwest::Client::new();
+    for token in [None, Some("wrong")] {
+        // A body that never comes.
+        let body = reqwest::Body::wrap_stream(futures::stream::pending::<
+            Result<Vec<u8>, std::io::Error>,
+        >());
+        let mut req = client
+            .post(&url)
+            .header("content-type", "multipart/form-data; boundary=x")
+            .header("content-length", (64u64 << 20).to_string())
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(1), req.send())
+            .await
+            .unwrap_or_else(|_| panic!("no answer before the body ({token:?})"))
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{token:?}");
+    }
+}
+
+/// A connection that sends nothing is closed after the header deadline
+/// (10 s), while the listener goes on serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(&[]);
+    let addr = server.http.unwrap();
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A header begun and never finished.
+    let mut partial = tokio::net::TcpStream::connect(addr).await.unwrap();
+    partial
+        .write_all(b"POST /upscale HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let health = reqwest::get(format!("http://{addr}/health")).await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let (status, body) = post(&server, "upscale", form(png(&test_image(4, 4))), None).await;
+    assert_eq!(status, 200, "{body}");
+    for conn in [&mut silent, &mut partial] {
+        let mut rest = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            conn.read_to_end(&mut rest),
+        )
+        .await
+        .expect("closed by the server")
+        .ok();
+    }
+    let waited = started.elapsed();
+    assert!(
+        (std::time::Duration::from_secs(9)..std::time::Duration::from_secs(14)).contains(&waited),
+        "{waited:?}"
     );
 }
 
@@ -348,11 +405,11 @@ async fn responses_conform_to_ai_runner_openapi() {
         (form(img.clone()), None, 401),
         (Form::new().text("prompt", "x"), Some("tok"), 422),
         (form(b"junk".to_vec()), Some("tok"), 400),
-        (form(png(&RgbImage::new(3000, 2000))), Some("tok"), 413),
+        (form(png(&RgbImage::new(3000, 2000))), Some("tok"), 400),
         (
             form(b"GIF89a\x01\x00\x01\x00\x00\x00\x00".to_vec()),
             Some("tok"),
-            415,
+            400,
         ),
         (
             form(img.clone()).text("model_id", "other/model"),
@@ -375,6 +432,74 @@ async fn responses_conform_to_ai_runner_openapi() {
             .unwrap();
         assert_conforms(&api, path, "get", 200, &body);
     }
+}
+
+/// A body that is not a multipart form on a form route is FastAPI's 422, the
+/// file field missing, whatever the content type or without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_route_answers_422_to_a_body_of_another_type() {
+    let api = openapi();
+    let server = start(&[]);
+    let url = format!("http://{}/upscale", server.http.unwrap());
+    let client = reqwest::Client::new();
+    let requests = [
+        client
+            .post(&url)
+            .json(&serde_json::json!({"prompt": "x", "image": "x"})),
+        client
+            .post(&url)
+            .header("content-type", "text/plain")
+            .body("prompt=x"),
+        client.post(&url).body("prompt=x"),
+    ];
+    for request in requests {
+        let resp = request.send().await.unwrap();
+        let content_type = format!("{:?}", resp.headers().get("content-type"));
+        assert_eq!(resp.status(), 422);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(
+            body["detail"][0],
+            serde_json::json!({"type": "missing", "loc": ["body", "image"], "msg": "Field required"}),
+            "{content_type}"
+        );
+        assert_conforms(&api, "/upscale", "post", 422, &body);
+    }
+}
+
+/// A body announced over the size limit is refused with 413 before it is
+/// sent: the request's head alone gets the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = openapi();
+    let server = start(&[]);
+    let addr = server.http.unwrap();
+    let length = lpworker::ai_runner_api::DEFAULT_MAX_BODY + 1;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /upscale HTTP/1.1\r\nhost: {addr}\r\ncontent-type: multipart/form-data; boundary=x\r\ncontent-length: {length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert!(
+        body["detail"]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("limit")),
+        "{body}"
+    );
+    assert_conforms(&api, "/upscale", "post", 413, &body);
 }
 
 /// Reads a `text/event-stream` body into its `data:` payloads.
@@ -470,14 +595,17 @@ async fn llm_chat_completions_plain_and_streamed() {
         let body: Value = resp.json().await.unwrap();
         assert_conforms(&api, "/llm", "post", status, &body);
     }
-    // A multipart body is not what /llm takes.
+    // A multipart body is not what /llm takes: FastAPI's 422 at the body.
     let resp = client
         .post(&url)
         .multipart(Form::new().text("messages", "[]"))
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 415);
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["detail"][0]["loc"], serde_json::json!(["body"]));
+    assert_conforms(&api, "/llm", "post", 422, &body);
 
     // A client that leaves mid-stream frees the model for the next request.
     let mut long = streamed.clone();
@@ -491,10 +619,18 @@ async fn llm_chat_completions_plain_and_streamed() {
             ok = true;
             break;
         }
+        // ai-runner's API has no status for a busy model: a server error.
         assert_eq!(
             resp.status(),
-            503,
+            500,
             "busy at most, while the abandoned stream stops"
+        );
+        let body: Value = resp.json().await.unwrap();
+        assert!(
+            body["detail"]["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("at capacity")),
+            "{body}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -700,16 +836,17 @@ fn render_text(text: &str, size: f32, width: u32, height: u32) -> RgbImage {
     image
 }
 
-/// image-to-text with the RapidOCR models a PyPI package ships: a served
-/// worker reads text rendered into a generated image.
+/// ocr (lpworker's own route) with the RapidOCR models a PyPI package ships:
+/// a served worker reads text rendered into a generated image, answering in
+/// the shape of ai-runner's image-to-text (ImageToTextResponse, its errors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn image_to_text_reads_rendered_text() {
+async fn ocr_reads_rendered_text() {
     let api = openapi();
     let dir = common::tempdir();
     let models = common::models_dir_with_ocr(dir.path());
     let server = ServeProcess::start(&[
         "--ai-models",
-        "image-to-text:rapidocr/PP-OCRv4:true",
+        "ocr:rapidocr/PP-OCRv4:true",
         "--models-dir",
         models.to_str().unwrap(),
         "--http-addr",
@@ -723,11 +860,56 @@ async fn image_to_text_reads_rendered_text() {
             .mime_str("image/png")
             .unwrap(),
     );
-    let (status, body) = post(&server, "image-to-text", rendered, None).await;
+    let (status, body) = post(&server, "ocr", rendered, None).await;
     assert_eq!(status, 200, "{body}");
     assert_conforms(&api, "/image-to-text", "post", 200, &body);
     assert_eq!(body["text"], "LIVEPEER 2026");
+    let (status, body) = post(&server, "ocr", form(b"junk".to_vec()), None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_conforms(&api, "/image-to-text", "post", 400, &body);
+}
+
+/// image-to-text as ai-runner means it, BLIP captioning, with the generated
+/// tiny BLIP: the caption transformers wrote for its test image, with and
+/// without a prompt, and ai-runner's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_to_text_captions_with_blip() {
+    let api = openapi();
+    let server = ServeProcess::start(&[
+        "--ai-models",
+        "image-to-text:lpworker/tiny-blip:true",
+        "--models-dir",
+        "models",
+        "--http-addr",
+        "127.0.0.1:0",
+    ]);
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string("models/lpworker/tiny-blip/golden.json").unwrap(),
+    )
+    .unwrap();
+    let test_png = std::fs::read("models/lpworker/tiny-blip/test.png").unwrap();
+    for case in ["unconditional", "prompted"] {
+        let case = &golden["cases"][case];
+        let captioned = Form::new()
+            .text("prompt", case["prompt"].as_str().unwrap().to_string())
+            .text("model_id", "lpworker/tiny-blip")
+            .part(
+                "image",
+                Part::bytes(test_png.clone())
+                    .file_name("test.png")
+                    .mime_str("image/png")
+                    .unwrap(),
+            );
+        let (status, body) = post(&server, "image-to-text", captioned, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_conforms(&api, "/image-to-text", "post", 200, &body);
+        assert_eq!(body, serde_json::json!({"text": case["text"]}));
+    }
     let (status, body) = post(&server, "image-to-text", form(b"junk".to_vec()), None).await;
     assert_eq!(status, 400, "{body}");
     assert_conforms(&api, "/image-to-text", "post", 400, &body);
+    let no_image = Form::new().text("prompt", "a picture of");
+    let (status, body) = post(&server, "image-to-text", no_image, None).await;
+    assert_eq!(status, 422, "{body}");
+    assert_conforms(&api, "/image-to-text", "post", 422, &body);
 }

@@ -227,7 +227,8 @@ const SEGMENT_ESTIMATE: i64 = 30 * (256 * 144 + 426 * 240);
 fn model_request(g: &GatewaySigner) -> net::OrchestratorRequest {
     let upscale = lpworker::ai::PipelineKind::from_name("upscale")
         .unwrap()
-        .capability();
+        .capability()
+        .expect("an ai-runner pipeline");
     let mut request = g.orchestrator_request();
     let mut caps = net::Capabilities::default();
     caps.constraints
@@ -268,7 +269,8 @@ fn upscale_worker(dir: &Path, price: u32) -> (ServeProcess, PathBuf) {
 fn ai_creds(gateway: &GatewaySigner, info: &net::OrchestratorInfo, model: &str) -> String {
     let upscale = lpworker::ai::PipelineKind::from_name("upscale")
         .unwrap()
-        .capability();
+        .capability()
+        .expect("an ai-runner pipeline");
     b64(&gateway
         .signed(net::SegData {
             manifest_id: format!("{upscale}_{model}").into_bytes(),
@@ -410,7 +412,8 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
             .unwrap();
     let upscale = lpworker::ai::PipelineKind::from_name("upscale")
         .unwrap()
-        .capability();
+        .capability()
+        .expect("an ai-runner pipeline");
     let info = grpc
         .get_orchestrator(gateway.orchestrator_request())
         .await
@@ -955,7 +958,8 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
     let mut grpc = shim.grpc().await;
     let upscale = lpworker::ai::PipelineKind::from_name("upscale")
         .unwrap()
-        .capability();
+        .capability()
+        .expect("an ai-runner pipeline");
     let png =
         lpworker::ai::media::encode_png(&image::RgbImage::from_pixel(12, 8, image::Rgb([9, 9, 9])))
             .unwrap();

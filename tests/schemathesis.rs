@@ -40,7 +40,7 @@ fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() 
     let models = common::models_dir_with_ocr(dir.path());
     let server = common::ServeProcess::start(&[
         "--ai-models",
-        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true,audio-to-text:lpworker/tiny-whisper:true,text-to-image:lpworker/tiny-sd:true,image-to-text:rapidocr/PP-OCRv4:true",
+        "upscale:lpworker/nearest-2x:true,llm:lpworker/tiny-llama:true,audio-to-text:lpworker/tiny-whisper:true,text-to-image:lpworker/tiny-sd:true,image-to-image:lpworker/tiny-sd:true,image-to-text:lpworker/tiny-blip:true,ocr:rapidocr/PP-OCRv4:true",
         "--models-dir",
         models.to_str().unwrap(),
         "--http-addr",
@@ -64,6 +64,8 @@ fn generated_requests_never_get_a_server_error_and_responses_match_the_schema() 
         "/audio-to-text",
         "--include-path",
         "/text-to-image",
+        "--include-path",
+        "/image-to-image",
         "--include-path",
         "/image-to-text",
         "--include-path",

@@ -99,26 +99,17 @@ mod tests {
     }
 
     #[test]
-    fn bad_images_are_refused_with_the_right_status() {
-        assert_eq!(
-            decode_rgb(b"not an image", 100).unwrap_err().http_status(),
-            400
-        );
+    fn bad_images_are_refused_with_the_right_error() {
+        let e = decode_rgb(b"not an image", 100).unwrap_err();
+        assert!(matches!(e, AiError::BadRequest(_)), "{e:?}");
         let img = RgbImage::new(20, 20);
         let png = encode_png(&img).unwrap();
-        assert_eq!(decode_rgb(&png, 399).unwrap_err().http_status(), 413);
-        assert_eq!(
-            decode_rgb(&png[..png.len() / 2], 1000)
-                .unwrap_err()
-                .http_status(),
-            400
-        );
+        let e = decode_rgb(&png, 399).unwrap_err();
+        assert!(matches!(e, AiError::TooLarge(_)), "{e:?}");
+        let e = decode_rgb(&png[..png.len() / 2], 1000).unwrap_err();
+        assert!(matches!(e, AiError::BadRequest(_)), "{e:?}");
         // A GIF is recognised but not accepted.
-        assert_eq!(
-            decode_rgb(b"GIF89a\x01\x00\x01\x00\x00\x00\x00", 1000)
-                .unwrap_err()
-                .http_status(),
-            415
-        );
+        let e = decode_rgb(b"GIF89a\x01\x00\x01\x00\x00\x00\x00", 1000).unwrap_err();
+        assert!(matches!(e, AiError::UnsupportedMedia(_)), "{e:?}");
     }
 }

@@ -1,16 +1,20 @@
 //! The AI engine: pipelines compatible with livepeer/ai-runner, run in
-//! process. A pipeline owns a model behind the small [`Infer`] trait, whose
-//! runtime (ONNX Runtime for image models, Candle for generative ones) is
-//! chosen per model; the transports (the
-//! ai-runner HTTP API, the gRPC `Infer` call, go-livepeer's AI worker
-//! protocol) sit on top of the [`registry::Registry`].
+//! process, each on the runtime its model needs: the image models (upscale,
+//! image-transform) on ONNX Runtime through [`onnx::OnnxModel`]; OCR and
+//! voice detection on ONNX Runtime through [`onnx::OnnxSession`]; the
+//! generative ones (text-to-image, image-to-image, image-to-text, llm,
+//! audio-to-text, with Whisper) on Candle. Every pipeline implements
+//! [`Pipeline`] and is loaded into the [`registry::Registry`]. The engine
+//! knows nothing of transports: the ai-runner HTTP API
+//! (`crate::ai_runner_api`), the gRPC worker and go-livepeer's AI worker
+//! protocol are adapters over the registry.
 
 pub mod audio;
+pub mod blip;
 pub mod candle;
 pub mod config;
 pub mod diffusion;
 mod error;
-pub mod http;
 pub mod llm;
 pub mod media;
 pub mod ocr;
@@ -23,65 +27,9 @@ pub mod whisper;
 
 use std::collections::HashMap;
 
-use ndarray::{ArrayD, ArrayViewD};
-
 pub use error::AiError;
 pub use pipelines::{Pipeline, PipelineKind};
 pub use registry::Registry;
-
-/// A loaded model mapping one tensor to another. The input is borrowed and
-/// the output left in the runtime's own buffer: a 2x upscaler's output is
-/// megabytes, and copying it costs as much as running the model.
-pub trait Infer: Send + Sync {
-    /// "onnx" or "candle".
-    fn runtime(&self) -> &'static str;
-    fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError>;
-}
-
-/// A model's output: ONNX Runtime's output value, read in place, or an array.
-pub struct Tensor(TensorData);
-
-enum TensorData {
-    Array(ArrayD<f32>),
-    Onnx(ort::value::Tensor<f32>),
-}
-
-impl Tensor {
-    /// An ONNX Runtime output; fails unless it is an f32 tensor the CPU can
-    /// read (so that [`Tensor::view`] succeeds later).
-    pub fn from_onnx(value: ort::value::DynValue) -> Result<Tensor, AiError> {
-        let fail = |e: ort::Error| AiError::Internal(format!("model output: {e}"));
-        let tensor = value
-            .downcast::<ort::value::TensorValueType<f32>>()
-            .map_err(fail)?;
-        tensor.try_extract_array::<f32>().map_err(fail)?;
-        Ok(Tensor(TensorData::Onnx(tensor)))
-    }
-
-    /// The values, without copying.
-    pub fn view(&self) -> Result<ArrayViewD<'_, f32>, AiError> {
-        match &self.0 {
-            TensorData::Array(a) => Ok(a.view()),
-            TensorData::Onnx(t) => t
-                .try_extract_array::<f32>()
-                .map_err(|e| AiError::Internal(format!("model output: {e}"))),
-        }
-    }
-
-    /// The values as an owned array (copies an ONNX Runtime output).
-    pub fn into_array(self) -> Result<ArrayD<f32>, AiError> {
-        match self.0 {
-            TensorData::Array(a) => Ok(a),
-            TensorData::Onnx(_) => self.view().map(|v| v.to_owned()),
-        }
-    }
-}
-
-impl From<ArrayD<f32>> for Tensor {
-    fn from(array: ArrayD<f32>) -> Tensor {
-        Tensor(TensorData::Array(array))
-    }
-}
 
 /// One request, as any transport delivers it: ai-runner's fields (form
 /// fields arrive as strings, JSON bodies typed) and its file fields.

@@ -7,7 +7,7 @@ use std::sync::{Mutex, OnceLock};
 
 use ndarray::{ArrayD, ArrayViewD};
 
-use super::{AiError, Infer, Tensor};
+use super::AiError;
 
 /// Finds `libonnxruntime`: `ORT_DYLIB_PATH`, then the library next to the
 /// executable, then the PyPI wheel in a project `.venv` or a system/pyenv
@@ -193,12 +193,16 @@ impl OnnxModel {
     }
 }
 
-impl Infer for OnnxModel {
-    fn runtime(&self) -> &'static str {
+impl OnnxModel {
+    /// "onnx", the runtime a pipeline reports.
+    pub fn runtime(&self) -> &'static str {
         "onnx"
     }
 
-    fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError> {
+    /// Runs the model on `input`. The input is borrowed and the output left
+    /// in ONNX Runtime's own buffer: a 2x upscaler's output is megabytes, and
+    /// copying it costs as much as running the model.
+    pub fn infer(&self, input: ArrayViewD<'_, f32>) -> Result<Tensor, AiError> {
         let fail = |e: ort::Error| AiError::Internal(format!("ONNX Runtime: {e}"));
         // A standard-layout view is handed to ONNX Runtime in place.
         let tensor = ort::value::TensorRef::from_array_view(input).map_err(fail)?;
@@ -213,6 +217,34 @@ impl Infer for OnnxModel {
             .remove(self.output.as_str())
             .ok_or_else(|| AiError::Internal(format!("model produced no {:?}", self.output)))?;
         Tensor::from_onnx(output)
+    }
+}
+
+/// An [`OnnxModel`]'s output: ONNX Runtime's output value, read in place.
+pub struct Tensor(ort::value::Tensor<f32>);
+
+impl Tensor {
+    /// An ONNX Runtime output; fails unless it is an f32 tensor the CPU can
+    /// read (so that [`Tensor::view`] succeeds later).
+    fn from_onnx(value: ort::value::DynValue) -> Result<Tensor, AiError> {
+        let fail = |e: ort::Error| AiError::Internal(format!("model output: {e}"));
+        let tensor = value
+            .downcast::<ort::value::TensorValueType<f32>>()
+            .map_err(fail)?;
+        tensor.try_extract_array::<f32>().map_err(fail)?;
+        Ok(Tensor(tensor))
+    }
+
+    /// The values, without copying.
+    pub fn view(&self) -> Result<ArrayViewD<'_, f32>, AiError> {
+        self.0
+            .try_extract_array::<f32>()
+            .map_err(|e| AiError::Internal(format!("model output: {e}")))
+    }
+
+    /// The values as an owned array (a copy of ONNX Runtime's buffer).
+    pub fn into_array(self) -> Result<ArrayD<f32>, AiError> {
+        self.view().map(|v| v.to_owned())
     }
 }
 

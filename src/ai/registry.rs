@@ -10,8 +10,10 @@ use tracing::info;
 use super::config::AiModelConfig;
 use super::pipelines::audio_to_text::AudioToTextPipeline;
 use super::pipelines::image::ImagePipeline;
+use super::pipelines::image_to_image::ImageToImagePipeline;
 use super::pipelines::image_to_text::ImageToTextPipeline;
 use super::pipelines::llm::LlmPipeline;
+use super::pipelines::ocr::OcrPipeline;
 use super::pipelines::text_to_image::TextToImagePipeline;
 use super::{AiError, Pipeline, PipelineKind, PipelineOutput, PipelineRequest};
 
@@ -70,6 +72,10 @@ pub fn model_dir(models_dir: &Path, model_id: &str) -> Option<PathBuf> {
         .find(|p| p.is_dir())
 }
 
+/// The longest model id a request may name (Hugging Face ids are at most
+/// 96 characters; local ones are paths under the models directory).
+pub const MAX_MODEL_ID_LEN: usize = 256;
+
 impl Registry {
     pub fn empty() -> Registry {
         Registry {
@@ -97,7 +103,7 @@ impl Registry {
                 ))
             })?;
             let pipeline: Arc<dyn Pipeline> = match kind {
-                PipelineKind::Upscale | PipelineKind::ImageToImage
+                PipelineKind::Upscale | PipelineKind::ImageTransform
                     if dir.join("model.onnx").is_file() =>
                 {
                     Arc::new(ImagePipeline::load_onnx(
@@ -107,14 +113,33 @@ impl Registry {
                         threads,
                     )?)
                 }
+                PipelineKind::ImageToImage if dir.join("unet/config.json").is_file() => {
+                    Arc::new(ImageToImagePipeline::load(&config.model_id, &dir)?)
+                }
+                PipelineKind::ImageToImage if dir.join("model.onnx").is_file() => {
+                    return Err(AiError::UnknownModel(format!(
+                        "image-to-image is prompt-guided Stable Diffusion (a diffusers folder \
+                         with unet/config.json) and {} is an ONNX image model: serve it as \
+                         pipeline image-transform",
+                        config.model_id
+                    )))
+                }
                 PipelineKind::AudioToText if dir.join("config.json").is_file() => {
                     Arc::new(AudioToTextPipeline::load(&config.model_id, &dir)?)
                 }
                 PipelineKind::TextToImage if dir.join("unet/config.json").is_file() => {
                     Arc::new(TextToImagePipeline::load(&config.model_id, &dir)?)
                 }
+                PipelineKind::Ocr => Arc::new(OcrPipeline::load(&config.model_id, &dir, threads)?),
+                PipelineKind::ImageToText if super::blip::is_blip_folder(&dir) => {
+                    Arc::new(ImageToTextPipeline::load(&config.model_id, &dir)?)
+                }
                 PipelineKind::ImageToText => {
-                    Arc::new(ImageToTextPipeline::load(&config.model_id, &dir, threads)?)
+                    return Err(AiError::UnknownModel(format!(
+                        "image-to-text is BLIP captioning and {} has no BLIP config.json \
+                         (model_type \"blip\"); OCR models are served as pipeline ocr",
+                        config.model_id
+                    )))
                 }
                 PipelineKind::Llm if dir.join("config.json").is_file() => {
                     Arc::new(LlmPipeline::load(&config.model_id, &dir)?)
@@ -148,8 +173,14 @@ impl Registry {
     }
 
     /// The model for `kind` named `model_id`, or the pipeline's first model
-    /// when `model_id` is empty.
+    /// when `model_id` is empty. An id longer than [`MAX_MODEL_ID_LEN`] is
+    /// refused as such, and an unknown one is named back clipped.
     pub fn find(&self, kind: PipelineKind, model_id: &str) -> Result<&Entry, AiError> {
+        if model_id.len() > MAX_MODEL_ID_LEN {
+            return Err(AiError::BadRequest(format!(
+                "model_id is longer than {MAX_MODEL_ID_LEN} bytes"
+            )));
+        }
         self.entries
             .iter()
             .filter(|e| e.pipeline.kind() == kind)
@@ -162,7 +193,8 @@ impl Registry {
                     ))
                 } else {
                     AiError::UnknownModel(format!(
-                        "model {model_id} is not loaded for pipeline {}",
+                        "model {} is not loaded for pipeline {}",
+                        crate::log_limit::clip(model_id, 64),
                         kind.name()
                     ))
                 }
@@ -225,5 +257,43 @@ impl Registry {
         })
         .await
         .map_err(|e| AiError::Internal(format!("pipeline task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        let config: AiModelConfig = serde_json::from_value(
+            serde_json::json!({"pipeline": "upscale", "model_id": "lpworker/nearest-2x"}),
+        )
+        .unwrap();
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        Registry::load(&[config], &models, 1).unwrap()
+    }
+
+    #[test]
+    fn long_and_unknown_model_ids_are_refused_and_named_back_clipped() {
+        let registry = registry();
+        let kind = PipelineKind::Upscale;
+        assert!(registry.find(kind, "lpworker/nearest-2x").is_ok());
+        assert!(registry.find(kind, "").is_ok(), "the pipeline's first");
+
+        let long = "m".repeat(MAX_MODEL_ID_LEN + 1);
+        let Err(AiError::BadRequest(msg)) = registry.find(kind, &long) else {
+            panic!("a model id over the cap is a bad request")
+        };
+        assert!(!msg.contains(&long[..65]), "{msg}");
+
+        let unknown = "u".repeat(MAX_MODEL_ID_LEN);
+        let Err(AiError::UnknownModel(msg)) = registry.find(kind, &unknown) else {
+            panic!("an unknown model is refused")
+        };
+        assert!(msg.len() < 150 && msg.contains('…'), "{msg}");
+        let Err(AiError::UnknownModel(msg)) = registry.find(kind, "org/other") else {
+            panic!("an unknown model is refused")
+        };
+        assert!(msg.contains("org/other"), "{msg}");
     }
 }

@@ -260,6 +260,7 @@ pub fn segments_from_probabilities(
 
 #[cfg(test)]
 mod tests {
+    use super::test_signals::{noise, voiced_syllables};
     use super::*;
 
     fn detector() -> VoiceActivityDetector {
@@ -302,8 +303,59 @@ mod tests {
         assert_eq!(run(&[(0.9, 10), (0.0, 4), (0.9, 10)]), [(0, 12288)]);
     }
 
+    #[test]
+    fn silence_and_low_noise_hold_no_speech() {
+        let vad = detector();
+        let silence = vec![0.0f32; 2 * SAMPLE_RATE as usize];
+        assert_eq!(vad.speech_segments(&silence, 0.5, 250, 100).unwrap(), []);
+        let hiss = noise(2 * SAMPLE_RATE as usize, 0.005, 0x2545_F491_4F6C_DD1D);
+        let probabilities = vad.probabilities(&hiss).unwrap();
+        assert_eq!(probabilities.len(), 63);
+        assert!(probabilities.iter().all(|&p| p < 0.3), "{probabilities:?}");
+        assert_eq!(vad.speech_segments(&hiss, 0.5, 250, 100).unwrap(), []);
+    }
+
+    #[test]
+    fn voiced_syllables_between_noise_are_one_speech_segment() {
+        let vad = detector();
+        let rate = SAMPLE_RATE as usize;
+        let lead = rate * 3 / 2;
+        let hiss = noise(lead, 0.005, 0x2545_F491_4F6C_DD1D);
+        let voice: Vec<f32> = voiced_syllables(3.0)
+            .into_iter()
+            .zip(noise(3 * rate, 0.005, 7))
+            .map(|(v, n)| v + n)
+            .collect();
+        let audio: Vec<f32> = [&hiss[..], &voice, &hiss].concat();
+
+        let probabilities = vad.probabilities(&audio).unwrap();
+        // Python's silero-vad OnnxWrapper gives these on the same audio (the
+        // first chunk and the onset depend on the 64-sample context).
+        for (chunk, expected) in [(0, 0.1079), (46, 0.2088), (47, 0.9238), (100, 0.8404)] {
+            assert!(
+                (probabilities[chunk] - expected).abs() < 0.01,
+                "chunk {chunk}: {} vs {expected}",
+                probabilities[chunk]
+            );
+        }
+        let onset_chunk = lead / CHUNK_SAMPLES;
+        assert!(probabilities[..onset_chunk - 4].iter().all(|&p| p < 0.3));
+
+        let segments = vad.speech_segments(&audio, 0.5, 250, 100).unwrap();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        let (start, end) = segments[0];
+        assert!((start - 1.5).abs() < 0.3, "speech starts at {start} s");
+        assert!((end - 4.5).abs() < 0.3, "speech ends at {end} s");
+    }
+}
+
+/// Test audio Silero judges: silence-like noise and speech-like sound.
+#[cfg(test)]
+pub(crate) mod test_signals {
+    use super::SAMPLE_RATE;
+
     /// A deterministic xorshift64 noise source, uniform in [-amplitude, amplitude).
-    fn noise(samples: usize, amplitude: f32, seed: u64) -> Vec<f32> {
+    pub(crate) fn noise(samples: usize, amplitude: f32, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..samples)
             .map(|_| {
@@ -350,7 +402,7 @@ mod tests {
     /// Speech-like sound Silero accepts: a glottal pulse train at 95-155 Hz
     /// with slow intonation, through F1/F2/F3 formant resonators of a new
     /// vowel every syllable, at four syllables a second.
-    fn voiced_syllables(seconds: f64) -> Vec<f32> {
+    pub(crate) fn voiced_syllables(seconds: f64) -> Vec<f32> {
         // (F1, F2, F3) of /a/, /i/, /e/, /o/, /u/, /ae/ (Peterson & Barney).
         const VOWELS: [(f64, f64, f64); 6] = [
             (730.0, 1090.0, 2440.0),
@@ -397,50 +449,5 @@ mod tests {
         }
         let peak = out.iter().fold(0.0f64, |m, x| m.max(x.abs()));
         out.into_iter().map(|x| (0.5 * x / peak) as f32).collect()
-    }
-
-    #[test]
-    fn silence_and_low_noise_hold_no_speech() {
-        let vad = detector();
-        let silence = vec![0.0f32; 2 * SAMPLE_RATE as usize];
-        assert_eq!(vad.speech_segments(&silence, 0.5, 250, 100).unwrap(), []);
-        let hiss = noise(2 * SAMPLE_RATE as usize, 0.005, 0x2545_F491_4F6C_DD1D);
-        let probabilities = vad.probabilities(&hiss).unwrap();
-        assert_eq!(probabilities.len(), 63);
-        assert!(probabilities.iter().all(|&p| p < 0.3), "{probabilities:?}");
-        assert_eq!(vad.speech_segments(&hiss, 0.5, 250, 100).unwrap(), []);
-    }
-
-    #[test]
-    fn voiced_syllables_between_noise_are_one_speech_segment() {
-        let vad = detector();
-        let rate = SAMPLE_RATE as usize;
-        let lead = rate * 3 / 2;
-        let hiss = noise(lead, 0.005, 0x2545_F491_4F6C_DD1D);
-        let voice: Vec<f32> = voiced_syllables(3.0)
-            .into_iter()
-            .zip(noise(3 * rate, 0.005, 7))
-            .map(|(v, n)| v + n)
-            .collect();
-        let audio: Vec<f32> = [&hiss[..], &voice, &hiss].concat();
-
-        let probabilities = vad.probabilities(&audio).unwrap();
-        // Python's silero-vad OnnxWrapper gives these on the same audio (the
-        // first chunk and the onset depend on the 64-sample context).
-        for (chunk, expected) in [(0, 0.1079), (46, 0.2088), (47, 0.9238), (100, 0.8404)] {
-            assert!(
-                (probabilities[chunk] - expected).abs() < 0.01,
-                "chunk {chunk}: {} vs {expected}",
-                probabilities[chunk]
-            );
-        }
-        let onset_chunk = lead / CHUNK_SAMPLES;
-        assert!(probabilities[..onset_chunk - 4].iter().all(|&p| p < 0.3));
-
-        let segments = vad.speech_segments(&audio, 0.5, 250, 100).unwrap();
-        assert_eq!(segments.len(), 1, "{segments:?}");
-        let (start, end) = segments[0];
-        assert!((start - 1.5).abs() < 0.3, "speech starts at {start} s");
-        assert!((end - 4.5).abs() < 0.3, "speech ends at {end} s");
     }
 }

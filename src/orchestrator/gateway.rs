@@ -200,8 +200,10 @@ fn worker_profile(p: &crate::video::VideoProfile) -> pb::VideoProfile {
 /// problems are refused before any work (402/403/400); once accepted the
 /// answer is 200 with a protobuf `TranscodeResult` holding either rendition
 /// URLs on this node or the error.
-pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (session, seg, payment) = match credentials(&gw, &headers).await {
+pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Request) -> Response {
+    // Credentials from the headers alone: a stranger announcing a large
+    // body is refused before any of it is read or buffered.
+    let (session, seg, payment) = match credentials(&gw, request.headers()).await {
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
@@ -212,14 +214,15 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: B
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let body = match axum::body::to_bytes(request.into_body(), gw.max_segment_bytes).await {
+        Ok(b) => b,
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large"),
+    };
     let estimate = estimated_pixels(&job.profiles, job.duration_ms);
     let (sender, reservation) = match pay(&gw, &payment, &session, Work::Video, estimate).await {
         Ok(s) => s,
         Err((status, msg)) => return text(status, msg),
     };
-    if body.len() > gw.max_segment_bytes {
-        return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large");
-    }
     if keccak256(&body).as_slice() != seg.hash.as_slice() {
         return text(StatusCode::FORBIDDEN, "Forbidden");
     }
@@ -385,8 +388,12 @@ pub async fn ai(
     Path(route): Path<String>,
     request: axum::extract::Request,
 ) -> Response {
-    use crate::ai::{http::error_response, AiError, PipelineKind};
-    let Some(kind) = PipelineKind::from_name(&route) else {
+    use crate::ai::{AiError, PipelineKind};
+    use crate::ai_runner_api::error::{error_response, respond};
+    // lpworker's own pipelines have no capability to pay for: not routed here.
+    let Some((kind, capability)) =
+        PipelineKind::from_name(&route).and_then(|k| Some((k, k.capability()?)))
+    else {
         return text(StatusCode::NOT_FOUND, "not found");
     };
     let (session, _, payment) = match credentials(&gw, request.headers()).await {
@@ -395,13 +402,13 @@ pub async fn ai(
     };
     let store_urls =
         header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
-    let req = match crate::ai::http::read_request(kind, request).await {
+    let req = match crate::ai_runner_api::read_request(kind, request).await {
         Ok(r) => r,
-        Err(e) => return error_response(&e),
+        Err(e) => return e.response(kind),
     };
     let model_id = match req.string(kind.model_field()) {
         Ok(m) => m.unwrap_or_default(),
-        Err(e) => return error_response(&e),
+        Err(e) => return error_response(kind, &e),
     };
     // The work must be a model the workers serve, priced as itself: an
     // unnamed model is the one a worker would run (the pipeline's first),
@@ -417,10 +424,10 @@ pub async fn ai(
         match served.first() {
             Some(m) => m.clone(),
             None => {
-                return error_response(&AiError::BadRequest(format!(
-                    "no model is served for {}",
-                    kind.name()
-                )))
+                return error_response(
+                    kind,
+                    &AiError::BadRequest(format!("no model is served for {}", kind.name())),
+                )
             }
         }
     } else if served.contains(&model_id) {
@@ -433,16 +440,19 @@ pub async fn ai(
         } else {
             ""
         };
-        return error_response(&AiError::BadRequest(format!(
-            "model {shown:?}{more} is not served by this orchestrator for {}",
-            kind.name()
-        )));
+        return error_response(
+            kind,
+            &AiError::BadRequest(format!(
+                "model {shown:?}{more} is not served by this orchestrator for {}",
+                kind.name()
+            )),
+        );
     };
     // go-livepeer's AI balance key: "<capability>_<model id>". AI work is
     // paid like video but never gated by stake.
-    let manifest = format!("{}_{model_id}", kind.capability());
+    let manifest = format!("{capability}_{model_id}");
     let work = Work::Ai {
-        capability: kind.capability(),
+        capability,
         model: &model_id,
     };
     let estimate = estimated_ai_units(kind, &req);
@@ -467,17 +477,23 @@ pub async fn ai(
                     AiError::BadRequest(s.message().to_string())
                 }
                 tonic::Code::ResourceExhausted => {
-                    AiError::Busy(format!("insufficient capacity: {}", s.message()))
+                    // go-livepeer's orchestrator answers 503 when no worker
+                    // has capacity.
+                    let e = AiError::Busy(format!("insufficient capacity: {}", s.message()));
+                    return respond(StatusCode::SERVICE_UNAVAILABLE, &e);
                 }
                 _ => AiError::Internal(s.message().to_string()),
             };
-            return error_response(&e);
+            return error_response(kind, &e);
         }
     };
     let mut body: serde_json::Value = match serde_json::from_slice(&result.result_json) {
         Ok(b) => b,
         Err(e) => {
-            return error_response(&AiError::Internal(format!("worker sent invalid JSON: {e}")))
+            return error_response(
+                kind,
+                &AiError::Internal(format!("worker sent invalid JSON: {e}")),
+            )
         }
     };
     let files: Vec<crate::ai::OutputFile> = result
@@ -492,7 +508,7 @@ pub async fn ai(
             crate::ai::OutputFile { name, mime, data }
         })
         .collect();
-    crate::ai::http::resolve_urls(&mut body, &files, &|f| {
+    crate::ai_runner_api::resolve_urls(&mut body, &files, &|f| {
         if store_urls {
             let path = format!("stream/{request_id}/{}", f.name);
             gw.media

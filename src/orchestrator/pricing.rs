@@ -96,11 +96,12 @@ pub fn per_model(models: &[AiModelConfig]) -> Result<HashMap<(u32, String), Pric
             model: m.model_id.clone(),
             msg,
         };
-        let kind = crate::ai::PipelineKind::from_name(&m.pipeline)
-            .ok_or_else(|| err(format!("unknown pipeline {:?}", m.pipeline)))?;
+        let capability = crate::ai::PipelineKind::from_name(&m.pipeline)
+            .and_then(|k| k.capability())
+            .ok_or_else(|| err(format!("not a go-livepeer pipeline: {:?}", m.pipeline)))?;
         let ppx = m.pixels_per_unit.unwrap_or(Rational { num: 1, den: 1 });
         out.insert(
-            (kind.capability(), m.model_id.clone()),
+            (capability, m.model_id.clone()),
             price(ppu, ppx, &m.currency).map_err(err)?,
         );
     }
@@ -163,10 +164,12 @@ mod tests {
         let p = per_model(&models).unwrap();
         let up = crate::ai::PipelineKind::from_name("upscale")
             .unwrap()
-            .capability();
+            .capability()
+            .unwrap();
         let llm = crate::ai::PipelineKind::from_name("llm")
             .unwrap()
-            .capability();
+            .capability()
+            .unwrap();
         assert_eq!(
             p[&(up, "a".to_string())],
             Price {

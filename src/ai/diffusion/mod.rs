@@ -1,10 +1,12 @@
 //! Stable Diffusion on Candle from a diffusers model folder: CLIP text
-//! encoder, UNet, VAE decoder and an Euler sampler, with classifier-free
-//! guidance. The UNet and VAE are Candle's; the text encoder and the sampler
-//! are lpworker's (see their modules for why).
+//! encoder, UNet, VAE (decoder, and encoder for image-to-image) and an Euler
+//! sampler, with classifier-free guidance. The UNet and VAE decoder are
+//! Candle's; the text encoder, the VAE encoder and the sampler are
+//! lpworker's (see their modules for why).
 
 pub mod clip;
 pub mod scheduler;
+pub mod vae_encoder;
 
 use std::path::Path;
 
@@ -16,7 +18,8 @@ use candle_transformers::models::stable_diffusion::{
 use tokenizers::Tokenizer;
 
 use self::clip::{ClipTextConfig, ClipTextEncoder};
-use self::scheduler::EulerConfig;
+use self::scheduler::{EulerConfig, EulerSchedule};
+use self::vae_encoder::VaeEncoder;
 use super::candle::{load_guarded, model_error, read_json, weights};
 use super::tokenizer::{self, special_token};
 use super::AiError;
@@ -105,6 +108,39 @@ fn d_scaling() -> f64 {
     0.18215
 }
 
+/// The index of the first step image-to-image runs for `strength`: diffusers'
+/// `get_timesteps`, which keeps the last `int(steps * strength)` steps.
+/// `steps` when none is kept.
+pub fn img2img_start(steps: usize, strength: f64) -> usize {
+    let kept = ((steps as f64 * strength) as usize).min(steps);
+    steps - kept
+}
+
+/// The VAE encoder's latent distribution of an image.
+pub struct Posterior {
+    mean: Tensor,
+    std: Tensor,
+    scaling_factor: f64,
+}
+
+impl Posterior {
+    /// Scaled latents: `(mean + std * noise) * scaling_factor`, diffusers'
+    /// `latent_dist.sample(generator)` with `noise` the standard normal draw.
+    pub fn sample(&self, noise: &Tensor) -> Result<Tensor, AiError> {
+        ((&self.mean + (&self.std * noise).map_err(|e| model_error("VAE sample", e))?)
+            .and_then(|t| t * self.scaling_factor))
+        .map_err(|e| model_error("VAE sample", e))
+    }
+}
+
+/// What [`StableDiffusion::img2img`] computed.
+pub struct Img2Img {
+    pub noised_latents: Tensor,
+    pub final_latents: Tensor,
+    /// `[3, height, width]` in [0, 1].
+    pub image: Tensor,
+}
+
 /// What one generation asks for.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -126,6 +162,8 @@ pub struct StableDiffusion {
     unet: UNet2DConditionModel,
     unet_in_channels: usize,
     vae: AutoEncoderKL,
+    /// Loaded by [`StableDiffusion::load_image_encoder`] (image-to-image only).
+    vae_encoder: Option<VaeEncoder>,
     vae_scale: usize,
     scaling_factor: f64,
     latent_channels: usize,
@@ -242,6 +280,7 @@ impl StableDiffusion {
             unet,
             unet_in_channels: u.in_channels,
             vae,
+            vae_encoder: None,
             vae_scale: 1 << (v.block_out_channels.len().saturating_sub(1)),
             scaling_factor: v.scaling_factor,
             latent_channels: v.latent_channels,
@@ -316,6 +355,91 @@ impl StableDiffusion {
         request: &Request,
         initial: &Tensor,
     ) -> Result<(Tensor, Tensor), AiError> {
+        let (context, guided) = self.context(request)?;
+        let schedule = self.scheduler.schedule(request.steps);
+        let run = || -> candle_core::Result<(Tensor, Tensor)> {
+            let latents = (initial * schedule.init_noise_sigma)?;
+            let latents = self.denoise(latents, &schedule, 0, &context, guided, request)?;
+            let image = self.decode(&latents)?;
+            Ok((latents, image))
+        };
+        run().map_err(|e| model_error("diffusion", e))
+    }
+
+    /// Loads the VAE's encoder, which image-to-image needs and text-to-image
+    /// does not.
+    pub fn load_image_encoder(&mut self, dir: &Path) -> Result<(), AiError> {
+        let v: VaeJson = read_json(&dir.join("vae/config.json"))?;
+        let vb = weights(&dir.join("vae"), DType::F32, &self.device)?;
+        self.vae_encoder = Some(load_guarded("loading the VAE encoder", || {
+            VaeEncoder::new(
+                vb,
+                &v.block_out_channels,
+                v.layers_per_block,
+                v.norm_num_groups,
+                v.latent_channels,
+                v.use_quant_conv,
+            )
+        })?);
+        Ok(())
+    }
+
+    /// The VAE's posterior for `image` (`[1, 3, h, w]` in [-1, 1]).
+    pub fn encode_image(&self, image: &Tensor) -> Result<Posterior, AiError> {
+        let encoder = self
+            .vae_encoder
+            .as_ref()
+            .ok_or_else(|| AiError::Internal("the VAE encoder is not loaded".into()))?;
+        let (mean, std) = encoder
+            .encode(image)
+            .map_err(|e| model_error("VAE encoder", e))?;
+        Ok(Posterior {
+            mean,
+            std,
+            scaling_factor: self.scaling_factor,
+        })
+    }
+
+    /// Image-to-image from `init_latents` (see [`Posterior::sample`]):
+    /// `noise` (unit variance) is added at the first timestep that `strength`
+    /// keeps (diffusers' `get_timesteps` and Euler `add_noise`), the kept
+    /// steps denoise it. Returns the noised latents, the final latents and
+    /// the image `[3, height, width]` in [0, 1]. With no step kept (diffusers
+    /// then fails), a `BadRequest`.
+    pub fn img2img(
+        &self,
+        request: &Request,
+        init_latents: &Tensor,
+        noise: &Tensor,
+        strength: f64,
+    ) -> Result<Img2Img, AiError> {
+        let start = img2img_start(request.steps, strength);
+        if start >= request.steps {
+            return Err(AiError::BadRequest(format!(
+                "strength {strength} with {} inference steps keeps no denoising step \
+                 (int(steps * strength) must be at least 1)",
+                request.steps
+            )));
+        }
+        let (context, guided) = self.context(request)?;
+        let schedule = self.scheduler.schedule(request.steps);
+        let run = || -> candle_core::Result<Img2Img> {
+            let noised = (init_latents + (noise * schedule.sigmas[start])?)?;
+            let latents =
+                self.denoise(noised.clone(), &schedule, start, &context, guided, request)?;
+            let image = self.decode(&latents)?;
+            Ok(Img2Img {
+                noised_latents: noised,
+                final_latents: latents,
+                image,
+            })
+        };
+        run().map_err(|e| model_error("diffusion", e))
+    }
+
+    /// The prompt embeddings the UNet attends to (the negative prompt's
+    /// first with guidance), and whether guidance runs.
+    fn context(&self, request: &Request) -> Result<(Tensor, bool), AiError> {
         let guided = request.guidance_scale > 1.0;
         let cond = self.embed(&request.prompt)?;
         let context = if guided {
@@ -324,31 +448,43 @@ impl StableDiffusion {
         } else {
             cond
         };
-        let schedule = self.scheduler.schedule(request.steps);
-        let run = || -> candle_core::Result<(Tensor, Tensor)> {
-            let mut latents = (initial * schedule.init_noise_sigma)?;
-            for (i, &t) in schedule.timesteps.iter().enumerate() {
-                let input = if guided {
-                    Tensor::cat(&[&latents, &latents], 0)?
-                } else {
-                    latents.clone()
-                };
-                let input = (input * schedule.input_scale(i))?;
-                let noise = self.unet.forward(&input, t, &context)?;
-                let noise = if guided {
-                    let parts = noise.chunk(2, 0)?;
-                    (&parts[0] + ((&parts[1] - &parts[0])? * request.guidance_scale)?)?
-                } else {
-                    noise
-                };
-                let (a, b) = schedule.step_coefficients(i);
-                latents = ((latents * a)? + (noise * b)?)?;
-            }
-            let image = self.vae.decode(&(&latents / self.scaling_factor)?)?;
-            let image = ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)?;
-            Ok((latents, image))
-        };
-        run().map_err(|e| model_error("diffusion", e))
+        Ok((context, guided))
+    }
+
+    /// The Euler loop over the schedule's steps from `start`.
+    fn denoise(
+        &self,
+        mut latents: Tensor,
+        schedule: &EulerSchedule,
+        start: usize,
+        context: &Tensor,
+        guided: bool,
+        request: &Request,
+    ) -> candle_core::Result<Tensor> {
+        for (i, &t) in schedule.timesteps.iter().enumerate().skip(start) {
+            let input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = (input * schedule.input_scale(i))?;
+            let noise = self.unet.forward(&input, t, context)?;
+            let noise = if guided {
+                let parts = noise.chunk(2, 0)?;
+                (&parts[0] + ((&parts[1] - &parts[0])? * request.guidance_scale)?)?
+            } else {
+                noise
+            };
+            let (a, b) = schedule.step_coefficients(i);
+            latents = ((latents * a)? + (noise * b)?)?;
+        }
+        Ok(latents)
+    }
+
+    /// Latents to the image `[3, height, width]` in [0, 1].
+    fn decode(&self, latents: &Tensor) -> candle_core::Result<Tensor> {
+        let image = self.vae.decode(&(latents / self.scaling_factor)?)?;
+        ((image / 2.0)? + 0.5)?.clamp(0f32, 1f32)?.squeeze(0)
     }
 
     pub fn unet_in_channels(&self) -> usize {

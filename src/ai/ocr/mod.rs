@@ -396,7 +396,7 @@ fn bgr_tensor(image: &RgbImage, width: usize) -> Array4<f32> {
     Array4::from_shape_vec((1, 3, h, width), data).expect("the buffer is sized for the shape")
 }
 
-/// For tests of the OCR models and the image-to-text pipeline: RapidOCR's
+/// For tests of the OCR models and the ocr pipeline: RapidOCR's
 /// models and text rendered in DejaVu Sans (Debian's fonts-dejavu-core),
 /// black on white.
 #[cfg(test)]
@@ -485,10 +485,8 @@ mod tests {
             .as_deref()
             .is_some_and(|p| p.ends_with("ch_ppocr_mobile_v2.0_cls_infer.onnx")));
         let empty = tempfile::tempdir().unwrap();
-        assert_eq!(
-            OcrModelFiles::find(empty.path()).unwrap_err().http_status(),
-            400
-        );
+        let e = OcrModelFiles::find(empty.path()).unwrap_err();
+        assert!(matches!(e, AiError::UnknownModel(_)), "{e:?}");
     }
 
     /// The lines the tests render, at 64 px: at 48 px and below the model

@@ -5,6 +5,16 @@
 //! audio is transcribed window after window, each starting where the previous
 //! one's last complete timestamped chunk ended (Whisper's own sequential
 //! long-form algorithm), so no words are cut at window edges.
+//!
+//! Silence is skipped when Silero VAD is at hand (the silero-vad wheel's
+//! `silero_vad.onnx`, see `ai::vad`); silence is audio both quiet (under
+//! [`QUIET_RMS`]) and not speech to Silero. Audio with none at all answers an
+//! empty transcript without running Whisper, which on silence makes up text;
+//! silent stretches of [`MIN_SKIPPED_SILENCE`] seconds or more between
+//! speech (kept with [`SPEECH_PAD`] seconds of margin) are cut out, and each
+//! remaining span is transcribed on its own with its chunks' timestamps
+//! offset to where it starts, so they stay times in the uploaded audio.
+//! Audio without such a stretch is transcribed whole, as before.
 
 use std::path::Path;
 
@@ -12,10 +22,11 @@ use tokenizers::Tokenizer;
 
 use super::{Pipeline, PipelineKind};
 use crate::ai::candle::{self as rt, read_json};
+use crate::ai::vad::VoiceActivityDetector;
 use crate::ai::whisper::decode::{detect_language, greedy, prompt};
 use crate::ai::whisper::features::{LogMel, HOP_LENGTH, WINDOW_FRAMES, WINDOW_SAMPLES};
 use crate::ai::whisper::{Chunk, GenerationConfig, TextDecoder, WhisperNet};
-use crate::ai::{audio, tokenizer, AiError, PipelineOutput, PipelineRequest};
+use crate::ai::{audio, tokenizer, vad, AiError, PipelineOutput, PipelineRequest};
 
 /// Tokens generated per window at most (ai-runner's `max_new_tokens`).
 pub const MAX_NEW_TOKENS: usize = 128;
@@ -23,6 +34,15 @@ pub const MAX_NEW_TOKENS: usize = 128;
 pub const MAX_AUDIO_SECONDS: f64 = 3600.0;
 /// Largest upload (ai-runner's limit).
 pub const MAX_AUDIO_BYTES: usize = 50 << 20;
+/// Silence shorter than this (seconds) is transcribed as it is.
+pub const MIN_SKIPPED_SILENCE: f64 = 2.0;
+/// RMS (full scale 1) above which a chunk is never silence: -40 dBFS.
+pub const QUIET_RMS: f32 = 0.01;
+/// Audio kept on each side of detected speech (seconds).
+pub const SPEECH_PAD: f64 = 0.5;
+/// Span starts are cut on Whisper's 20 ms timestamp grid, so offset
+/// timestamps stay on it.
+const SPAN_GRID: usize = audio::SAMPLE_RATE as usize / 50;
 
 pub struct AudioToTextPipeline {
     model_id: String,
@@ -31,6 +51,8 @@ pub struct AudioToTextPipeline {
     tokenizer: Tokenizer,
     clean_up_spaces: bool,
     log_mel: LogMel,
+    /// Skips silence when present (see the module doc).
+    vad: Option<VoiceActivityDetector>,
 }
 
 /// What a transcription produced.
@@ -75,8 +97,24 @@ impl AudioToTextPipeline {
                 dir.display()
             )));
         }
+        let vad = match VoiceActivityDetector::find_model() {
+            None => {
+                tracing::info!(
+                    "silero_vad.onnx not found (pip install silero-vad): audio-to-text transcribes silence too"
+                );
+                None
+            }
+            Some(path) => match VoiceActivityDetector::load(&path) {
+                Ok(vad) => Some(vad),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Silero VAD did not load: audio-to-text transcribes silence too");
+                    None
+                }
+            },
+        };
         Ok(AudioToTextPipeline {
             model_id: model_id.to_string(),
+            vad,
             log_mel: LogMel::new(net.n_mels),
             net,
             generation,
@@ -90,6 +128,91 @@ impl AudioToTextPipeline {
     /// Transcribes 16 kHz mono samples.
     pub fn transcribe(&self, samples: &[f32], timestamps: bool) -> Result<Transcript, AiError> {
         self.transcribe_with(samples, timestamps, MAX_NEW_TOKENS)
+    }
+
+    /// Whether silence is skipped (Silero VAD loaded).
+    pub fn skips_silence(&self) -> bool {
+        self.vad.is_some()
+    }
+
+    /// The sample ranges to transcribe: all of it without a VAD; none when
+    /// there is no speech; else the audio less its silent stretches of
+    /// [`MIN_SKIPPED_SILENCE`] or more outside [`SPEECH_PAD`] of speech.
+    pub fn speech_spans(&self, samples: &[f32]) -> Result<Vec<(usize, usize)>, AiError> {
+        let Some(vad) = &self.vad else {
+            return Ok(vec![(0, samples.len())]);
+        };
+        let rate = f64::from(audio::SAMPLE_RATE);
+        let pad = (SPEECH_PAD * rate) as usize;
+        let min_gap = (MIN_SKIPPED_SILENCE * rate) as usize;
+        // Silence is quiet and not speech: Silero alone misses sound that
+        // Whisper transcribes (it finds no speech in tiny-whisper's
+        // synthetic test clip), so any 32 ms chunk louder than
+        // QUIET_RMS counts as speech whatever Silero says.
+        let mut probabilities = vad.probabilities(samples)?;
+        for (p, chunk) in probabilities
+            .iter_mut()
+            .zip(samples.chunks(vad::CHUNK_SAMPLES))
+        {
+            let power = chunk.iter().map(|s| s * s).sum::<f32>() / chunk.len() as f32;
+            if power.sqrt() > QUIET_RMS {
+                *p = 1.0;
+            }
+        }
+        let segments = vad::segments_from_probabilities(
+            &probabilities,
+            samples.len(),
+            &vad::SegmentSettings::default(),
+        );
+        let mut spans: Vec<(usize, usize)> = Vec::new();
+        for (start, end) in segments {
+            let (start, end) = (start.saturating_sub(pad), (end + pad).min(samples.len()));
+            if let Some(last) = spans.last_mut() {
+                if start < last.1 + min_gap {
+                    last.1 = last.1.max(end);
+                    continue;
+                }
+            } else if start < min_gap {
+                // Short leading silence stays.
+                spans.push((0, end));
+                continue;
+            }
+            spans.push((start - start % SPAN_GRID, end));
+        }
+        if let Some(last) = spans.last_mut() {
+            if samples.len() - last.1 < min_gap {
+                last.1 = samples.len();
+            }
+        }
+        Ok(spans)
+    }
+
+    /// [`Self::transcribe`] of the speech spans only (see the module doc):
+    /// their transcripts in order, timestamps in the whole audio's time.
+    pub fn transcribe_speech(
+        &self,
+        samples: &[f32],
+        timestamps: bool,
+    ) -> Result<Transcript, AiError> {
+        let mut transcript = Transcript {
+            text: String::new(),
+            chunks: Vec::new(),
+            windows: Vec::new(),
+        };
+        for (start, end) in self.speech_spans(samples)? {
+            let part = self.transcribe(&samples[start..end], timestamps)?;
+            let offset = start as f64 / f64::from(audio::SAMPLE_RATE);
+            let shift = |t: Option<f64>| t.map(|t| ((t + offset) * 100.0).round() / 100.0);
+            transcript.text.push_str(&part.text);
+            transcript
+                .chunks
+                .extend(part.chunks.into_iter().map(|c| Chunk {
+                    timestamp: (shift(c.timestamp.0), shift(c.timestamp.1)),
+                    text: c.text,
+                }));
+            transcript.windows.extend(part.windows);
+        }
+        Ok(transcript)
     }
 
     /// [`Self::transcribe`] with at most `max_new_tokens` per window.
@@ -201,7 +324,7 @@ impl Pipeline for AudioToTextPipeline {
         }
         let timestamps = parse_return_timestamps(request.string("return_timestamps")?)?;
         let samples = audio::decode_mono_16k(data, MAX_AUDIO_SECONDS)?;
-        let transcript = self.transcribe(&samples, timestamps)?;
+        let transcript = self.transcribe_speech(&samples, timestamps)?;
         let chunks: Vec<serde_json::Value> = if timestamps {
             transcript
                 .chunks
@@ -398,15 +521,161 @@ mod tests {
             .run(&request(Some(wav.clone()), Some("false")))
             .unwrap();
         assert_eq!(out.body["chunks"], serde_json::json!([]));
-        for (req, status) in [
-            (request(None, None), 422),
-            (request(Some(b"not audio at all".to_vec()), None), 415),
-            (request(Some(Vec::new()), None), 415),
-            (request(Some(wav.clone()), Some("word")), 400),
-            (request(Some(wav.clone()), Some("maybe")), 400),
+        let validation: fn(&AiError) -> bool = |e| matches!(e, AiError::Validation { .. });
+        let bad_request: fn(&AiError) -> bool = |e| matches!(e, AiError::BadRequest(_));
+        let unsupported: fn(&AiError) -> bool = |e| matches!(e, AiError::UnsupportedMedia(_));
+        for (req, expected) in [
+            (request(None, None), validation),
+            (
+                request(Some(b"not audio at all".to_vec()), None),
+                unsupported,
+            ),
+            (request(Some(Vec::new()), None), unsupported),
+            (request(Some(wav.clone()), Some("word")), bad_request),
+            (request(Some(wav.clone()), Some("maybe")), bad_request),
         ] {
             let e = pipeline.run(&req).unwrap_err();
-            assert_eq!(e.http_status(), status, "{e}");
+            assert!(expected(&e), "{e:?}");
         }
+    }
+
+    /// 16-bit PCM WAV of 16 kHz mono samples.
+    fn wav(samples: &[f32]) -> Vec<u8> {
+        let data: Vec<u8> = samples
+            .iter()
+            .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0) as i16).to_le_bytes())
+            .collect();
+        let mut out = Vec::with_capacity(44 + data.len());
+        out.extend_from_slice(b"RIFF");
+        out.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        out.extend_from_slice(b"WAVEfmt ");
+        out.extend_from_slice(&16u32.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&16_000u32.to_le_bytes());
+        out.extend_from_slice(&32_000u32.to_le_bytes());
+        out.extend_from_slice(&2u16.to_le_bytes());
+        out.extend_from_slice(&16u16.to_le_bytes());
+        out.extend_from_slice(b"data");
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[test]
+    fn silence_answers_empty_without_running_whisper() {
+        let pipeline = AudioToTextPipeline::load("lpworker/tiny-whisper", &dir()).unwrap();
+        assert!(
+            pipeline.skips_silence(),
+            "silero_vad.onnx: run scripts/install-deps to install the silero-vad wheel"
+        );
+        // 40 s of faint hiss: two Whisper windows without the VAD.
+        let hiss = crate::ai::vad::test_signals::noise(40 * 16_000, 0.005, 11);
+        let started = std::time::Instant::now();
+        let t = pipeline.transcribe_speech(&hiss, true).unwrap();
+        let with_vad = started.elapsed();
+        assert!(t.windows.is_empty(), "Whisper ran: {:?}", t.windows);
+        assert_eq!(t.text, "");
+        assert!(t.chunks.is_empty());
+        let started = std::time::Instant::now();
+        let whole = pipeline.transcribe(&hiss, true).unwrap();
+        let without = started.elapsed();
+        assert!(!whole.windows.is_empty());
+        eprintln!("40 s of silence: {with_vad:?} with the VAD, {without:?} through Whisper");
+        // Through run(): ai-runner's reply shape with nothing in it.
+        let mut r = PipelineRequest::default();
+        r.files.insert("audio".into(), wav(&hiss));
+        let out = pipeline.run(&r).unwrap();
+        assert_eq!(out.body, serde_json::json!({"text": "", "chunks": []}));
+        assert_eq!(out.units, 40_000);
+    }
+
+    #[test]
+    fn speech_after_long_silence_keeps_its_timestamps() {
+        use crate::ai::vad::test_signals::{noise, voiced_syllables};
+        let pipeline = AudioToTextPipeline::load("lpworker/tiny-whisper", &dir()).unwrap();
+        assert!(pipeline.skips_silence());
+        let rate = 16_000usize;
+        let hiss = |seconds: usize, seed| noise(seconds * rate, 0.005, seed);
+        let voice = |seconds: usize, seed| -> Vec<f32> {
+            voiced_syllables(seconds as f64)
+                .into_iter()
+                .zip(noise(seconds * rate, 0.005, seed))
+                .map(|(v, n)| v + n)
+                .collect()
+        };
+        // Speech at 1-3 s and 13-15 s, 10 s of silence between.
+        let samples = [
+            hiss(1, 1),
+            voice(2, 2),
+            hiss(10, 3),
+            voice(2, 4),
+            hiss(1, 5),
+        ]
+        .concat();
+        let spans = pipeline.speech_spans(&samples).unwrap();
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let seconds = |s: usize| s as f64 / rate as f64;
+        // The short lead-in stays; the long silence goes, but for the padding.
+        assert_eq!(spans[0].0, 0);
+        assert!((seconds(spans[0].1) - 3.5).abs() < 0.3, "{spans:?}");
+        assert!((seconds(spans[1].0) - 12.5).abs() < 0.3, "{spans:?}");
+        assert_eq!(spans[1].1, samples.len(), "short trailing silence stays");
+        assert_eq!(spans[1].0 % 320, 0, "span starts on the 20 ms grid");
+
+        let t = pipeline.transcribe_speech(&samples, true).unwrap();
+        assert_eq!(t.windows.len(), 2, "one Whisper window per span");
+        // Each span's chunks are its own transcription's, moved to where the
+        // span starts in the upload.
+        let mut expected = Vec::new();
+        for &(start, end) in &spans {
+            let part = pipeline.transcribe(&samples[start..end], true).unwrap();
+            for c in part.chunks {
+                let shift =
+                    |x: Option<f64>| x.map(|x| ((x + seconds(start)) * 100.0).round() / 100.0);
+                expected.push((shift(c.timestamp.0), shift(c.timestamp.1), c.text));
+            }
+        }
+        let got: Vec<_> = t
+            .chunks
+            .iter()
+            .map(|c| (c.timestamp.0, c.timestamp.1, c.text.clone()))
+            .collect();
+        assert_eq!(got, expected);
+        let late: Vec<f64> = t
+            .chunks
+            .iter()
+            .filter_map(|c| c.timestamp.0)
+            .filter(|&s| s >= seconds(spans[1].0))
+            .collect();
+        assert!(
+            !late.is_empty(),
+            "chunks of the second span start after the silence: {:?}",
+            t.chunks
+        );
+        for c in &t.chunks {
+            if let Some(s) = c.timestamp.0 {
+                assert!(
+                    s <= seconds(spans[0].1) || s >= seconds(spans[1].0),
+                    "a chunk starts in the skipped silence: {c:?}"
+                );
+            }
+        }
+    }
+
+    /// The test clip has no long silence: transcribed whole, exactly as
+    /// without a VAD (the goldens hold through run()).
+    #[test]
+    fn audio_without_long_silence_is_transcribed_whole() {
+        let pipeline = AudioToTextPipeline::load("lpworker/tiny-whisper", &dir()).unwrap();
+        let samples = test_audio();
+        assert_eq!(
+            pipeline.speech_spans(&samples).unwrap(),
+            [(0, samples.len())]
+        );
+        let whole = pipeline.transcribe(&samples, true).unwrap();
+        let speech = pipeline.transcribe_speech(&samples, true).unwrap();
+        assert_eq!(speech.windows, whole.windows);
+        assert_eq!(speech.text, whole.text);
     }
 }

@@ -1,25 +1,29 @@
-//! `POST /upscale` and `POST /image-to-image` with ONNX image models: an image
-//! in, an image out, as ai-runner's ImageResponse.
+//! `POST /upscale` and lpworker's own `POST /image-transform` with ONNX image
+//! models (upscalers, style transfer, restoration): an image in, an image
+//! out, as ai-runner's ImageResponse. ai-runner's `image-to-image` is
+//! prompt-guided diffusion (see `image_to_image`); image-transform keeps its
+//! form (a prompt required and unused) and reply.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rand::Rng;
 
 use super::{Pipeline, PipelineKind};
-use crate::ai::{
-    media, onnx::OnnxModel, AiError, Infer, OutputFile, PipelineOutput, PipelineRequest,
-};
+use crate::ai::{media, onnx::OnnxModel, AiError, PipelineOutput, PipelineRequest};
 
 /// Largest input accepted by default: 2048×2048.
 pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 2048 * 2048;
-/// ai-runner caps images per request for image-to-image.
+/// ai-runner's image-to-image cap on images per request, which
+/// image-transform keeps.
 const MAX_IMAGES_PER_PROMPT: i64 = 8;
 
-/// An image model: NCHW float [0, 1] RGB in and out.
+/// An image model: NCHW float [0, 1] RGB in and out. The model is shared so
+/// that a caller (the ONNX benchmark) can run the same session directly.
 pub struct ImagePipeline {
     kind: PipelineKind,
     model_id: String,
-    model: Box<dyn Infer>,
+    model: Arc<OnnxModel>,
     max_input_pixels: u64,
 }
 
@@ -34,12 +38,12 @@ impl ImagePipeline {
     pub fn new(
         kind: PipelineKind,
         model_id: &str,
-        model: Box<dyn Infer>,
+        model: Arc<OnnxModel>,
         max_input_pixels: u64,
     ) -> Self {
         assert!(matches!(
             kind,
-            PipelineKind::Upscale | PipelineKind::ImageToImage
+            PipelineKind::Upscale | PipelineKind::ImageTransform
         ));
         ImagePipeline {
             kind,
@@ -71,7 +75,7 @@ impl ImagePipeline {
         Ok(ImagePipeline::new(
             kind,
             model_id,
-            Box::new(model),
+            Arc::new(model),
             DEFAULT_MAX_INPUT_PIXELS,
         ))
     }
@@ -87,12 +91,13 @@ impl Pipeline for ImagePipeline {
     }
 
     fn runtime(&self) -> &'static str {
-        self.model.runtime()
+        "onnx"
     }
 
     fn run(&self, request: &PipelineRequest) -> Result<PipelineOutput, AiError> {
-        // ai-runner requires a prompt on both routes (its diffusion models use
-        // it); image-to-image ONNX models ignore it.
+        // ai-runner requires a prompt on upscale (its diffusion upscaler uses
+        // it), and image-transform keeps image-to-image's form; ONNX models
+        // ignore it.
         request.required_string("prompt")?;
         let image = request.required_file("image")?;
         // Validated for ai-runner compatibility; no safety checker runs in
@@ -111,7 +116,7 @@ impl Pipeline for ImagePipeline {
             ));
         }
         let count = match self.kind {
-            PipelineKind::ImageToImage => request.integer("num_images_per_prompt")?.unwrap_or(1),
+            PipelineKind::ImageTransform => request.integer("num_images_per_prompt")?.unwrap_or(1),
             _ => 1,
         };
         if !(1..=MAX_IMAGES_PER_PROMPT).contains(&count) {
@@ -123,25 +128,12 @@ impl Pipeline for ImagePipeline {
         let input = media::decode_rgb(image, self.max_input_pixels)?;
         let output =
             media::from_tensor(self.model.infer(media::to_tensor(&input).view())?.view()?)?;
-        let (w, h) = output.dimensions();
         let png = media::encode_png(&output)?;
-        let mut images = Vec::new();
-        let mut files = Vec::new();
+        let mut response = super::ImageResponse::default();
         for i in 0..count {
-            let name = format!("image_{i}.png");
-            images.push(serde_json::json!({"url": name, "seed": seed + i, "nsfw": false}));
-            files.push(OutputFile {
-                name,
-                mime: "image/png",
-                data: png.clone(),
-            });
+            response.push_png(png.clone(), output.dimensions(), seed + i);
         }
-        Ok(PipelineOutput {
-            body: serde_json::json!({ "images": images }),
-            files,
-            units: u64::from(w) * u64::from(h) * count as u64,
-            unit_kind: "pixels",
-        })
+        Ok(response.finish())
     }
 }
 
@@ -189,19 +181,63 @@ mod tests {
         let png = media::encode_png(&image::RgbImage::new(4, 4)).unwrap();
         let mut no_prompt = request(png.clone());
         no_prompt.params.remove("prompt");
-        assert_eq!(pipeline.run(&no_prompt).unwrap_err().http_status(), 422);
         let mut no_image = request(png.clone());
         no_image.files.clear();
-        assert_eq!(pipeline.run(&no_image).unwrap_err().http_status(), 422);
         let mut bad_seed = request(png.clone());
         bad_seed.params.insert("seed".into(), "many".into());
-        assert_eq!(pipeline.run(&bad_seed).unwrap_err().http_status(), 422);
-        assert_eq!(
-            pipeline
-                .run(&request(b"garbage".to_vec()))
-                .unwrap_err()
-                .http_status(),
-            400
+        for invalid in [no_prompt, no_image, bad_seed] {
+            let e = pipeline.run(&invalid).unwrap_err();
+            assert!(matches!(e, AiError::Validation { .. }), "{e:?}");
+        }
+        let e = pipeline.run(&request(b"garbage".to_vec())).unwrap_err();
+        assert!(matches!(e, AiError::BadRequest(_)), "{e:?}");
+    }
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use crate::ai::config::AiModelConfig;
+    use crate::ai::registry::Registry;
+    use crate::ai::PipelineKind;
+    use std::path::Path;
+
+    fn config(pipeline: &str, model_id: &str) -> AiModelConfig {
+        serde_json::from_value(serde_json::json!({"pipeline": pipeline, "model_id": model_id}))
+            .unwrap()
+    }
+
+    /// ONNX image models are served as image-transform; image-to-image is
+    /// Stable Diffusion, and an ONNX model there is refused with the name to
+    /// use instead.
+    #[test]
+    fn onnx_image_models_are_image_transform() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let registry = Registry::load(
+            &[
+                config("image-transform", "lpworker/nearest-2x"),
+                config("image-to-image", "lpworker/tiny-sd"),
+            ],
+            &models,
+            1,
+        )
+        .unwrap();
+        let transform = registry
+            .find(PipelineKind::ImageTransform, "lpworker/nearest-2x")
+            .unwrap();
+        assert_eq!(transform.pipeline.runtime(), "onnx");
+        let sd = registry.find(PipelineKind::ImageToImage, "").unwrap();
+        assert_eq!(sd.pipeline.model_id(), "lpworker/tiny-sd");
+        assert_eq!(sd.pipeline.runtime(), "candle");
+        let e = Registry::load(
+            &[config("image-to-image", "lpworker/nearest-2x")],
+            &models,
+            1,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("image-transform"), "{e}");
+        // image-transform is not Stable Diffusion.
+        assert!(
+            Registry::load(&[config("image-transform", "lpworker/tiny-sd")], &models, 1).is_err()
         );
     }
 }

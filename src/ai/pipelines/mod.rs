@@ -2,13 +2,67 @@
 
 pub mod audio_to_text;
 pub mod image;
+pub mod image_to_image;
 pub mod image_to_text;
 pub mod llm;
+pub mod ocr;
 pub mod text_to_image;
 
-use super::{AiError, PipelineOutput, PipelineRequest};
+use super::{media, AiError, OutputFile, PipelineOutput, PipelineRequest};
 
-/// ai-runner's pipelines, with go-livepeer's capability numbers.
+/// ai-runner's ImageResponse (`{"images": [{"url", "seed", "nsfw"}]}`),
+/// built one PNG at a time and billed in output pixels. No safety checker
+/// runs in process, so `nsfw` is always false.
+#[derive(Default)]
+pub(crate) struct ImageResponse {
+    images: Vec<serde_json::Value>,
+    files: Vec<OutputFile>,
+    pixels: u64,
+}
+
+impl ImageResponse {
+    /// Adds one image, encoded as PNG.
+    pub(crate) fn push(
+        &mut self,
+        image: &::image::RgbImage,
+        seed: impl serde::Serialize,
+    ) -> Result<(), AiError> {
+        let png = media::encode_png(image)?;
+        self.push_png(png, image.dimensions(), seed);
+        Ok(())
+    }
+
+    /// Adds one image already encoded as PNG, of `(width, height)`.
+    pub(crate) fn push_png(
+        &mut self,
+        png: Vec<u8>,
+        (w, h): (u32, u32),
+        seed: impl serde::Serialize,
+    ) {
+        let name = format!("image_{}.png", self.files.len());
+        self.images
+            .push(serde_json::json!({"url": name, "seed": seed, "nsfw": false}));
+        self.files.push(OutputFile {
+            name,
+            mime: "image/png",
+            data: png,
+        });
+        self.pixels += u64::from(w) * u64::from(h);
+    }
+
+    pub(crate) fn finish(self) -> PipelineOutput {
+        PipelineOutput {
+            body: serde_json::json!({ "images": self.images }),
+            files: self.files,
+            units: self.pixels,
+            unit_kind: "pixels",
+        }
+    }
+}
+
+/// ai-runner's pipelines, with go-livepeer's capability numbers, and
+/// lpworker's own (no capability: served by lpworker's HTTP and gRPC APIs
+/// and as Live Runner apps, never advertised to go-livepeer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PipelineKind {
     TextToImage,
@@ -20,10 +74,15 @@ pub enum PipelineKind {
     Llm,
     ImageToText,
     TextToSpeech,
+    /// The text an image shows (OCR): ai-runner's image-to-text is captioning.
+    Ocr,
+    /// An image model without a prompt (style transfer, restoration):
+    /// ai-runner's image-to-image is prompt-guided diffusion.
+    ImageTransform,
 }
 
 impl PipelineKind {
-    pub const ALL: [PipelineKind; 9] = [
+    pub const ALL: [PipelineKind; 11] = [
         PipelineKind::TextToImage,
         PipelineKind::ImageToImage,
         PipelineKind::ImageToVideo,
@@ -33,6 +92,8 @@ impl PipelineKind {
         PipelineKind::Llm,
         PipelineKind::ImageToText,
         PipelineKind::TextToSpeech,
+        PipelineKind::Ocr,
+        PipelineKind::ImageTransform,
     ];
 
     /// The route / pipeline name ("upscale", "text-to-image", ...).
@@ -47,6 +108,8 @@ impl PipelineKind {
             PipelineKind::Llm => "llm",
             PipelineKind::ImageToText => "image-to-text",
             PipelineKind::TextToSpeech => "text-to-speech",
+            PipelineKind::Ocr => "ocr",
+            PipelineKind::ImageTransform => "image-transform",
         }
     }
 
@@ -54,9 +117,10 @@ impl PipelineKind {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// go-livepeer's capability number (core/capabilities.go).
-    pub fn capability(self) -> u32 {
-        match self {
+    /// go-livepeer's capability number (core/capabilities.go); none for
+    /// lpworker's own pipelines.
+    pub fn capability(self) -> Option<u32> {
+        Some(match self {
             PipelineKind::TextToImage => 27,
             PipelineKind::ImageToImage => 28,
             PipelineKind::ImageToVideo => 29,
@@ -66,7 +130,8 @@ impl PipelineKind {
             PipelineKind::Llm => 33,
             PipelineKind::ImageToText => 34,
             PipelineKind::TextToSpeech => 36,
-        }
+            PipelineKind::Ocr | PipelineKind::ImageTransform => return None,
+        })
     }
 
     /// The multipart file field carrying this pipeline's input, if any.
@@ -76,7 +141,9 @@ impl PipelineKind {
             | PipelineKind::ImageToVideo
             | PipelineKind::Upscale
             | PipelineKind::SegmentAnything2
-            | PipelineKind::ImageToText => Some("image"),
+            | PipelineKind::ImageToText
+            | PipelineKind::Ocr
+            | PipelineKind::ImageTransform => Some("image"),
             PipelineKind::AudioToText => Some("audio"),
             PipelineKind::TextToImage | PipelineKind::Llm | PipelineKind::TextToSpeech => None,
         }
@@ -123,7 +190,8 @@ mod tests {
         for k in PipelineKind::ALL {
             assert_eq!(PipelineKind::from_name(k.name()), Some(k));
         }
-        assert_eq!(PipelineKind::Upscale.capability(), 30);
+        assert_eq!(PipelineKind::Upscale.capability(), Some(30));
+        assert_eq!(PipelineKind::Ocr.capability(), None);
         assert_eq!(PipelineKind::Llm.model_field(), "model");
         assert_eq!(PipelineKind::from_name("nope"), None);
     }

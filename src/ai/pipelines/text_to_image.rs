@@ -10,12 +10,12 @@ use rand::{Rng, SeedableRng};
 use super::{Pipeline, PipelineKind};
 use crate::ai::candle::{self as rt, model_error};
 use crate::ai::diffusion::{Request, StableDiffusion};
-use crate::ai::{media, AiError, OutputFile, PipelineOutput, PipelineRequest};
+use crate::ai::{AiError, PipelineOutput, PipelineRequest};
 
 /// Largest output accepted by default (2048 × 2048).
 pub const DEFAULT_MAX_OUTPUT_PIXELS: u64 = 2048 * 2048;
-const MAX_IMAGES_PER_PROMPT: i64 = 8;
-const MAX_STEPS: i64 = 200;
+pub(super) const MAX_IMAGES_PER_PROMPT: i64 = 8;
+pub(super) const MAX_STEPS: i64 = 200;
 
 pub struct TextToImagePipeline {
     model_id: String,
@@ -48,7 +48,7 @@ pub fn initial_latents(
     Tensor::from_vec(values, shape, device)
 }
 
-fn to_rgb(image: &Tensor) -> Result<RgbImage, AiError> {
+pub(super) fn to_rgb(image: &Tensor) -> Result<RgbImage, AiError> {
     let (_, h, w) = image.dims3().map_err(|e| model_error("image", e))?;
     let hwc = image
         .permute((1, 2, 0))
@@ -83,7 +83,7 @@ impl TextToImagePipeline {
 
 /// Half of the memory the system has available now: what one generation may
 /// take for its attention scores.
-fn memory_budget() -> u128 {
+pub(super) fn memory_budget() -> u128 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
@@ -195,8 +195,7 @@ impl Pipeline for TextToImagePipeline {
             height,
             width,
         };
-        let mut images = Vec::new();
-        let mut files = Vec::new();
+        let mut response = super::ImageResponse::default();
         for i in 0..count as u64 {
             let latents = initial_latents(
                 seed + i,
@@ -205,20 +204,9 @@ impl Pipeline for TextToImagePipeline {
             )
             .map_err(|e| model_error("latents", e))?;
             let (_, image) = self.model.generate(&generation, &latents)?;
-            let name = format!("image_{i}.png");
-            files.push(OutputFile {
-                name: name.clone(),
-                mime: "image/png",
-                data: media::encode_png(&to_rgb(&image)?)?,
-            });
-            images.push(serde_json::json!({"url": name, "seed": seed + i, "nsfw": false}));
+            response.push(&to_rgb(&image)?, seed + i)?;
         }
-        Ok(PipelineOutput {
-            body: serde_json::json!({ "images": images }),
-            files,
-            units: (width * height) as u64 * count as u64,
-            unit_kind: "pixels",
-        })
+        Ok(response.finish())
     }
 }
 
@@ -368,37 +356,43 @@ mod request_tests {
         let again = pipeline.run(&request(ok)).unwrap();
         assert_eq!(again.files[0].data, out.files[0].data);
         assert_ne!(out.files[0].data, out.files[1].data);
-        for (body, status) in [
-            (serde_json::json!({}), 422),
-            (serde_json::json!({"prompt": "  "}), 400),
+        let validation: fn(&AiError) -> bool = |e| matches!(e, AiError::Validation { .. });
+        let bad_request: fn(&AiError) -> bool = |e| matches!(e, AiError::BadRequest(_));
+        let too_large: fn(&AiError) -> bool = |e| matches!(e, AiError::TooLarge(_));
+        for (body, expected) in [
+            (serde_json::json!({}), validation),
+            (serde_json::json!({"prompt": "  "}), bad_request),
             (
                 serde_json::json!({"prompt": "x", "height": 30, "width": 32}),
-                400,
+                bad_request,
             ),
             (
                 serde_json::json!({"prompt": "x", "height": 4096, "width": 4096}),
-                413,
+                too_large,
             ),
             // ai-runner's default 576x1024 on this model (its VAE halves
             // sides, not eighths them): ~350 GB of attention scores, refused
             // up front rather than aborting the process on allocation.
-            (serde_json::json!({"prompt": "x"}), 413),
+            (serde_json::json!({"prompt": "x"}), too_large),
             (
                 serde_json::json!({"prompt": "x", "height": 32, "width": 32, "num_images_per_prompt": 9}),
-                400,
+                bad_request,
             ),
             (
                 serde_json::json!({"prompt": "x", "height": 32, "width": 32, "num_inference_steps": 1000}),
-                400,
+                bad_request,
             ),
             (
                 serde_json::json!({"prompt": "x", "height": 32, "width": 32, "loras": "{\"a\": 1}"}),
-                400,
+                bad_request,
             ),
-            (serde_json::json!({"prompt": "x", "height": "tall"}), 422),
+            (
+                serde_json::json!({"prompt": "x", "height": "tall"}),
+                validation,
+            ),
         ] {
             let e = pipeline.run(&request(body.clone())).unwrap_err();
-            assert_eq!(e.http_status(), status, "{body}: {e}");
+            assert!(expected(&e), "{body}: {e:?}");
         }
     }
 }
