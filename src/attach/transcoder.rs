@@ -1,19 +1,20 @@
 //! The remote transcoder loop: register with the orchestrator, take segments
-//! off the stream, transcode them (never more at once than registered), post
-//! the results, and reconnect with backoff whenever the stream breaks.
+//! off the stream, transcode them through the video service (never more at
+//! once than registered), post the results, and reconnect with backoff
+//! whenever the stream breaks.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use super::results::{ResultPoster, TaskResult};
 use super::segment::{is_session_end, job_from_notify};
 use super::{session, AttachConfig};
 use crate::proto::lp_rpc;
-use crate::video::{TranscodeOptions, Transcoder};
-use crate::worker::fetch::Fetcher;
+use crate::video::{Admission, Slot, TranscodeOptions, Transcoder, VideoService};
+use crate::worker::fetch::{AddressPolicy, Fetcher};
 
 /// Runs until `shutdown` turns true, then waits (up to the drain timeout) for
 /// jobs in flight to finish and post their results.
@@ -23,9 +24,14 @@ pub async fn run(
     capabilities: lp_rpc::Capabilities,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_sessions as usize));
+    let video = VideoService::new(transcoder, Admission::new(config.max_sessions));
     let poster = ResultPoster::new(&config.orch_addr, &config.orch_secret);
-    let fetcher = Fetcher::new(Duration::from_secs(30), config.max_segment_bytes, true);
+    let fetcher = Fetcher::new(
+        Duration::from_secs(30),
+        config.max_segment_bytes,
+        true,
+        AddressPolicy::new(config.fetch_allow.clone()),
+    );
     let capabilities = Arc::new(capabilities);
     let register = || async {
         let channel = session::connect(&config.orch_addr).await?;
@@ -46,25 +52,13 @@ pub async fn run(
         let span = tracing::info_span!("segment", task_id = notify.task_id);
         let task = Task {
             notify,
-            transcoder: transcoder.clone(),
+            video: video.clone(),
             capabilities: Arc::clone(&capabilities),
             fetcher: fetcher.clone(),
             poster: poster.clone(),
             preset: config.preset.clone(),
         };
-        let slots = Arc::clone(&slots);
-        Some(
-            async move {
-                // The orchestrator should never exceed the registered
-                // capacity; if it does, the extra job waits for a slot.
-                let _slot = slots
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                task.run().await;
-            }
-            .instrument(span),
-        )
+        Some(task.run().instrument(span))
     };
     session::serve_jobs(
         "transcoder",
@@ -80,7 +74,7 @@ pub async fn run(
 /// One segment from notification to posted result.
 struct Task {
     notify: lp_rpc::NotifySegment,
-    transcoder: Transcoder,
+    video: VideoService,
     capabilities: Arc<lp_rpc::Capabilities>,
     fetcher: Fetcher,
     poster: ResultPoster,
@@ -90,7 +84,15 @@ struct Task {
 impl Task {
     async fn run(self) {
         let task_id = self.notify.task_id;
-        let result = match self.transcode().await {
+        // The orchestrator should never exceed the registered capacity; if it
+        // does, the extra job waits for a slot. The slot is held until the
+        // result is posted.
+        let slot = self.video.admit().await;
+        let transcoded = match &slot {
+            Ok(slot) => self.transcode(slot).await,
+            Err(refusal) => Err(format!("transcoder {refusal}")),
+        };
+        let result = match transcoded {
             Ok(output) => {
                 info!(
                     renditions = output.renditions.len(),
@@ -106,9 +108,10 @@ impl Task {
             }
         };
         self.poster.transcode(task_id, &result).await;
+        drop(slot);
     }
 
-    async fn transcode(&self) -> Result<crate::video::TranscodeOutput, String> {
+    async fn transcode(&self, slot: &Slot) -> Result<crate::video::TranscodeOutput, String> {
         let job = job_from_notify(&self.notify, &self.capabilities).map_err(|e| e.to_string())?;
         let segment = self
             .fetcher
@@ -125,13 +128,11 @@ impl Task {
             preset: self.preset.clone(),
             ..Default::default()
         };
-        let transcoder = self.transcoder.clone();
-        let output = tokio::task::spawn_blocking(move || {
-            transcoder.transcode(segment, &options, &mut |_| {})
-        })
-        .await
-        .map_err(|e| format!("transcode task failed: {e}"))?
-        .map_err(|e| e.to_string())?;
+        let output = self
+            .video
+            .transcode(slot, segment, options)
+            .await
+            .map_err(|e| e.to_string())?;
         if output.renditions.len() != expected {
             return Err("segment / profile mismatch".into());
         }

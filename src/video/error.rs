@@ -52,6 +52,9 @@ pub enum VideoError {
         #[source]
         source: ffmpeg_next::Error,
     },
+    /// The blocking task running the engine panicked or was torn down.
+    #[error("transcode task failed: {0}")]
+    Task(String),
     #[error("rendition {profile}: {source}")]
     Rendition {
         profile: String,
@@ -71,7 +74,8 @@ impl VideoError {
             | VideoError::BackendUnavailable(_)
             | VideoError::EncoderUnavailable(_)
             | VideoError::Gpu { .. }
-            | VideoError::Internal { .. } => false,
+            | VideoError::Internal { .. }
+            | VideoError::Task(_) => false,
             _ => true,
         }
     }
@@ -95,6 +99,7 @@ impl VideoError {
             VideoError::EncoderUnavailable(_) => "encoder_unavailable",
             VideoError::Gpu { .. } => "gpu",
             VideoError::Internal { .. } => "internal",
+            VideoError::Task(_) => "task",
             VideoError::Rendition { source, .. } => source.kind(),
         }
     }

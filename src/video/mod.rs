@@ -3,7 +3,10 @@
 //!
 //! Backends (CPU today, NVIDIA behind the `nvidia` feature) implement the three
 //! small traits in [`backend`]; the engine in [`engine`] only talks to those.
+//! [`service`] is the async layer over the engine that every adapter calls:
+//! admission ([`admission`]), deadlines, cancellation and metrics hooks.
 
+pub mod admission;
 pub mod backend;
 mod bsf;
 pub mod container;
@@ -14,13 +17,16 @@ pub mod fps;
 pub mod nvidia;
 pub mod probe;
 pub mod profile;
+pub mod service;
 
+pub use admission::{Admission, Permit, Refusal};
 pub use backend::{Decoder, Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
 pub use engine::{
     DecodeOutput, InputInfo, PixelCount, Rendition, TranscodeOptions, TranscodeOutput, Transcoder,
 };
 pub use error::VideoError;
 pub use profile::{Gop, H264Profile, OutputContainer, VideoCodec, VideoProfile};
+pub use service::{JobError, Slot, TranscodeEngine, VideoMetrics, VideoService};
 
 /// Initialises FFmpeg once per process and quiets its logging (errors are
 /// returned as values; FFmpeg's own chatter would flood worker logs).

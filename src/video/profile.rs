@@ -177,7 +177,8 @@ impl VideoProfile {
             .map(|name| {
                 Self::by_name(name).ok_or_else(|| {
                     VideoError::InvalidProfile(format!(
-                        "unknown profile {name:?}; known: {}",
+                        "unknown profile {:?}; known: {}",
+                        crate::log_limit::clip(name, 64),
                         Self::standard_profiles()
                             .iter()
                             .map(|p| p.name.as_str())
@@ -335,8 +336,14 @@ impl ProfileSpec {
             // go-livepeer's name for an unnamed custom profile.
             self.name = format!("custom_{}x{}_{}", self.width, self.height, self.bitrate);
         }
-        let bad =
-            |what: String| VideoError::InvalidProfile(format!("profile {:?}: {what}", self.name));
+        // Names and strings come from the gateway: named back clipped, so a
+        // refusal (and the log lines quoting it) has a bounded size.
+        let bad = |what: String| {
+            VideoError::InvalidProfile(format!(
+                "profile {:?}: {what}",
+                crate::log_limit::clip(&self.name, 64)
+            ))
+        };
         if self.width == 0 || self.height == 0 || self.width > 8192 || self.height > 8192 {
             return Err(bad(format!(
                 "size {}x{} is outside 1..=8192",
@@ -362,7 +369,8 @@ impl ProfileSpec {
             "HEVC" => VideoCodec::Hevc,
             other => {
                 return Err(bad(format!(
-                    "encoder {other:?} is not supported (H.264, HEVC)"
+                    "encoder {:?} is not supported (H.264, HEVC)",
+                    crate::log_limit::clip(other, 32)
                 )))
             }
         };
@@ -372,7 +380,12 @@ impl ProfileSpec {
             "h264main" => Some(H264Profile::Main),
             "h264high" => Some(H264Profile::High),
             "h264constrainedhigh" => Some(H264Profile::ConstrainedHigh),
-            other => return Err(bad(format!("unknown codec profile {other:?}"))),
+            other => {
+                return Err(bad(format!(
+                    "unknown codec profile {:?}",
+                    crate::log_limit::clip(other, 32)
+                )))
+            }
         };
         let gop = match self.gop.as_str() {
             "" => Gop::Default,
@@ -405,6 +418,41 @@ impl ProfileSpec {
 
 #[cfg(test)]
 mod tests {
+    /// A refusal names the gateway's strings back clipped, however long.
+    #[test]
+    fn refusals_name_long_values_back_clipped() {
+        let long = "n".repeat(4096);
+        let spec = |name: &str, encoder: &str, profile: &str| ProfileSpec {
+            name: name.into(),
+            width: 640,
+            height: 360,
+            bitrate: 1_000_000,
+            fps: 30,
+            encoder: encoder.into(),
+            profile: profile.into(),
+            ..Default::default()
+        };
+        for bad in [
+            spec(&long, "", "").into_profile().map(|_| ()),
+            spec(&long, &long, "").into_profile().map(|_| ()),
+            spec("p", &long, "").into_profile().map(|_| ()),
+            spec("p", "", &long).into_profile().map(|_| ()),
+            VideoProfile::parse_list(&long).map(|_| ()),
+        ] {
+            let Err(VideoError::InvalidProfile(msg)) = &bad else {
+                // A long name alone is still a valid custom profile.
+                assert!(bad.is_ok());
+                continue;
+            };
+            assert!(msg.contains('…'), "{msg}");
+            assert!(!msg.contains(&long[..100]), "{msg}");
+        }
+        let Err(VideoError::InvalidProfile(msg)) = spec("p", "VP9", "").into_profile() else {
+            panic!("VP9 is refused")
+        };
+        assert!(msg.contains("\"VP9\""), "{msg}");
+    }
+
     use super::*;
 
     #[test]

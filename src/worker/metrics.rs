@@ -1,8 +1,12 @@
 //! Prometheus metrics of the worker, and the `/metrics` HTTP endpoint.
 
+use std::time::Duration;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::video::{Refusal, TranscodeOutput, VideoError, VideoMetrics};
 
 /// Buckets from 1 ms to ~2 min: queue times are tiny, compute times are seconds.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -100,9 +104,76 @@ impl Metrics {
     }
 }
 
+/// The video service's hooks: admission, queue and compute time, segments,
+/// renditions, pixels and errors by kind.
+impl VideoMetrics for Metrics {
+    fn in_flight(&self, in_flight: u32) {
+        self.in_flight.set(i64::from(in_flight));
+    }
+
+    fn refused(&self, refusal: Refusal) {
+        let reason = match refusal {
+            Refusal::Full { .. } => "full",
+            Refusal::Draining => "draining",
+        };
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    fn started(&self, backend: &'static str, queued: Duration) {
+        self.queue_seconds
+            .with_label_values(&[backend])
+            .observe(queued.as_secs_f64());
+    }
+
+    fn finished(&self, backend: &'static str, output: &TranscodeOutput) {
+        self.compute_seconds
+            .with_label_values(&[backend])
+            .observe(output.elapsed.as_secs_f64());
+        self.segments.with_label_values(&[backend]).inc();
+        self.pixels
+            .with_label_values(&[backend, "decoded"])
+            .inc_by(output.decoded.pixels);
+        for r in &output.renditions {
+            self.count_rendition(backend, &r.profile);
+            self.pixels
+                .with_label_values(&[backend, "encoded"])
+                .inc_by(r.encoded.pixels);
+        }
+    }
+
+    fn failed(&self, backend: &'static str, error: &VideoError) {
+        self.errors
+            .with_label_values(&[backend, error.kind()])
+            .inc();
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl Metrics {
+    /// One rendition encoded. Profile names are the gateway's choice, so only
+    /// the predefined ones become label values; any other is `custom`.
+    fn count_rendition(&self, backend: &'static str, profile: &str) {
+        self.renditions
+            .with_label_values(&[backend, profile_label(profile)])
+            .inc();
+    }
+}
+
+/// A profile name as a label value: a predefined profile's own name (a fixed
+/// set), else `custom`, so that request data cannot add series.
+pub fn profile_label(name: &str) -> &str {
+    let standard = crate::video::VideoProfile::standard_profiles()
+        .iter()
+        .any(|p| p.name == name);
+    if standard {
+        name
+    } else {
+        "custom"
     }
 }
 
@@ -148,7 +219,43 @@ pub async fn serve_registry(
             }),
         )
         .route("/healthz", get(|| async { "ok" }));
-    axum::serve(listener, app)
+    axum::serve(crate::log_limit::Listener::new(listener, "metrics"), app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_labels_are_predefined_names_or_custom() {
+        assert_eq!(profile_label("P360p30fps16x9"), "P360p30fps16x9");
+        assert_eq!(profile_label("P1080p30fps16x9"), "P1080p30fps16x9");
+        assert_eq!(profile_label("hi720"), "custom");
+        assert_eq!(profile_label(""), "custom");
+        assert_eq!(profile_label(&"x".repeat(4096)), "custom");
+    }
+
+    /// Unique long profile names per segment add no series.
+    #[test]
+    fn gateway_chosen_profile_names_do_not_grow_the_series() {
+        let metrics = Metrics::new();
+        for i in 0..10_000 {
+            metrics.count_rendition("cpu", &format!("{i}{}", "p".repeat(4096)));
+        }
+        metrics.count_rendition("cpu", "P240p30fps16x9");
+        let text = render(&metrics.registry);
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("lpworker_renditions_total{"))
+            .collect();
+        assert_eq!(series.len(), 2, "{series:?}");
+        assert!(
+            text.contains("lpworker_renditions_total{backend=\"cpu\",profile=\"custom\"} 10000")
+        );
+        assert!(text
+            .contains("lpworker_renditions_total{backend=\"cpu\",profile=\"P240p30fps16x9\"} 1"));
+        assert!(text.len() < 16 << 10);
+    }
 }

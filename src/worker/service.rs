@@ -1,7 +1,7 @@
 //! The `lpworker.v1.Worker` gRPC service: a thin adapter from requests to the
-//! transcode engine, with admission control, deadlines and metrics.
+//! video service (admission, deadlines, cancellation and metrics live there)
+//! and the AI pipelines.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn, Instrument};
 
-use super::admission::{Admission, Permit, Refusal};
 use super::fetch::{FetchError, Fetcher};
 use super::metrics::Metrics;
 use crate::ai::{AiError, PipelineKind, PipelineRequest, Registry};
@@ -18,7 +17,8 @@ use crate::proto::worker as pb;
 use crate::video::probe::Capabilities;
 use crate::video::profile::ProfileSpec;
 use crate::video::{
-    OutputContainer, TranscodeOptions, TranscodeOutput, Transcoder, VideoError, VideoProfile,
+    Admission, OutputContainer, Refusal, Slot, TranscodeOptions, TranscodeOutput, Transcoder,
+    VideoError, VideoProfile, VideoService,
 };
 
 /// Rendition bytes per response message: well under gRPC's customary 4 MiB.
@@ -39,9 +39,9 @@ pub struct RequestLimits {
 
 pub struct WorkerService {
     registry: Arc<Registry>,
-    transcoder: Transcoder,
+    /// Transcodes; its admission is the worker's, shared with `Infer`.
+    video: VideoService,
     capabilities: Capabilities,
-    admission: Arc<Admission>,
     metrics: Metrics,
     fetcher: Fetcher,
     limits: RequestLimits,
@@ -58,44 +58,31 @@ impl WorkerService {
         registry: Arc<Registry>,
     ) -> Self {
         metrics.capacity.set(i64::from(admission.capacity()));
+        let video =
+            VideoService::new(transcoder, admission).with_metrics(Arc::new(metrics.clone()));
         WorkerService {
             registry,
-            transcoder,
+            video,
             capabilities,
-            admission,
             metrics,
             fetcher,
             limits,
         }
     }
 
-    fn admit(&self, method: &str) -> Result<Permit, Status> {
-        match self.admission.try_admit() {
-            Ok(permit) => {
-                self.metrics
-                    .in_flight
-                    .set(i64::from(self.admission.in_flight()));
-                Ok(permit)
-            }
-            Err(refusal) => {
-                let (reason, status) = match refusal {
-                    Refusal::Full => (
-                        "full",
-                        Status::resource_exhausted(format!(
-                            "worker is at capacity ({} sessions); retry on another worker",
-                            self.admission.capacity()
-                        )),
-                    ),
-                    Refusal::Draining => (
-                        "draining",
-                        Status::unavailable("worker is draining for shutdown"),
-                    ),
-                };
-                self.metrics.rejected.with_label_values(&[reason]).inc();
-                self.count(method, &status);
-                Err(status)
-            }
-        }
+    /// A slot of the worker's capacity (the video service counts it, the
+    /// metrics hooks see it), or the refusal as a gRPC status.
+    fn admit(&self, method: &str) -> Result<Slot, Status> {
+        self.video.try_admit().map_err(|refusal| {
+            let status = match refusal {
+                Refusal::Full { capacity } => Status::resource_exhausted(format!(
+                    "worker is at capacity ({capacity} sessions); retry on another worker"
+                )),
+                Refusal::Draining => Status::unavailable("worker is draining for shutdown"),
+            };
+            self.count(method, &status);
+            status
+        })
     }
 
     fn count(&self, method: &str, status: &Status) {
@@ -163,13 +150,14 @@ impl WorkerService {
             Some(pb::transcode_request::Source::Segment(bytes)) => Ok(bytes),
             Some(pb::transcode_request::Source::Url(url)) => {
                 self.fetcher.get(&url).await.map_err(|e| match e {
-                    FetchError::BadUrl(_) | FetchError::TooLarge { .. } => {
+                    FetchError::BadUrl | FetchError::Refused | FetchError::TooLarge { .. } => {
                         Status::invalid_argument(e.to_string())
                     }
-                    FetchError::Status { status, .. } if (400..500).contains(&status) => {
-                        Status::invalid_argument(e.to_string())
-                    }
-                    _ => Status::unavailable(e.to_string()),
+                    // A 3xx (redirects are not followed) or 4xx: the URL is bad.
+                    FetchError::Failed {
+                        status: Some(300..=499),
+                    } => Status::invalid_argument(e.to_string()),
+                    FetchError::Failed { .. } => Status::unavailable(e.to_string()),
                 })
             }
             None => Err(Status::invalid_argument(
@@ -195,13 +183,18 @@ pub fn status_for(e: &VideoError) -> Status {
     }
 }
 
-/// The gRPC status for an AI engine error.
+/// The gRPC status for an AI engine error: what the caller sent is an
+/// invalid argument, a model not served is not found, a model at capacity
+/// is exhausted, and a failing model is internal.
 pub fn ai_status(e: &AiError) -> Status {
     match e {
         AiError::UnknownModel(m) => Status::not_found(m.clone()),
         AiError::Busy(m) => Status::resource_exhausted(m.clone()),
         AiError::Internal(m) => Status::internal(m.clone()),
-        other => Status::invalid_argument(other.to_string()),
+        AiError::Validation { .. }
+        | AiError::BadRequest(_)
+        | AiError::TooLarge(_)
+        | AiError::UnsupportedMedia(_) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -231,18 +224,6 @@ fn request_id<T>(request: &Request<T>, given: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(128).collect())
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// Sets its flag when dropped unless disarmed: tells the engine to stop when
-/// the caller goes away mid-request.
-struct CancelOnDrop(Option<Arc<AtomicBool>>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(flag) = self.0.take() {
-            flag.store(true, Ordering::Relaxed);
-        }
-    }
 }
 
 fn response_messages(
@@ -310,7 +291,7 @@ impl pb::worker_server::Worker for WorkerService {
         let caller_deadline = grpc_timeout(&request);
         let request_id = request_id(&request, &request.get_ref().request_id);
         let span = tracing::info_span!("transcode", request_id = %request_id);
-        let permit = self.admit("Transcode")?;
+        let slot = self.admit("Transcode")?;
         let result = async {
             let req = request.into_inner();
             let profiles = self.profiles(&req)?;
@@ -332,58 +313,25 @@ impl pb::worker_server::Worker for WorkerService {
                 }
             };
             let segment = self.segment(req.source).await?;
-            let cancel = Arc::new(AtomicBool::new(false));
             let options = TranscodeOptions {
                 profiles,
                 container,
                 timeout: Some(timeout.saturating_sub(arrived.elapsed())),
                 max_input_bytes: self.limits.max_segment_bytes,
                 preset: self.limits.preset.clone(),
-                cancel: Some(Arc::clone(&cancel)),
                 ..Default::default()
             };
-            let guard = CancelOnDrop(Some(cancel));
-            let transcoder = self.transcoder.clone();
             let queued = arrived.elapsed();
-            let backend = self.transcoder.backend_name();
-            self.metrics
-                .queue_seconds
-                .with_label_values(&[backend])
-                .observe(queued.as_secs_f64());
-            let output = tokio::task::spawn_blocking(move || {
-                transcoder.transcode(segment, &options, &mut |_| {})
-            })
-            .await
-            .map_err(|e| Status::internal(format!("transcode task failed: {e}")))?;
-            drop(guard);
-            let output = output.map_err(|e| {
-                self.metrics
-                    .errors
-                    .with_label_values(&[backend, e.kind()])
-                    .inc();
-                let status = status_for(&e);
-                warn!(error = %e, code = ?status.code(), "transcode failed");
-                status
-            })?;
-            self.metrics
-                .compute_seconds
-                .with_label_values(&[backend])
-                .observe(output.elapsed.as_secs_f64());
-            self.metrics.segments.with_label_values(&[backend]).inc();
-            self.metrics
-                .pixels
-                .with_label_values(&[backend, "decoded"])
-                .inc_by(output.decoded.pixels);
-            for r in &output.renditions {
-                self.metrics
-                    .renditions
-                    .with_label_values(&[backend, &r.profile])
-                    .inc();
-                self.metrics
-                    .pixels
-                    .with_label_values(&[backend, "encoded"])
-                    .inc_by(r.encoded.pixels);
-            }
+            // The client going away drops this future: the service cancels the job.
+            let output = self
+                .video
+                .transcode(&slot, segment, options)
+                .await
+                .map_err(|e| {
+                    let status = status_for(&e);
+                    warn!(error = %e, code = ?status.code(), "transcode failed");
+                    status
+                })?;
             info!(
                 renditions = output.renditions.len(),
                 decoded_pixels = output.decoded.pixels,
@@ -400,28 +348,21 @@ impl pb::worker_server::Worker for WorkerService {
             Ok(ok) => ok,
             Err(status) => {
                 self.count("Transcode", &status);
-                drop(permit);
-                self.metrics
-                    .in_flight
-                    .set(i64::from(self.admission.in_flight()));
                 return Err(status);
             }
         };
         self.count("Transcode", &Status::ok(""));
-        // The permit travels with the sender, so the slot stays taken (and a
-        // drain waits) until the last byte is handed to the transport.
+        // The slot travels with the sender, so it stays taken (and a drain
+        // waits) until the last byte is handed to the transport.
         let (tx, rx) = mpsc::channel(4);
         let messages = response_messages(output, request_id.clone(), queued);
-        let in_flight = self.metrics.in_flight.clone();
-        let admission = Arc::clone(&self.admission);
         tokio::spawn(async move {
             for m in messages {
                 if tx.send(Ok(m)).await.is_err() {
                     break;
                 }
             }
-            drop(permit);
-            in_flight.set(i64::from(admission.in_flight()));
+            drop(slot);
         });
         let mut response = Response::new(ReceiverStream::new(rx));
         if let Ok(v) = request_id.parse() {
@@ -435,12 +376,15 @@ impl pb::worker_server::Worker for WorkerService {
         request: Request<pb::InferRequest>,
     ) -> Result<Response<pb::InferResponse>, Status> {
         let request_id = request_id(&request, &request.get_ref().request_id);
-        let _permit = self.admit("Infer")?;
+        let _slot = self.admit("Infer")?;
         let req = request.into_inner();
         let started = Instant::now();
         let result = async {
             let kind = PipelineKind::from_name(&req.pipeline).ok_or_else(|| {
-                Status::invalid_argument(format!("unknown pipeline {:?}", req.pipeline))
+                Status::invalid_argument(format!(
+                    "unknown pipeline {:?}",
+                    crate::log_limit::clip(&req.pipeline, 64)
+                ))
             })?;
             let params = match req.params_json.as_slice() {
                 [] => serde_json::Map::new(),
@@ -497,10 +441,11 @@ impl pb::worker_server::Worker for WorkerService {
         _request: Request<pb::CapabilitiesRequest>,
     ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
         let caps = &self.capabilities;
-        let in_flight = self.admission.in_flight();
+        let admission = self.video.admission();
+        let in_flight = admission.in_flight();
         let response = pb::CapabilitiesResponse {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            backend: self.transcoder.backend_name().to_string(),
+            backend: self.video.backend_name().to_string(),
             backends: caps.backends.clone(),
             cpu_model: caps.cpu_model.clone(),
             cpu_cores: caps.cpu_cores as u32,
@@ -527,9 +472,9 @@ impl pb::worker_server::Worker for WorkerService {
                     warm: e.config.warm,
                 })
                 .collect(),
-            capacity: self.admission.capacity(),
-            free_slots: self.admission.capacity().saturating_sub(in_flight),
-            draining: self.admission.is_draining(),
+            capacity: admission.capacity(),
+            free_slots: admission.capacity().saturating_sub(in_flight),
+            draining: admission.is_draining(),
         };
         self.count("Capabilities", &Status::ok(""));
         Ok(Response::new(response))
@@ -571,5 +516,23 @@ mod tests {
             source: ffmpeg_next::Error::Bug,
         };
         assert_eq!(status_for(&internal).code(), Code::Internal);
+    }
+
+    #[test]
+    fn ai_errors_map_to_grpc_codes() {
+        use tonic::Code;
+        let code = |e: AiError| ai_status(&e).code();
+        assert_eq!(code(AiError::missing("image")), Code::InvalidArgument);
+        assert_eq!(code(AiError::BadRequest("x".into())), Code::InvalidArgument);
+        assert_eq!(code(AiError::TooLarge("x".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(AiError::UnsupportedMedia("x".into())),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(AiError::UnknownModel("x".into())), Code::NotFound);
+        assert_eq!(code(AiError::Busy("x".into())), Code::ResourceExhausted);
+        assert_eq!(code(AiError::Internal("x".into())), Code::Internal);
+        let status = ai_status(&AiError::invalid("seed", "Input should be a valid integer"));
+        assert_eq!(status.message(), "seed: Input should be a valid integer");
     }
 }
