@@ -166,7 +166,7 @@ async fn transcode_round_trip_health_reflection_metrics() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
         ServerReflectionRequest,
     };
-    let mut reflection = ServerReflectionClient::new(channel);
+    let mut reflection = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -183,6 +183,32 @@ async fn transcode_round_trip_health_reflection_metrics() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"lpworker.v1.Worker"), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+
+    // ... and so does the older v1alpha reflection service.
+    {
+        use tonic_reflection::pb::v1alpha::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let mut reflection = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("v1alpha reflection is served")
+            .into_inner();
+        let listed = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+            panic!("no v1alpha service list")
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"lpworker.v1.Worker"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    }
 
     // Prometheus metrics count the work.
     let text = metrics_text(&server).await;
@@ -420,7 +446,13 @@ fn serve_once(body: Vec<u8>, status: &'static str) -> String {
 async fn bad_requests_get_invalid_argument_and_the_worker_keeps_serving() {
     let dir = tempdir();
     let (_, bytes) = clip(dir.path(), "src", &Clip::default());
-    let server = ServeProcess::start(&["--max-segment-bytes", "2000000"]);
+    // Its segments are served from loopback, refused unless allowed.
+    let server = ServeProcess::start(&[
+        "--max-segment-bytes",
+        "2000000",
+        "--fetch-allow",
+        "127.0.0.1/32",
+    ]);
     let mut c = client(&server).await;
     let names = ["P240p30fps16x9"];
 
@@ -786,4 +818,113 @@ fn health_subcommand_reports_serving_and_failure() {
         .unwrap();
     assert!(!dead.status.success());
     assert!(String::from_utf8_lossy(&dead.stderr).contains("cannot reach"));
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// At the descriptor limit every accept fails at once. The worker neither
+/// spins on the listener nor writes a line per failure, and it serves again
+/// once descriptors are free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_failures_at_the_descriptor_limit_are_paused_and_rate_limited() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let mut child = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#"ulimit -n 64 && exec "$0" serve --addr 127.0.0.1:0 --preset veryfast"#,
+            env!("CARGO_BIN_EXE_lpworker"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::ready_line(&mut child);
+    let grpc: std::net::SocketAddr = common::line_field(&line, "grpc=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no grpc address in {line:?}"));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    {
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                stderr.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let pid = child.0.id();
+
+    // More connections than descriptors: the rest wait in the backlog.
+    let conns: Vec<_> = (0..70)
+        .map(|_| std::net::TcpStream::connect(grpc).unwrap())
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (bytes0, ticks0) = (stderr.lock().unwrap().len(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (bytes1, ticks1) = (stderr.lock().unwrap().len(), cpu_ticks(pid));
+    let text = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("accept failed"),
+        "the failure is reported: {text}"
+    );
+    assert!(
+        text.matches("accept failed").count() <= 2,
+        "one line per interval: {text}"
+    );
+    assert!(
+        bytes1 - bytes0 < 2048,
+        "{} bytes in 3 s: {text}",
+        bytes1 - bytes0
+    );
+    // Clock ticks are 1/100 s: under a third of a core over 3 s (a spinning
+    // accept loop takes a whole one).
+    assert!(ticks1 - ticks0 < 100, "{} ticks in 3 s", ticks1 - ticks0);
+
+    // Descriptors freed: the worker accepts and serves again.
+    drop(conns);
+    let mut health = None;
+    for _ in 0..50 {
+        let connected = async {
+            let channel = Channel::from_shared(format!("http://{grpc}"))
+                .unwrap()
+                .connect()
+                .await
+                .ok()?;
+            tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()
+        };
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), connected).await {
+            health = Some(r.into_inner().status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        health,
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving as i32),
+        "{text}"
+    );
+    drop(child);
 }

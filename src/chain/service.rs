@@ -22,8 +22,13 @@ use super::redeem::{is_expired, RedeemContext, RedeemOutcome};
 use super::rewards::RewardOutcome;
 use super::rounds::RoundInfo;
 use super::ChainError;
+use crate::log_limit::RateLimitedLog;
 use crate::pm::sender_monitor::SenderMonitor;
 use crate::pm::store::{Queued, Status, TicketStore};
+
+/// A failing tick or redemption pass repeats every poll interval while the
+/// RPC provider is down: one line, then one per this long.
+const REPEATED_FAILURE_LOG: Duration = Duration::from_secs(60);
 
 /// What the rest of the shim reads from the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -480,6 +485,7 @@ impl ChainService {
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(this.options.poll_interval);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failed = RateLimitedLog::new(REPEATED_FAILURE_LOG);
                 loop {
                     interval.tick().await;
                     this.monitor.sweep();
@@ -488,9 +494,14 @@ impl ChainService {
                     loop {
                         match this.redeem_queued().await {
                             Ok(n) if n > 0 => continue,
-                            Ok(_) => break,
+                            Ok(_) => {
+                                failed.reset();
+                                break;
+                            }
                             Err(e) => {
-                                tracing::warn!(error = %e, "redemption pass failed");
+                                if let Some(suppressed) = failed.check() {
+                                    tracing::warn!(error = %e, suppressed, "redemption pass failed (suppressed: like failures since the last line)");
+                                }
                                 break;
                             }
                         }
@@ -501,6 +512,7 @@ impl ChainService {
         let mut redeemer = spawn_redeemer(self.clone());
         let mut interval = tokio::time::interval(self.options.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failed = RateLimitedLog::new(REPEATED_FAILURE_LOG);
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
@@ -508,8 +520,15 @@ impl ChainService {
                     return;
                 }
                 _ = interval.tick() => {
-                    if let Err(e) = self.tick().await {
-                        tracing::warn!(error = %e, "chain tick failed");
+                    match self.tick().await {
+                        Ok(_) => {
+                            failed.reset();
+                        }
+                        Err(e) => {
+                            if let Some(suppressed) = failed.check() {
+                                tracing::warn!(error = %e, suppressed, "chain tick failed (suppressed: like failures since the last line)");
+                            }
+                        }
                     }
                     if redeemer.is_finished() {
                         // Only a panic ends it: say so, and redeem on.

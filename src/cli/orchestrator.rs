@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use lpworker::chain::account::{load_signer, resolve_password, KeySource};
 use lpworker::chain::{ChainClient, ChainConfig, ChainMetrics, ChainService, ServiceOptions};
 use lpworker::orchestrator::payments::{PaymentConfig, Payments};
+use lpworker::orchestrator::workers::{ClientOptions, ServerTrust};
 use lpworker::orchestrator::{BoundOrchestrator, OrchestratorConfig};
 use lpworker::pm::recipient::Price;
 use lpworker::pm::sender_monitor::SenderMonitor;
@@ -193,14 +194,37 @@ pub struct OrchestratorArgs {
     /// Listen address (go-livepeer's -httpAddr); default: all interfaces, the service port.
     #[arg(long, alias = "httpAddr", env = "LP_HTTPADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// `lpworker serve` workers, comma-separated host:port or URLs. A shim
-    /// that only hosts Live Runners needs none.
+    /// `lpworker serve` workers, comma-separated: `host:port` (plain gRPC,
+    /// a name is resolved to all its addresses) or `https://host:port` (TLS,
+    /// with --worker-ca or --worker-cert-pin). A shim that only hosts Live
+    /// Runners needs none.
     #[arg(
         long,
         value_delimiter = ',',
         required_unless_present_any = ["use_live_runners", "live_runner_config"]
     )]
     pub workers: Vec<String>,
+    /// The workers' `serve --auth-secret`, sent as `authorization: Bearer` on every call.
+    #[arg(long, env = "LPWORKER_WORKER_SECRET", hide_env_values = true)]
+    pub worker_secret: Option<String>,
+    /// PEM CA that signed the `https://` workers' certificates.
+    #[arg(long, value_name = "FILE", conflicts_with = "worker_cert_pin")]
+    pub worker_ca: Option<PathBuf>,
+    /// Trust exactly this `https://` worker certificate: the SHA-256 of its
+    /// DER in hex (`openssl x509 -in cert.pem -outform der | sha256sum`).
+    #[arg(long, value_name = "SHA256")]
+    pub worker_cert_pin: Option<String>,
+    /// PEM client certificate shown to `https://` workers that require one
+    /// (`serve --tls-client-ca`).
+    #[arg(long, value_name = "FILE", requires = "worker_client_key")]
+    pub worker_client_cert: Option<PathBuf>,
+    /// PEM private key of --worker-client-cert.
+    #[arg(long, value_name = "FILE", requires = "worker_client_cert")]
+    pub worker_client_key: Option<PathBuf>,
+    /// Longest a transcode or AI call to a worker may take, in seconds; a
+    /// worker that does not finish by then counts as failed.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    pub worker_timeout: f64,
     /// Host Live Runners (go-livepeer 0.9's -useLiveRunners): dynamic
     /// registration needs --orch-secret, static runners --live-runner-config.
     #[arg(long, alias = "useLiveRunners", env = "LP_USELIVERUNNERS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -647,6 +671,7 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         listen,
         service_addr: service_addr.clone(),
         workers: args.workers.clone(),
+        worker_client: worker_client(&args)?,
         datadir: args.eth.datadir.clone(),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),
         price_per_unit,
@@ -743,6 +768,44 @@ impl lpworker::live_runner::price::EthUsdSource for FreshEthUsd {
 
 /// The port of `-serviceAddr`: `host:port`, or a URL (its port, or its
 /// scheme's).
+/// How the shim reaches its workers: secret, TLS, deadline.
+fn worker_client(args: &OrchestratorArgs) -> Result<ClientOptions> {
+    if !(args.worker_timeout > 0.0 && args.worker_timeout.is_finite()) {
+        bail!("--worker-timeout must be a positive number of seconds");
+    }
+    let mut options =
+        ClientOptions::default().with_timeout(Duration::from_secs_f64(args.worker_timeout));
+    if let Some(secret) = &args.worker_secret {
+        options = options
+            .with_secret(secret)
+            .context("--worker-secret (LPWORKER_WORKER_SECRET)")?;
+    }
+    let trust = match (&args.worker_ca, &args.worker_cert_pin) {
+        (Some(ca), _) => Some(ServerTrust::Ca(ca)),
+        (None, Some(pin)) => Some(ServerTrust::Pin(pin)),
+        (None, None) => None,
+    };
+    let client = args
+        .worker_client_cert
+        .as_deref()
+        .zip(args.worker_client_key.as_deref());
+    match trust {
+        Some(trust) => {
+            options = options
+                .with_tls(trust, client)
+                .context("worker TLS (--worker-ca, --worker-cert-pin, --worker-client-cert)")?;
+        }
+        None if args.workers.iter().any(|w| w.starts_with("https://")) => bail!(
+            "https:// workers need --worker-ca FILE or --worker-cert-pin SHA256 to verify them"
+        ),
+        None if client.is_some() => {
+            bail!("--worker-client-cert is for https:// workers: give --worker-ca or --worker-cert-pin too")
+        }
+        None => {}
+    }
+    Ok(options)
+}
+
 fn service_port(service_addr: &str) -> Option<u16> {
     if service_addr.contains("://") {
         return reqwest::Url::parse(service_addr)

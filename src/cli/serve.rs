@@ -7,13 +7,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use lpworker::video::probe::{BackendChoice, GpuSelection};
+use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, TlsFiles, WorkerConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// gRPC listen address (Worker, grpc.health.v1 and reflection).
-    #[arg(long, default_value = "0.0.0.0:50051", env = "LPWORKER_ADDR")]
+    /// gRPC listen address (Worker, grpc.health.v1 and reflection). Loopback
+    /// by default; any other address needs --auth-secret or mTLS
+    /// (--tls-client-ca), or --insecure-public.
+    #[arg(long, default_value = "127.0.0.1:50051", env = "LPWORKER_ADDR")]
     pub addr: SocketAddr,
     /// Prometheus /metrics listen address.
     #[arg(long, default_value = "0.0.0.0:9095", env = "LPWORKER_METRICS_ADDR")]
@@ -53,6 +56,10 @@ pub struct ServeArgs {
     /// Shared secret callers send as `authorization: Bearer <secret>`.
     #[arg(long, env = "LPWORKER_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
+    /// Serve work on a non-loopback --addr (or --http-addr) with no secret
+    /// or client certificate: anyone who reaches it can run work for free.
+    #[arg(long)]
+    pub insecure_public: bool,
     /// Which backend transcodes.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
     pub backend: BackendChoice,
@@ -66,9 +73,19 @@ pub struct ServeArgs {
     /// Accept self-signed certificates when fetching segment URLs.
     #[arg(long)]
     pub fetch_insecure: bool,
+    /// Non-public addresses segment URLs may be fetched from, as CIDRs
+    /// (repeatable or comma-separated). Only public addresses are by default.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        env = "LPWORKER_FETCH_ALLOW"
+    )]
+    pub fetch_allow: Vec<Cidr>,
     #[command(flatten)]
     pub ai: AiArgs,
-    /// Serve the ai-runner HTTP API for the loaded models on this address.
+    /// Serve the ai-runner HTTP API for the loaded models on this address
+    /// (a non-loopback one needs --ai-auth-token, or --insecure-public).
     #[arg(long, value_name = "HOST:PORT", requires = "ai_models")]
     pub http_addr: Option<SocketAddr>,
     /// Bearer token required on ai-runner pipeline routes (ai-runner's AUTH_TOKEN).
@@ -113,6 +130,25 @@ impl AiArgs {
     }
 }
 
+/// Refuses to serve work on a non-loopback address without protection,
+/// unless the operator said `--insecure-public`.
+pub fn check_exposure(
+    flag: &str,
+    addr: SocketAddr,
+    protected: bool,
+    protection: &str,
+    insecure_public: bool,
+) -> Result<()> {
+    if addr.ip().is_loopback() || protected || insecure_public {
+        return Ok(());
+    }
+    bail!(
+        "refusing to serve work on {flag} {addr}, which is not a loopback address, without {protection}: \
+         anyone who can reach it could run work for free. Give {protection}, bind 127.0.0.1, \
+         or pass --insecure-public to serve it open anyway"
+    )
+}
+
 fn seconds(name: &str, v: f64) -> Result<Duration> {
     if !(v > 0.0 && v.is_finite()) {
         bail!("--{name} must be a positive number of seconds");
@@ -137,6 +173,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.auth_secret.as_deref() == Some("") {
         bail!("--auth-secret must not be empty");
     }
+    let mtls = args.tls_cert.is_some() && args.tls_client_ca.is_some();
+    check_exposure(
+        "--addr",
+        args.addr,
+        args.auth_secret.is_some() || mtls,
+        "--auth-secret (LPWORKER_AUTH_SECRET) or mTLS (--tls-cert, --tls-key, --tls-client-ca)",
+        args.insecure_public,
+    )?;
+    if let (Some(addr), Some(_)) = (args.http_addr, &args.ai.ai_models) {
+        check_exposure(
+            "--http-addr",
+            addr,
+            args.ai_auth_token.as_deref().is_some_and(|t| !t.is_empty()),
+            "--ai-auth-token (AUTH_TOKEN)",
+            args.insecure_public,
+        )?;
+    }
     let config = WorkerConfig {
         addr: args.addr,
         metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
@@ -160,11 +213,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         },
         auth_secret: args.auth_secret,
         fetch_insecure: args.fetch_insecure,
+        fetch_allow: args.fetch_allow,
         ai: args.ai.load()?.map(|registry| AiServing {
             registry,
             http_addr: args.http_addr,
             auth_token: args.ai_auth_token,
-            max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+            max_body: lpworker::ai_runner_api::DEFAULT_MAX_BODY,
         }),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;

@@ -19,11 +19,10 @@ pub mod workers;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::attach::capabilities;
@@ -44,6 +43,8 @@ pub struct OrchestratorConfig {
     /// The public `host:port` gateways use (go-livepeer's `-serviceAddr`).
     pub service_addr: String,
     pub workers: Vec<String>,
+    /// Secret, TLS and deadlines for calls to the workers.
+    pub worker_client: workers::ClientOptions,
     pub datadir: PathBuf,
     /// Operator's certificate and key; generated into `datadir` when absent.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -152,14 +153,16 @@ fn add_ai_capabilities(caps: &mut net::Capabilities, pipelines: &[(String, Strin
     use net::capabilities::{capability_constraints::ModelConstraint, Constraints};
     let constraints = caps.constraints.get_or_insert_with(Constraints::default);
     for (pipeline, model) in pipelines {
-        let Some(kind) = crate::ai::PipelineKind::from_name(pipeline) else {
+        let Some(capability) =
+            crate::ai::PipelineKind::from_name(pipeline).and_then(|k| k.capability())
+        else {
             continue;
         };
-        capabilities::add(&mut caps.bitstring, kind.capability());
-        *caps.capacities.entry(kind.capability()).or_default() += 1;
+        capabilities::add(&mut caps.bitstring, capability);
+        *caps.capacities.entry(capability).or_default() += 1;
         constraints
             .per_capability
-            .entry(kind.capability())
+            .entry(capability)
             .or_default()
             .models
             .insert(
@@ -182,11 +185,29 @@ async fn live_runners(
     payments: Option<&Arc<payments::Payments>>,
     auth: &Arc<auth::AuthTokens>,
     trickle: &Arc<crate::trickle::TrickleServer>,
+    http_addr: std::net::SocketAddr,
 ) -> Result<(Arc<runners::LiveRunners>, Option<TcpListener>), OrchestratorError> {
     let on_chain = payments.is_some();
     use crate::live_runner::{proxy_url::ProxyTemplate, Registry, RegistryConfig};
     let bad = |e: &dyn std::fmt::Display| OrchestratorError::LiveRunners(e.to_string());
+    let cli = match options.cli_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                warn!(%addr, "the CLI listener is not on loopback: anyone who reaches it can register Live Runners");
+            }
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| OrchestratorError::Bind { addr, source })?,
+            )
+        }
+        None => None,
+    };
     let mut config = RegistryConfig::new(service_uri);
+    // No dynamic runner may send gateways' requests to these.
+    config.own_addrs = std::iter::once(http_addr)
+        .chain(cli.as_ref().and_then(|l| l.local_addr().ok()))
+        .collect();
     config.orch_secret = options.orch_secret.clone().filter(|s| !s.is_empty());
     config.on_chain = on_chain;
     if let Some(every) = options.heartbeat_interval {
@@ -241,19 +262,6 @@ async fn live_runners(
     let runners = runners::LiveRunners::new(registry, options.state_file.clone(), paid);
     runners.restore_billing();
     runners.check_health().await;
-    let cli = match options.cli_listen {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                warn!(%addr, "the CLI listener is not on loopback: anyone who reaches it can register Live Runners");
-            }
-            Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| OrchestratorError::Bind { addr, source })?,
-            )
-        }
-        None => None,
-    };
     Ok((runners, cli))
 }
 
@@ -271,7 +279,10 @@ impl BoundOrchestrator {
             path: config.datadir.clone(),
             source,
         })?;
-        let pool = Arc::new(workers::WorkerPool::new(&config.workers)?);
+        let pool = Arc::new(workers::WorkerPool::new(
+            &config.workers,
+            config.worker_client.clone(),
+        )?);
         // A shim that only hosts Live Runners has no workers.
         let caps = if config.workers.is_empty() {
             Default::default()
@@ -330,6 +341,12 @@ impl BoundOrchestrator {
                     config.payments.as_ref(),
                     &auth,
                     &trickle,
+                    listener
+                        .local_addr()
+                        .map_err(|source| OrchestratorError::Bind {
+                            addr: config.listen,
+                            source,
+                        })?,
                 )
                 .await?;
                 (Some(runners), cli)
@@ -409,6 +426,7 @@ impl BoundOrchestrator {
             if let Some(cli) = self.cli {
                 let router = runners.cli_router();
                 tokio::spawn(async move {
+                    let cli = crate::log_limit::Listener::new(cli, "cli");
                     if let Err(e) = axum::serve(cli, router).await {
                         warn!(error = %e, "CLI listener stopped");
                     }
@@ -416,66 +434,14 @@ impl BoundOrchestrator {
             }
         }
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
-        let connections = Arc::new(Mutex::new(JoinSet::new()));
-        // At most this many connections at once: a flood waits in the
-        // kernel's backlog instead of exhausting descriptors and memory.
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let accept = {
-            let connections = Arc::clone(&connections);
-            async move {
-                let mut failures = 0u64;
-                loop {
-                    let Ok(permit) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let (tcp, peer) = match self.listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            // Out of descriptors, typically: back off, and
-                            // log the first failure and then every 1000th.
-                            failures += 1;
-                            if failures == 1 || failures % 1000 == 0 {
-                                warn!(error = %e, failures, "accept failed");
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    failures = 0;
-                    let _ = tcp.set_nodelay(true);
-                    let (acceptor, app) = (acceptor.clone(), app.clone());
-                    let mut set = connections.lock().expect("connection set");
-                    // Finished connections are reaped as new ones come.
-                    while set.try_join_next().is_some() {}
-                    set.spawn(async move {
-                        let _permit = permit;
-                        // A peer that never finishes its handshake is dropped.
-                        let Ok(Ok(tls)) =
-                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                        else {
-                            return;
-                        };
-                        let service = hyper_util::service::TowerToHyperService::new(app);
-                        let mut builder = hyper_util::server::conn::auto::Builder::new(
-                            hyper_util::rt::TokioExecutor::new(),
-                        );
-                        builder
-                            .http1()
-                            .timer(hyper_util::rt::TokioTimer::new())
-                            .header_read_timeout(HEADER_READ_TIMEOUT);
-                        // Upgrades: WebSockets proxied to Live Runners.
-                        if let Err(e) = builder
-                            .serve_connection_with_upgrades(
-                                hyper_util::rt::TokioIo::new(tls),
-                                service,
-                            )
-                            .await
-                        {
-                            tracing::debug!(%peer, error = %e, "connection ended");
-                        }
-                    });
-                }
-            }
+        let limits = crate::listener::Limits {
+            max_connections: MAX_CONNECTIONS,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            // gRPC from gateways.
+            http2: true,
+            // Connections are dropped at once on shutdown.
+            drain_timeout: Duration::ZERO,
         };
         match &self.gateway.payments {
             Some(p) => {
@@ -483,11 +449,11 @@ impl BoundOrchestrator {
             }
             None => info!(uri = %self.gateway.service_uri, "orchestrator serving (off chain)"),
         }
-        tokio::select! {
-            _ = accept => {},
-            _ = shutdown => {},
-        }
-        connections.lock().expect("connection set").abort_all();
+        let handshake = move |tcp| {
+            let acceptor = acceptor.clone();
+            async move { acceptor.accept(tcp).await.ok() }
+        };
+        crate::listener::serve(&self.listener, "https", limits, app, handshake, shutdown).await;
         if let Some(runners) = &self.gateway.runners {
             runners.save_state();
         }

@@ -783,3 +783,44 @@ impl Drop for Reservation {
         }
     }
 }
+
+#[cfg(test)]
+mod sessions_tests {
+    use super::*;
+
+    fn session(touched: Instant, reserved: u64) -> Session {
+        Session {
+            balance: I256::ZERO,
+            reserved: U256::from(reserved),
+            price: Price { num: 1, den: 1 },
+            touched,
+        }
+    }
+
+    /// A full map is swept at once (not only every minute): idle sessions
+    /// go, those with work in flight stay.
+    #[test]
+    fn a_full_session_map_drops_idle_sessions() {
+        let idle = Instant::now() - SESSION_IDLE - Duration::from_secs(1);
+        let mut sessions = Sessions {
+            map: HashMap::new(),
+            swept: Instant::now(),
+        };
+        for i in 0..MAX_SESSIONS {
+            let reserved = u64::from(i == 7);
+            sessions
+                .map
+                .insert((Address::ZERO, i.to_string()), session(idle, reserved));
+        }
+        sessions.sweep();
+        assert_eq!(sessions.map.len(), 1, "only the one with work in flight");
+        assert!(sessions.map.contains_key(&(Address::ZERO, "7".to_string())));
+
+        // Below the cap and within the minute, nothing is scanned.
+        sessions
+            .map
+            .insert((Address::ZERO, "old".into()), session(idle, 0));
+        sessions.sweep();
+        assert_eq!(sessions.map.len(), 2);
+    }
+}

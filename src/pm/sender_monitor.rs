@@ -258,4 +258,20 @@ mod tests {
         assert_eq!(m.sweep(), 1, "the sender with pending winners stays");
         assert_eq!(m.pending(Address::repeat_byte(1)), U256::from(5));
     }
+
+    /// Fresh senders beyond the cap (one per `GetOrchestrator` from a new
+    /// key) evict idle ones; a sender owed winners is never evicted.
+    #[test]
+    fn the_funds_cache_stays_under_its_cap() {
+        let owing = Address::repeat_byte(0xee);
+        let m = SenderMonitor::with_pending([(owing, U256::from(5))]);
+        for i in 0..MAX_SENDERS as u64 + 1000 {
+            let mut a = [0u8; 20];
+            a[..8].copy_from_slice(&i.to_be_bytes());
+            m.set_funds(Address::from(a), funds(1, 0));
+            assert!(m.len() <= MAX_SENDERS);
+        }
+        assert!(m.len() <= MAX_SENDERS);
+        assert_eq!(m.pending(owing), U256::from(5));
+    }
 }

@@ -6,7 +6,6 @@
 //! drains on the shutdown signal: health turns NOT_SERVING, new work is refused,
 //! in-flight work finishes (up to the drain timeout), then it returns.
 
-pub mod admission;
 pub mod fetch;
 pub mod metrics;
 pub mod service;
@@ -18,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::Status;
@@ -27,14 +25,27 @@ use tracing::{info, warn};
 use crate::ai::Registry;
 use crate::proto::worker as pb;
 use crate::video::probe::{self, BackendChoice, GpuSelection};
-use crate::video::Transcoder;
-use admission::Admission;
+use crate::video::{Admission, Transcoder};
 use metrics::Metrics;
 use service::{RequestLimits, WorkerService};
 
 /// Everything `lpworker serve` can be told.
 /// How long a drained worker waits for finished responses to be sent.
 const FLUSH_GRACE: Duration = Duration::from_secs(1);
+
+/// The ai-runner HTTP listener's limits. Its header deadline also closes a
+/// kept-alive connection idle that long (ai-runner's uvicorn closes them
+/// after 5 s).
+const AI_HTTP_LIMITS: crate::listener::Limits = crate::listener::Limits {
+    max_connections: 8192,
+    // No handshake: plain HTTP.
+    handshake_timeout: Duration::from_secs(10),
+    header_read_timeout: Duration::from_secs(10),
+    http2: false,
+    // Work has drained by the time the listener stops; this bounds the
+    // wait for a response to reach a client that reads it slowly.
+    drain_timeout: Duration::from_secs(10),
+};
 
 #[derive(Debug, Clone)]
 
@@ -54,6 +65,9 @@ pub struct WorkerConfig {
     pub auth_secret: Option<String>,
     /// Trust self-signed certificates when fetching segment URLs.
     pub fetch_insecure: bool,
+    /// Non-public addresses segment URLs may still be fetched from
+    /// (`--fetch-allow`); public addresses always may.
+    pub fetch_allow: Vec<fetch::Cidr>,
     /// AI pipelines served over gRPC `Infer` and, with an address, the ai-runner HTTP API.
     pub ai: Option<AiServing>,
 }
@@ -188,6 +202,7 @@ impl BoundWorker {
             config.limits.timeout,
             config.limits.max_segment_bytes,
             config.fetch_insecure,
+            fetch::AddressPolicy::new(config.fetch_allow.clone()),
         );
         let service = WorkerService::new(
             transcoder,
@@ -245,10 +260,18 @@ impl BoundWorker {
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection on both v1 and v1alpha: grpcurl and most tools ask v1,
+        // older clients (and some UIs) still ask only v1alpha.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder()
             .build_v1()
+            .expect("descriptor sets are valid");
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
             .expect("descriptor sets are valid");
 
         let max_message = config.limits.max_segment_bytes.saturating_add(64 << 10);
@@ -317,14 +340,22 @@ impl BoundWorker {
         });
         let ai_task = match (ai_listener, &config.ai) {
             (Some(listener), Some(ai)) => {
-                let router =
-                    crate::ai::http::AiHttp::new(Arc::clone(&ai.registry), ai.auth_token.clone())
-                        .router(ai.max_body);
+                let router = crate::ai_runner_api::AiHttp::new(
+                    Arc::clone(&ai.registry),
+                    ai.auth_token.clone(),
+                )
+                .router(ai.max_body);
                 let shutdown = stopped(stop_rx.clone());
                 Some(tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(shutdown)
-                        .await
+                    crate::listener::serve(
+                        &listener,
+                        "ai-http",
+                        AI_HTTP_LIMITS,
+                        router,
+                        |tcp| async { Some(tcp) },
+                        shutdown,
+                    )
+                    .await
                 }))
             }
             _ => None,
@@ -334,8 +365,12 @@ impl BoundWorker {
         let result = builder
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(worker)
-            .serve_with_incoming_shutdown(incoming(grpc), stopped(stop_rx))
+            .serve_with_incoming_shutdown(
+                crate::log_limit::incoming(grpc, "grpc"),
+                stopped(stop_rx),
+            )
             .await
             .map_err(WorkerError::Serve);
         if let Some(task) = metrics_task {
@@ -347,20 +382,6 @@ impl BoundWorker {
         info!("stopped");
         result
     }
-}
-
-/// Accepted connections with Nagle's algorithm off: small response messages
-/// must not wait for the peer's delayed ACK (the builder's `tcp_nodelay` does
-/// not reach sockets from a custom incoming stream).
-fn incoming(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use futures::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    })
 }
 
 #[cfg(test)]

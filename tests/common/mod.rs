@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chain;
+pub mod live;
 pub mod orch;
 pub mod remote_signer;
 

@@ -223,6 +223,8 @@ pub struct TestOrch {
     cert_dir: PathBuf,
     connections: Arc<Mutex<JoinSet<()>>>,
     accept: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the AI worker service is served.
+    ai_service: bool,
 }
 
 fn self_signed(dir: &Path) {
@@ -278,6 +280,16 @@ fn tls_config(dir: &Path) -> Arc<rustls::ServerConfig> {
 impl TestOrch {
     /// Starts on a free loopback port with a new self-signed certificate.
     pub async fn start(secret: &str, cert_dir: &Path) -> TestOrch {
+        TestOrch::start_with(secret, cert_dir, true).await
+    }
+
+    /// As go-livepeer after PR #4036: the transcoder service only, no AI
+    /// worker service (its RPCs answer UNIMPLEMENTED).
+    pub async fn start_without_ai_service(secret: &str, cert_dir: &Path) -> TestOrch {
+        TestOrch::start_with(secret, cert_dir, false).await
+    }
+
+    async fn start_with(secret: &str, cert_dir: &Path, ai_service: bool) -> TestOrch {
         self_signed(cert_dir);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut orch = TestOrch {
@@ -287,6 +299,7 @@ impl TestOrch {
             cert_dir: cert_dir.to_path_buf(),
             connections: Arc::new(Mutex::new(JoinSet::new())),
             accept: None,
+            ai_service,
         };
         orch.serve(listener);
         orch
@@ -306,10 +319,11 @@ impl TestOrch {
             .route("/transcodeResults", axum::routing::post(transcode_results))
             .route("/aiResults", axum::routing::post(ai_results))
             .with_state(Arc::clone(&self.shared));
-        let app = tonic::service::Routes::new(grpc)
-            .add_service(ai)
-            .into_axum_router()
-            .merge(http);
+        let mut routes = tonic::service::Routes::new(grpc);
+        if self.ai_service {
+            routes = routes.add_service(ai);
+        }
+        let app = routes.into_axum_router().merge(http);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(&self.cert_dir));
         let connections = Arc::clone(&self.connections);
         self.accept = Some(tokio::spawn(async move {
