@@ -157,3 +157,89 @@ fn short_bench_writes_a_consistent_report_summary_and_plots() {
         "the real-time curve is drawn in blue"
     );
 }
+
+/// `lpworker bench --live` on two tiny segments at their real cadence: the
+/// transcoding app's session over an in-process trickle server, every
+/// rendition's latency beside the offline transcode. Speed is not asserted.
+#[test]
+fn live_bench_reports_latency_per_rendition_beside_the_offline_transcode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "bench",
+            "--live",
+            "--segments",
+            "2",
+            "--live-size",
+            "320x180",
+        ])
+        .args(["--ladder", "P240p30fps16x9,P480p30fps16x9"])
+        .args(["--live-preset", "ultrafast", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "cpu");
+    assert_eq!(report["segments"], 2);
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(320), Some(180))
+    );
+    assert_eq!(report["real_time_cadence"], true);
+    assert_eq!(report["preset"], "ultrafast");
+    let offline = &report["offline_ms"];
+    assert_eq!(report["offline_samples_ms"].as_array().unwrap().len(), 2);
+    assert!(offline["p50"].as_f64().unwrap() > 0.0);
+    assert!(offline["p50"].as_f64().unwrap() <= offline["p99"].as_f64().unwrap());
+    let renditions = report["renditions"].as_array().unwrap();
+    assert_eq!(
+        renditions
+            .iter()
+            .map(|r| (
+                r["profile"].as_str().unwrap(),
+                r["width"].as_u64().unwrap(),
+                r["height"].as_u64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        // 854x480 from a 16:9 input of 320x180: lpms' sizing keeps the aspect.
+        [("P240p30fps16x9", 426, 240), ("P480p30fps16x9", 854, 480)]
+    );
+    for r in renditions {
+        assert_eq!(r["segments"], 2, "{r}");
+        let first = &r["first_byte_ms"];
+        let complete = &r["complete_ms"];
+        assert!(first["p50"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(first["p50"].as_f64().unwrap() <= first["p99"].as_f64().unwrap());
+        assert!(complete["p99"].as_f64().unwrap() >= first["p99"].as_f64().unwrap());
+        let ratio = r["ratio_p99"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{r}");
+        assert!(
+            (ratio - first["p99"].as_f64().unwrap() / offline["p99"].as_f64().unwrap()).abs()
+                < 1e-9
+        );
+        let samples = r["first_byte_samples_ms"].as_array().unwrap();
+        assert_eq!(samples.len(), 2);
+        assert!(samples.iter().all(|s| s.as_f64().is_some_and(|s| s > 0.0)));
+    }
+    let worst = renditions
+        .iter()
+        .map(|r| r["ratio_p99"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert_eq!(report["ratio_p99"].as_f64().unwrap(), worst);
+    assert_eq!(
+        report["within_target"].as_bool().unwrap(),
+        worst <= report["target_ratio"].as_f64().unwrap()
+    );
+    let rt = &report["realtime"];
+    assert_eq!(rt["segments"], 2);
+    let kept = rt["kept"].as_u64().unwrap();
+    assert!(kept <= 2);
+    assert!((rt["fraction"].as_f64().unwrap() - kept as f64 / 2.0).abs() < 1e-9);
+    let busy = report["mean_busy_fraction"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy.is_finite(), "{busy}");
+    // Two segments at their 2 s cadence take at least one period.
+    assert!(report["live_seconds"].as_f64().unwrap() >= 2.0);
+}

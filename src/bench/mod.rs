@@ -5,6 +5,7 @@
 
 pub mod hardware;
 pub mod input;
+pub mod live;
 pub mod report;
 pub mod trickle;
 

@@ -707,7 +707,7 @@ struct Window {
 /// user, nice, system and steal time. Interrupt time is left out: loopback
 /// traffic is received in softirqs, which are this run's own work but
 /// counted to no process.
-fn machine_cpu_seconds() -> Option<f64> {
+pub(super) fn machine_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let fields: Vec<f64> = stat
         .lines()

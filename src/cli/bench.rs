@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
+    /// With --live: the live transcoding app's preset (as `lpworker attach
+    /// --live-preset`, whose default it shares).
+    #[arg(long, default_value = "veryfast")]
+    pub live_preset: String,
     /// Benchmark an AI pipeline too: PIPELINE:MODEL_ID (repeatable).
     #[arg(long, value_name = "PIPELINE:MODEL")]
     pub ai: Vec<String>,
@@ -82,8 +86,30 @@ pub struct BenchArgs {
     /// independent streams do).
     #[arg(long, requires = "trickle")]
     pub aligned: bool,
-    /// Trickle: print the report as JSON.
-    #[arg(long, requires = "trickle")]
+    /// Instead, the live transcoding app's latency: input segments
+    /// published over trickle at their real cadence, time from an input
+    /// segment's last byte to each rendition's first byte, beside the
+    /// engine's offline transcode of the same segment; and whether one
+    /// stream keeps real time.
+    #[arg(long, conflicts_with_all = ["trickle", "gpu_kernels"])]
+    pub live: bool,
+    /// Live: input segments (2 s each).
+    #[arg(long, default_value_t = 10, requires = "live")]
+    pub segments: usize,
+    /// Live: the generated input's size, WIDTHxHEIGHT (30 fps).
+    #[arg(long, default_value = "1920x1080", value_parser = bench::live::parse_size, requires = "live")]
+    pub live_size: (u32, u32),
+    /// Live: the session's profiles (lpms' names, P480p30fps16x9 as 854x480
+    /// at 1.5 Mbit/s, or a -transcodingOptions JSON file).
+    #[arg(long, default_value = bench::live::DEFAULT_LADDER, requires = "live")]
+    pub ladder: String,
+    /// Live: publish each segment once the previous one's renditions are
+    /// complete instead of at the real cadence (the pipeline's own latency,
+    /// no backlog).
+    #[arg(long, requires = "live")]
+    pub as_fast_as_possible: bool,
+    /// Trickle and live: print the report as JSON.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -126,12 +152,55 @@ fn trickle(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn live(args: &BenchArgs) -> Result<()> {
+    if args.segments == 0 {
+        bail!("--segments must be at least 1");
+    }
+    let (profiles, session_profiles) = bench::live::ladder(&args.ladder)?;
+    let options = bench::live::Options {
+        segments: args.segments,
+        width: args.live_size.0,
+        height: args.live_size.1,
+        profiles,
+        session_profiles,
+        preset: args.live_preset.clone(),
+        as_fast_as_possible: args.as_fast_as_possible,
+        ..Default::default()
+    };
+    let caps = probe::probe();
+    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
+    let transcoder = Transcoder::new(backend);
+    let dir = std::env::temp_dir().join(format!("lpworker-bench-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let quiet = args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = bench::live::run(&options, &transcoder, &dir, &|step| {
+        if !quiet {
+            eprintln!("{step}…");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result.context("live bench")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.gpu_kernels {
         return gpu_kernels();
     }
     if args.trickle {
         return trickle(&args);
+    }
+    if args.live {
+        return live(&args);
+    }
+    if args.json {
+        bail!("--json goes with --trickle or --live");
     }
     if args.concurrency.contains(&0) {
         bail!("--concurrency levels must be at least 1");
