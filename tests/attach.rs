@@ -341,11 +341,21 @@ async fn bad_segments_post_errors_and_the_worker_stays_up() {
     orch.push(notify(orch.put_segment("bad", 4, vec![1; 10]), 4, vp8))
         .await;
 
+    // Only the orchestrator's own address is allowed beyond public ones.
+    orch.push(notify(
+        "http://169.254.169.254/latest/meta-data/".into(),
+        6,
+        p(),
+    ))
+    .await;
+
     for (task, expect) in [
         (1, "not a readable media container"),
-        (2, "404"),
+        // The status is not repeated back (the fetch policy says no more).
+        (2, "segment fetch failed"),
         (3, "incompatible segment capabilities"),
         (4, "VP8"),
+        (6, "segment URL refused: not a public address"),
     ] {
         let post = wait_result(&orch, task, Duration::from_secs(30)).await;
         assert_eq!(
@@ -632,4 +642,39 @@ async fn a_refusal_that_arrives_on_the_stream_is_still_a_refusal() {
         "logged as registered: {log:?}"
     );
     assert!(attach.alive());
+}
+
+/// go-livepeer 0.9 removes the AI worker service (PR #4036): the AI role
+/// says so once, with what to do instead, and retries quietly, while the
+/// transcoder role of the same process works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orchestrator_without_the_ai_worker_service_is_told_once() {
+    let dir = tempdir();
+    let orch = TestOrch::start_without_ai_service(SECRET, dir.path()).await;
+    let mut attach = Attach::start(
+        &orch,
+        SECRET,
+        &[
+            "--transcode",
+            "-aiModels",
+            "upscale:lpworker/nearest-2x:true",
+            "--models-dir",
+            "models",
+        ],
+    );
+    wait_registrations(&orch, 1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = attach.log.lock().unwrap().clone();
+    let told: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("no AI worker service"))
+        .collect();
+    assert_eq!(told.len(), 1, "{log:#?}");
+    assert!(told[0].contains("--live-runner"), "{}", told[0]);
+    assert!(
+        !log.iter().any(|l| l.contains("cannot register")),
+        "no retry noise: {log:#?}"
+    );
+    assert!(attach.alive());
+    assert_eq!(orch.registrations().len(), 1, "the transcoder registered");
 }

@@ -6,138 +6,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{insecure_http, line_field, ready_line, tempdir};
+use common::live::{discovery, free_port, python, sdk_script, Shim, SECRET};
+use common::{insecure_http, tempdir};
 use serde_json::{json, Value};
-
-const SECRET: &str = "bootstrap-secret";
-
-/// `lpworker orchestrator` hosting Live Runners only (no workers), with a
-/// 1 s heartbeat and a 3 s TTL so expiry is quick to see.
-struct Shim {
-    child: Child,
-    uri: String,
-    cli: String,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Shim {
-    fn start(extra: &[&str]) -> Shim {
-        let dir = tempdir();
-        let mut shim = Shim::start_in(dir.path(), 0, extra);
-        shim._dir = Some(dir);
-        shim
-    }
-
-    /// In `datadir`, on `port` (0: any), so a restart finds its state and
-    /// keeps its URLs.
-    fn start_in(datadir: &Path, port: u16, extra: &[&str]) -> Shim {
-        let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-            .args([
-                "orchestrator",
-                "--service-addr",
-                &addr,
-                "--http-addr",
-                &addr,
-                "--cli-addr",
-                "127.0.0.1:0",
-                "--use-live-runners",
-                "--orch-secret",
-                SECRET,
-                "--live-runner-heartbeat-interval",
-                "1",
-                "--live-runner-heartbeat-ttl",
-                "3",
-                "--datadir",
-            ])
-            .arg(datadir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("lpworker orchestrator starts");
-        let line = ready_line(&mut child);
-        if !line.starts_with("lpworker orchestrator listening") {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the shim did not start: {line:?}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if std::env::var_os("LPWORKER_TEST_LOGS").is_some() {
-                    eprintln!("[shim] {l}");
-                }
-            }
-        });
-        Shim {
-            uri: line_field(&line, "uri=").unwrap().to_string(),
-            cli: format!("http://{}", line_field(&line, "cli=").unwrap()),
-            child,
-            _dir: None,
-        }
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A child process killed when the test ends, passed or not.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A loopback port nothing listens on (for a process started later).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn python() -> std::path::PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
-    assert!(
-        python.exists(),
-        ".venv-sdk is missing: run `bash scripts/install-deps`"
-    );
-    python
-}
-
-fn sdk_script(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(name)
-}
-
-async fn discovery(http: &reqwest::Client, shim: &Shim) -> Vec<Value> {
-    let v: Value = http
-        .get(format!("{}/discovery", shim.uri))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v[0]["address"], shim.uri.as_str());
-    v[0]["runners"].as_array().cloned().unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_official_sdk_as_runner_and_gateway_through_the_shim() {
@@ -770,130 +646,6 @@ async fn a_restart_of_the_shim_keeps_live_sessions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_shim() {
-    let shim = Shim::start(&[]);
-    let http = insecure_http();
-    let port = free_port();
-    let runner_url = format!("http://127.0.0.1:{port}");
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .args([
-            "attach",
-            "--live-runner",
-            "-orchAddr",
-            &shim.uri,
-            "-orchSecret",
-            SECRET,
-        ])
-        .args([
-            "--runner-url",
-            &runner_url,
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args([
-            "--ai-models",
-            "upscale:lpworker/nearest-2x:true",
-            "--models-dir",
-        ])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("models"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = ready_line(&mut runner);
-    assert!(line.contains("apps=1"), "{line}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let app = loop {
-        let listed = discovery(&http, &shim).await;
-        if let Some(r) = listed
-            .iter()
-            .find(|r| r["app"] == "upscale/lpworker/nearest-2x")
-        {
-            break r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the runner's app is not listed: {listed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(app["mode"], "single-shot");
-    assert_eq!(app["version"], env!("CARGO_PKG_VERSION"));
-    // ai-runner's upscale route through the orchestrator's proxy.
-    let input = image::RgbImage::from_fn(12, 8, |x, y| {
-        image::Rgb([(x * 20) as u8, (y * 30) as u8, 5])
-    });
-    let png = lpworker::ai::media::encode_png(&input).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text("prompt", "x")
-        .text("model_id", "lpworker/nearest-2x")
-        .part(
-            "image",
-            reqwest::multipart::Part::bytes(png).file_name("in.png"),
-        );
-    let url = format!("{}/upscale", app["url"].as_str().unwrap());
-    let r = http.post(&url).multipart(form).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    let data_url = body["images"][0]["url"].as_str().unwrap();
-    let png = data_url.split_once("base64,").unwrap().1;
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(png)
-        .unwrap();
-    let out = image::load_from_memory(&bytes).unwrap().to_rgb8();
-    assert_eq!(out.dimensions(), (24, 16));
-    // A request without its image: ai-runner's 422, through the proxy.
-    let r = http
-        .post(&url)
-        .multipart(reqwest::multipart::Form::new().text("prompt", "x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-
-    // Paused past the TTL, the runner is forgotten; resumed, it registers
-    // again under the same ID.
-    let signal = |sig: &str| {
-        assert!(Command::new("kill")
-            .args([sig, &runner.id().to_string()])
-            .status()
-            .unwrap()
-            .success())
-    };
-    let before = app["url"].clone();
-    signal("-STOP");
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        discovery(&http, &shim).await.is_empty(),
-        "swept while paused"
-    );
-    signal("-CONT");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let listed = discovery(&http, &shim).await;
-        if let Some(r) = listed.first() {
-            assert_eq!(r["url"], before, "registered again under its own ID");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the runner did not register again"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // SIGTERM: the runner unregisters before it stops.
-    let ok = Command::new("kill")
-        .args(["-TERM", &runner.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    assert!(runner.wait().unwrap().success());
-    assert!(discovery(&http, &shim).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_shakes_hands_is_dropped() {
     use tokio::io::AsyncReadExt;
     let shim = Shim::start(&[]);
@@ -915,183 +667,48 @@ async fn a_connection_that_never_shakes_hands_is_dropped() {
     assert!(discovery(&insecure_http(), &shim).await.is_empty());
 }
 
+/// Beyond go-livepeer: a dynamic runner (anyone with the bootstrap secret)
+/// cannot point gateways' requests at the orchestrator's own listeners
+/// (the CLI port registers runners without credentials) or at link-local
+/// metadata services; runners on loopback or private addresses are fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_transcoding_session_over_trickle() {
-    use bytes::Bytes;
-    use lpworker::trickle::client::{http_client_builder, TricklePublisher, TrickleSubscriber};
+async fn a_dynamic_runner_cannot_target_the_orchestrator_itself() {
     let shim = Shim::start(&[]);
     let http = insecure_http();
-    let port = free_port();
-    // Its log outlives the test, for post-mortems.
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{port}.log"));
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .env("LPWORKER_LOG", "lpworker=debug")
-        .args([
-            "attach",
-            "--live-runner",
-            "--transcode",
-            "-orchAddr",
-            &shim.uri,
-        ])
-        .args([
-            "-orchSecret",
-            SECRET,
-            "--preset",
-            "veryfast",
-            "--max-sessions",
-            "2",
-        ])
-        .args(["--transcode-ladder", "P240p30fps16x9,P144p30fps16x9"])
-        .args(["--runner-url", &format!("http://127.0.0.1:{port}")])
-        .args(["--http-addr", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let line = ready_line(&mut runner);
-    let _runner = KillOnDrop(runner);
-    assert!(line.contains("apps=1"), "{line}; see {}", log.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let app = loop {
-        let listed = discovery(&http, &shim).await;
-        if let Some(r) = listed.first() {
-            break r.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the transcoding app is not listed"
+    let beat_url = format!("{}/runners/heartbeat", shim.uri);
+    let https = shim.uri.replace("https://", "http://");
+    for (target, why) in [
+        (shim.cli.clone(), "one of the orchestrator's own listeners"),
+        (
+            shim.cli.replace("127.0.0.1", "localhost"),
+            "one of the orchestrator's own listeners",
+        ),
+        (https, "one of the orchestrator's own listeners"),
+        (
+            "http://169.254.169.254/latest/meta-data".to_string(),
+            "a link-local address",
+        ),
+    ] {
+        let (status, body) = post_json(
+            &http,
+            &beat_url,
+            Some(SECRET),
+            &json!({"runner_url": target, "app": "evil/app", "capacity": 1}),
+        )
+        .await;
+        assert_eq!(
+            (status, body.trim()),
+            (400, format!("runner_url must not be {why}").as_str()),
+            "{target}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(app["app"], "transcode/P240p30fps16x9,P144p30fps16x9");
-    assert_eq!(app["mode"], "persistent");
-    assert_eq!(app["capacity"], 2);
-
-    // Reserve, then start the session: the app makes its channels.
-    let session: Value = http
-        .post(app["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let app_url = session["app_url"].as_str().unwrap();
-    let r = http
-        .post(format!("{app_url}/transcode"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let started: Value = r.json().await.unwrap();
-    assert_eq!(started["manifest_id"], session["session_id"]);
-    let renditions = started["renditions"].as_array().unwrap().clone();
-    assert_eq!(renditions.len(), 2);
-
-    // Three 1 s segments, a broken one among them; every good one comes
-    // back in every rendition under its own sequence number.
-    let dir = tempdir();
-    let client = http_client_builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let mut publisher =
-        TricklePublisher::new(client.clone(), started["publish_url"].as_str().unwrap());
-    publisher.start(0).await.unwrap();
-    let mut inputs = Vec::new();
-    for i in 0..3 {
-        let (_, bytes) = common::clip(
-            dir.path(),
-            &format!("in{i}"),
-            &common::Clip {
-                seconds: 1.0,
-                width: 640,
-                height: 360,
-                ..common::Clip::default()
-            },
-        );
-        inputs.push(bytes);
     }
-    for (i, bytes) in inputs.iter().enumerate() {
-        if i == 1 {
-            // Not MPEG-TS: reported and skipped.
-            assert_eq!(
-                publisher
-                    .write_segment(Bytes::from_static(b"garbage"))
-                    .await
-                    .unwrap(),
-                1
-            );
-        }
-        let seq = publisher
-            .write_segment(Bytes::from(bytes.clone()))
-            .await
-            .unwrap();
-        assert_eq!(seq, if i == 0 { 0 } else { i as i64 + 1 });
-    }
-    for (r, (w, h)) in renditions.iter().zip([(426, 240), (256, 144)]) {
-        let mut sub =
-            TrickleSubscriber::new(client.clone(), r["subscribe_url"].as_str().unwrap(), 0);
-        let mut seqs = Vec::new();
-        for _ in 0..4 {
-            let mut seg = tokio::time::timeout(Duration::from_secs(60), sub.next_segment())
-                .await
-                .expect("a rendition segment within a minute")
-                .unwrap()
-                .unwrap();
-            seqs.push(seg.seq());
-            let bytes = seg.read_all(16 << 20).await.unwrap();
-            if seg.seq() == 1 {
-                // The broken input: an empty segment keeps the numbering.
-                assert!(bytes.is_empty());
-                continue;
-            }
-            let path = dir
-                .path()
-                .join(format!("{}-{}.ts", r["name"].as_str().unwrap(), seg.seq()));
-            std::fs::write(&path, &bytes).unwrap();
-            let probed = common::ffprobe(&path);
-            assert_eq!((probed.width, probed.height), (w, h));
-            assert!((probed.fps - 30.0).abs() < 0.5, "{probed:?}");
-            assert!((28..=31).contains(&probed.frames), "{probed:?}");
-        }
-        // Sequence 1 was the broken input: skipped, not fatal.
-        assert_eq!(seqs, vec![0, 1, 2, 3]);
-    }
-    // The events channel reported the broken segment.
-    let mut events =
-        TrickleSubscriber::new(client.clone(), started["events_url"].as_str().unwrap(), 0);
-    let mut saw_error = false;
-    for _ in 0..8 {
-        let Ok(Ok(Some(mut seg))) =
-            tokio::time::timeout(Duration::from_secs(5), events.next_segment()).await
-        else {
-            break;
-        };
-        let event: Value = serde_json::from_slice(&seg.read_all(1 << 20).await.unwrap()).unwrap();
-        if event["type"] == "error" && event["seq"] == 1 {
-            saw_error = true;
-            break;
-        }
-    }
-    assert!(
-        saw_error,
-        "the broken segment was reported on the events channel"
-    );
-
-    // Stopping the session closes its channels; the runner keeps serving.
-    let r = http
-        .post(format!("{}/stop", session["control_url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = http
-        .get(format!("{}/next", started["publish_url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert_eq!(discovery(&http, &shim).await[0]["capacity_used"], 0);
+    assert!(discovery(&http, &shim).await.is_empty());
+    let (status, body) = post_json(
+        &http,
+        &beat_url,
+        Some(SECRET),
+        &json!({"runner_url": format!("http://127.0.0.1:{}", free_port()), "app": "fine/app", "capacity": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
 }

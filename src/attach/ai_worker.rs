@@ -14,7 +14,7 @@ use super::results::{AiResult, ResultPoster};
 use super::{session, AttachConfig};
 use crate::ai::{AiError, PipelineKind, PipelineOutput, PipelineRequest, Registry};
 use crate::proto::lp_rpc;
-use crate::worker::fetch::Fetcher;
+use crate::worker::fetch::{AddressPolicy, Fetcher};
 
 /// What the worker advertises: one capability per served pipeline, and for
 /// each model its warm flag and capacity (go-livepeer's per-capability model
@@ -26,7 +26,10 @@ pub fn capabilities(registry: &Registry, version: &str) -> lp_rpc::Capabilities 
     let mut per_capability: BTreeMap<u32, CapabilityConstraints> = BTreeMap::new();
     let mut capacities: BTreeMap<u32, u32> = BTreeMap::new();
     for e in registry.entries() {
-        let cap = e.pipeline.kind().capability();
+        // lpworker's own pipelines have no go-livepeer capability.
+        let Some(cap) = e.pipeline.kind().capability() else {
+            continue;
+        };
         per_capability.entry(cap).or_default().models.insert(
             e.pipeline.model_id().to_string(),
             ModelConstraint {
@@ -73,7 +76,12 @@ struct JobRequest {
 
 pub async fn run(config: AttachConfig, registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
     let poster = ResultPoster::new(&config.orch_addr, &config.orch_secret);
-    let fetcher = Fetcher::new(Duration::from_secs(30), config.max_segment_bytes, true);
+    let fetcher = Fetcher::new(
+        Duration::from_secs(30),
+        config.max_segment_bytes,
+        true,
+        AddressPolicy::new(config.fetch_allow.clone()),
+    );
     let caps = capabilities(&registry, &config.livepeer_version);
     let hardware = hardware(&registry);
     let register = || async {

@@ -27,6 +27,9 @@ pub struct AttachConfig {
     pub livepeer_version: String,
     pub preset: String,
     pub max_segment_bytes: usize,
+    /// Non-public addresses segment and input URLs may be fetched from: the
+    /// orchestrator's own, which serves its segments, and `--fetch-allow`.
+    pub fetch_allow: Vec<crate::worker::fetch::Cidr>,
     /// How long a shutdown waits for jobs in flight.
     pub drain_timeout: Duration,
 }

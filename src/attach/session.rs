@@ -21,12 +21,67 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// A job stream quiet this long after it opened is taken as registered.
 const OPEN_AFTER: Duration = Duration::from_secs(1);
 
+/// Jobs running at once, at most. The orchestrator sends no more than the
+/// registered capacity; one that sends more waits for a job to finish before
+/// the next is read off the stream.
+pub const MAX_JOBS_IN_FLIGHT: usize = 256;
+
+/// The jobs in flight: finished ones are reaped as new ones come (a
+/// registration may last days), and at most `max` run at once.
+struct Jobs {
+    set: JoinSet<()>,
+    max: usize,
+}
+
+impl Jobs {
+    fn new(max: usize) -> Self {
+        Self {
+            set: JoinSet::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// Reaps finished jobs, then waits while `max` are still running.
+    async fn make_room(&mut self) {
+        while self.set.try_join_next().is_some() {}
+        while self.set.len() >= self.max {
+            self.set.join_next().await;
+        }
+    }
+
+    fn spawn<F: Future<Output = ()> + Send + 'static>(&mut self, task: F) {
+        self.set.spawn(task);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+}
+
+/// An orchestrator without the service asked for: go-livepeer 0.9 removes
+/// the AI worker service (PR #4036) in favour of Live Runners.
+pub fn is_missing_service(status: &Status) -> bool {
+    status.code() == Code::Unimplemented
+}
+
 /// go-livepeer's fatal registration errors, matched on the message text as
 /// its own workers do.
 pub fn is_refusal(status: &Status) -> bool {
     status.message().contains("invalid secret")
         || status.message().contains("zero capacity")
         || status.code() == Code::Unauthenticated
+}
+
+fn missing_service_advice(role: &str) -> String {
+    if role == "ai-worker" {
+        "the orchestrator has no AI worker service (go-livepeer 0.9 replaced remote AI workers \
+         with Live Runners): attach with --live-runner --runner-url URL instead; retrying \
+         quietly every minute"
+            .into()
+    } else {
+        format!("the orchestrator has no {role} service; retrying quietly every minute")
+    }
 }
 
 /// A gRPC channel to the orchestrator over TLS (its self-signed certificate
@@ -59,10 +114,13 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
     OnJob: FnMut(T) -> Option<JobFut>,
     JobFut: Future<Output = ()> + Send + 'static,
 {
-    let mut jobs = JoinSet::new();
+    let mut jobs = Jobs::new(MAX_JOBS_IN_FLIGHT);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    // Said once: an orchestrator that lacks the service lacks it until
+    // upgraded or replaced, and every retry would say the same.
+    let mut said_missing_service = false;
     'connect: while !*shutdown.borrow() {
-        while jobs.try_join_next().is_some() {}
+        while jobs.set.try_join_next().is_some() {}
         let stream = tokio::select! {
             r = register() => r,
             _ = shutdown.changed() => break,
@@ -70,7 +128,13 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
         let mut stream = match stream {
             Ok(s) => s,
             Err(status) => {
-                let wait = if is_refusal(&status) {
+                let wait = if is_missing_service(&status) {
+                    if !said_missing_service {
+                        said_missing_service = true;
+                        error!(orch = %orch_addr, role, reason = status.message(), "{}", missing_service_advice(role));
+                    }
+                    REFUSED_RETRY
+                } else if is_refusal(&status) {
                     error!(orch = %orch_addr, role, reason = status.message(), "orchestrator refused registration; check -orchSecret and the capacity; retrying in {:?}", REFUSED_RETRY);
                     REFUSED_RETRY
                 } else {
@@ -93,7 +157,13 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
             _ = shutdown.changed() => break 'connect,
         };
         if let Some(Err(status)) = &first {
-            let wait = if is_refusal(status) {
+            let wait = if is_missing_service(status) {
+                if !said_missing_service {
+                    said_missing_service = true;
+                    error!(orch = %orch_addr, role, reason = status.message(), "{}", missing_service_advice(role));
+                }
+                REFUSED_RETRY
+            } else if is_refusal(status) {
                 error!(orch = %orch_addr, role, reason = status.message(), "orchestrator refused registration; check -orchSecret and the capacity; retrying in {:?}", REFUSED_RETRY);
                 REFUSED_RETRY
             } else {
@@ -119,6 +189,10 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
             match message {
                 Ok(Some(job)) => {
                     if let Some(task) = on_job(job) {
+                        tokio::select! {
+                            _ = jobs.make_room() => {},
+                            _ = shutdown.changed() => break 'connect,
+                        }
                         jobs.spawn(task);
                     }
                 }
@@ -138,6 +212,7 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
             _ = shutdown.changed() => break,
         }
     }
+    let mut jobs = jobs.set;
     if !jobs.is_empty() {
         info!(role, jobs = jobs.len(), "finishing jobs in flight");
         let drained = tokio::time::timeout(drain_timeout, async {
@@ -151,5 +226,53 @@ pub async fn serve_jobs<T, Reg, RegFut, OnJob, JobFut>(
                 "drain timeout: abandoning jobs in flight"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A long registration with many short jobs keeps no finished ones.
+    #[tokio::test]
+    async fn finished_jobs_are_reaped_as_new_ones_come() {
+        let mut jobs = Jobs::new(MAX_JOBS_IN_FLIGHT);
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..20_000 {
+            jobs.make_room().await;
+            let done = Arc::clone(&done);
+            jobs.spawn(async move {
+                done.fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(jobs.len() <= MAX_JOBS_IN_FLIGHT);
+            tokio::task::yield_now().await;
+        }
+        jobs.make_room().await;
+        assert!(jobs.len() < 100, "{} jobs kept", jobs.len());
+    }
+
+    /// Past the cap, the next job waits for a running one to finish.
+    #[tokio::test]
+    async fn jobs_beyond_the_cap_wait() {
+        let mut jobs = Jobs::new(2);
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        for _ in 0..2 {
+            let mut rx = release_rx.clone();
+            jobs.make_room().await;
+            jobs.spawn(async move {
+                let _ = rx.wait_for(|r| *r).await;
+            });
+        }
+        assert_eq!(jobs.len(), 2);
+        let waited = tokio::time::timeout(Duration::from_millis(100), jobs.make_room()).await;
+        assert!(waited.is_err(), "a third job must wait");
+        release_tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), jobs.make_room())
+            .await
+            .expect("room once a job finished");
+        assert!(jobs.len() < 2);
     }
 }

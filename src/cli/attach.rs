@@ -4,11 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tracing::info;
+use tracing::{info, warn};
 
 use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
 use lpworker::video::probe::{self, BackendChoice, GpuSelection};
 use lpworker::video::Transcoder;
+use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, WorkerConfig};
 
@@ -42,13 +43,31 @@ pub struct AttachArgs {
     pub ai: bool,
     #[command(flatten)]
     pub models: super::serve::AiArgs,
-    /// Also serve the lpworker gRPC Worker API on this address.
+    /// Also serve the lpworker gRPC Worker API on this address. A
+    /// non-loopback one needs --auth-secret, or --insecure-public.
     #[arg(long, value_name = "ADDR")]
     pub serve: Option<SocketAddr>,
+    /// With --serve: the secret callers send as `authorization: Bearer <secret>`.
+    #[arg(long, env = "LPWORKER_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// With --serve: serve a non-loopback address with no secret, open to
+    /// anyone who reaches it.
+    #[arg(long)]
+    pub insecure_public: bool,
     /// go-livepeer version whose protocol is spoken, sent in capabilities so
     /// orchestrators and gateways with a minimum version accept this worker.
     #[arg(long, default_value = "0.9.1")]
     pub livepeer_version: String,
+    /// Non-public addresses segment and input URLs may be fetched from, as
+    /// CIDRs (repeatable or comma-separated); the orchestrator's own address
+    /// always may. Only public addresses are by default.
+    #[arg(
+        long,
+        value_name = "CIDR",
+        value_delimiter = ',',
+        env = "LPWORKER_FETCH_ALLOW"
+    )]
+    pub fetch_allow: Vec<Cidr>,
     /// Which backend transcodes.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
     pub backend: BackendChoice,
@@ -77,6 +96,16 @@ pub struct AttachArgs {
     /// require one).
     #[arg(long)]
     pub price_usd_per_hour: Option<String>,
+    /// With --live-runner: the GPU (its index, as nvidia-smi numbers them)
+    /// reported in registrations; the first one found by default.
+    #[arg(long, value_name = "ID")]
+    pub gpu: Option<u32>,
+    /// With --live-runner --transcode: the x264/x265 preset of live
+    /// sessions. A live stream must keep real time: at `medium` a 1080p30
+    /// stream to three renditions takes ~1.6 s per second of video on two
+    /// cores (`lpworker bench --live`), at `veryfast` ~0.8 s.
+    #[arg(long, default_value = "veryfast")]
+    pub live_preset: String,
     /// With --live-runner: the renditions of the live transcoding app
     /// (`transcode/LADDER`), go-livepeer profile names or a JSON file.
     #[arg(long, default_value = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9")]
@@ -92,6 +121,18 @@ pub fn run(args: AttachArgs) -> Result<()> {
     }
     if !(args.drain_timeout > 0.0 && args.drain_timeout.is_finite()) {
         bail!("--drain-timeout must be a positive number of seconds");
+    }
+    if args.auth_secret.as_deref() == Some("") {
+        bail!("--auth-secret must not be empty");
+    }
+    if let Some(addr) = args.serve {
+        super::serve::check_exposure(
+            "--serve",
+            addr,
+            args.auth_secret.is_some(),
+            "--auth-secret (LPWORKER_AUTH_SECRET)",
+            args.insecure_public,
+        )?;
     }
     if args.live_runner {
         return live_runner(args);
@@ -117,6 +158,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
         preset: args.preset.clone(),
         max_segment_bytes: 300_000_000,
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+        fetch_allow: with_orchestrator(&args.orch_addr, &args.fetch_allow),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -137,13 +179,14 @@ pub fn run(args: AttachArgs) -> Result<()> {
                     backend: args.backend,
                     nvidia: args.nvidia.clone(),
                     tls: None,
-                    auth_secret: None,
+                    auth_secret: args.auth_secret.clone(),
                     fetch_insecure: false,
+                    fetch_allow: args.fetch_allow.clone(),
                     ai: registry.as_ref().map(|r| AiServing {
                         registry: std::sync::Arc::clone(r),
                         http_addr: None,
                         auth_token: None,
-                        max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+                        max_body: lpworker::ai_runner_api::DEFAULT_MAX_BODY,
                     }),
                 })
                 .await?;
@@ -177,6 +220,38 @@ pub fn run(args: AttachArgs) -> Result<()> {
     })
 }
 
+/// `--fetch-allow` plus the orchestrator's own addresses: go-livepeer
+/// orchestrators hand out segment URLs on their own host, which may well be a
+/// private one. Resolved once, at start.
+fn with_orchestrator(orch_addr: &str, allow: &[Cidr]) -> Vec<Cidr> {
+    use std::net::ToSocketAddrs;
+    let mut allow = allow.to_vec();
+    let host_port = if orch_addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        orch_addr.to_string()
+    } else {
+        format!("{orch_addr}:0")
+    };
+    match host_port.to_socket_addrs() {
+        Ok(addrs) => {
+            for a in addrs {
+                let cidr = Cidr::host(a.ip());
+                if !allow.contains(&cidr) {
+                    allow.push(cidr);
+                }
+            }
+        }
+        Err(e) => warn!(
+            orch = orch_addr,
+            error = %e,
+            "cannot resolve the orchestrator's address: segment URLs on its host are fetched only if public"
+        ),
+    }
+    allow
+}
+
 /// `--live-runner`: the AI models as single-shot Live Runner apps, and
 /// with --transcode the live transcoding app.
 fn live_runner(args: AttachArgs) -> Result<()> {
@@ -193,7 +268,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
             app: lpworker::runner::transcode::TranscodeApp::new(
                 std::sync::Arc::new(Transcoder::new(backend)),
                 ladder,
-                args.preset.clone(),
+                args.live_preset.clone(),
             ),
             capacity: args.max_sessions,
         })
@@ -215,14 +290,20 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         )),
     };
     let probe = probe::probe();
-    let gpu = probe
-        .gpus
-        .first()
-        .map(|g| lpworker::live_runner::wire::GpuInfo {
-            id: g.index.to_string(),
-            name: g.name.clone(),
-            vram_mb: (g.memory_bytes >> 20) as i64,
-        });
+    let gpu = match args.gpu {
+        Some(id) => Some(probe.gpus.iter().find(|g| g.index == id).with_context(|| {
+            format!(
+                "--gpu {id}: no such GPU (found: {:?})",
+                probe.gpus.iter().map(|g| g.index).collect::<Vec<_>>()
+            )
+        })?),
+        None => probe.gpus.first(),
+    };
+    let gpu = gpu.map(|g| lpworker::live_runner::wire::GpuInfo {
+        id: g.index.to_string(),
+        name: g.name.clone(),
+        vram_mb: (g.memory_bytes >> 20) as i64,
+    });
     let config = lpworker::runner::RunnerConfig {
         orchestrator: args.orch_addr.clone(),
         secret: args.orch_secret.clone(),
@@ -230,7 +311,8 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         http_addr,
         price_usd_per_hour: args.price_usd_per_hour.clone(),
         gpu,
-        max_body: lpworker::ai::http::DEFAULT_MAX_BODY,
+        max_body: lpworker::ai_runner_api::DEFAULT_MAX_BODY,
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

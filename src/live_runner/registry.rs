@@ -56,6 +56,9 @@ pub struct RegistryConfig {
     pub proxy_template: ProxyTemplate,
     /// Most dynamic runners registered at once.
     pub max_dynamic_runners: usize,
+    /// The orchestrator's own listeners: no dynamic runner may be reached
+    /// at one (see [`spec::forbidden_target`]).
+    pub own_addrs: Vec<std::net::SocketAddr>,
 }
 
 impl RegistryConfig {
@@ -72,6 +75,7 @@ impl RegistryConfig {
                 .expect("the default template is valid"),
             service_uri,
             max_dynamic_runners: 1024,
+            own_addrs: Vec::new(),
         }
     }
 }
@@ -565,6 +569,9 @@ impl Registry {
                 on_chain: self.config.on_chain,
             },
         )?;
+        if let Some(why) = spec::forbidden_target(&spec.runner_url, &self.config.own_addrs) {
+            return Err(SpecError::RunnerUrlTarget(why).into());
+        }
         let id = decl.runner_id.trim();
         let now = Instant::now();
         let mut state = self.lock();

@@ -96,6 +96,8 @@ pub enum SpecError {
     NoApp,
     #[error("invalid runner_url: {0}")]
     RunnerUrl(String),
+    #[error("runner_url must not be {0}")]
+    RunnerUrlTarget(&'static str),
     #[error("health_url is required")]
     NoHealthUrl,
     #[error("invalid health_url: {0}")]
@@ -122,6 +124,52 @@ pub enum SpecError {
     Status,
     #[error("price_info: {0}")]
     Price(#[from] PriceError),
+}
+
+/// Why a dynamic runner may not be reached at `url`, if it may not: a
+/// runner registers with nothing but the bootstrap secret, and gateways'
+/// requests then go where it says. Private and loopback addresses are
+/// where runners normally live (go-livepeer allows any), but link-local
+/// ones are cloud metadata services, and the orchestrator's own listeners
+/// (`own`: the CLI port's `/registerLiveRunners` has no credentials, as in
+/// go-livepeer) must not be reachable through its own proxy.
+pub fn forbidden_target(url: &Url, own: &[std::net::SocketAddr]) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let port = url.port_or_known_default()?;
+    let host = url.host_str()?;
+    let ip = match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        Ok(IpAddr::V6(v6)) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        Ok(v4) => v4,
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            } else {
+                // A name is resolved when proxied; the proxy reaches only
+                // this runner's host, whatever it resolves to.
+                return None;
+            }
+        }
+    };
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    if link_local {
+        return Some("a link-local address");
+    }
+    let local = ip.is_loopback() || ip.is_unspecified();
+    let ours = own
+        .iter()
+        .any(|a| a.port() == port && (a.ip() == ip || local || a.ip().is_unspecified()));
+    ours.then_some("one of the orchestrator's own listeners")
 }
 
 /// An absolute http(s) URL with a host.
@@ -276,6 +324,35 @@ pub fn check(decl: &RunnerDecl, rules: Rules) -> Result<RunnerSpec, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runner_targets_the_orchestrator_or_metadata_are_refused() {
+        let own: Vec<std::net::SocketAddr> = vec![
+            "127.0.0.1:7935".parse().unwrap(),
+            "0.0.0.0:8935".parse().unwrap(),
+        ];
+        let t = |u: &str| forbidden_target(&Url::parse(u).unwrap(), &own);
+        assert_eq!(
+            t("http://127.0.0.1:7935/"),
+            Some("one of the orchestrator's own listeners")
+        );
+        assert!(t("http://localhost:7935").is_some());
+        assert!(t("http://[::1]:8935").is_some());
+        assert!(t("http://[::ffff:127.0.0.1]:7935").is_some());
+        assert!(
+            t("https://10.0.0.1:8935").is_some(),
+            "any address of a listener on 0.0.0.0"
+        );
+        assert_eq!(
+            t("http://169.254.169.254/latest"),
+            Some("a link-local address")
+        );
+        assert!(t("http://[fe80::1]:80").is_some());
+        // Where runners live: loopback and private addresses on other ports.
+        assert_eq!(t("http://127.0.0.1:9000"), None);
+        assert_eq!(t("http://10.0.0.5:7935"), None);
+        assert_eq!(t("http://runner.internal:8935"), None);
+    }
 
     fn decl(json: serde_json::Value) -> RunnerDecl {
         serde_json::from_value(json).unwrap()

@@ -109,6 +109,9 @@ pub struct ChannelInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub runner_id: String,
+    /// Go's `omitempty`: absent when the orchestrator has no runner-facing
+    /// address configured.
+    #[serde(default)]
     pub orchestrator: String,
     /// Go durations (`5s`, `20s`).
     pub heartbeat_interval: String,
@@ -118,8 +121,14 @@ pub struct HeartbeatResponse {
     pub heartbeat_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub o2r: Option<ChannelInfo>,
-    /// The sessions the orchestrator holds for this runner, oldest first.
+    /// The sessions the orchestrator holds for this runner, oldest first
+    /// (a Go nil slice arrives as `null`).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub session_ids: Vec<String>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One O2R message: a keepalive or a session event.
@@ -230,6 +239,19 @@ pub mod headers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What go-livepeer's `LiveRunnerHeartbeatResponse` marshals to with
+    /// no `-liveRunnerAddr` and a nil session list.
+    #[test]
+    fn heartbeat_answers_with_go_omissions_parse() {
+        let answer: HeartbeatResponse = serde_json::from_str(
+            r#"{"runner_id":"r1","heartbeat_interval":"5s","heartbeat_ttl":"20s","session_ids":null}"#,
+        )
+        .unwrap();
+        assert_eq!(answer.orchestrator, "");
+        assert!(answer.session_ids.is_empty());
+        assert!(answer.heartbeat_secret.is_none() && answer.o2r.is_none());
+    }
 
     #[test]
     fn o2r_messages_are_go_livepeers_json() {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::ai::Registry as Models;
 use crate::live_runner::wire::{GpuInfo, PriceInfoDecl, RunnerDecl};
-pub use registration::{Registered, Registration, RegistrationError};
+pub use registration::{Registered, Registration, RegistrationError, SessionEvent};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -31,6 +31,8 @@ pub struct RunnerConfig {
     pub price_usd_per_hour: Option<String>,
     pub gpu: Option<GpuInfo>,
     pub max_body: usize,
+    /// How long a shutdown waits for work in flight before cutting it.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// A bound runner: its HTTP server and one registration per app.
@@ -38,6 +40,44 @@ pub struct BoundRunner {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     pub registrations: Vec<Arc<Registration>>,
+    transcode: Option<Arc<transcode::TranscodeApp>>,
+    drain_timeout: std::time::Duration,
+}
+
+/// An AI app's price: its aiModels entry's when that is in US dollars
+/// (`"currency": "USD"`, `price_per_unit` per hour of a session), else the
+/// runner's --price-usd-per-hour.
+fn app_price(config: &RunnerConfig, model: &crate::ai::config::AiModelConfig) -> Option<String> {
+    match &model.price_per_unit {
+        Some(p) if model.currency.eq_ignore_ascii_case("usd") => Some(rational_text(p.num, p.den)),
+        _ => config.price_usd_per_hour.clone(),
+    }
+}
+
+/// A rational as go-livepeer's `big.Rat.SetString` reads it: a decimal
+/// when it has one ("0.5"), else a fraction ("1/3").
+fn rational_text(num: u128, den: u128) -> String {
+    let places = (0..=18u32).find(|&k| 10u128.pow(k) % den == 0);
+    match places {
+        Some(0) => (num / den).to_string(),
+        Some(k) => {
+            let scaled = num * (10u128.pow(k) / den);
+            let unit = 10u128.pow(k);
+            let frac = format!("{:0width$}", scaled % unit, width = k as usize);
+            format!("{}.{}", scaled / unit, frac.trim_end_matches('0'))
+                .trim_end_matches('.')
+                .to_string()
+        }
+        None => format!("{num}/{den}"),
+    }
+}
+
+/// What an orchestrator operator sees of an app besides its name (JSON,
+/// well under go-livepeer's 1024 bytes).
+fn metadata(value: serde_json::Value) -> String {
+    let text = value.to_string();
+    debug_assert!(text.len() <= 1024);
+    text
 }
 
 /// The declaration of one app: single-shot (a request is a session), at
@@ -82,23 +122,32 @@ impl BoundRunner {
         if let Some(models) = models {
             registrations.extend(models.entries().iter().map(|e| {
                 let app = format!("{}/{}", e.pipeline.kind().name(), e.pipeline.model_id());
-                Registration::new(
-                    &config.orchestrator,
-                    &config.secret,
-                    declaration(config, app, e.capacity),
-                )
+                let mut decl = declaration(config, app, e.capacity);
+                decl.price_info = app_price(config, &e.config).map(|price| PriceInfoDecl {
+                    price: serde_json::Value::String(price),
+                    currency: "usd".into(),
+                    unit: "hour".into(),
+                });
+                decl.metadata = metadata(serde_json::json!({
+                    "pipeline": e.pipeline.kind().name(),
+                    "model_id": e.pipeline.model_id(),
+                    "runtime": e.pipeline.runtime(),
+                }));
+                Registration::new(&config.orchestrator, &config.secret, decl)
             }));
-            router =
-                router.merge(crate::ai::http::AiHttp::new(models, None).router(config.max_body));
+            router = router
+                .merge(crate::ai_runner_api::AiHttp::new(models, None).router(config.max_body));
         } else {
             router = router.route(
                 "/health",
                 axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "OK"})) }),
             );
         }
+        let transcode = transcoding.as_ref().map(|t| t.app.clone());
         if let Some(t) = transcoding {
             let mut decl = declaration(config, t.app.app_name(), t.capacity);
             decl.mode = "persistent".into();
+            decl.metadata = metadata(t.app.metadata());
             let registration = Registration::new(&config.orchestrator, &config.secret, decl);
             spawn_reconciler(registration.clone(), t.app.clone());
             registrations.push(registration);
@@ -108,6 +157,8 @@ impl BoundRunner {
             listener,
             router,
             registrations,
+            transcode,
+            drain_timeout: config.drain_timeout,
         })
     }
 
@@ -115,30 +166,73 @@ impl BoundRunner {
         self.listener.local_addr().expect("bound socket")
     }
 
-    /// Registers every app, then serves until `stop` resolves; the apps
-    /// are unregistered first and requests in flight then finish.
+    /// Registers every app, then serves until `stop` is cancelled. Then it
+    /// drains: every app is reported `draining` at once (hidden, so no new
+    /// request or session comes), requests and live sessions in flight get
+    /// up to the drain timeout to finish (live sessions left are stopped),
+    /// and only then are the apps unregistered, which releases their
+    /// sessions at the orchestrator.
     pub async fn run(self, stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
         for r in &self.registrations {
             if let Err(e) = r.register().await {
                 tracing::warn!(error = %e, "Live Runner registration failed; retrying at each heartbeat");
             }
         }
+        let drained = tokio_util::sync::CancellationToken::new();
         let beats: Vec<_> = self
             .registrations
             .iter()
             .map(|r| {
-                let stop = stop.clone();
-                tokio::spawn(r.clone().run(async move { stop.cancelled().await }))
+                let drained = drained.clone();
+                tokio::spawn(r.clone().run(async move { drained.cancelled().await }))
             })
             .collect();
-        let serving = {
-            let stop = stop.clone();
-            axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let hidden = {
+            let (stop, registrations) = (stop.clone(), self.registrations.clone());
+            async move {
                 stop.cancelled().await;
-                // Unregistered first, so no new request is routed here.
-            })
+                tracing::info!("draining: hiding every app from new work");
+                for r in &registrations {
+                    if let Err(e) = r.announce_status("draining").await {
+                        tracing::warn!(error = %e, "could not report draining");
+                    }
+                }
+            }
         };
-        let result = serving.await;
+        let serving = axum::serve(self.listener, self.router).with_graceful_shutdown(hidden);
+        let sessions_done = {
+            let (stop, app) = (stop.clone(), self.transcode.clone());
+            async move {
+                stop.cancelled().await;
+                while app.as_ref().is_some_and(|a| !a.session_ids().is_empty()) {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let drain_timeout = self.drain_timeout;
+        let result = {
+            let drain = async {
+                let (served, ()) = tokio::join!(serving, sessions_done);
+                served
+            };
+            tokio::pin!(drain);
+            tokio::select! {
+                r = &mut drain => r,
+                _ = async {
+                    stop.cancelled().await;
+                    tokio::time::sleep(drain_timeout).await;
+                } => {
+                    tracing::warn!(?drain_timeout, "drain timed out: stopping the work left");
+                    if let Some(app) = &self.transcode {
+                        for sid in app.session_ids() {
+                            app.stop_session(&sid);
+                        }
+                    }
+                    Ok(())
+                }
+            }
+        };
+        drained.cancel();
         for b in beats {
             let _ = b.await;
         }
@@ -147,14 +241,27 @@ impl BoundRunner {
 }
 
 /// Keeps a persistent app's sessions in line with the orchestrator's:
-/// reports what it works on in each beat, and stops work on sessions each
-/// heartbeat answer no longer lists.
+/// reports what it works on in each beat, stops a session the O2R channel
+/// says was released, and stops work on sessions each heartbeat answer no
+/// longer lists (O2R messages can be dropped: the answer is the backstop).
 fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::TranscodeApp>) {
     let mut answers = registration.subscribe();
+    let mut events = registration.session_events();
     tokio::spawn(async move {
         loop {
             registration.set_local_sessions(app.session_ids());
             tokio::select! {
+                event = events.recv() => match event {
+                    Ok(SessionEvent::Released(sid)) => app.stop_session(&sid),
+                    Ok(SessionEvent::Lost) => {
+                        for sid in app.session_ids() {
+                            app.stop_session(&sid);
+                        }
+                    }
+                    Ok(SessionEvent::Reserved(_))
+                    | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
                 changed = answers.changed() => {
                     if changed.is_err() {
                         return;
@@ -171,4 +278,42 @@ fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::Transco
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prices_read_as_go_livepeer_parses_them() {
+        assert_eq!(rational_text(3, 1), "3");
+        assert_eq!(rational_text(5, 10), "0.5");
+        assert_eq!(rational_text(125, 100), "1.25");
+        assert_eq!(rational_text(1, 3), "1/3");
+        assert_eq!(rational_text(0, 1), "0");
+    }
+
+    #[test]
+    fn an_apps_usd_price_is_its_own_else_the_runners() {
+        let config = RunnerConfig {
+            orchestrator: "o:1".into(),
+            secret: "s".into(),
+            runner_url: "http://r:1".into(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            price_usd_per_hour: Some("0.25".into()),
+            gpu: None,
+            max_body: 1,
+            drain_timeout: std::time::Duration::from_secs(1),
+        };
+        let model = |json: &str| -> crate::ai::config::AiModelConfig {
+            serde_json::from_str(json).unwrap()
+        };
+        let own = model(
+            r#"{"pipeline":"upscale","model_id":"m","price_per_unit":"0.5","currency":"USD"}"#,
+        );
+        assert_eq!(app_price(&config, &own).as_deref(), Some("0.5"));
+        // Wei prices are the shim's business, not a runner's USD price.
+        let wei = model(r#"{"pipeline":"upscale","model_id":"m","price_per_unit":7}"#);
+        assert_eq!(app_price(&config, &wei).as_deref(), Some("0.25"));
+    }
 }

@@ -4,15 +4,23 @@
 //! the interval the orchestrator names, register again under the same ID
 //! when the orchestrator no longer knows the runner (go-livepeer answers
 //! 401 after a sweep, its documentation says 404: both are taken), and
-//! unregister when told to stop.
+//! unregister when told to stop. The orchestrator-to-runner (O2R) channel
+//! each registration opens is read from its first segment, so that a
+//! session the orchestrator releases stops here at once instead of at the
+//! next heartbeat answer.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::live_runner::wire::{HeartbeatResponse, RunnerDecl};
+use crate::live_runner::wire::{ChannelInfo, HeartbeatResponse, O2rMessage, RunnerDecl};
+use crate::trickle::client::TrickleSubscriber;
+
+/// Largest O2R message read: go-livepeer's are under 200 bytes.
+const MAX_O2R_MESSAGE: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistrationError {
@@ -26,6 +34,16 @@ pub enum RegistrationError {
     Http(#[from] reqwest::Error),
     #[error("the orchestrator's answer is not a heartbeat response: {0}")]
     Answer(String),
+}
+
+/// A session event the orchestrator sent on the O2R channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    Reserved(String),
+    Released(String),
+    /// No heartbeat has succeeded for longer than the TTL: the orchestrator
+    /// has swept this runner and released every session it held, or is gone.
+    Lost,
 }
 
 /// What the orchestrator last said about this runner.
@@ -48,8 +66,15 @@ pub struct Registration {
     /// The heartbeat secret, once registered.
     heartbeat_secret: Mutex<Option<String>>,
     interval: Mutex<Duration>,
+    /// The orchestrator's TTL, and when a beat last succeeded.
+    ttl: Mutex<Duration>,
+    last_ok: Mutex<Option<std::time::Instant>>,
     /// Sessions this runner is working on, reported in each beat.
     local_sessions: Mutex<BTreeSet<String>>,
+    /// Session events read from the O2R channel.
+    events: broadcast::Sender<SessionEvent>,
+    /// The reader of the current registration's O2R channel.
+    o2r_reader: Mutex<Option<CancellationToken>>,
 }
 
 fn go_duration(text: &str) -> Option<Duration> {
@@ -79,8 +104,47 @@ impl Registration {
             state: watch::channel(None).0,
             heartbeat_secret: Mutex::new(None),
             interval: Mutex::new(Duration::from_secs(5)),
+            ttl: Mutex::new(Duration::from_secs(20)),
+            last_ok: Mutex::default(),
             local_sessions: Mutex::default(),
+            events: broadcast::channel(64).0,
+            o2r_reader: Mutex::default(),
         })
+    }
+
+    /// Session events from the orchestrator's O2R channel.
+    pub fn session_events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Reads a new registration's O2R channel from its first segment (the
+    /// previous registration's reader stops: its channel closed with it).
+    fn follow_o2r(&self, channel: &ChannelInfo) {
+        let url = if channel.internal_url.is_empty() {
+            channel.url.clone()
+        } else {
+            channel.internal_url.clone()
+        };
+        let stop = CancellationToken::new();
+        if let Some(old) = self
+            .o2r_reader
+            .lock()
+            .expect("o2r reader")
+            .replace(stop.clone())
+        {
+            old.cancel();
+        }
+        let http = crate::trickle::client::http_client_builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .expect("HTTP client");
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = read_o2r(TrickleSubscriber::new(http, &url, 0), events) => {}
+            }
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Registered>> {
@@ -89,6 +153,13 @@ impl Registration {
 
     pub fn runner_id(&self) -> Option<String> {
         self.state.borrow().as_ref().map(|s| s.runner_id.clone())
+    }
+
+    /// Reports `status` at once (anything but `ready` hides the runner from
+    /// discovery and reservations; sessions it holds are kept).
+    pub async fn announce_status(&self, status: &str) -> Result<Registered, RegistrationError> {
+        self.decl.lock().expect("decl").status = status.to_string();
+        self.beat().await
     }
 
     /// Sessions reported as this runner's in the next beat.
@@ -129,6 +200,9 @@ impl Registration {
     }
 
     fn accept(&self, answer: HeartbeatResponse) {
+        if let Some(channel) = &answer.o2r {
+            self.follow_o2r(channel);
+        }
         if let Some(secret) = answer.heartbeat_secret {
             *self.heartbeat_secret.lock().expect("secret") = Some(secret);
         }
@@ -137,7 +211,9 @@ impl Registration {
             let ttl = go_duration(&answer.heartbeat_ttl).unwrap_or(every * 4);
             *self.interval.lock().expect("interval") =
                 every.min(ttl / 3).max(Duration::from_millis(200));
+            *self.ttl.lock().expect("ttl") = ttl;
         }
+        *self.last_ok.lock().expect("last ok") = Some(std::time::Instant::now());
         self.state.send_replace(Some(Registered {
             runner_id: answer.runner_id,
             orchestrator: answer.orchestrator,
@@ -205,6 +281,21 @@ impl Registration {
             let every = *self.interval.lock().expect("interval");
             if let Err(e) = self.beat().await {
                 tracing::warn!(error = %e, "Live Runner heartbeat failed");
+                let ttl = *self.ttl.lock().expect("ttl");
+                let lost = self
+                    .last_ok
+                    .lock()
+                    .expect("last ok")
+                    .is_some_and(|t| t.elapsed() > ttl);
+                if lost {
+                    // Once per outage: the next success sets it again.
+                    *self.last_ok.lock().expect("last ok") = None;
+                    tracing::warn!(
+                        ?ttl,
+                        "no heartbeat answered within the TTL: every session is released"
+                    );
+                    let _ = self.events.send(SessionEvent::Lost);
+                }
             }
             tokio::select! {
                 _ = &mut stop => break,
@@ -212,6 +303,9 @@ impl Registration {
             }
         }
         self.unregister().await;
+        if let Some(reader) = self.o2r_reader.lock().expect("o2r reader").take() {
+            reader.cancel();
+        }
     }
 
     /// `POST /runners/{id}/unregister` with the heartbeat secret.
@@ -239,6 +333,44 @@ impl Registration {
     }
 }
 
+/// Reads O2R messages until the channel ends or fails for good: one JSON
+/// object per segment; keepalives and anything unknown are skipped.
+async fn read_o2r(mut channel: TrickleSubscriber, events: broadcast::Sender<SessionEvent>) {
+    loop {
+        let mut segment = match channel.next_segment().await {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) if e.is_terminal() => {
+                tracing::debug!(error = %e, "O2R channel closed");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "O2R channel unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(bytes) = segment.read_all(MAX_O2R_MESSAGE).await else {
+            continue;
+        };
+        if let Some(event) = session_event(&bytes) {
+            tracing::debug!(?event, "O2R session event");
+            let _ = events.send(event);
+        }
+    }
+}
+
+fn session_event(bytes: &[u8]) -> Option<SessionEvent> {
+    match serde_json::from_slice(bytes).ok()? {
+        O2rMessage::Session { event, session, .. } => match event.as_str() {
+            "reserved" => Some(SessionEvent::Reserved(session)),
+            "released" => Some(SessionEvent::Released(session)),
+            _ => None,
+        },
+        O2rMessage::Keepalive { .. } => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +381,26 @@ mod tests {
         assert_eq!(go_duration("20s"), Some(Duration::from_secs(20)));
         assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
         assert_eq!(go_duration("soon"), None);
+    }
+
+    #[test]
+    fn o2r_messages_as_go_livepeer_writes_them() {
+        let released =
+            br#"{"event":"released","session":"s1","timestamp":"2026-12-06T08:00:00.123456789Z"}"#;
+        assert_eq!(
+            session_event(released),
+            Some(SessionEvent::Released("s1".into()))
+        );
+        let reserved = br#"{"event":"reserved","session":"s2","timestamp":"2026-12-06T08:00:00Z"}"#;
+        assert_eq!(
+            session_event(reserved),
+            Some(SessionEvent::Reserved("s2".into()))
+        );
+        assert_eq!(session_event(br#"{"keep":"alive"}"#), None);
+        assert_eq!(session_event(b"not json"), None);
+        assert_eq!(
+            session_event(br#"{"event":"other","session":"s","timestamp":""}"#),
+            None
+        );
     }
 }

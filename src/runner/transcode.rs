@@ -25,7 +25,7 @@ use crate::live_runner::wire::{
     headers as lr, ChannelInfo, ChannelRequest, CreateChannels, CreatedChannels,
 };
 use crate::trickle::client::{TricklePublisher, TrickleSubscriber};
-use crate::video::{TranscodeOptions, Transcoder, VideoProfile};
+use crate::video::{Admission, TranscodeOptions, Transcoder, VideoProfile, VideoService};
 
 /// Largest input segment taken (go-livepeer's trickle has no cap; ours
 /// server-side is 10 MB).
@@ -35,9 +35,15 @@ const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// A segment taking longer than this to transcode is abandoned: live
 /// output that late is of no use.
 const SEGMENT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The input unreachable this long (the orchestrator gone, the channel
+/// failing) ends the session: go-livepeer's gateways give up on a stream
+/// after 30 s without status, and nothing more will arrive.
+const INPUT_LOST_AFTER: Duration = Duration::from_secs(30);
 
 pub struct TranscodeApp {
-    transcoder: Arc<Transcoder>,
+    /// The video service, unbounded: the orchestrator holds sessions to the
+    /// registered capacity, and each session transcodes one segment at a time.
+    transcoder: VideoService,
     ladder: Vec<VideoProfile>,
     preset: String,
     /// To the orchestrator: session callbacks and trickle.
@@ -93,7 +99,7 @@ impl TranscodeApp {
             .build()
             .expect("HTTP client");
         Arc::new(TranscodeApp {
-            transcoder,
+            transcoder: VideoService::new(Transcoder::clone(&transcoder), Admission::unbounded()),
             ladder,
             preset,
             http,
@@ -105,6 +111,15 @@ impl TranscodeApp {
     pub fn app_name(&self) -> String {
         let names: Vec<&str> = self.ladder.iter().map(|p| p.name.as_str()).collect();
         format!("transcode/{}", names.join(","))
+    }
+
+    /// Registration metadata: the ladder, the backend, the preset.
+    pub fn metadata(&self) -> serde_json::Value {
+        serde_json::json!({
+            "renditions": self.ladder.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            "backend": self.transcoder.backend_name(),
+            "preset": self.preset,
+        })
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
@@ -121,6 +136,14 @@ impl TranscodeApp {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Stops a session the orchestrator released.
+    pub fn stop_session(&self, sid: &str) {
+        if let Some((cancel, _)) = self.sessions.lock().expect("sessions").remove(sid) {
+            tracing::info!(session = %sid, "session released by the orchestrator: stopped");
+            cancel.cancel();
+        }
     }
 
     /// Stops local work on sessions the orchestrator no longer holds.
@@ -256,6 +279,8 @@ async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: B
     let session = Session {
         app: app.clone(),
         sid: sid.to_string(),
+        control: control.to_string(),
+        token: token.to_string(),
         input: runner_side(&input),
         events: runner_side(&events),
         outputs,
@@ -283,6 +308,9 @@ async fn skip(outputs: &[(VideoProfile, TricklePublisher)], seq: i64) {
 struct Session {
     app: Arc<TranscodeApp>,
     sid: String,
+    /// The session's callback base and token, to end it from this side.
+    control: String,
+    token: String,
     input: String,
     events: String,
     outputs: Vec<(VideoProfile, String)>,
@@ -300,6 +328,27 @@ struct Stats {
 }
 
 impl Session {
+    /// The runner's own stop (`POST {control}/stop` with the session token).
+    async fn stop_at_orchestrator(&self) {
+        let sent = self
+            .app
+            .http
+            .post(format!("{}/stop", self.control))
+            .header(lr::SESSION_TOKEN, &self.token)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
+            Ok(r) => {
+                tracing::warn!(session = %self.sid, status = %r.status(), "session stop refused")
+            }
+            Err(e) => {
+                tracing::debug!(session = %self.sid, error = %e.without_url(), "session stop not sent")
+            }
+        }
+    }
+
     async fn event(&self, publisher: &TricklePublisher, value: serde_json::Value) {
         if let Err(e) = publisher.publish(-1, Bytes::from(value.to_string())).await {
             tracing::debug!(session = %self.sid, error = %e, "event not sent");
@@ -334,6 +383,7 @@ impl Session {
         let started = Instant::now();
         let mut stats = Stats::default();
         let mut last_status = Instant::now();
+        let mut input_failing_since: Option<Instant> = None;
         self.event(&events, self.status(&stats, started)).await;
         loop {
             let next = tokio::select! {
@@ -348,15 +398,35 @@ impl Session {
             let mut segment = match next {
                 Ok(Some(s)) => s,
                 // The channel closed: the session ended.
-                Ok(None) => break,
-                Err(e) if e.is_terminal() => break,
+                Ok(None) => {
+                    tracing::info!(session = %self.sid, "input channel ended");
+                    break;
+                }
+                Err(e) if e.is_terminal() => {
+                    tracing::info!(session = %self.sid, error = %e, "input channel gone");
+                    break;
+                }
                 Err(e) => {
                     stats.errors += 1;
                     stats.last_error = Some(e.to_string());
+                    let since = *input_failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= INPUT_LOST_AFTER {
+                        tracing::warn!(session = %self.sid, error = %e, "input unreachable for {INPUT_LOST_AFTER:?}: session ended");
+                        self.event(
+                            &events,
+                            serde_json::json!({"type": "error", "message": "input lost: session ended"}),
+                        )
+                        .await;
+                        break;
+                    }
                     tracing::warn!(session = %self.sid, error = %e, "input unavailable");
-                    continue;
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
             };
+            input_failing_since = None;
             let seq = segment.seq();
             if let Some(gap) = segment.gap() {
                 stats.errors += 1;
@@ -394,14 +464,13 @@ impl Session {
                 max_input_bytes: MAX_SEGMENT_BYTES,
                 ..TranscodeOptions::default()
             };
-            let transcoder = self.app.transcoder.clone();
             let data: Arc<[u8]> = bytes.to_vec().into();
-            let result = tokio::task::spawn_blocking(move || {
-                transcoder.transcode(data, &options, &mut |_| {})
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+            let result = self
+                .app
+                .transcoder
+                .run(data, options)
+                .await
+                .map_err(|e| e.to_string());
             let output = match result {
                 Ok(o) => o,
                 Err(e) => {
@@ -438,6 +507,12 @@ impl Session {
             tracing::debug!(session = %self.sid, seq, latency_ms = ?stats.last_latency_ms, "segment transcoded");
         }
         self.event(&events, self.status(&stats, started)).await;
+        if !self.cancel.is_cancelled() {
+            // The input ended here first: the session is over, and its slot
+            // goes back to the orchestrator now rather than when the
+            // gateway thinks of stopping it.
+            self.stop_at_orchestrator().await;
+        }
         self.app
             .sessions
             .lock()
