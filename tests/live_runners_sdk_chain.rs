@@ -9,14 +9,16 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use alloy_primitives::B256;
-use common::chain::{fund_sender, next_round, GatewaySigner, LocalChain};
+use common::chain::{
+    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, used, wait_until,
+    Account, GatewaySigner, LocalChain,
+};
+use common::live::{python, sdk_script, KillOnDrop};
 use common::remote_signer::RemoteSigner;
 use common::{insecure_http as http, line_field, ready_line, tempdir};
-use lpworker::chain::ChainClient;
 use serde_json::Value;
 
 const SECRET: &str = "runner-bootstrap";
@@ -46,64 +48,8 @@ const TICKET_EV_WEI: f64 = 2e6;
 /// (the SDK pays every 3 s after the reservation).
 const FUND_SECONDS: f64 = 13.5;
 
-struct Account {
-    keystore: PathBuf,
-    password_file: PathBuf,
-}
-
-fn keystore(chain: &mut LocalChain, index: usize, dir: &Path) -> Account {
-    chain.command(&format!(
-        "keystore {index} {} hunter2",
-        dir.join("keystore").display()
-    ));
-    let password_file = dir.join("password");
-    std::fs::write(&password_file, "hunter2\n").unwrap();
-    Account {
-        keystore: dir.join("keystore"),
-        password_file,
-    }
-}
-
-fn eth_flags(chain: &LocalChain, account: &Account) -> Vec<String> {
-    vec![
-        "-ethUrl".into(),
-        chain.rpc.clone(),
-        "-ethController".into(),
-        chain.controller.to_string(),
-        "-ethKeystorePath".into(),
-        account.keystore.display().to_string(),
-        "-ethPassword".into(),
-        account.password_file.display().to_string(),
-    ]
-}
-
-/// `lpworker orchestrator <sub> ...` (bond, register) on the chain.
-fn cli(sub: &[&str], chain: &LocalChain, account: &Account) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .arg("orchestrator")
-        .args(sub)
-        .args(eth_flags(chain, account))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "orchestrator {sub:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A child process killed when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Shim {
-    _child: Killed,
+    _child: KillOnDrop,
     uri: String,
     metrics: String,
     log: PathBuf,
@@ -151,48 +97,10 @@ fn start_shim(chain: &LocalChain, account: &Account, datadir: &Path, feed: &str)
         .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log.display()))
         .to_string();
     Shim {
-        _child: Killed(child),
+        _child: KillOnDrop(child),
         uri,
         metrics: format!("http://{metrics}/metrics"),
         log,
-    }
-}
-
-fn python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-sdk/bin/python");
-    assert!(
-        python.exists(),
-        ".venv-sdk is missing: run `bash scripts/install-deps`"
-    );
-    python
-}
-
-fn sdk_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/sdk")
-        .join(name)
-}
-
-async fn used(client: &ChainClient, hash: B256) -> bool {
-    client
-        .ticket_broker()
-        .await
-        .unwrap()
-        .usedTickets(hash)
-        .call()
-        .await
-        .unwrap()
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -260,7 +168,7 @@ async fn the_sdk_pays_for_a_live_runner_session_through_a_remote_signer_and_it_i
             }
         }
     });
-    let runner = Killed(runner);
+    let runner = KillOnDrop(runner);
     let runner_id = registered["runner_id"].as_str().unwrap().to_string();
     // The session events the runner's O2R channel reports.
     let (events_tx, events) = std::sync::mpsc::channel::<Value>();

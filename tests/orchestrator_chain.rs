@@ -6,189 +6,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{keccak256, utils::parse_ether, Address, B256};
-use common::chain::{fund_sender, next_round, GatewaySigner, LocalChain};
+use alloy_primitives::{keccak256, utils::parse_ether, B256};
+use common::chain::{
+    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, rpc_proxy, used,
+    wait_until, ChainShim as Shim, GatewaySigner, LocalChain, PRICING, RPC_KEY,
+};
 use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
-use lpworker::chain::ChainClient;
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
-
-/// An orchestrator account in a keystore directory, with its password file.
-struct Account {
-    keystore: PathBuf,
-    password_file: PathBuf,
-    address: Address,
-}
-
-fn keystore(chain: &mut LocalChain, index: usize, dir: &Path) -> Account {
-    let reply = chain.command(&format!(
-        "keystore {index} {} hunter2",
-        dir.join("keystore").display()
-    ));
-    let password_file = dir.join("password");
-    std::fs::write(&password_file, "hunter2\n").unwrap();
-    Account {
-        keystore: dir.join("keystore"),
-        password_file,
-        address: reply["address"].as_str().unwrap().parse().unwrap(),
-    }
-}
-
-fn eth_flags(chain: &LocalChain, account: &Account) -> Vec<String> {
-    eth_flags_at(&chain.rpc, chain, account)
-}
-
-/// Chain flags with the node reached at `rpc` (e.g. through a proxy).
-fn eth_flags_at(rpc: &str, chain: &LocalChain, account: &Account) -> Vec<String> {
-    vec![
-        "-ethUrl".into(),
-        rpc.to_string(),
-        "-ethController".into(),
-        chain.controller.to_string(),
-        "-ethKeystorePath".into(),
-        account.keystore.display().to_string(),
-        "-ethPassword".into(),
-        account.password_file.display().to_string(),
-    ]
-}
-
-/// Runs `lpworker orchestrator <sub> ...` and returns its stdout.
-fn cli(sub: &[&str], chain: &LocalChain, account: &Account) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .arg("orchestrator")
-        .args(sub)
-        .args(eth_flags(chain, account))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "orchestrator {sub:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-struct Shim {
-    child: Child,
-    addr: String,
-    metrics: String,
-    /// Its stderr: what an operator's log would hold.
-    log: PathBuf,
-}
-
-/// The shims' usual prices: every ticket wins (face value = EV) so that
-/// redemption is exercised; the chain's gas price is 1 wei, so a
-/// redemption costs 1.2M wei and a 2M wei face value pays for it.
-const PRICING: &[&str] = &[
-    "-pricePerUnit",
-    "2",
-    "-pixelsPerUnit",
-    "1",
-    "-ticketEV",
-    "2000000",
-    "-maxFaceValue",
-    "2000000",
-];
-
-impl Shim {
-    fn start(
-        chain: &LocalChain,
-        account: &Account,
-        workers: &str,
-        datadir: &Path,
-        extra: &[&str],
-    ) -> Shim {
-        Self::start_with(chain, account, workers, datadir, &chain.rpc, PRICING, extra)
-    }
-
-    /// A shim reaching the chain at `rpc`, priced by `pricing`.
-    fn start_with(
-        chain: &LocalChain,
-        account: &Account,
-        workers: &str,
-        datadir: &Path,
-        rpc: &str,
-        pricing: &[&str],
-        extra: &[&str],
-    ) -> Shim {
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        // Logs outlive the test's temporary directory, for post-mortems.
-        let log_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("shim-{}.log", uuid::Uuid::new_v4()));
-        let log = std::fs::File::create(&log_path).unwrap();
-        eprintln!("shim log: {}", log_path.display());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-            .args([
-                "orchestrator",
-                "-serviceAddr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ])
-            .args(if workers.is_empty() {
-                // Live Runners only.
-                vec![]
-            } else {
-                vec!["--workers", workers]
-            })
-            .arg("-datadir")
-            .arg(datadir)
-            .args(eth_flags_at(rpc, chain, account))
-            .args(pricing)
-            .args([
-                "-initializeRound",
-                "true",
-                "--chain-poll",
-                "1",
-                "--metrics-addr",
-            ])
-            .arg(metrics.to_string())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let line = common::ready_line(&mut child);
-        let addr = common::line_field(&line, "addr=")
-            .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log_path.display()))
-            .to_string();
-        Shim {
-            child,
-            addr,
-            metrics: format!("http://{metrics}/metrics"),
-            log: log_path,
-        }
-    }
-
-    async fn grpc(
-        &self,
-    ) -> net::orchestrator_client::OrchestratorClient<tonic::transport::Channel> {
-        let channel = lpworker::attach::insecure_tls::grpc_channel(&self.addr, |e| e)
-            .await
-            .unwrap();
-        net::orchestrator_client::OrchestratorClient::new(channel)
-    }
-
-    fn kill9(&mut self) {
-        // SIGKILL: no shutdown path runs.
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A signed segment's credentials, as a go-livepeer gateway sends them.
 fn seg_data(
@@ -297,29 +126,6 @@ async fn post(
         .await
         .unwrap();
     (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
-}
-
-async fn used(client: &ChainClient, hash: B256) -> bool {
-    client
-        .ticket_broker()
-        .await
-        .unwrap()
-        .usedTickets(hash)
-        .call()
-        .await
-        .unwrap()
-}
-
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) {
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -834,46 +640,6 @@ async fn winning_tickets_survive_kill_9_and_are_each_redeemed_once() {
 /// A JSON-RPC proxy in front of the test chain at a hosted-provider-like
 /// URL whose path is the API key; once `fail` is set it answers 429 as a
 /// provider does under load.
-struct RpcProxy {
-    url: String,
-    fail: Arc<std::sync::atomic::AtomicBool>,
-}
-
-const RPC_KEY: &str = "SECRETKEY7f3a9c";
-
-async fn rpc_proxy(upstream: &str) -> RpcProxy {
-    use axum::http::StatusCode;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let fail = Arc::new(AtomicBool::new(false));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (upstream, flag) = (upstream.to_string(), fail.clone());
-    let app = axum::Router::new().route(
-        &format!("/v2/{RPC_KEY}"),
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let (upstream, flag) = (upstream.clone(), flag.clone());
-            async move {
-                if flag.load(Ordering::SeqCst) {
-                    return (StatusCode::TOO_MANY_REQUESTS, "rate limited".to_string());
-                }
-                let r = reqwest::Client::new()
-                    .post(&upstream)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .unwrap();
-                (StatusCode::OK, r.text().await.unwrap())
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    RpcProxy {
-        url: format!("http://{addr}/v2/{RPC_KEY}"),
-        fail,
-    }
-}
-
 /// `gateway`'s SegData signed by the independent signer (Python
 /// eth-account over bytes built from go-livepeer's rules).
 fn independently_signed(chain: &LocalChain, index: usize, seg: net::SegData) -> net::SegData {

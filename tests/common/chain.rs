@@ -2,8 +2,10 @@
 //! ganache plus the @livepeer/sdk artifacts), driven from Rust tests.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use lpworker::proto::lp_rpc as net;
 
 use alloy::providers::Provider;
 use alloy_primitives::Address;
@@ -241,6 +243,17 @@ impl GatewaySigner {
         }
     }
 
+    /// A gateway on a fresh random key (no deposit, unknown to the chain):
+    /// what anyone can make by the thousand.
+    pub fn random() -> GatewaySigner {
+        let key = secp256k1::SecretKey::new(&mut rand::thread_rng());
+        GatewaySigner {
+            address: lpworker::pm::signature::address_of(&key.public_key(secp256k1::SECP256K1)),
+            key,
+            nonces: Default::default(),
+        }
+    }
+
     /// `broadcaster.Sign(m)`: personal-sign over keccak256(m).
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
         lpworker::pm::signature::sign(&self.key, alloy_primitives::keccak256(msg).as_slice())
@@ -385,4 +398,324 @@ pub async fn fund_sender(client: &ChainClient, deposit: &str, reserve: &str) {
         )
         .await
         .expect("fund deposit and reserve");
+}
+
+/// An orchestrator account in a keystore directory, with its password file.
+pub struct Account {
+    pub keystore: std::path::PathBuf,
+    pub password_file: std::path::PathBuf,
+    pub address: Address,
+}
+
+/// Writes account `index`'s key to a keystore under `dir`.
+pub fn keystore(chain: &mut LocalChain, index: usize, dir: &Path) -> Account {
+    let reply = chain.command(&format!(
+        "keystore {index} {} hunter2",
+        dir.join("keystore").display()
+    ));
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, "hunter2\n").unwrap();
+    Account {
+        keystore: dir.join("keystore"),
+        password_file,
+        address: reply["address"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+/// go-livepeer's chain flags for `account`, with the node reached at `rpc`
+/// (the chain's own, or a proxy in front of it).
+pub fn eth_flags_at(rpc: &str, chain: &LocalChain, account: &Account) -> Vec<String> {
+    vec![
+        "-ethUrl".into(),
+        rpc.to_string(),
+        "-ethController".into(),
+        chain.controller.to_string(),
+        "-ethKeystorePath".into(),
+        account.keystore.display().to_string(),
+        "-ethPassword".into(),
+        account.password_file.display().to_string(),
+    ]
+}
+
+pub fn eth_flags(chain: &LocalChain, account: &Account) -> Vec<String> {
+    eth_flags_at(&chain.rpc, chain, account)
+}
+
+/// Runs `lpworker orchestrator <sub> ...` (bond, register, status) on the
+/// chain and returns its stdout.
+pub fn orchestrator_cli(sub: &[&str], chain: &LocalChain, account: &Account) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .arg("orchestrator")
+        .args(sub)
+        .args(eth_flags(chain, account))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "orchestrator {sub:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Whether the TicketBroker has redeemed the ticket with this hash.
+pub async fn used(client: &ChainClient, hash: alloy_primitives::B256) -> bool {
+    client
+        .ticket_broker()
+        .await
+        .unwrap()
+        .usedTickets(hash)
+        .call()
+        .await
+        .unwrap()
+}
+
+/// Polls `f` every 250 ms until it holds; fails the test after `timeout`.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> F,
+) {
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// `lpworker orchestrator` on the local chain, its log in a file that
+/// outlives the test.
+pub struct ChainShim {
+    pub child: Child,
+    /// host:port of its gRPC/HTTPS listener.
+    pub addr: String,
+    pub metrics: String,
+    /// Its stderr: what an operator's log would hold.
+    pub log: PathBuf,
+}
+
+/// The shims' usual prices: every ticket wins (face value = EV) so that
+/// redemption is exercised; the chain's gas price is 1 wei, so a
+/// redemption costs 1.2M wei and a 2M wei face value pays for it.
+pub const PRICING: &[&str] = &[
+    "-pricePerUnit",
+    "2",
+    "-pixelsPerUnit",
+    "1",
+    "-ticketEV",
+    "2000000",
+    "-maxFaceValue",
+    "2000000",
+];
+
+impl ChainShim {
+    pub fn start(
+        chain: &LocalChain,
+        account: &Account,
+        workers: &str,
+        datadir: &Path,
+        extra: &[&str],
+    ) -> ChainShim {
+        Self::start_with(chain, account, workers, datadir, &chain.rpc, PRICING, extra)
+    }
+
+    /// A shim reaching the chain at `rpc`, priced by `pricing`.
+    pub fn start_with(
+        chain: &LocalChain,
+        account: &Account,
+        workers: &str,
+        datadir: &Path,
+        rpc: &str,
+        pricing: &[&str],
+        extra: &[&str],
+    ) -> ChainShim {
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        // Logs outlive the test's temporary directory, for post-mortems.
+        let log_path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("shim-{}.log", uuid::Uuid::new_v4()));
+        let log = std::fs::File::create(&log_path).unwrap();
+        eprintln!("shim log: {}", log_path.display());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args([
+                "orchestrator",
+                "-serviceAddr",
+                "127.0.0.1:0",
+                "--http-addr",
+                "127.0.0.1:0",
+            ])
+            .args(if workers.is_empty() {
+                // Live Runners only.
+                vec![]
+            } else {
+                vec!["--workers", workers]
+            })
+            .arg("-datadir")
+            .arg(datadir)
+            .args(eth_flags_at(rpc, chain, account))
+            .args(pricing)
+            .args([
+                "-initializeRound",
+                "true",
+                "--chain-poll",
+                "1",
+                "--metrics-addr",
+            ])
+            .arg(metrics.to_string())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let line = super::ready_line(&mut child);
+        let addr = super::line_field(&line, "addr=")
+            .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log_path.display()))
+            .to_string();
+        ChainShim {
+            child,
+            addr,
+            metrics: format!("http://{metrics}/metrics"),
+            log: log_path,
+        }
+    }
+
+    pub async fn grpc(
+        &self,
+    ) -> net::orchestrator_client::OrchestratorClient<tonic::transport::Channel> {
+        let channel = lpworker::attach::insecure_tls::grpc_channel(&self.addr, |e| e)
+            .await
+            .unwrap();
+        net::orchestrator_client::OrchestratorClient::new(channel)
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL: no shutdown path runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ChainShim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A JSON-RPC proxy in front of the chain, as a hosted provider's URL with
+/// its key in the path: it can be made to fail (rate limiting) and counts
+/// the contract calls it forwards by function selector.
+pub struct RpcProxy {
+    pub url: String,
+    pub fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    calls: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 4], usize>>>,
+    /// JSON-RPC requests forwarded, by method.
+    methods: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
+}
+
+/// The provider key in [`RpcProxy`]'s URL, which nothing may show.
+pub const RPC_KEY: &str = "SECRETKEY7f3a9c";
+
+impl RpcProxy {
+    /// `eth_call`s forwarded so far to the function with this signature
+    /// (e.g. `getSenderInfo(address)`).
+    pub fn calls_to(&self, signature: &str) -> usize {
+        let selector: [u8; 4] = alloy_primitives::keccak256(signature)[..4]
+            .try_into()
+            .unwrap();
+        self.calls
+            .lock()
+            .unwrap()
+            .get(&selector)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests forwarded so far, by JSON-RPC method.
+    pub fn methods(&self) -> std::collections::BTreeMap<String, usize> {
+        self.methods.lock().unwrap().clone()
+    }
+}
+
+/// The requests in a JSON-RPC body (one or a batch).
+fn rpc_requests(body: &[u8]) -> Vec<Value> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(batch)) => batch,
+        Ok(one) => vec![one],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The selectors of the `eth_call`s among `requests`.
+fn call_selectors(requests: &[Value]) -> Vec<[u8; 4]> {
+    requests
+        .iter()
+        .filter(|r| r["method"] == "eth_call")
+        .filter_map(|r| {
+            let call = &r["params"][0];
+            let data = call["input"].as_str().or(call["data"].as_str())?;
+            let bytes = alloy_primitives::hex::decode(data.get(2..10)?).ok()?;
+            bytes.try_into().ok()
+        })
+        .collect()
+}
+
+pub async fn rpc_proxy(upstream: &str) -> RpcProxy {
+    use axum::http::StatusCode;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let fail = Arc::new(AtomicBool::new(false));
+    let calls: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 4], usize>>> = Arc::default();
+    let methods: Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // One client: a connection per call would run out of ports in a flood.
+    let client = reqwest::Client::new();
+    let (upstream, flag) = (upstream.to_string(), fail.clone());
+    let (counted, by_method) = (calls.clone(), methods.clone());
+    let app = axum::Router::new().route(
+        &format!("/v2/{RPC_KEY}"),
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (upstream, flag, counted, client) = (
+                upstream.clone(),
+                flag.clone(),
+                counted.clone(),
+                client.clone(),
+            );
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    return (StatusCode::TOO_MANY_REQUESTS, "rate limited".to_string());
+                }
+                let requests = rpc_requests(&body);
+                {
+                    let mut counted = counted.lock().unwrap();
+                    for selector in call_selectors(&requests) {
+                        *counted.entry(selector).or_default() += 1;
+                    }
+                    let mut by_method = by_method.lock().unwrap();
+                    for r in &requests {
+                        let method = r["method"].as_str().unwrap_or("?").to_string();
+                        *by_method.entry(method).or_default() += 1;
+                    }
+                }
+                let r = client
+                    .post(&upstream)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (StatusCode::OK, r.text().await.unwrap())
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    RpcProxy {
+        url: format!("http://{addr}/v2/{RPC_KEY}"),
+        fail,
+        calls,
+        methods,
+    }
 }
