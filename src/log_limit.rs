@@ -66,6 +66,30 @@ impl RateLimitedLog {
     }
 }
 
+/// At most one line per call site per this long for refusals that anyone
+/// can cause at will (bad payments, unfunded senders).
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A [`RateLimitedLog`] shared by every request reaching one call site
+/// (kept in a `static` there): what strangers can repeat at will is logged
+/// once, then at most once per interval with the count suppressed.
+#[derive(Debug)]
+pub struct SharedRateLimitedLog(std::sync::Mutex<RateLimitedLog>);
+
+impl SharedRateLimitedLog {
+    pub const fn new(interval: Duration) -> Self {
+        Self(std::sync::Mutex::new(RateLimitedLog::new(interval)))
+    }
+
+    /// As [`RateLimitedLog::check`].
+    pub fn check(&self) -> Option<u64> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .check()
+    }
+}
+
 /// `value` for a log line or an error message that a refused request
 /// supplied: its first `max` characters (quoted by the caller as it likes),
 /// with `…` when it was longer, so that a stranger never sets a line's size.

@@ -13,6 +13,7 @@ use tracing::{info, warn, Instrument};
 use super::results::{AiResult, ResultPoster};
 use super::{session, AttachConfig};
 use crate::ai::{AiError, PipelineKind, PipelineOutput, PipelineRequest, Registry};
+use crate::log_limit::clip;
 use crate::proto::lp_rpc;
 use crate::worker::fetch::{AddressPolicy, Fetcher};
 
@@ -101,13 +102,15 @@ pub async fn run(config: AttachConfig, registry: Arc<Registry>, shutdown: watch:
         Some(
             async move {
                 let data = job.ai_job_data.unwrap_or_default();
+                // The orchestrator's text: clipped for the log.
+                let pipeline = clip(&data.pipeline, 64).into_owned();
                 let result = match process(&registry, &fetcher, &data).await {
                     Ok(output) => {
-                        info!(pipeline = %data.pipeline, units = output.units, "ai job done");
+                        info!(%pipeline, units = output.units, "ai job done");
                         AiResult::Done(output)
                     }
                     Err(e) => {
-                        warn!(pipeline = %data.pipeline, error = %e, "ai job failed");
+                        warn!(%pipeline, error = %e, "ai job failed");
                         AiResult::Failed(e.to_string())
                     }
                 };
@@ -132,8 +135,9 @@ async fn process(
     fetcher: &Fetcher,
     data: &lp_rpc::AiJobData,
 ) -> Result<PipelineOutput, AiError> {
-    let kind = PipelineKind::from_name(&data.pipeline)
-        .ok_or_else(|| AiError::UnknownModel(format!("unknown pipeline {:?}", data.pipeline)))?;
+    let kind = PipelineKind::from_name(&data.pipeline).ok_or_else(|| {
+        AiError::UnknownModel(format!("unknown pipeline {:?}", clip(&data.pipeline, 64)))
+    })?;
     let job: JobRequest = serde_json::from_slice(&data.request_data)
         .map_err(|e| AiError::BadRequest(format!("invalid AI job request data: {e}")))?;
     let mut request = PipelineRequest {

@@ -121,11 +121,16 @@ impl ChainClient {
             .call()
             .await
             .map_err(|e| self.call_error("getSenderInfo", e))?;
-        let claimable = tb
-            .claimableReserve(sender, self.account())
-            .call()
-            .await
-            .map_err(|e| self.call_error("claimableReserve", e))?;
+        // No reserve, nothing claimable: an unfunded sender (anyone's fresh
+        // key asking for ticket params) costs one chain read, not two.
+        let claimable = if info.reserve.fundsRemaining.is_zero() {
+            U256::ZERO
+        } else {
+            tb.claimableReserve(sender, self.account())
+                .call()
+                .await
+                .map_err(|e| self.call_error("claimableReserve", e))?
+        };
         Ok((info.sender.deposit, claimable, info.sender.withdrawRound))
     }
 

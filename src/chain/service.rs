@@ -22,7 +22,7 @@ use super::redeem::{is_expired, RedeemContext, RedeemOutcome};
 use super::rewards::RewardOutcome;
 use super::rounds::RoundInfo;
 use super::ChainError;
-use crate::log_limit::RateLimitedLog;
+use crate::log_limit::{RateLimitedLog, SharedRateLimitedLog};
 use crate::pm::sender_monitor::SenderMonitor;
 use crate::pm::store::{Queued, Status, TicketStore};
 
@@ -201,7 +201,7 @@ impl ChainService {
         if self.client.controller_paused().await? {
             // Every protocol transaction reverts while paused: send nothing,
             // publish nothing new (payments keep the last known state).
-            tracing::warn!("the protocol's Controller is paused; waiting");
+            // Said by the tick loop's rate-limited failure line.
             return Err(ChainError::Refused(
                 "the protocol's Controller is paused".into(),
             ));
@@ -303,7 +303,10 @@ impl ChainService {
             // Tickets to an unregistered recipient revert on chain: they
             // wait (until registration or expiry) instead of failing.
             let waiting = store.queued(1).map_err(store_err)?.len();
-            if waiting > 0 {
+            // Checked every poll: said once per ten minutes.
+            static UNREGISTERED: SharedRateLimitedLog =
+                SharedRateLimitedLog::new(Duration::from_secs(600));
+            if waiting > 0 && UNREGISTERED.check().is_some() {
                 tracing::warn!("winning tickets wait for this node to register as a transcoder (bond to itself) before they can be redeemed");
             }
             return Ok(done);

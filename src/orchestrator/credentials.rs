@@ -11,6 +11,7 @@ use prost::Message;
 
 use super::auth::AuthTokens;
 use super::payments::{PaymentError, Payments};
+use crate::log_limit::{SharedRateLimitedLog, REFUSAL_LOG_INTERVAL};
 use crate::proto::lp_rpc as net;
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
@@ -94,4 +95,16 @@ pub fn refusal(e: &PaymentError) -> (StatusCode, String) {
         StatusCode::BAD_REQUEST
     };
     (status, e.public_message())
+}
+
+/// Where a refused payment's log line is limited: the gateway's faults
+/// (anyone can send those at will) apart from this node's own, so a flood
+/// of junk never hides a store or chain failure.
+pub fn refusal_log(e: &PaymentError) -> &'static SharedRateLimitedLog {
+    static GATEWAYS: SharedRateLimitedLog = SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
+    static OURS: SharedRateLimitedLog = SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
+    match e.is_internal() {
+        true => &OURS,
+        false => &GATEWAYS,
+    }
 }

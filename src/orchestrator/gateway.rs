@@ -18,6 +18,7 @@ use super::media::MediaStore;
 use super::payments::{Payments, Reservation, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
+use crate::log_limit::{SharedRateLimitedLog, REFUSAL_LOG_INTERVAL};
 use crate::proto::{lp_rpc as net, worker as pb};
 use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 
@@ -80,7 +81,14 @@ impl Gateway {
                 .await
             {
                 Ok(params) => info.ticket_params = params,
-                Err(e) => warn!(error = %e, ?sender, "no ticket params for gateway"),
+                Err(e) => {
+                    // Any fresh key can ask: an unfunded sender is common.
+                    static NO_PARAMS: SharedRateLimitedLog =
+                        SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
+                    if let Some(suppressed) = NO_PARAMS.check() {
+                        warn!(error = %e, ?sender, suppressed, "no ticket params for gateway (suppressed: like lines since the last)");
+                    }
+                }
             }
         }
         info
@@ -321,7 +329,9 @@ async fn pay(
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Err(e) = p.process(payment, manifest, work).await {
         // Never the manifest itself: for AI it comes from the request.
-        warn!(manifest_len = manifest.len(), ?sender, error = %e, "payment refused");
+        if let Some(suppressed) = super::credentials::refusal_log(&e).check() {
+            warn!(manifest_len = manifest.len(), ?sender, error = %e, suppressed, "payment refused (suppressed: like lines since the last)");
+        }
         return Err(super::credentials::refusal(&e));
     }
     match p.reserve(sender, manifest, work, units) {
@@ -364,7 +374,9 @@ pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Resp
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Some(p) = &gw.payments {
         if let Err(e) = p.process(&payment, &session, Work::Credit).await {
-            warn!(?sender, error = %e, "payment refused");
+            if let Some(suppressed) = super::credentials::refusal_log(&e).check() {
+                warn!(?sender, error = %e, suppressed, "payment refused (suppressed: like lines since the last)");
+            }
             let (status, msg) = super::credentials::refusal(&e);
             return text(status, msg);
         }

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::chain::{ChainClient, ChainState};
 use crate::pm::recipient::{
-    self, ChainView, Expiration, Price, ReceivedTicket, Recipient, SenderFunds,
+    self, check_signature, ChainView, Expiration, Price, ReceivedTicket, Recipient, SenderFunds,
 };
 use crate::pm::sender_monitor::SenderMonitor;
 use crate::pm::signature::{personal_hash, recover_digest, sign};
@@ -37,6 +37,15 @@ const SESSION_IDLE: Duration = Duration::from_secs(3600);
 const MAX_SESSIONS: usize = 100_000;
 /// Idle sessions are swept at most this often (not on every payment).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Senders' funds read from the chain at once. Every fresh key a stranger
+/// makes can ask for ticket params; without a bound, a flood of them
+/// becomes as many concurrent RPC calls (which a hosted provider bills).
+const FUNDS_LOOKUPS: usize = 8;
+/// How long a request waits for a lookup slot before it is told to retry.
+const FUNDS_LOOKUP_WAIT: Duration = Duration::from_secs(5);
+/// With every lookup slot taken, a sender's funds read this recently are
+/// used as they were (redemption checks the chain again before sending).
+const STALE_FUNDS_WHEN_BUSY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct PaymentConfig {
@@ -92,6 +101,8 @@ pub enum PaymentError {
     InsufficientReserve(U256),
     #[error("too many open payment sessions; retry later")]
     TooManySessions,
+    #[error("too many senders' funds being read from the chain; retry shortly")]
+    FundsLookupsBusy,
 }
 
 impl PaymentError {
@@ -99,7 +110,10 @@ impl PaymentError {
     pub fn is_internal(&self) -> bool {
         matches!(
             self,
-            PaymentError::Store(_) | PaymentError::NoChainState | PaymentError::TooManySessions
+            PaymentError::Store(_)
+                | PaymentError::NoChainState
+                | PaymentError::TooManySessions
+                | PaymentError::FundsLookupsBusy
         ) || matches!(self, PaymentError::Chain(_))
     }
 
@@ -190,6 +204,8 @@ pub struct Payments {
     price: std::sync::RwLock<Price>,
     prices: PriceBook,
     sessions: Mutex<Sessions>,
+    /// Chain reads of senders' funds in flight (see [`FUNDS_LOOKUPS`]).
+    funds_lookups: tokio::sync::Semaphore,
 }
 
 fn to_i256(v: U256) -> I256 {
@@ -234,6 +250,7 @@ impl Payments {
                 map: HashMap::new(),
                 swept: Instant::now(),
             }),
+            funds_lookups: tokio::sync::Semaphore::new(FUNDS_LOOKUPS),
         }
     }
 
@@ -331,6 +348,24 @@ impl Payments {
     }
 
     async fn sender_funds(&self, sender: Address) -> Result<SenderFunds, PaymentError> {
+        if let Some(f) = self.monitor.cached_funds(sender) {
+            return Ok(f);
+        }
+        let _lookup = match self.funds_lookups.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Busy (a flood of fresh keys, say): a sender read lately
+                // keeps that reading rather than queueing behind strangers.
+                if let Some(f) = self.monitor.recent_funds(sender, STALE_FUNDS_WHEN_BUSY) {
+                    return Ok(f);
+                }
+                tokio::time::timeout(FUNDS_LOOKUP_WAIT, self.funds_lookups.acquire())
+                    .await
+                    .map_err(|_| PaymentError::FundsLookupsBusy)?
+                    .expect("the lookup semaphore is never closed")
+            }
+        };
+        // Another request for the same sender may have read it meanwhile.
         if let Some(f) = self.monitor.cached_funds(sender) {
             return Ok(f);
         }
@@ -466,11 +501,7 @@ impl Payments {
         };
         let seed = word(&params.seed, "seed")?;
         let expiration_block = word(&params.expiration_block, "expiration block")?;
-        let funds = self.sender_funds(sender).await?;
-        let view = ChainView {
-            block: U256::from(state.round.block_number),
-            round: state.round.last_initialized_round as i64,
-        };
+        let total = payment.ticket_sender_params.len();
         let received: Vec<ReceivedTicket> = payment
             .ticket_sender_params
             .iter()
@@ -485,12 +516,43 @@ impl Payments {
                 price: expected,
             })
             .collect();
+        // The sender's funds may cost a chain read, so what needs none comes
+        // first: params this node never issued are refused on an HMAC, a
+        // payment none of whose tickets the sender signed on signature
+        // checks. An honest payment pays one extra HMAC and one recovery.
+        let Some(first) = received.first() else {
+            // No tickets: nothing to credit (the session's credit has to
+            // cover the work).
+            return Ok(PaymentReceipt::default());
+        };
+        self.recipient.issued_here(first)?;
+        let (received, unsigned) = tokio::task::spawn_blocking(move || {
+            let signed = received.iter().any(|r| check_signature(r).is_ok());
+            let error = match signed {
+                true => None,
+                false => received.first().and_then(|r| check_signature(r).err()),
+            };
+            (received, error)
+        })
+        .await
+        .expect("signature check does not panic");
+        if let Some(e) = unsigned {
+            return Err(PaymentError::SomeRejected {
+                rejected: total,
+                total,
+                first: e.to_string(),
+            });
+        }
+        let funds = self.sender_funds(sender).await?;
+        let view = ChainView {
+            block: U256::from(state.round.block_number),
+            round: state.round.last_initialized_round as i64,
+        };
         // Validation records nonces and counts winners as owed; storing them
         // and crediting must follow even if the gateway hangs up meanwhile,
         // so the three run as one task of their own.
         let this = self.clone();
         let manifest = manifest.to_string();
-        let total = payment.ticket_sender_params.len();
         tokio::spawn(async move {
             this.settle_payment(
                 sender,

@@ -282,21 +282,13 @@ impl Recipient {
         Ok(v)
     }
 
-    /// The checks before the signature: sender funds, recipient, and the
-    /// recipientRand commitment (whose rand it returns). Fatal when they fail.
-    pub fn check_params(
-        &self,
-        r: &ReceivedTicket,
-        chain: &ChainView,
-        funds: &SenderFunds,
-    ) -> Result<U256, TicketError> {
+    /// Whether `r`'s params are ones this recipient issued (recipient, sender
+    /// and the recipientRand commitment): no chain state needed, so a
+    /// payment on made-up params is refused before its sender's funds are
+    /// read. Every ticket of a payment shares its params: one check covers
+    /// them all.
+    pub fn issued_here(&self, r: &ReceivedTicket) -> Result<U256, TicketError> {
         let t = &r.ticket;
-        if funds.withdraw_round != 0 && funds.withdraw_round <= chain.round + 1 {
-            return Err(TicketError::SenderUnlocking(t.sender));
-        }
-        if funds.deposit.is_zero() && funds.reserve_alloc.is_zero() {
-            return Err(TicketError::SenderUnfunded(t.sender));
-        }
         if t.recipient != self.address {
             return Err(TicketError::InvalidRecipient(t.recipient));
         }
@@ -316,6 +308,24 @@ impl Recipient {
             return Err(TicketError::InvalidRecipientRand);
         }
         Ok(rand)
+    }
+
+    /// The checks before the signature: sender funds, recipient, and the
+    /// recipientRand commitment (whose rand it returns). Fatal when they fail.
+    pub fn check_params(
+        &self,
+        r: &ReceivedTicket,
+        chain: &ChainView,
+        funds: &SenderFunds,
+    ) -> Result<U256, TicketError> {
+        let t = &r.ticket;
+        if funds.withdraw_round != 0 && funds.withdraw_round <= chain.round + 1 {
+            return Err(TicketError::SenderUnlocking(t.sender));
+        }
+        if funds.deposit.is_zero() && funds.reserve_alloc.is_zero() {
+            return Err(TicketError::SenderUnfunded(t.sender));
+        }
+        self.issued_here(r)
     }
 
     /// The checks after the signature, with `rand` from [`check_params`]:

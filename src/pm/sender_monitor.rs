@@ -101,6 +101,17 @@ impl SenderMonitor {
             .map(|(_, f)| f)
     }
 
+    /// Funds for `sender` read within `max_age` (longer than the cache's own
+    /// TTL: for when reading again is not possible now).
+    pub fn recent_funds(&self, sender: Address, max_age: Duration) -> Option<SenderFunds> {
+        let mut senders = self.lock();
+        let e = senders.get_mut(&sender)?;
+        e.used = Instant::now();
+        e.funds
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, f)| f)
+    }
+
     /// Records funds just read from the chain.
     pub fn set_funds(&self, sender: Address, funds: SenderFunds) {
         let mut senders = self.lock();
@@ -257,6 +268,26 @@ mod tests {
         m.lock().get_mut(&Address::repeat_byte(1)).unwrap().used -= IDLE_TTL;
         assert_eq!(m.sweep(), 1, "the sender with pending winners stays");
         assert_eq!(m.pending(Address::repeat_byte(1)), U256::from(5));
+    }
+
+    /// Funds past the cache's TTL are not cached any more, but still
+    /// recent for the busy fallback until its own limit.
+    #[test]
+    fn recent_funds_outlive_the_cache_within_their_limit() {
+        let m = SenderMonitor::new();
+        let s = Address::repeat_byte(3);
+        m.set_funds(s, funds(7, 1));
+        m.lock().get_mut(&s).unwrap().funds.as_mut().unwrap().0 =
+            Instant::now() - FUNDS_TTL - Duration::from_millis(1);
+        assert!(m.cached_funds(s).is_none());
+        let recent = m
+            .recent_funds(s, Duration::from_secs(60))
+            .map(|f| f.deposit);
+        assert_eq!(recent, Some(U256::from(7)));
+        assert!(m.recent_funds(s, FUNDS_TTL).is_none());
+        assert!(m
+            .recent_funds(Address::repeat_byte(4), Duration::from_secs(60))
+            .is_none());
     }
 
     /// Fresh senders beyond the cap (one per `GetOrchestrator` from a new

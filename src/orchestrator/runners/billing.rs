@@ -27,6 +27,7 @@ use crate::live_runner::price::{BillingUnit, EthUsdSource, WeiPrice};
 use crate::live_runner::spec::RunnerSpec;
 use crate::live_runner::wire::WeiPriceInfo;
 use crate::live_runner::{Registry, Release};
+use crate::log_limit::{SharedRateLimitedLog, REFUSAL_LOG_INTERVAL};
 use crate::orchestrator::auth::AuthTokens;
 use crate::orchestrator::credentials;
 use crate::orchestrator::payments::{Payments, Work};
@@ -139,7 +140,11 @@ impl LivePayments {
             .ticket_params(payer, price)
             .await
             .map_err(|e| {
-                tracing::warn!(error = %e, "no ticket params for a live runner payer");
+                static NO_PARAMS: SharedRateLimitedLog =
+                    SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
+                if let Some(suppressed) = NO_PARAMS.check() {
+                    tracing::warn!(error = %e, %payer, suppressed, "no ticket params for a live runner payer (suppressed: like lines since the last)");
+                }
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "payments are unavailable, try again",
@@ -239,7 +244,9 @@ impl LivePayments {
             )
             .await
         {
-            tracing::warn!(session = %admitted.sid, sender = %admitted.sender, error = %e, "live runner payment refused");
+            if let Some(suppressed) = credentials::refusal_log(&e).check() {
+                tracing::warn!(session = %admitted.sid, sender = %admitted.sender, error = %e, suppressed, "live runner payment refused (suppressed: like lines since the last)");
+            }
             let (status, msg) = credentials::refusal(&e);
             return Err(text(status, msg));
         }
