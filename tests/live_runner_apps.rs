@@ -40,7 +40,9 @@ struct Runner {
 /// loopback port, with `extra` flags; returned once it listens.
 fn start_runner(orch: &str, extra: &[&str]) -> Runner {
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    // A secret path, as an operator gives a runner on a shared network: the
+    // orchestrator's proxy joins every app path onto it.
+    let url = format!("http://127.0.0.1:{port}/{}", uuid::Uuid::new_v4().simple());
     let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{port}.log"));
     let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
         .env("LPWORKER_LOG", "lpworker=debug")
@@ -1330,5 +1332,124 @@ async fn sigterm_hides_the_runner_lets_live_work_finish_then_unregisters() {
         log.contains("Live Runner unregistered"),
         "see {}",
         runner.log.display()
+    );
+}
+
+/// Counts the requests it gets: the place a forged session callback points.
+async fn hit_counter() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { axum::Json(json!({"channels": []})) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+/// Only its orchestrator can use the runner. Outside the secret path of its
+/// URL nothing but health is served; a session started straight at the
+/// runner with a callback pointing anywhere but the orchestrator is refused
+/// before anything is called, and one with a token the orchestrator never
+/// issued is refused by the orchestrator (no work, no slot taken); a public
+/// address without a secret path is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_orchestrator_can_use_the_runner() {
+    let shim = Shim::start(&[]);
+    let http = insecure_http();
+    let runner = transcoding_runner(&shim.uri, "P144p30fps16x9", 1);
+    let app = listed_app(&http, &shim).await;
+    let (root, _secret) = runner.url.rsplit_once('/').unwrap();
+    for path in ["/transcode", "/x/transcode", "/upscale", "/"] {
+        let r = http.post(format!("{root}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    let r = http.get(format!("{root}/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let forge = |control: String| {
+        http.post(format!("{}/transcode", runner.url))
+            .header("Livepeer-Session-Id", "forged")
+            .header("Livepeer-Session-Token", "forged-token")
+            .header("Livepeer-Session-Control", control)
+            .json(&json!({}))
+            .send()
+    };
+    let (elsewhere, hits) = hit_counter().await;
+    let r = forge(format!("{elsewhere}/runner/x/session/forged"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("not this runner's orchestrator"));
+    // The orchestrator's own name as the prefix of another host's.
+    let r = forge(format!("{}.evil.invalid/runner/x/session/forged", shim.uri))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Under the orchestrator, with a token it never issued: its callback
+    // refuses, so the start fails and no session exists.
+    let route = app["url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let r = forge(format!("{}/runner/{route}/session/forged", shim.uri))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "{}", r.text().await.unwrap());
+    // The one slot is still free: a paid-for (here off-chain) session starts.
+    let (_session, started) = start_transcoding(&http, &app).await;
+    assert!(started["publish_url"].as_str().is_some());
+
+    // A public address with no secret path: refused, saying what to do.
+    let port = free_port();
+    let mut refused = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args(["attach", "--live-runner", "-orchAddr", &shim.uri])
+            .args(["-orchSecret", SECRET, "--transcode", "--runner-url"])
+            .arg(format!("http://192.0.2.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = refused.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "an open runner started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success());
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut refused.0.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(said.contains("secret path"), "{said}");
+    assert!(said.contains("0.0.0.0:"), "{said}");
+    // With one, it starts.
+    let mut ok = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args(["attach", "--live-runner", "-orchAddr", &shim.uri])
+            .args(["-orchSecret", SECRET, "--transcode", "--runner-url"])
+            .arg(format!("http://192.0.2.1:{port}/0123456789abcdefghij"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let line = ready_line(&mut ok.0);
+    assert!(
+        line.starts_with("lpworker attach live runner listening"),
+        "{line}"
     );
 }

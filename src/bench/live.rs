@@ -571,7 +571,7 @@ fn authorised(headers: &HeaderMap) -> bool {
 
 async fn create_channels(
     State(cb): State<Arc<Callback>>,
-    UrlPath(sid): UrlPath<String>,
+    UrlPath((_route, sid)): UrlPath<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -692,10 +692,13 @@ async fn live(
     });
     let orch_router = axum::Router::new()
         .route(
-            "/session/{sid}/channels",
+            "/runner/{route}/session/{sid}/channels",
             axum::routing::post(create_channels),
         )
-        .route("/session/{sid}/stop", axum::routing::post(stop_session))
+        .route(
+            "/runner/{route}/session/{sid}/stop",
+            axum::routing::post(stop_session),
+        )
         .with_state(callback)
         .nest(BASE_PATH, server.router());
     let _orch = serve(orch_listener, orch_router);
@@ -705,6 +708,8 @@ async fn live(
         options.profiles.clone(),
         options.preset.clone(),
     );
+    let bases = vec![orch.clone()];
+    app.follow_controls_of(Arc::new(move || bases.clone()));
     let (app_listener, app_url) = bind().await?;
     let _app = serve(app_listener, app.router());
 
@@ -716,7 +721,10 @@ async fn live(
         .post(format!("{app_url}/transcode"))
         .header(lr::SESSION_ID, SESSION_ID)
         .header(lr::SESSION_TOKEN, SESSION_TOKEN)
-        .header(lr::SESSION_CONTROL, format!("{orch}/session/{SESSION_ID}"))
+        .header(
+            lr::SESSION_CONTROL,
+            format!("{orch}/runner/bench/session/{SESSION_ID}"),
+        )
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(serde_json::json!({ "profiles": options.session_profiles }).to_string())
         .send()

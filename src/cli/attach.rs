@@ -50,8 +50,9 @@ pub struct AttachArgs {
     /// With --serve: the secret callers send as `authorization: Bearer <secret>`.
     #[arg(long, env = "LPWORKER_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
-    /// With --serve: serve a non-loopback address with no secret, open to
-    /// anyone who reaches it.
+    /// With --serve (or --live-runner): serve a non-loopback address with no
+    /// secret (for a runner: no secret path in --runner-url), open to anyone
+    /// who reaches it.
     #[arg(long)]
     pub insecure_public: bool,
     /// go-livepeer version whose protocol is spoken, sent in capabilities so
@@ -88,8 +89,10 @@ pub struct AttachArgs {
     /// The URL the orchestrator reaches this runner's HTTP server at.
     #[arg(long)]
     pub runner_url: Option<String>,
-    /// Where the runner's HTTP server listens (default: all interfaces, the
-    /// --runner-url port).
+    /// Where the runner's HTTP server listens (default: the --runner-url
+    /// port, on loopback when that URL is, else on every interface; a
+    /// non-loopback address needs a secret path in --runner-url, or
+    /// --insecure-public).
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
     /// A session's price in US dollars per hour (on-chain orchestrators
@@ -107,8 +110,9 @@ pub struct AttachArgs {
     #[arg(long, default_value = "veryfast")]
     pub live_preset: String,
     /// With --live-runner: the renditions of the live transcoding app
-    /// (`transcode/LADDER`), go-livepeer profile names or a JSON file.
-    #[arg(long, default_value = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9")]
+    /// (`transcode/LADDER`), go-livepeer profile names or a JSON file (the
+    /// default: lpms-named rungs only, so any gateway can name them).
+    #[arg(long, default_value = "P720p30fps16x9,P360p30fps16x9,P240p30fps16x9")]
     pub transcode_ladder: String,
 }
 
@@ -252,6 +256,10 @@ fn with_orchestrator(orch_addr: &str, allow: &[Cidr]) -> Vec<Cidr> {
     allow
 }
 
+/// The shortest runner URL path taken as a secret (16 random base32
+/// characters are 80 bits).
+const MIN_SECRET_PATH: usize = 16;
+
 /// `--live-runner`: the AI models as single-shot Live Runner apps, and
 /// with --transcode the live transcoding app.
 fn live_runner(args: AttachArgs) -> Result<()> {
@@ -283,12 +291,34 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         reqwest::Url::parse(&runner_url).with_context(|| format!("--runner-url {runner_url:?}"))?;
     let http_addr = match args.http_addr {
         Some(a) => a,
-        None => SocketAddr::from((
-            [0, 0, 0, 0],
-            url.port_or_known_default()
-                .context("--runner-url has no port")?,
-        )),
+        None => {
+            let port = url
+                .port_or_known_default()
+                .context("--runner-url has no port")?;
+            // A runner the orchestrator reaches on loopback listens there
+            // only; any other URL needs every interface.
+            let host = url.host_str().unwrap_or_default();
+            let ip = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>();
+            match ip {
+                Ok(ip) if ip.is_loopback() => SocketAddr::new(ip, port),
+                _ if host == "localhost" => SocketAddr::from(([127, 0, 0, 1], port)),
+                _ => SocketAddr::from(([0, 0, 0, 0], port)),
+            }
+        }
     };
+    // The runner cannot check who pays (see lpworker::runner): open on a
+    // public address, it needs a secret path only its orchestrator knows.
+    let secret_path = url.path().trim_matches('/').len() >= MIN_SECRET_PATH;
+    super::serve::check_exposure(
+        "--http-addr",
+        http_addr,
+        secret_path,
+        &format!(
+            "a secret path of at least {MIN_SECRET_PATH} random characters in --runner-url \
+             (e.g. http://HOST:PORT/$(head -c 15 /dev/urandom | base32))"
+        ),
+        args.insecure_public,
+    )?;
     let probe = probe::probe();
     let gpu = match args.gpu {
         Some(id) => Some(probe.gpus.iter().find(|g| g.index == id).with_context(|| {

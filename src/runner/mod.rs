@@ -5,12 +5,22 @@
 //! orchestrator), registered dynamically with the orchestrator, one
 //! registration per app. `GET /health` makes the same server usable as a
 //! static runner (`health_url: /health` in go-livepeer's runners.json).
+//!
+//! Who can call it: the orchestrator proxies paid requests here, but the
+//! runner cannot check a session (its token is the orchestrator's HMAC), so
+//! anyone reaching the port would be served free. The apps are therefore
+//! served only under the path of the runner's URL, compared as a secret:
+//! orchestrators never show runner URLs, so a random path there leaves a
+//! runner only its orchestrator can call. A session's callbacks are
+//! followed only to that orchestrator.
 
 pub mod registration;
 pub mod transcode;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use axum::response::IntoResponse;
 
 use crate::ai::Registry as Models;
 use crate::live_runner::wire::{GpuInfo, PriceInfoDecl, RunnerDecl};
@@ -104,6 +114,57 @@ fn declaration(config: &RunnerConfig, app: String, capacity: u32) -> RunnerDecl 
     }
 }
 
+/// Connections the runner's HTTP server takes at once (the orchestrator's
+/// proxy is the only expected client; a flood waits in the backlog).
+const MAX_CONNECTIONS: usize = 1024;
+/// A request header not received by then drops the connection.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `router` served under `prefix` only (the runner URL's path), which is
+/// compared in constant time: an operator may make it the runner's secret.
+/// Requests elsewhere get 404 without reaching an app, but for `/health`
+/// at the root (for probes, and static runners' `health_url: /health`).
+fn under_secret_path(router: axum::Router, prefix: &str) -> axum::Router {
+    use tower::ServiceExt;
+    let prefix: Arc<str> = Arc::from(prefix.trim_end_matches('/'));
+    if prefix.is_empty() {
+        return router;
+    }
+    let service = tower::service_fn(move |mut request: axum::extract::Request| {
+        let (router, prefix) = (router.clone(), Arc::clone(&prefix));
+        async move {
+            let path = request.uri().path();
+            let head = path.as_bytes().get(..prefix.len()).unwrap_or_default();
+            let rest = path.get(prefix.len()..).unwrap_or("");
+            let inside = crate::worker::constant_time_eq(head, prefix.as_bytes())
+                && (rest.is_empty() || rest.starts_with('/'));
+            if !inside {
+                return Ok::<_, std::convert::Infallible>(
+                    axum::http::StatusCode::NOT_FOUND.into_response(),
+                );
+            }
+            let rest = if rest.is_empty() { "/" } else { rest };
+            let path_and_query = match request.uri().query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest.to_string(),
+            };
+            let mut parts = request.uri().clone().into_parts();
+            parts.path_and_query = path_and_query.parse().ok();
+            match axum::http::Uri::from_parts(parts) {
+                Ok(uri) => *request.uri_mut() = uri,
+                Err(_) => return Ok(axum::http::StatusCode::BAD_REQUEST.into_response()),
+            }
+            router.oneshot(request).await
+        }
+    });
+    axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "OK"})) }),
+        )
+        .fallback_service(service)
+}
+
 /// The live transcoding app and how many sessions it takes at once.
 pub struct Transcoding {
     pub app: Arc<transcode::TranscodeApp>,
@@ -144,15 +205,22 @@ impl BoundRunner {
             );
         }
         let transcode = transcoding.as_ref().map(|t| t.app.clone());
+        let path = reqwest::Url::parse(&config.runner_url)
+            .map(|u| u.path().to_string())
+            .unwrap_or_default();
         if let Some(t) = transcoding {
             let mut decl = declaration(config, t.app.app_name(), t.capacity);
             decl.mode = "persistent".into();
             decl.metadata = metadata(t.app.metadata());
             let registration = Registration::new(&config.orchestrator, &config.secret, decl);
+            let trusted = registration.clone();
+            t.app
+                .follow_controls_of(Arc::new(move || trusted.control_bases()));
             spawn_reconciler(registration.clone(), t.app.clone());
             registrations.push(registration);
             router = router.merge(t.app.router());
         }
+        let router = under_secret_path(router, &path);
         Ok(BoundRunner {
             listener,
             router,
@@ -199,7 +267,27 @@ impl BoundRunner {
                 }
             }
         };
-        let serving = axum::serve(self.listener, self.router).with_graceful_shutdown(hidden);
+        let limits = crate::listener::Limits {
+            max_connections: MAX_CONNECTIONS,
+            handshake_timeout: HEADER_TIMEOUT,
+            header_read_timeout: HEADER_TIMEOUT,
+            http2: true,
+            drain_timeout: self.drain_timeout,
+        };
+        // The listener goes with the serving: once it stops, new
+        // connections are refused rather than left waiting in the backlog.
+        let (listener, router) = (self.listener, self.router);
+        let serving = async move {
+            crate::listener::serve(
+                &listener,
+                "live runner",
+                limits,
+                router,
+                |tcp| async move { Some(tcp) },
+                hidden,
+            )
+            .await
+        };
         let sessions_done = {
             let (stop, app) = (stop.clone(), self.transcode.clone());
             async move {
@@ -212,8 +300,8 @@ impl BoundRunner {
         let drain_timeout = self.drain_timeout;
         let result = {
             let drain = async {
-                let (served, ()) = tokio::join!(serving, sessions_done);
-                served
+                tokio::join!(serving, sessions_done);
+                Ok(())
             };
             tokio::pin!(drain);
             tokio::select! {
@@ -283,6 +371,47 @@ fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::Transco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `router` answers to `GET path`: status and body.
+    async fn get(router: &axum::Router, path: &str) -> (u16, String) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn apps_are_served_only_under_the_secret_path() {
+        let app = axum::Router::new().route(
+            "/echo",
+            axum::routing::get(|uri: axum::http::Uri| async move { uri.to_string() }),
+        );
+        let router = under_secret_path(app.clone(), "/s3cr3t-0123456789/");
+        assert_eq!(
+            get(&router, "/s3cr3t-0123456789/echo?x=1").await,
+            (200, "/echo?x=1".into())
+        );
+        for outside in [
+            "/echo",
+            "/s3cr3t-0123456789x/echo",
+            "/s3cr3t/echo",
+            "/",
+            "/s3cr3t-012345678",
+        ] {
+            assert_eq!(get(&router, outside).await.0, 404, "{outside}");
+        }
+        // Health stays at the root for probes.
+        assert_eq!(get(&router, "/health").await.0, 200);
+        // No path: served as it is (its own routes only).
+        let open = under_secret_path(app, "/");
+        assert_eq!(get(&open, "/echo").await, (200, "/echo".into()));
+    }
 
     #[test]
     fn prices_read_as_go_livepeer_parses_them() {

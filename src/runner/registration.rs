@@ -167,6 +167,22 @@ impl Registration {
         *self.local_sessions.lock().expect("sessions") = sessions.into_iter().collect();
     }
 
+    /// Where this runner's session callbacks may point: the runner-facing
+    /// base the orchestrator last named (go-livepeer's -liveRunnerAddr, or
+    /// its service URI) and the address this runner registers at.
+    pub fn control_bases(&self) -> Vec<String> {
+        let named = self
+            .state
+            .borrow()
+            .as_ref()
+            .map(|s| s.orchestrator.trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty());
+        named
+            .into_iter()
+            .chain(std::iter::once(self.bootstrap_url.clone()))
+            .collect()
+    }
+
     fn base(&self) -> String {
         self.state
             .borrow()

@@ -50,6 +50,42 @@ pub struct TranscodeApp {
     http: reqwest::Client,
     /// Sessions being transcoded: their cancellation and when they began.
     sessions: Mutex<HashMap<String, (CancellationToken, Instant)>>,
+    /// Whose session callbacks are followed (see [`ControlBases`]).
+    control_bases: std::sync::OnceLock<ControlBases>,
+}
+
+/// The orchestrator bases whose session callbacks this app follows: a
+/// session's `Livepeer-Session-Control` must be
+/// `{base}/runner/{route}/session/{sid}` for one of them. Anyone who reaches
+/// the runner's port can send the session headers; without this check they
+/// would point the app at any URL (the runner would call it, read what it
+/// serves and transcode for free). With it, the orchestrator's own token
+/// check on the callback decides.
+pub type ControlBases = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// A route or session ID as orchestrators make them: a plain path segment
+/// that no URL parser reads as anything else (no `/`, `?`, `#`, `%`, `@`,
+/// no dot segment).
+fn plain_segment(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `control` is a session callback under one of `bases` for session `sid`.
+fn control_allowed(bases: &[String], control: &str, sid: &str) -> bool {
+    if !plain_segment(sid) {
+        return false;
+    }
+    let tail = format!("/session/{sid}");
+    bases.iter().any(|base| {
+        control
+            .strip_prefix(base.trim_end_matches('/'))
+            .and_then(|rest| rest.strip_prefix("/runner/"))
+            .and_then(|rest| rest.strip_suffix(&tail))
+            .is_some_and(plain_segment)
+    })
 }
 
 /// A session younger than this is never stopped for missing from a
@@ -104,7 +140,14 @@ impl TranscodeApp {
             preset,
             http,
             sessions: Mutex::default(),
+            control_bases: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Follows session callbacks under these bases only (set once; until
+    /// then every session is refused).
+    pub fn follow_controls_of(&self, bases: ControlBases) {
+        let _ = self.control_bases.set(bases);
     }
 
     /// The app's name in registrations: `transcode/` and its ladder.
@@ -228,6 +271,16 @@ async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: B
             "not a Live Runner session: the orchestrator's session headers are missing",
         );
     };
+    let trusted = app
+        .control_bases
+        .get()
+        .is_some_and(|bases| control_allowed(&bases(), control, sid));
+    if !trusted {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the session's control URL is not this runner's orchestrator",
+        );
+    }
     let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
     } else {
@@ -519,5 +572,48 @@ impl Session {
             .expect("sessions")
             .remove(&self.sid);
         tracing::info!(session = %self.sid, segments = stats.segments_out, errors = stats.errors, "live transcoding session ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::control_allowed;
+
+    #[test]
+    fn session_callbacks_are_followed_only_under_the_orchestrator() {
+        let bases = vec!["https://orch.example:8935/".to_string()];
+        let ok = "https://orch.example:8935/runner/r1/session/s1";
+        assert!(control_allowed(&bases, ok, "s1"));
+        for (control, sid) in [
+            // Another session's callback.
+            (ok, "s2"),
+            // Another host, or the orchestrator's name as a prefix of one.
+            ("https://evil.example/runner/r1/session/s1", "s1"),
+            ("https://orch.example:89351/runner/r1/session/s1", "s1"),
+            ("https://orch.example:8935.evil/runner/r1/session/s1", "s1"),
+            // Not a runner callback, or one that walks elsewhere.
+            ("https://orch.example:8935/apps/r1/session/s1", "s1"),
+            ("https://orch.example:8935/runner//session/s1", "s1"),
+            (
+                "https://orch.example:8935/runner/a/../../x/session/s1",
+                "s1",
+            ),
+            ("https://orch.example:8935/runner/a?x=/session/s1", "s1"),
+            ("https://orch.example:8935/runner/a@evil/session/s1", "s1"),
+            ("https://orch.example:8935/runner/../session/s1", "s1"),
+            // A session ID that walks elsewhere on the orchestrator's host.
+            (
+                "https://orch.example:8935/runner/r1/session/../../x",
+                "../../x",
+            ),
+            ("https://orch.example:8935/runner/r1/session/a#b", "a#b"),
+            (
+                "https://orch.example:8935/runner/r1/session/a%2F..",
+                "a%2F..",
+            ),
+        ] {
+            assert!(!control_allowed(&bases, control, sid), "{control}");
+        }
+        assert!(!control_allowed(&[], ok, "s1"), "no orchestrator yet");
     }
 }
