@@ -15,6 +15,7 @@ pub mod live_runner;
 pub mod log_limit;
 pub mod lp_rpc;
 pub mod orchestrator;
+pub mod peer_tls;
 pub mod pm;
 pub mod proto;
 pub mod runner;

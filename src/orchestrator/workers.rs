@@ -15,15 +15,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 use tracing::warn;
 
+use crate::peer_tls::PeerCertificate;
 use crate::proto::worker as pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +137,9 @@ impl ClientOptions {
                     .ok_or(ClientSetupError::Pin)?;
                 builder
                     .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(PinnedCertificate { pin, provider }))
+                    .with_custom_certificate_verifier(Arc::new(PeerCertificate::pinned(
+                        pin, provider,
+                    )))
             }
         };
         let mut config = match client {
@@ -167,69 +168,6 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientSetupEr
         return Err(ClientSetupError::Pem(path.to_path_buf()));
     }
     Ok(certs)
-}
-
-/// Accepts exactly one leaf certificate, by its SHA-256; handshake
-/// signatures are still checked, so the worker must hold its key.
-#[derive(Debug)]
-struct PinnedCertificate {
-    pin: [u8; 32],
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        use sha2::Digest;
-        let digest: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
-        if crate::worker::constant_time_eq(&digest, &self.pin) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::ApplicationVerificationFailure,
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 struct Worker {
