@@ -15,6 +15,8 @@ pub mod candle;
 pub mod config;
 pub mod diffusion;
 mod error;
+#[cfg(test)]
+pub(crate) mod golden_diff;
 pub mod llm;
 pub mod media;
 pub mod ocr;

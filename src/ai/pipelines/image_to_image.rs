@@ -227,6 +227,7 @@ impl Pipeline for ImageToImagePipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ai::golden_diff::{max_diff, mean_diff};
     use std::collections::HashMap;
 
     fn dir() -> std::path::PathBuf {
@@ -239,21 +240,6 @@ mod tests {
             &candle_core::Device::Cpu,
         )
         .unwrap()
-    }
-
-    fn abs_diff(a: &Tensor, b: &Tensor) -> Tensor {
-        (a.flatten_all().unwrap() - b.flatten_all().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        abs_diff(a, b).max(0).unwrap().to_scalar().unwrap()
-    }
-
-    fn mean_diff(a: &Tensor, b: &Tensor) -> f32 {
-        abs_diff(a, b).mean(0).unwrap().to_scalar().unwrap()
     }
 
     fn mean_abs(a: &Tensor) -> f32 {

@@ -79,6 +79,7 @@ mod tests {
     use candle_core::Tensor;
 
     use super::*;
+    use crate::ai::golden_diff::max_diff;
 
     fn dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lpworker/tiny-blip")
@@ -102,18 +103,6 @@ mod tests {
 
     fn test_png() -> Vec<u8> {
         std::fs::read(dir().join("test.png")).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.to_device(&candle_core::Device::Cpu).unwrap();
-        (a.flatten_all().unwrap() - b.flatten_all().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     fn magnitude(t: &Tensor) -> f32 {

@@ -213,6 +213,7 @@ impl Pipeline for TextToImagePipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ai::golden_diff::{max_diff, mean_diff};
     use std::collections::HashMap;
 
     fn dir() -> std::path::PathBuf {
@@ -221,28 +222,6 @@ mod tests {
 
     fn golden() -> HashMap<String, Tensor> {
         candle_core::safetensors::load(dir().join("golden.safetensors"), &candle_core::Device::Cpu)
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.flatten_all().unwrap() - b.flatten_all().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
-    fn mean_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a.flatten_all().unwrap() - b.flatten_all().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .mean(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 
