@@ -180,15 +180,14 @@ async fn announced_bodies_without_credentials_are_refused_before_they_arrive() {
     drop(streams);
 }
 
-/// Up to 100k TCP connect/close cycles, for at most 30 s (closed with a
-/// reset, so neither side keeps TIME_WAIT ports): every connection is
-/// accepted, fails its TLS handshake and is reaped; memory stays bounded
-/// and the shim still answers.
+/// 100k TCP connect/close cycles (closed with a reset, so neither side
+/// keeps TIME_WAIT ports): every connection is accepted, fails its TLS
+/// handshake and is reaped; memory stays bounded and the shim still
+/// answers. About 30 s on an idle 2-core machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_dropped_connections_leak_nothing() {
     const CYCLES: usize = 100_000;
     const CLIENTS: usize = 16;
-    const BUDGET: Duration = Duration::from_secs(30);
     let shim = Shim::start();
     shim.info().await;
     let base = settled_rss(&shim).await;
@@ -199,9 +198,6 @@ async fn a_hundred_thousand_dropped_connections_leak_nothing() {
         let (addr, done) = (shim.addr.clone(), done.clone());
         tasks.spawn(async move {
             for _ in 0..CYCLES / CLIENTS {
-                if started.elapsed() > BUDGET {
-                    return;
-                }
                 let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
                 // Linger 0 closes with a reset: no blocking on drop.
                 #[allow(deprecated)]
@@ -224,7 +220,7 @@ async fn a_hundred_thousand_dropped_connections_leak_nothing() {
     assert!(info.auth_token.is_some());
     let after = settled_rss(&shim).await;
     eprintln!("{cycles} connect/reset cycles in {took:?}: RSS {base} KiB -> {after} KiB");
-    assert!(cycles >= 5_000, "only {cycles} cycles in {took:?}");
+    assert_eq!(cycles as usize, CYCLES);
     assert!(after < base + 20 * 1024, "RSS {base} KiB -> {after} KiB");
 }
 
