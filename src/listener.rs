@@ -200,10 +200,121 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Heard<Io> {
     }
 }
 
+/// What a listener buffers of whole request bodies (segments, AI requests)
+/// at once, and how long a body may take to arrive. Credentials are free
+/// to anyone (a fresh key and an auth token), so without a budget a crowd
+/// of valid-looking uploads could make the process hold connections ×
+/// body limit bytes; without a deadline one slow upload holds its share
+/// forever.
+#[derive(Debug, Clone)]
+pub struct BodyBudget {
+    /// One permit per [`BODY_UNIT`] bytes.
+    units: Arc<tokio::sync::Semaphore>,
+    read_timeout: Duration,
+}
+
+/// The budget's granularity.
+const BODY_UNIT: usize = 64 << 10;
+
+/// Why a body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyRefused {
+    /// The budget is spent by bodies in flight: 503, retry shortly.
+    #[error("too many request bodies in flight; retry shortly")]
+    Busy,
+    /// Not all there by the read deadline: 408.
+    #[error("request body not received in time")]
+    TooSlow,
+}
+
+impl BodyRefused {
+    pub fn status(self) -> axum::http::StatusCode {
+        match self {
+            BodyRefused::Busy => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            BodyRefused::TooSlow => axum::http::StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+impl BodyBudget {
+    /// At most `bytes` buffered at once; each body read within `read_timeout`.
+    pub fn new(bytes: usize, read_timeout: Duration) -> Self {
+        let units = (bytes / BODY_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        Self {
+            units: Arc::new(tokio::sync::Semaphore::new(units)),
+            read_timeout,
+        }
+    }
+
+    /// Room for the body `headers` announce (at most `max`; `max` when its
+    /// length is not announced), held until the permit drops. Refused at
+    /// once when the budget is spent: waiting would let slow uploads queue
+    /// everyone else.
+    pub fn reserve(
+        &self,
+        headers: &axum::http::HeaderMap,
+        max: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, BodyRefused> {
+        let announced = headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(max)
+            .min(max);
+        let units = u32::try_from(announced.div_ceil(BODY_UNIT).max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.units)
+            .try_acquire_many_owned(units)
+            .map_err(|_| BodyRefused::Busy)
+    }
+
+    /// Runs `read` (a body being read) within the read deadline.
+    pub async fn within_deadline<T>(
+        &self,
+        read: impl Future<Output = T>,
+    ) -> Result<T, BodyRefused> {
+        tokio::time::timeout(self.read_timeout, read)
+            .await
+            .map_err(|_| BodyRefused::TooSlow)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bodies_are_budgeted_and_timed() {
+        let budget = BodyBudget::new(4 * BODY_UNIT, Duration::from_millis(50));
+        let announce = |len: usize| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::CONTENT_LENGTH, len.into());
+            h
+        };
+        let max = 3 * BODY_UNIT;
+        // A body past the limit only counts up to it (the limit refuses it).
+        let big = budget.reserve(&announce(100 * BODY_UNIT), max).unwrap();
+        let small = budget.reserve(&announce(10), max).unwrap();
+        assert_eq!(
+            budget.reserve(&announce(10), max).unwrap_err(),
+            BodyRefused::Busy
+        );
+        // An unannounced length counts as the limit.
+        drop(small);
+        assert_eq!(
+            budget
+                .reserve(&axum::http::HeaderMap::new(), max)
+                .unwrap_err(),
+            BodyRefused::Busy
+        );
+        drop(big);
+        let _unannounced = budget.reserve(&axum::http::HeaderMap::new(), max).unwrap();
+        assert_eq!(
+            budget.within_deadline(std::future::pending::<()>()).await,
+            Err(BodyRefused::TooSlow)
+        );
+        assert_eq!(budget.within_deadline(async { 7 }).await, Ok(7));
+    }
 
     const LIMITS: Limits = Limits {
         max_connections: 2,

@@ -30,6 +30,10 @@ struct Shim {
 
 impl Shim {
     fn start() -> Shim {
+        Shim::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Shim {
         let dir = tempdir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
             .args([
@@ -48,6 +52,7 @@ impl Shim {
                 "--datadir",
             ])
             .arg(dir.path())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -274,4 +279,75 @@ async fn a_32_mib_model_id_is_refused_before_payment_and_not_logged() {
         reply.len()
     );
     assert!(grew < 4096, "the log grew by {grew} bytes");
+}
+
+/// Whole bodies held at once are budgeted, and each must arrive in time.
+/// Uploads with valid credentials that announce bodies and send nothing
+/// take the budget (the next is told 503 at once, not queued), are told 408
+/// at the read deadline, and leave the budget free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_get_a_memory_budget_and_a_deadline() {
+    let shim = Shim::start_with(&[
+        "--max-segment-bytes",
+        "1048576",
+        "--max-buffered-bodies",
+        "4194304",
+        "--body-read-timeout",
+        "2",
+    ]);
+    let info = shim.info().await;
+    let seg = net::SegData {
+        auth_token: info.auth_token.clone(),
+        full_profiles3: vec![net::VideoProfile {
+            name: "P144p30fps16x9".into(),
+            width: 256,
+            height: 144,
+            bitrate: 400_000,
+            fps: 30,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let head = |len: usize| {
+        format!(
+            "POST /segment HTTP/1.1\r\nhost: x\r\nLivepeer-Segment: {}\r\n\
+             content-type: video/mp2t\r\ncontent-length: {len}\r\n\r\n",
+            b64(&seg.encode_to_vec())
+        )
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = shim.tls().await;
+        s.write_all(head(1 << 20).as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..2 {
+        let mut s = shim.tls().await;
+        s.write_all(head(1 << 20).as_bytes()).await.unwrap();
+        s.flush().await.unwrap();
+        let asked = Instant::now();
+        let status = tokio::time::timeout(Duration::from_secs(1), status_of(&mut s))
+            .await
+            .expect("told at once");
+        assert_eq!(status, 503);
+        assert!(asked.elapsed() < Duration::from_secs(1));
+    }
+    for s in &mut held {
+        let status = tokio::time::timeout(Duration::from_secs(5), status_of(s))
+            .await
+            .expect("told at the read deadline");
+        assert_eq!(status, 408);
+    }
+    // The budget is free: the next upload is read (and refused for its
+    // hash, the check after the body).
+    let mut s = shim.tls().await;
+    s.write_all(head(4).as_bytes()).await.unwrap();
+    s.write_all(b"junk").await.unwrap();
+    s.flush().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), status_of(&mut s))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
 }

@@ -327,6 +327,13 @@ pub struct OrchestratorArgs {
     /// Largest segment accepted, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_segment_bytes: usize,
+    /// Whole request bodies (segments, AI requests) held in memory at once,
+    /// in bytes; past it uploads get 503 and retry.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_buffered_bodies: usize,
+    /// Seconds a request body may take to arrive (408 after).
+    #[arg(long, default_value_t = 60.0)]
+    pub body_read_timeout: f64,
     /// go-livepeer version whose protocol is spoken (sent in capabilities).
     #[arg(long, default_value = "0.9.1")]
     pub livepeer_version: String,
@@ -677,6 +684,8 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         price_per_unit,
         pixels_per_unit: args.pixels_per_unit,
         max_segment_bytes: args.max_segment_bytes,
+        max_buffered_bodies: args.max_buffered_bodies,
+        body_read_timeout: super::serve::seconds("body-read-timeout", args.body_read_timeout)?,
         livepeer_version: args.livepeer_version.clone(),
         payments,
         live_runners,

@@ -149,7 +149,7 @@ pub fn check_exposure(
     )
 }
 
-fn seconds(name: &str, v: f64) -> Result<Duration> {
+pub fn seconds(name: &str, v: f64) -> Result<Duration> {
     if !(v > 0.0 && v.is_finite()) {
         bail!("--{name} must be a positive number of seconds");
     }

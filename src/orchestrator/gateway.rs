@@ -33,6 +33,8 @@ pub struct Gateway {
     pub capabilities: net::Capabilities,
     pub price: net::PriceInfo,
     pub max_segment_bytes: usize,
+    /// Memory and time allowed to request bodies being read.
+    pub bodies: crate::listener::BodyBudget,
     /// Ticket payments; `None` off chain.
     pub payments: Option<Arc<Payments>>,
     /// Trickle channels served at `/ai/trickle/`.
@@ -222,9 +224,15 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let body = match axum::body::to_bytes(request.into_body(), gw.max_segment_bytes).await {
-        Ok(b) => b,
-        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large"),
+    let _room = match gw.bodies.reserve(request.headers(), gw.max_segment_bytes) {
+        Ok(room) => room,
+        Err(e) => return text(e.status(), e.to_string()),
+    };
+    let read = axum::body::to_bytes(request.into_body(), gw.max_segment_bytes);
+    let body = match gw.bodies.within_deadline(read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return text(StatusCode::PAYLOAD_TOO_LARGE, "segment too large"),
+        Err(e) => return text(e.status(), e.to_string()),
     };
     let estimate = estimated_pixels(&job.profiles, job.duration_ms);
     let (sender, reservation) = match pay(&gw, &payment, &session, Work::Video, estimate).await {
@@ -414,9 +422,15 @@ pub async fn ai(
     };
     let store_urls =
         header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
-    let req = match crate::ai_runner_api::read_request(kind, request).await {
-        Ok(r) => r,
-        Err(e) => return e.response(kind),
+    let _room = match gw.bodies.reserve(request.headers(), gw.max_segment_bytes) {
+        Ok(room) => room,
+        Err(e) => return text(e.status(), e.to_string()),
+    };
+    let read = crate::ai_runner_api::read_request(kind, request);
+    let req = match gw.bodies.within_deadline(read).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return e.response(kind),
+        Err(e) => return text(e.status(), e.to_string()),
     };
     let model_id = match req.string(kind.model_field()) {
         Ok(m) => m.unwrap_or_default(),

@@ -51,6 +51,10 @@ pub struct OrchestratorConfig {
     pub price_per_unit: i64,
     pub pixels_per_unit: i64,
     pub max_segment_bytes: usize,
+    /// Whole request bodies (segments, AI requests) buffered at once, in
+    /// bytes, and how long one may take to arrive.
+    pub max_buffered_bodies: usize,
+    pub body_read_timeout: Duration,
     pub livepeer_version: String,
     /// Ticket payments on a chain; `None` runs off chain.
     pub payments: Option<Arc<payments::Payments>>,
@@ -365,6 +369,10 @@ impl BoundOrchestrator {
                 ..Default::default()
             },
             max_segment_bytes: config.max_segment_bytes,
+            bodies: crate::listener::BodyBudget::new(
+                config.max_buffered_bodies,
+                config.body_read_timeout,
+            ),
             payments: config.payments.clone(),
             trickle,
             runners,
