@@ -210,6 +210,7 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Heard<Io> {
 pub struct BodyBudget {
     /// One permit per [`BODY_UNIT`] bytes.
     units: Arc<tokio::sync::Semaphore>,
+    total_units: usize,
     read_timeout: Duration,
 }
 
@@ -242,6 +243,7 @@ impl BodyBudget {
         let units = (bytes / BODY_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         Self {
             units: Arc::new(tokio::sync::Semaphore::new(units)),
+            total_units: units,
             read_timeout,
         }
     }
@@ -261,7 +263,10 @@ impl BodyBudget {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(max)
             .min(max);
-        let units = u32::try_from(announced.div_ceil(BODY_UNIT).max(1)).unwrap_or(u32::MAX);
+        let total = u32::try_from(self.total_units).unwrap_or(u32::MAX);
+        let units = u32::try_from(announced.div_ceil(BODY_UNIT).max(1))
+            .unwrap_or(u32::MAX)
+            .min(total);
         Arc::clone(&self.units)
             .try_acquire_many_owned(units)
             .map_err(|_| BodyRefused::Busy)

@@ -3,7 +3,8 @@
 //! ticket params (the auth token a payment needs; one chain read per key),
 //! then 50,000 payments with junk tickets come from them (half with garbage
 //! signatures, half signed by the key over params the orchestrator never
-//! issued). Nothing may be credited, no payment may cost a chain read,
+//! issued; every tenth instead from a funded gateway, on params the node did
+//! issue it, with garbage signatures). Nothing may be credited, no payment may cost a chain read,
 //! memory and the log must stay bounded, and the last payments must be
 //! refused as fast as the first. `LPWORKER_FLOOD_KEYS` and
 //! `LPWORKER_FLOOD_PAYMENTS` set other counts (every key costs the local
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::U256;
 use common::chain::{
-    keystore, next_round, rpc_proxy, ChainShim, GatewaySigner, LocalChain, PRICING,
+    fund_sender, keystore, next_round, rpc_proxy, ChainShim, GatewaySigner, LocalChain, PRICING,
 };
 use common::{b64, insecure_http, tempdir, ServeProcess};
 use lpworker::pm::ticket::minimal_bytes;
@@ -112,6 +113,9 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
     let dir = tempdir();
     let account = keystore(&mut chain, 1, dir.path());
     next_round(&chain.client(1).await).await;
+    let funded_client = chain.client(2).await;
+    fund_sender(&funded_client, "1", "1").await;
+    let mut funded = GatewaySigner::new(&chain, 2);
     let proxy = rpc_proxy(&chain.rpc).await;
     // A worker so the shim has work to sell; no payment here reaches it.
     let worker = ServeProcess::start(&[]);
@@ -156,10 +160,29 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
     while let Some(r) = tasks.join_next().await {
         r.unwrap();
     }
+    // A funded gateway gets real params; its payments on them below carry
+    // garbage signatures (a thief's, say).
+    let funded_info = grpc
+        .clone()
+        .get_orchestrator(funded.orchestrator_request())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stolen = funded.payment(&funded_info, 3);
+    for t in &mut stolen.ticket_sender_params {
+        t.sig = (0..65).map(|_| rand::random::<u8>()).collect();
+    }
+    let stolen_seg = funded.signed(net::SegData {
+        auth_token: funded_info.auth_token.clone(),
+        manifest_id: b"flood".to_vec(),
+        ..Default::default()
+    });
+    let stolen = Arc::new((stolen, stolen_seg));
     let asking = started.elapsed();
     let reads_asking = proxy.calls_to("getSenderInfo(address)");
+    // One read per key (and one for the funded gateway), no more.
     assert!(
-        reads_asking <= keys,
+        reads_asking <= keys + 1,
         "{reads_asking} funds reads for {keys} keys"
     );
     // Past the funds cache's TTL: a payment that needed the funds would
@@ -167,6 +190,7 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let asked = Arc::new(std::mem::take(&mut *asked.lock().unwrap()));
+    let reads_before = proxy.calls_to("getSenderInfo(address)");
     let next = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(Mutex::new(vec![Duration::ZERO; total]));
     let statuses = Arc::new(Mutex::new(std::collections::BTreeMap::<u16, usize>::new()));
@@ -174,7 +198,7 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
     let log_len = |path: &std::path::Path| std::fs::metadata(path).unwrap().len();
     let paying = Instant::now();
     for _ in 0..CLIENTS {
-        let (http, url, asked) = (http.clone(), url.clone(), asked.clone());
+        let (http, url, asked, stolen) = (http.clone(), url.clone(), asked.clone(), stolen.clone());
         let (next, latencies, statuses) = (next.clone(), latencies.clone(), statuses.clone());
         let (warm_rss, warm_log, log) = (warm_rss.clone(), warm_log.clone(), shim.log.clone());
         tasks.spawn(async move {
@@ -188,13 +212,17 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
                     warm_rss.store(rss_kib(pid), Ordering::SeqCst);
                     warm_log.store(log_len(&log), Ordering::SeqCst);
                 }
-                let (gateway, info) = &asked[i % keys];
-                let payment = junk_payment(gateway, info, i % 2 == 0);
-                let seg = gateway.signed(net::SegData {
-                    auth_token: info.auth_token.clone(),
-                    manifest_id: b"flood".to_vec(),
-                    ..Default::default()
-                });
+                let (payment, seg) = if i % 10 == 5 {
+                    stolen.as_ref().clone()
+                } else {
+                    let (gateway, info) = &asked[i % keys];
+                    let seg = gateway.signed(net::SegData {
+                        auth_token: info.auth_token.clone(),
+                        manifest_id: b"flood".to_vec(),
+                        ..Default::default()
+                    });
+                    (junk_payment(gateway, info, i % 2 == 0), seg)
+                };
                 let sent = Instant::now();
                 let r = http
                     .post(&url)
@@ -219,7 +247,7 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
     // and not one sent the shim to the chain for the sender's funds.
     let statuses = statuses.lock().unwrap().clone();
     assert_eq!(statuses.get(&400).copied(), Some(total), "{statuses:?}");
-    let reads_paying = proxy.calls_to("getSenderInfo(address)") - reads_asking;
+    let reads_paying = proxy.calls_to("getSenderInfo(address)") - reads_before;
     assert_eq!(reads_paying, 0, "junk payments read senders' funds");
 
     // Flat: the last window's p99 is not above the first's after warm-up
@@ -235,7 +263,14 @@ async fn fifty_thousand_junk_payments_from_fresh_keys_change_nothing() {
             percentile(&w, 0.99)
         })
         .collect();
-    let (first, last) = (p99s[1], p99s[WINDOWS - 1]);
+    // Medians of three windows' p99s: one pause on a shared machine does
+    // not decide it.
+    let median = |w: &[Duration]| {
+        let mut w = w.to_vec();
+        w.sort();
+        w[w.len() / 2]
+    };
+    let (first, last) = (median(&p99s[1..4]), median(&p99s[WINDOWS - 3..]));
     let rss = rss_kib(pid);
     let logged = log_len(&shim.log) - warm_log.load(Ordering::SeqCst);
     let warm = warm_rss.load(Ordering::SeqCst);

@@ -684,7 +684,15 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         price_per_unit,
         pixels_per_unit: args.pixels_per_unit,
         max_segment_bytes: args.max_segment_bytes,
-        max_buffered_bodies: args.max_buffered_bodies,
+        max_buffered_bodies: if args.max_buffered_bodies < args.max_segment_bytes {
+            bail!(
+                "--max-buffered-bodies ({}) must be at least --max-segment-bytes ({}): a full-size upload would never fit",
+                args.max_buffered_bodies,
+                args.max_segment_bytes
+            );
+        } else {
+            args.max_buffered_bodies
+        },
         body_read_timeout: super::serve::seconds("body-read-timeout", args.body_read_timeout)?,
         livepeer_version: args.livepeer_version.clone(),
         payments,

@@ -150,10 +150,10 @@ pub fn check_exposure(
 }
 
 pub fn seconds(name: &str, v: f64) -> Result<Duration> {
-    if !(v > 0.0 && v.is_finite()) {
-        bail!("--{name} must be a positive number of seconds");
+    match Duration::try_from_secs_f64(v) {
+        Ok(d) if v > 0.0 => Ok(d),
+        _ => bail!("--{name} must be a positive number of seconds"),
     }
-    Ok(Duration::from_secs_f64(v))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -102,9 +102,14 @@ pub fn refusal(e: &PaymentError) -> (StatusCode, String) {
 /// of junk never hides a store or chain failure.
 pub fn refusal_log(e: &PaymentError) -> &'static SharedRateLimitedLog {
     static GATEWAYS: SharedRateLimitedLog = SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
+    static BUSY: SharedRateLimitedLog = SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
     static OURS: SharedRateLimitedLog = SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
-    match e.is_internal() {
-        true => &OURS,
-        false => &GATEWAYS,
+    if matches!(e, PaymentError::FundsLookupsBusy) {
+        // A flood of fresh keys causes it: never in the node's own bucket.
+        &BUSY
+    } else if e.is_internal() {
+        &OURS
+    } else {
+        &GATEWAYS
     }
 }

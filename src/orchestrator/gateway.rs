@@ -18,7 +18,6 @@ use super::media::MediaStore;
 use super::payments::{Payments, Reservation, Work};
 use super::workers::WorkerPool;
 use crate::attach::segment::job_from_seg_data;
-use crate::log_limit::{SharedRateLimitedLog, REFUSAL_LOG_INTERVAL};
 use crate::proto::{lp_rpc as net, worker as pb};
 use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 
@@ -85,9 +84,7 @@ impl Gateway {
                 Ok(params) => info.ticket_params = params,
                 Err(e) => {
                     // Any fresh key can ask: an unfunded sender is common.
-                    static NO_PARAMS: SharedRateLimitedLog =
-                        SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
-                    if let Some(suppressed) = NO_PARAMS.check() {
+                    if let Some(suppressed) = super::credentials::refusal_log(&e).check() {
                         warn!(error = %e, ?sender, suppressed, "no ticket params for gateway (suppressed: like lines since the last)");
                     }
                 }
@@ -245,7 +242,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
 
     let request = pb::TranscodeRequest {
         request_id: format!("{session}-{}", seg.seq),
-        source: Some(pb::transcode_request::Source::Segment(body.to_vec())),
+        source: Some(pb::transcode_request::Source::Segment(Vec::from(body))),
         profiles: job.profiles.iter().map(worker_profile).collect(),
         timeout_ms: (u64::from(job.duration_ms) * 4).max(8000) as u32,
         ..Default::default()
@@ -424,13 +421,13 @@ pub async fn ai(
         header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
     let _room = match gw.bodies.reserve(request.headers(), gw.max_segment_bytes) {
         Ok(room) => room,
-        Err(e) => return text(e.status(), e.to_string()),
+        Err(e) => return respond(e.status(), &AiError::Busy(e.to_string())),
     };
     let read = crate::ai_runner_api::read_request(kind, request);
     let req = match gw.bodies.within_deadline(read).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return e.response(kind),
-        Err(e) => return text(e.status(), e.to_string()),
+        Err(e) => return respond(e.status(), &AiError::Busy(e.to_string())),
     };
     let model_id = match req.string(kind.model_field()) {
         Ok(m) => m.unwrap_or_default(),

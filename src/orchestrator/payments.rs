@@ -41,6 +41,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// makes can ask for ticket params; without a bound, a flood of them
 /// becomes as many concurrent RPC calls (which a hosted provider bills).
 const FUNDS_LOOKUPS: usize = 8;
+/// A funds read taking longer than this is given up (told to retry).
+const FUNDS_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request waits for a lookup slot before it is told to retry.
 const FUNDS_LOOKUP_WAIT: Duration = Duration::from_secs(5);
 /// With every lookup slot taken, a sender's funds read this recently are
@@ -101,7 +103,7 @@ pub enum PaymentError {
     InsufficientReserve(U256),
     #[error("too many open payment sessions; retry later")]
     TooManySessions,
-    #[error("too many senders' funds being read from the chain; retry shortly")]
+    #[error("senders' funds cannot be read from the chain right now; retry shortly")]
     FundsLookupsBusy,
 }
 
@@ -369,7 +371,11 @@ impl Payments {
         if let Some(f) = self.monitor.cached_funds(sender) {
             return Ok(f);
         }
-        let (deposit, reserve_alloc, withdraw_round) = self.client.sender_info(sender).await?;
+        // A stalled provider must not hold a lookup slot for good.
+        let (deposit, reserve_alloc, withdraw_round) =
+            tokio::time::timeout(FUNDS_LOOKUP_TIMEOUT, self.client.sender_info(sender))
+                .await
+                .map_err(|_| PaymentError::FundsLookupsBusy)??;
         let f = SenderFunds {
             deposit,
             reserve_alloc,

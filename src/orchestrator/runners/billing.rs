@@ -27,7 +27,6 @@ use crate::live_runner::price::{BillingUnit, EthUsdSource, WeiPrice};
 use crate::live_runner::spec::RunnerSpec;
 use crate::live_runner::wire::WeiPriceInfo;
 use crate::live_runner::{Registry, Release};
-use crate::log_limit::{SharedRateLimitedLog, REFUSAL_LOG_INTERVAL};
 use crate::orchestrator::auth::AuthTokens;
 use crate::orchestrator::credentials;
 use crate::orchestrator::payments::{Payments, Work};
@@ -140,9 +139,7 @@ impl LivePayments {
             .ticket_params(payer, price)
             .await
             .map_err(|e| {
-                static NO_PARAMS: SharedRateLimitedLog =
-                    SharedRateLimitedLog::new(REFUSAL_LOG_INTERVAL);
-                if let Some(suppressed) = NO_PARAMS.check() {
+                if let Some(suppressed) = credentials::refusal_log(&e).check() {
                     tracing::warn!(error = %e, %payer, suppressed, "no ticket params for a live runner payer (suppressed: like lines since the last)");
                 }
                 text(

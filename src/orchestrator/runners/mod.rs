@@ -260,10 +260,20 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
 /// Reads at most [`MAX_JSON_BYTES`] of a body: runners' and operators'
 /// JSON is small, and nobody gets to make the shim buffer more.
 async fn small_body(request: Request) -> Result<Bytes, Rejection> {
-    axum::body::to_bytes(request.into_body(), MAX_JSON_BYTES)
-        .await
-        .map_err(|_| too_large())
+    // Within a deadline too: a body trickled in byte by byte would
+    // otherwise hold its connection for good.
+    let read = axum::body::to_bytes(request.into_body(), MAX_JSON_BYTES);
+    match tokio::time::timeout(SMALL_BODY_TIMEOUT, read).await {
+        Ok(body) => body.map_err(|_| too_large()),
+        Err(_) => Err(Rejection(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time".into(),
+        )),
+    }
 }
+
+/// How long a small JSON body may take to arrive.
+const SMALL_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn heartbeat(State(lr): Shared, request: Request) -> Response {
     let auth = header(request.headers(), "authorization").to_string();
