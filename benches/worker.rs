@@ -188,6 +188,28 @@ fn bench_worker(c: &mut Criterion) {
         a.extend(overheads(&rt, &plain, &segment, runs.min(50)));
         b.extend(overheads(&rt, &secured, &segment, runs.min(50)));
     }
+    // The transport's own floor on this machine: a unary capabilities
+    // call through the same client (no segment, no engine).
+    let floor = |pool: &WorkerPool| {
+        let mut out: Vec<f64> = (0..runs)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(rt.block_on(pool.refresh()).is_some());
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        out.sort_by(f64::total_cmp);
+        out
+    };
+    for (name, o) in [("plain", floor(&plain)), ("TLS + secret", floor(&secured))] {
+        let pct = |p: f64| o[((o.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "unary capabilities call, {name} ({} calls, the floor of any round trip here): p50 {:.3} ms, p99 {:.3} ms",
+            o.len(),
+            pct(0.5),
+            pct(0.99)
+        );
+    }
     for (name, mut o) in [("plain", a), ("TLS + secret", b)] {
         o.sort_by(f64::total_cmp);
         let pct = |p: f64| o[((o.len() - 1) as f64 * p).round() as usize];

@@ -48,14 +48,7 @@ from livepeer_gateway.selection import reserve_session
 from livepeer_gateway.trickle_publisher import TricklePublisher
 from livepeer_gateway.trickle_subscriber import TrickleSubscriber
 
-
-class Failed(Exception):
-    pass
-
-
-def check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise Failed(msg)
+from gateway_report import check, http_error, run_reported
 
 
 def runner_entries(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,12 +64,6 @@ def find_runner(entries: list[dict[str, Any]], url: str) -> dict[str, Any] | Non
         if r.get("url") == url:
             return r
     return None
-
-
-def http_error(e: BaseException) -> dict[str, Any]:
-    if isinstance(e, LivepeerHTTPError):
-        return {"status": e.status_code, "body": e.body, "error": str(e)}
-    return {"status": None, "body": None, "error": f"{type(e).__name__}: {e}"}
 
 
 async def discover(orch: str, app: str) -> list[dict[str, Any]]:
@@ -363,30 +350,12 @@ async def main() -> int:
     args = p.parse_args()
 
     report: dict[str, Any] = {"ok": False, "orchestrator": args.orch, "app": args.app}
-    cleanup: list[LiveRunnerSession] = []
-    error = None
-    try:
-        await asyncio.wait_for(run(args.orch, args.app, report, cleanup), timeout=args.timeout)
-        report["ok"] = True
-    except asyncio.TimeoutError:
-        error = f"timed out after {args.timeout}s (last step: {list(report)[-1]})"
-    except Failed as e:
-        error = str(e)
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-    for s in cleanup:  # release what a failure left reserved
-        try:
-            await s.aclose()
-        except Exception:
-            pass
-    if error is not None:
-        report["error"] = error
-    print(json.dumps(report), flush=True)
-    if error is not None:
-        print(f"live_runner_gateway: {error}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
+    return await run_reported(
+        "live_runner_gateway",
+        lambda report, cleanup: run(args.orch, args.app, report, cleanup),
+        report,
+        args.timeout,
+    )
 
 if __name__ == "__main__":
     sys.exit(asyncio.run(main()))

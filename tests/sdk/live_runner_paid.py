@@ -40,7 +40,6 @@ collected in "sdk_warnings". Exits 1 with the message on stderr on failure.
 """
 import argparse
 import asyncio
-import json
 import logging
 import sys
 import time
@@ -51,14 +50,7 @@ from livepeer_gateway.errors import LivepeerGatewayError, LivepeerHTTPError
 from livepeer_gateway.live_runner import LiveRunnerSession, call_runner
 from livepeer_gateway.selection import reserve_session
 
-
-class Failed(Exception):
-    pass
-
-
-def check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise Failed(msg)
+from gateway_report import check, http_error, run_reported
 
 
 class Collect(logging.Handler):
@@ -72,12 +64,6 @@ class Collect(logging.Handler):
         self.records.append(
             {"t": record.created, "logger": record.name, "level": record.levelname, "message": record.getMessage()}
         )
-
-
-def http_error(e: BaseException) -> dict[str, Any]:
-    if isinstance(e, LivepeerHTTPError):
-        return {"status": e.status_code, "body": e.body, "error": str(e)}
-    return {"status": None, "body": None, "error": f"{type(e).__name__}: {e}"}
 
 
 async def echo(app_url: str, n: int) -> dict[str, Any]:
@@ -205,31 +191,13 @@ async def main() -> int:
     logging.getLogger("livepeer_gateway").addHandler(collect)
 
     report: dict[str, Any] = {"ok": False, "orchestrator": args.orch, "app": args.app, "signer": args.signer}
-    cleanup: list[LiveRunnerSession] = []
-    error = None
-    try:
-        await asyncio.wait_for(run(args, report, cleanup), timeout=args.timeout)
-        report["ok"] = True
-    except asyncio.TimeoutError:
-        error = f"timed out after {args.timeout}s (last step: {list(report)[-1]})"
-    except Failed as e:
-        error = str(e)
-    except Exception as e:
-        error = f"{type(e).__name__}: {e}"
-    for s in cleanup:  # release what a failure left reserved
-        try:
-            await s.aclose()
-        except Exception:
-            pass
-    report["sdk_warnings"] = collect.records
-    if error is not None:
-        report["error"] = error
-    print(json.dumps(report), flush=True)
-    if error is not None:
-        print(f"live_runner_paid: {error}", file=sys.stderr, flush=True)
-        return 1
-    return 0
-
+    return await run_reported(
+        "live_runner_paid",
+        lambda report, cleanup: run(args, report, cleanup),
+        report,
+        args.timeout,
+        finish=lambda report: report.update(sdk_warnings=collect.records),
+    )
 
 if __name__ == "__main__":
     sys.exit(asyncio.run(main()))
