@@ -243,7 +243,11 @@ impl Transcoder {
             }
             Ok((decoded, errors, renditions))
         })?;
-
+        // Inside the clock, as in `decode_only`: closing the decoder joins
+        // its frame threads, and freeing the demuxed input is the engine's
+        // work too (outside, it showed up as the caller's overhead).
+        drop(decoder);
+        drop(segment);
         Ok(TranscodeOutput {
             backend: self.backend.name(),
             input: info,
