@@ -12,11 +12,10 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use image::RgbImage;
-use rand::Rng;
 
 use super::text_to_image::{
-    initial_latents, memory_budget, to_rgb, DEFAULT_MAX_OUTPUT_PIXELS, MAX_IMAGES_PER_PROMPT,
-    MAX_STEPS,
+    check_attention_memory, images_per_prompt, initial_latents, refuse_loras, seed, to_rgb,
+    DEFAULT_MAX_OUTPUT_PIXELS, MAX_STEPS,
 };
 use super::{Pipeline, PipelineKind};
 use crate::ai::candle::{self as rt, model_error};
@@ -112,14 +111,7 @@ impl Pipeline for ImageToImagePipeline {
     fn run(&self, request: &PipelineRequest) -> Result<PipelineOutput, AiError> {
         let prompt = request.required_string("prompt")?;
         let image = request.required_file("image")?;
-        if request
-            .string("loras")?
-            .is_some_and(|l| !l.trim().is_empty())
-        {
-            return Err(AiError::BadRequest(
-                "LoRAs are not supported by this worker".into(),
-            ));
-        }
+        refuse_loras(request)?;
         // Validated for compatibility; no safety checker runs in process, so
         // `nsfw` is always false. image_guidance_scale is instruct-pix2pix's.
         request.boolean("safety_check")?;
@@ -152,12 +144,7 @@ impl Pipeline for ImageToImagePipeline {
                 DEFAULT_STEPS
             }
         };
-        let count = request.integer("num_images_per_prompt")?.unwrap_or(1);
-        if !(1..=MAX_IMAGES_PER_PROMPT).contains(&count) {
-            return Err(AiError::BadRequest(format!(
-                "num_images_per_prompt must be between 1 and {MAX_IMAGES_PER_PROMPT}"
-            )));
-        }
+        let count = images_per_prompt(request)?;
         let guidance_scale = if self.turbo {
             0.0
         } else {
@@ -165,13 +152,7 @@ impl Pipeline for ImageToImagePipeline {
                 .number("guidance_scale")?
                 .unwrap_or(DEFAULT_GUIDANCE)
         };
-        let seed = match request.integer("seed")? {
-            Some(s) if s < 0 => {
-                return Err(AiError::BadRequest("seed must not be negative".into()))
-            }
-            Some(s) => s as u64,
-            None => u64::from(rand::thread_rng().gen::<u32>()),
-        };
+        let seed = seed(request)?;
         if img2img_start(steps, strength) >= steps {
             return Err(AiError::BadRequest(format!(
                 "strength {strength} with {steps} inference steps keeps no denoising step \
@@ -186,17 +167,7 @@ impl Pipeline for ImageToImagePipeline {
             self.model.device(),
         )?;
         let (_, _, height, width) = pixels.dims4().map_err(|e| model_error("image", e))?;
-        let needed = self
-            .model
-            .attention_bytes(height, width, guidance_scale > 1.0);
-        let budget = memory_budget();
-        if needed > budget {
-            return Err(AiError::TooLarge(format!(
-                "{width}x{height} needs {:.1} GiB for attention, more than the {:.1} GiB available",
-                needed as f64 / f64::from(1u32 << 30),
-                budget as f64 / f64::from(1u32 << 30)
-            )));
-        }
+        check_attention_memory(&self.model, height, width, guidance_scale)?;
         let generation = Request {
             prompt,
             negative_prompt: request.string("negative_prompt")?.unwrap_or_default(),
@@ -208,7 +179,7 @@ impl Pipeline for ImageToImagePipeline {
         let posterior = self.model.encode_image(&pixels)?;
         let (_, channels, lh, lw) = self.model.latent_shape(height, width);
         let mut response = super::ImageResponse::default();
-        for i in 0..count as u64 {
+        for i in 0..count {
             // Two standard normal draws from the image's seed, in diffusers'
             // order: the posterior sample's, then the added noise.
             let draws = initial_latents(seed + i, (2, channels, lh, lw), self.model.device())

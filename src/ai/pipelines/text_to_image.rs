@@ -95,6 +95,59 @@ pub(super) fn memory_budget() -> u128 {
         .unwrap_or(4 << 30)
 }
 
+/// Refuses a request that asks for LoRAs, which no pipeline here loads.
+pub(super) fn refuse_loras(request: &PipelineRequest) -> Result<(), AiError> {
+    if request
+        .string("loras")?
+        .is_some_and(|l| !l.trim().is_empty())
+    {
+        return Err(AiError::BadRequest(
+            "LoRAs are not supported by this worker".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `num_images_per_prompt`: 1 by default, at most [`MAX_IMAGES_PER_PROMPT`].
+pub(super) fn images_per_prompt(request: &PipelineRequest) -> Result<u64, AiError> {
+    let count = request.integer("num_images_per_prompt")?.unwrap_or(1);
+    if !(1..=MAX_IMAGES_PER_PROMPT).contains(&count) {
+        return Err(AiError::BadRequest(format!(
+            "num_images_per_prompt must be between 1 and {MAX_IMAGES_PER_PROMPT}"
+        )));
+    }
+    Ok(count as u64)
+}
+
+/// `seed`: the request's (not negative), else a random one.
+pub(super) fn seed(request: &PipelineRequest) -> Result<u64, AiError> {
+    match request.integer("seed")? {
+        Some(s) if s < 0 => Err(AiError::BadRequest("seed must not be negative".into())),
+        Some(s) => Ok(s as u64),
+        None => Ok(u64::from(rand::thread_rng().gen::<u32>())),
+    }
+}
+
+/// Refuses a `width`x`height` generation whose attention scores would take
+/// more than [`memory_budget`].
+pub(super) fn check_attention_memory(
+    model: &StableDiffusion,
+    height: usize,
+    width: usize,
+    guidance_scale: f64,
+) -> Result<(), AiError> {
+    let needed = model.attention_bytes(height, width, guidance_scale > 1.0);
+    let budget = memory_budget();
+    if needed > budget {
+        return Err(AiError::TooLarge(format!(
+            "{width}x{height} needs {:.1} GiB for attention, more than the {:.1} GiB available",
+            needed as f64 / f64::from(1u32 << 30),
+            budget as f64 / f64::from(1u32 << 30)
+        )));
+    }
+    Ok(())
+}
+
 fn dimension(
     request: &PipelineRequest,
     field: &str,
@@ -128,14 +181,7 @@ impl Pipeline for TextToImagePipeline {
         if prompt.trim().is_empty() {
             return Err(AiError::BadRequest("Prompt must be provided.".into()));
         }
-        if request
-            .string("loras")?
-            .is_some_and(|l| !l.trim().is_empty())
-        {
-            return Err(AiError::BadRequest(
-                "LoRAs are not supported by this worker".into(),
-            ));
-        }
+        refuse_loras(request)?;
         // Validated for compatibility; no safety checker runs in process, so
         // `nsfw` is always false.
         request.boolean("safety_check")?;
@@ -158,35 +204,14 @@ impl Pipeline for TextToImagePipeline {
             }
             Some(s) => s as usize,
         };
-        let count = request.integer("num_images_per_prompt")?.unwrap_or(1);
-        if !(1..=MAX_IMAGES_PER_PROMPT).contains(&count) {
-            return Err(AiError::BadRequest(format!(
-                "num_images_per_prompt must be between 1 and {MAX_IMAGES_PER_PROMPT}"
-            )));
-        }
+        let count = images_per_prompt(request)?;
         let guidance_scale = if self.turbo {
             0.0
         } else {
             request.number("guidance_scale")?.unwrap_or(7.5)
         };
-        let needed = self
-            .model
-            .attention_bytes(height, width, guidance_scale > 1.0);
-        let budget = memory_budget();
-        if needed > budget {
-            return Err(AiError::TooLarge(format!(
-                "{width}x{height} needs {:.1} GiB for attention, more than the {:.1} GiB available",
-                needed as f64 / f64::from(1u32 << 30),
-                budget as f64 / f64::from(1u32 << 30)
-            )));
-        }
-        let seed = match request.integer("seed")? {
-            Some(s) if s < 0 => {
-                return Err(AiError::BadRequest("seed must not be negative".into()))
-            }
-            Some(s) => s as u64,
-            None => u64::from(rand::thread_rng().gen::<u32>()),
-        };
+        check_attention_memory(&self.model, height, width, guidance_scale)?;
+        let seed = seed(request)?;
         let generation = Request {
             prompt,
             negative_prompt: request.string("negative_prompt")?.unwrap_or_default(),
@@ -196,7 +221,7 @@ impl Pipeline for TextToImagePipeline {
             width,
         };
         let mut response = super::ImageResponse::default();
-        for i in 0..count as u64 {
+        for i in 0..count {
             let latents = initial_latents(
                 seed + i,
                 self.model.latent_shape(height, width),
