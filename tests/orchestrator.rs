@@ -5,55 +5,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use alloy_primitives::keccak256;
+use common::shim::OffChainShim;
 use common::{b64, clip, ffprobe, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
-
-struct Orch {
-    child: Child,
-    addr: String,
-}
-
-impl Orch {
-    fn start(worker: &ServeProcess, datadir: &std::path::Path) -> Orch {
-        Self::start_with(&worker.grpc.to_string(), datadir)
-    }
-
-    /// `workers` as given to --workers (an address, or a name to resolve).
-    fn start_with(workers: &str, datadir: &std::path::Path) -> Orch {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-            .args([
-                "orchestrator",
-                "-serviceAddr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "-network",
-                "offchain",
-            ])
-            .args(["--workers", workers, "-pricePerUnit", "0", "-datadir"])
-            .arg(datadir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let line = common::ready_line(&mut child);
-        let addr = common::line_field(&line, "addr=")
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string();
-        Orch { child, addr }
-    }
-}
-
-impl Drop for Orch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn seg_data(info: &net::OrchestratorInfo, body: &[u8], seq: i64) -> net::SegData {
     use net::video_profile::Format;
@@ -97,7 +55,7 @@ async fn submit(url: &str, seg: &net::SegData, payment: &str, body: Vec<u8>) -> 
 async fn gateway_gets_info_pays_nothing_off_chain_and_receives_renditions() {
     let dir = tempdir();
     let worker = ServeProcess::start(&["--max-sessions", "2"]);
-    let orch = Orch::start(&worker, &dir.path().join("data"));
+    let orch = OffChainShim::start(&worker.grpc.to_string(), &dir.path().join("data"), &[]);
     assert!(
         dir.path().join("data/cert.pem").is_file(),
         "self-signed identity generated on first start"
@@ -278,7 +236,7 @@ async fn ai_requests_are_routed_to_a_worker_serving_the_model() {
         "--models-dir",
         "models",
     ]);
-    let orch = Orch::start(&worker, &dir.path().join("data"));
+    let orch = OffChainShim::start(&worker.grpc.to_string(), &dir.path().join("data"), &[]);
     let channel = lpworker::attach::insecure_tls::grpc_channel(&orch.addr, |e| e)
         .await
         .unwrap();

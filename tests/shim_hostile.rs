@@ -99,14 +99,7 @@ impl Shim {
 
     /// The shim still serves: gRPC info with a fresh auth token.
     async fn info(&self) -> net::OrchestratorInfo {
-        let channel = lpworker::attach::insecure_tls::grpc_channel(&self.addr, |e| e)
-            .await
-            .unwrap();
-        net::orchestrator_client::OrchestratorClient::new(channel)
-            .get_orchestrator(net::OrchestratorRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
+        common::shim::offchain_info(&self.addr).await
     }
 
     async fn tls(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {

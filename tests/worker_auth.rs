@@ -7,10 +7,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::keccak256;
+use common::shim::{offchain_shim_command, OffChainShim as Shim};
 use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 use lpworker::proto::worker as pb;
@@ -72,55 +73,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn shim_command(workers: &str, datadir: &Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpworker"));
-    cmd.args([
-        "orchestrator",
-        "-serviceAddr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "-network",
-        "offchain",
-        "--workers",
-        workers,
-        "-pricePerUnit",
-        "0",
-        "-datadir",
-    ])
-    .arg(datadir)
-    .args(extra)
-    .env_remove("LPWORKER_WORKER_SECRET");
-    cmd
-}
-
-struct Shim {
-    child: Child,
-    addr: String,
-}
-
-impl Shim {
-    fn start(workers: &str, datadir: &Path, extra: &[&str]) -> Shim {
-        let mut child = shim_command(workers, datadir, extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let line = common::ready_line(&mut child);
-        let addr = common::line_field(&line, "addr=")
-            .unwrap_or_else(|| panic!("the shim did not start: {line:?}"))
-            .to_string();
-        Shim { child, addr }
-    }
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs a command expected to exit on its own, killing it after `limit`.
 fn run_to_exit(mut cmd: Command, limit: Duration) -> Output {
     let mut child = cmd
@@ -148,7 +100,7 @@ fn run_to_exit(mut cmd: Command, limit: Duration) -> Output {
 /// The shim must refuse to start: no worker it can use.
 fn assert_shim_finds_no_worker(workers: &str, datadir: &Path, extra: &[&str]) -> String {
     let out = run_to_exit(
-        shim_command(workers, datadir, extra),
+        offchain_shim_command(workers, datadir, extra),
         Duration::from_secs(60),
     );
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -157,20 +109,9 @@ fn assert_shim_finds_no_worker(workers: &str, datadir: &Path, extra: &[&str]) ->
     stderr
 }
 
-async fn gateway_info(shim: &Shim) -> net::OrchestratorInfo {
-    let channel = lpworker::attach::insecure_tls::grpc_channel(&shim.addr, |e| e)
-        .await
-        .unwrap();
-    net::orchestrator_client::OrchestratorClient::new(channel)
-        .get_orchestrator(net::OrchestratorRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// Sends one segment through the shim and checks that renditions came back.
 async fn transcode_one(shim: &Shim, dir: &Path) {
-    let info = gateway_info(shim).await;
+    let info = shim.info().await;
     let (_, body) = clip(
         dir,
         "seg",
@@ -248,7 +189,7 @@ async fn secret_and_tls_worker_transcodes_and_infers_behind_the_shim() {
     transcode_one(&shim, dir.path()).await;
 
     // AI requests go to the worker too, with the same secret and TLS.
-    let info = gateway_info(&shim).await;
+    let info = shim.info().await;
     let input =
         image::RgbImage::from_fn(6, 4, |x, y| image::Rgb([(x * 40) as u8, (y * 60) as u8, 9]));
     let png = lpworker::ai::media::encode_png(&input).unwrap();
@@ -359,7 +300,7 @@ fn a_wrong_certificate_pin_or_an_untrusted_worker_is_refused() {
     );
     // https:// without any way to verify the worker is refused at once.
     let out = run_to_exit(
-        shim_command(&target, &dir.path().join("c"), &[]),
+        offchain_shim_command(&target, &dir.path().join("c"), &[]),
         Duration::from_secs(30),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

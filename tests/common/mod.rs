@@ -6,6 +6,7 @@ pub mod chain;
 pub mod live;
 pub mod orch;
 pub mod remote_signer;
+pub mod shim;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
