@@ -8,17 +8,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::chain::{
-    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, used, wait_until,
-    Account, GatewaySigner, LocalChain,
+    fund_sender, keystore, next_round, orchestrator_cli as cli, used, wait_until, ChainShim,
+    GatewaySigner, LocalChain,
 };
 use common::live::{python, sdk_script, KillOnDrop};
 use common::remote_signer::RemoteSigner;
-use common::{insecure_http as http, line_field, ready_line, tempdir};
+use common::{insecure_http as http, tempdir};
 use serde_json::Value;
 
 const SECRET: &str = "runner-bootstrap";
@@ -47,62 +46,6 @@ const TICKET_EV_WEI: f64 = 2e6;
 /// When the SDK gateway stops funding: between its 4th and 5th payment
 /// (the SDK pays every 3 s after the reservation).
 const FUND_SECONDS: f64 = 13.5;
-
-struct Shim {
-    _child: KillOnDrop,
-    uri: String,
-    metrics: String,
-    log: PathBuf,
-}
-
-fn start_shim(chain: &LocalChain, account: &Account, datadir: &Path, feed: &str) -> Shim {
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    // The log outlives the test's temporary directory, for post-mortems.
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("shim-sdk-{}.log", uuid::Uuid::new_v4()));
-    eprintln!("shim log: {}", log.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .args([
-            "orchestrator",
-            "-serviceAddr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("-datadir")
-        .arg(datadir)
-        .args(eth_flags(chain, account))
-        .args(PRICING)
-        .args(["-initializeRound", "true", "--chain-poll", "1"])
-        .arg("--metrics-addr")
-        .arg(metrics.to_string())
-        .args([
-            "--use-live-runners",
-            "--orch-secret",
-            SECRET,
-            "-priceFeedAddr",
-            feed,
-            "-livePaymentInterval",
-            "1s",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let line = ready_line(&mut child);
-    let uri = line_field(&line, "uri=")
-        .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log.display()))
-        .to_string();
-    Shim {
-        _child: KillOnDrop(child),
-        uri,
-        metrics: format!("http://{metrics}/metrics"),
-        log,
-    }
-}
 
 fn unix(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -134,11 +77,22 @@ async fn the_sdk_pays_for_a_live_runner_session_through_a_remote_signer_and_it_i
 
     // Chainlink's aggregator at $2000, behind a feed that says "ETH / USD".
     let feed = chain.command("deployPriceFeed 8 200000000000");
-    let shim = start_shim(
+    let shim = ChainShim::start_with(
         &chain,
         &account,
+        "",
         &dir.path().join("data"),
-        feed["feed"].as_str().unwrap(),
+        &chain.rpc,
+        PRICING,
+        &[
+            "--use-live-runners",
+            "--orch-secret",
+            SECRET,
+            "-priceFeedAddr",
+            feed["feed"].as_str().unwrap(),
+            "-livePaymentInterval",
+            "1s",
+        ],
     );
     let signer = RemoteSigner::start(GatewaySigner::new(&chain, 2), Some(chain.rpc.clone())).await;
 

@@ -489,6 +489,8 @@ pub struct ChainShim {
     pub child: Child,
     /// host:port of its gRPC/HTTPS listener.
     pub addr: String,
+    /// Its service URI (`https://host:port`).
+    pub uri: String,
     pub metrics: String,
     /// Its stderr: what an operator's log would hold.
     pub log: PathBuf,
@@ -570,12 +572,17 @@ impl ChainShim {
             .spawn()
             .unwrap();
         let line = super::ready_line(&mut child);
-        let addr = super::line_field(&line, "addr=")
-            .unwrap_or_else(|| panic!("shim did not start: {line:?}; see {}", log_path.display()))
-            .to_string();
+        let field = |name: &str| {
+            super::line_field(&line, name)
+                .unwrap_or_else(|| {
+                    panic!("shim did not start: {line:?}; see {}", log_path.display())
+                })
+                .to_string()
+        };
         ChainShim {
+            addr: field("addr="),
+            uri: field("uri="),
             child,
-            addr,
             metrics: format!("http://{metrics}/metrics"),
             log: log_path,
         }
