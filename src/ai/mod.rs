@@ -17,6 +17,7 @@ pub mod diffusion;
 mod error;
 #[cfg(test)]
 pub(crate) mod golden_diff;
+pub mod live;
 pub mod llm;
 pub mod media;
 pub mod ocr;

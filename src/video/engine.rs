@@ -14,6 +14,7 @@ use super::backend::{Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
 use super::container::{self, DemuxLimits, DemuxedSegment, MuxTrack};
 use super::fps::FpsConverter;
 use super::profile::{OutputContainer, VideoProfile};
+use super::transform::{StageRun, TransformCount, TransformStage};
 use super::VideoError;
 
 /// Frames buffered between the decoder and each rendition thread: enough to
@@ -37,6 +38,9 @@ pub struct TranscodeOptions {
     pub encoder_threads: usize,
     /// Set to abort the transcode from another thread.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// A per-frame picture stage before each rendition's scaling (live AI
+    /// video).
+    pub transform: Option<TransformStage>,
 }
 
 impl Default for TranscodeOptions {
@@ -50,6 +54,7 @@ impl Default for TranscodeOptions {
             preset: "medium".into(),
             encoder_threads: 0,
             cancel: None,
+            transform: None,
         }
     }
 }
@@ -83,6 +88,9 @@ pub struct Rendition {
     pub container: OutputContainer,
     /// Frames and pixels sent to the encoder (what the gateway pays for).
     pub encoded: PixelCount,
+    /// What the transform stage did, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformCount>,
     #[serde(skip)]
     pub data: Vec<u8>,
     pub bytes: usize,
@@ -401,8 +409,9 @@ struct Pipeline {
     width: u32,
     height: u32,
     /// The last source frame scaled and its result, reused when the frame-rate
-    /// converter repeats a frame.
+    /// converter repeats a frame (or the transform stage drops one).
     last: Option<(Arc<Frame>, Frame)>,
+    stage: Option<StageRun>,
 }
 
 impl RenditionJob<'_> {
@@ -433,8 +442,25 @@ impl RenditionJob<'_> {
             };
             let reuse = matches!(&p.last, Some((prev, _)) if Arc::ptr_eq(prev, src));
             if !reuse {
-                let scaled = p.scaler.scale(src)?;
-                p.last = Some((Arc::clone(src), scaled));
+                let have_output = p.last.is_some();
+                let scaled = match p.stage.as_mut() {
+                    Some(stage) => {
+                        if stage.behind(src.pts, have_output) {
+                            // Behind real time: the frame is dropped at the
+                            // input and the last output shown again.
+                            stage.count.dropped += 1;
+                            None
+                        } else {
+                            Some(stage.apply(src, &mut *p.scaler, p.width, p.height)?)
+                        }
+                    }
+                    None => Some(p.scaler.scale(src)?),
+                };
+                match (scaled, p.last.as_mut()) {
+                    (Some(scaled), _) => p.last = Some((Arc::clone(src), scaled)),
+                    (None, Some(last)) => last.0 = Arc::clone(src),
+                    (None, None) => unreachable!("a frame is dropped only after an output"),
+                }
             }
             let (_, scaled) = p.last.as_mut().expect("scaled frame was just stored");
             scaled.pts = pts;
@@ -482,6 +508,7 @@ impl RenditionJob<'_> {
             height: pipeline.height,
             container: format,
             encoded,
+            transform: pipeline.stage.map(|s| s.count),
             bytes: data.len(),
             data,
         })
@@ -511,6 +538,10 @@ impl RenditionJob<'_> {
             width,
             height,
             last: None,
+            stage: self.options.transform.clone().map(|stage| {
+                let tick = f64::from(self.time_base);
+                StageRun::new(stage, tick, 1.0 / f64::from(out_rate).max(1.0))
+            }),
         })
     }
 }

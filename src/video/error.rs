@@ -52,6 +52,10 @@ pub enum VideoError {
         #[source]
         source: ffmpeg_next::Error,
     },
+    /// A frame transform (a live AI model) failed on a frame: the model's
+    /// or the machine's fault, not the input's.
+    #[error("frame transform failed: {0}")]
+    Transform(String),
     /// The blocking task running the engine panicked or was torn down.
     #[error("transcode task failed: {0}")]
     Task(String),
@@ -75,6 +79,7 @@ impl VideoError {
             | VideoError::EncoderUnavailable(_)
             | VideoError::Gpu { .. }
             | VideoError::Internal { .. }
+            | VideoError::Transform(_)
             | VideoError::Task(_) => false,
             _ => true,
         }
@@ -99,6 +104,7 @@ impl VideoError {
             VideoError::EncoderUnavailable(_) => "encoder_unavailable",
             VideoError::Gpu { .. } => "gpu",
             VideoError::Internal { .. } => "internal",
+            VideoError::Transform(_) => "transform",
             VideoError::Task(_) => "task",
             VideoError::Rendition { source, .. } => source.kind(),
         }

@@ -18,6 +18,7 @@ pub mod nvidia;
 pub mod probe;
 pub mod profile;
 pub mod service;
+pub mod transform;
 
 pub use admission::{Admission, Permit, Refusal};
 pub use backend::{Decoder, Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
@@ -27,6 +28,7 @@ pub use engine::{
 pub use error::VideoError;
 pub use profile::{Gop, H264Profile, OutputContainer, VideoCodec, VideoProfile};
 pub use service::{JobError, Slot, TranscodeEngine, VideoMetrics, VideoService};
+pub use transform::{FrameTransform, TransformCount, TransformStage};
 
 /// Initialises FFmpeg once per process and quiets its logging (errors are
 /// returned as values; FFmpeg's own chatter would flood worker logs).

@@ -160,6 +160,30 @@ impl VideoProfile {
         all
     }
 
+    /// Live AI video's output: the input's size and frame rate, H.264 with
+    /// no B-frames and a keyframe every second (a player joining, or a
+    /// dropped segment, recovers within a second), at `bitrate`.
+    pub fn live(bitrate: u64) -> VideoProfile {
+        VideoProfile {
+            name: "live".into(),
+            width: 0,
+            height: 0,
+            bitrate,
+            fps: 0,
+            fps_den: 1,
+            codec: VideoCodec::H264,
+            h264_profile: Some(H264Profile::ConstrainedHigh),
+            gop: Gop::Seconds(1.0),
+            quality: None,
+            format: Some(OutputContainer::Mpegts),
+        }
+    }
+
+    /// A 0x0 profile keeps the input's size (rounded down to even sides).
+    pub fn keeps_input_size(&self) -> bool {
+        self.width == 0 && self.height == 0
+    }
+
     /// Looks up a predefined profile by its go-livepeer name.
     pub fn by_name(name: &str) -> Option<VideoProfile> {
         Self::standard_profiles()
@@ -232,6 +256,9 @@ impl VideoProfile {
     /// below the encoder's minimum, in which case it is the minimum and the
     /// longer side follows instead.
     pub fn output_size(&self, in_w: u32, in_h: u32) -> (u32, u32) {
+        if self.keeps_input_size() {
+            return (in_w.max(2) & !1, in_h.max(2) & !1);
+        }
         let limits = self.codec.size_limits();
         let clamp_w = u64::from(self.width.clamp(limits.min_w, limits.max_w));
         let clamp_h = u64::from(self.height.clamp(limits.min_h, limits.max_h));

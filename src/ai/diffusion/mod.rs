@@ -116,6 +116,13 @@ pub fn img2img_start(steps: usize, strength: f64) -> usize {
     steps - kept
 }
 
+/// A prompt's embeddings as the UNet attends to them (see
+/// [`StableDiffusion::prompt_context`]).
+pub struct PromptContext {
+    context: Tensor,
+    guided: bool,
+}
+
 /// The VAE encoder's latent distribution of an image.
 pub struct Posterior {
     mean: Tensor,
@@ -413,6 +420,20 @@ impl StableDiffusion {
         noise: &Tensor,
         strength: f64,
     ) -> Result<Img2Img, AiError> {
+        let prompt = self.prompt_context(request)?;
+        self.img2img_with(&prompt, request, init_latents, noise, strength)
+    }
+
+    /// [`Self::img2img`] with the prompt's embeddings computed beforehand
+    /// (live video runs the same prompt on every frame).
+    pub fn img2img_with(
+        &self,
+        prompt: &PromptContext,
+        request: &Request,
+        init_latents: &Tensor,
+        noise: &Tensor,
+        strength: f64,
+    ) -> Result<Img2Img, AiError> {
         let start = img2img_start(request.steps, strength);
         if start >= request.steps {
             return Err(AiError::BadRequest(format!(
@@ -421,12 +442,12 @@ impl StableDiffusion {
                 request.steps
             )));
         }
-        let (context, guided) = self.context(request)?;
+        let (context, guided) = (&prompt.context, prompt.guided);
         let schedule = self.scheduler.schedule(request.steps);
         let run = || -> candle_core::Result<Img2Img> {
             let noised = (init_latents + (noise * schedule.sigmas[start])?)?;
             let latents =
-                self.denoise(noised.clone(), &schedule, start, &context, guided, request)?;
+                self.denoise(noised.clone(), &schedule, start, context, guided, request)?;
             let image = self.decode(&latents)?;
             Ok(Img2Img {
                 noised_latents: noised,
@@ -435,6 +456,12 @@ impl StableDiffusion {
             })
         };
         run().map_err(|e| model_error("diffusion", e))
+    }
+
+    /// `request`'s prompt embeddings, to reuse across calls.
+    pub fn prompt_context(&self, request: &Request) -> Result<PromptContext, AiError> {
+        let (context, guided) = self.context(request)?;
+        Ok(PromptContext { context, guided })
     }
 
     /// The prompt embeddings the UNet attends to (the negative prompt's

@@ -48,7 +48,7 @@ pub fn initial_latents(
     Tensor::from_vec(values, shape, device)
 }
 
-pub(super) fn to_rgb(image: &Tensor) -> Result<RgbImage, AiError> {
+pub(crate) fn to_rgb(image: &Tensor) -> Result<RgbImage, AiError> {
     let (_, h, w) = image.dims3().map_err(|e| model_error("image", e))?;
     let hwc = image
         .permute((1, 2, 0))
