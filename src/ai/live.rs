@@ -29,13 +29,23 @@ use super::{media, AiError};
 /// The pipeline name in aiModels and in Live Runner app names.
 pub const PIPELINE: &str = "live-video-to-video";
 
-/// A model applied to every frame of a live stream.
+/// A model applied to every frame of live streams. Each stream has its own
+/// parameters: [`FrameModel::stream`] makes its handle.
 pub trait FrameModel: Send + Sync {
     fn model_id(&self) -> &str;
 
     /// "noop", "onnx" or "candle".
     fn runtime(&self) -> &'static str;
 
+    /// A new stream with `params` (see [`FrameStream::update`]).
+    fn stream(
+        self: Arc<Self>,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<dyn FrameStream>, AiError>;
+}
+
+/// One stream on a model.
+pub trait FrameStream: Send + Sync {
     /// Frames pass through untouched (the video engine then skips the
     /// picture conversions).
     fn is_identity(&self) -> bool {
@@ -90,6 +100,15 @@ impl FrameModel for Noop {
         "noop"
     }
 
+    fn stream(
+        self: Arc<Self>,
+        _: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<dyn FrameStream>, AiError> {
+        Ok(self)
+    }
+}
+
+impl FrameStream for Noop {
     fn is_identity(&self) -> bool {
         true
     }
@@ -146,6 +165,15 @@ impl FrameModel for OnnxFrames {
         "onnx"
     }
 
+    fn stream(
+        self: Arc<Self>,
+        _: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<dyn FrameStream>, AiError> {
+        Ok(self)
+    }
+}
+
+impl FrameStream for OnnxFrames {
     fn update(&self, _: &serde_json::Map<String, serde_json::Value>) -> Result<(), AiError> {
         Ok(())
     }
@@ -283,6 +311,11 @@ struct Prepared {
 pub struct Img2ImgFrames {
     model_id: String,
     model: StableDiffusion,
+}
+
+/// One stream's parameters on an [`Img2ImgFrames`] model.
+struct DiffusionStream {
+    frames: Arc<Img2ImgFrames>,
     current: Mutex<Arc<Prepared>>,
 }
 
@@ -296,11 +329,9 @@ impl Img2ImgFrames {
             )));
         }
         model.load_image_encoder(dir)?;
-        let prepared = Self::prepare(&model, DiffusionParams::default())?;
         Ok(Img2ImgFrames {
             model_id: model_id.to_string(),
             model,
-            current: Mutex::new(Arc::new(prepared)),
         })
     }
 
@@ -316,7 +347,8 @@ impl Img2ImgFrames {
         }
     }
 
-    fn prepare(model: &StableDiffusion, params: DiffusionParams) -> Result<Prepared, AiError> {
+    fn prepare(&self, params: DiffusionParams) -> Result<Prepared, AiError> {
+        let model = &self.model;
         let prompt = model.prompt_context(&Self::request(&params))?;
         let (_, channels, lh, lw) = model.latent_shape(params.height, params.width);
         let draws = initial_latents(params.seed, (2, channels, lh, lw), model.device())
@@ -326,10 +358,6 @@ impl Img2ImgFrames {
             prompt: Arc::new(prompt),
             draws,
         })
-    }
-
-    fn prepared(&self) -> Arc<Prepared> {
-        self.current.lock().expect("live params").clone()
     }
 }
 
@@ -342,21 +370,42 @@ impl FrameModel for Img2ImgFrames {
         "candle"
     }
 
+    fn stream(
+        self: Arc<Self>,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Arc<dyn FrameStream>, AiError> {
+        let params = DiffusionParams::default().with(params, self.model.size_multiple())?;
+        let prepared = self.prepare(params)?;
+        Ok(Arc::new(DiffusionStream {
+            frames: self,
+            current: Mutex::new(Arc::new(prepared)),
+        }))
+    }
+}
+
+impl DiffusionStream {
+    fn prepared(&self) -> Arc<Prepared> {
+        self.current.lock().expect("live params").clone()
+    }
+}
+
+impl FrameStream for DiffusionStream {
     fn update(&self, update: &serde_json::Map<String, serde_json::Value>) -> Result<(), AiError> {
         let now = self.prepared();
-        let params = now.params.with(update, self.model.size_multiple())?;
+        let params = now.params.with(update, self.frames.model.size_multiple())?;
         if params == now.params {
             return Ok(());
         }
         // Prepared outside the lock: frames go on with the old prompt
         // meanwhile.
-        let prepared = Self::prepare(&self.model, params)?;
+        let prepared = self.frames.prepare(params)?;
         *self.current.lock().expect("live params") = Arc::new(prepared);
         Ok(())
     }
 
     fn apply(&self, frame: RgbImage) -> Result<RgbImage, AiError> {
         let p = self.prepared();
+        let model = &self.frames.model;
         let (w, h) = (p.params.width as u32, p.params.height as u32);
         let resized;
         let frame = if frame.dimensions() == (w, h) {
@@ -365,21 +414,17 @@ impl FrameModel for Img2ImgFrames {
             resized = image::imageops::resize(&frame, w, h, image::imageops::FilterType::Triangle);
             &resized
         };
-        let pixels = preprocess(
-            frame,
-            self.model.size_multiple() as u32,
-            self.model.device(),
-        )?;
-        let posterior = self.model.encode_image(&pixels)?;
+        let pixels = preprocess(frame, model.size_multiple() as u32, model.device())?;
+        let posterior = model.encode_image(&pixels)?;
         let draw = |k: usize| {
             p.draws
                 .narrow(0, k, 1)
                 .map_err(|e| model_error("latents", e))
         };
         let init = posterior.sample(&draw(0)?)?;
-        let out = self.model.img2img_with(
+        let out = model.img2img_with(
             &p.prompt,
-            &Self::request(&p.params),
+            &Img2ImgFrames::request(&p.params),
             &init,
             &draw(1)?,
             p.params.strength,
@@ -407,6 +452,7 @@ mod tests {
     #[test]
     fn noop_passes_frames_through() {
         let noop = load("noop", &models(), 1).unwrap();
+        let noop = noop.stream(&Default::default()).unwrap();
         assert!(noop.is_identity());
         let frame = gradient(8, 6);
         assert_eq!(noop.apply(frame.clone()).unwrap(), frame);
@@ -432,6 +478,7 @@ mod tests {
     fn an_onnx_model_runs_on_each_frame() {
         let model = load("lpworker/sepia", &models(), 1).unwrap();
         assert_eq!(model.runtime(), "onnx");
+        let model = model.stream(&Default::default()).unwrap();
         let frame = gradient(37, 21);
         let out = model.apply(frame.clone()).unwrap();
         assert_eq!(out.dimensions(), frame.dimensions());
@@ -471,30 +518,33 @@ mod tests {
 
     #[test]
     fn tiny_sd_follows_the_prompt_from_the_next_frame() {
-        let dir = models().join("lpworker/tiny-sd");
-        let model = Img2ImgFrames::load("lpworker/tiny-sd", &dir).unwrap();
+        let model = load("lpworker/tiny-sd", &models(), 1).unwrap();
         assert_eq!(model.runtime(), "candle");
-        model
-            .update(&object(
-                serde_json::json!({"width": 32, "height": 32, "prompt": "a red fox"}),
-            ))
+        let bad = object(serde_json::json!({"strength": "x"}));
+        assert!(model.clone().stream(&bad).is_err());
+        let start = object(serde_json::json!({"width": 32, "height": 32, "prompt": "a red fox"}));
+        let stream = model.clone().stream(&start).unwrap();
+        // Another stream on the same model keeps its own parameters.
+        let other = model
+            .stream(&object(serde_json::json!({"width": 16, "height": 16})))
             .unwrap();
         let frame = gradient(40, 30);
-        let a = model.apply(frame.clone()).unwrap();
+        let a = stream.apply(frame.clone()).unwrap();
         assert_eq!(a.dimensions(), (32, 32));
         // Same prompt, seed and frame: the same picture (no fresh noise per
         // frame, so a still camera gives a still picture).
-        assert_eq!(model.apply(frame.clone()).unwrap(), a);
-        model
+        assert_eq!(stream.apply(frame.clone()).unwrap(), a);
+        stream
             .update(&object(serde_json::json!({"prompt": "a blue whale"})))
             .unwrap();
-        let b = model.apply(frame).unwrap();
+        let b = stream.apply(frame.clone()).unwrap();
         let differing = a.pixels().zip(b.pixels()).filter(|(x, y)| x != y).count();
         assert!(differing > 0, "a new prompt changed nothing");
         // A refused update leaves the stream as it was.
-        assert!(model
+        assert!(stream
             .update(&object(serde_json::json!({"strength": 7})))
             .is_err());
-        assert_eq!(model.prepared().params.prompt, "a blue whale");
+        assert_eq!(stream.apply(frame.clone()).unwrap(), b);
+        assert_eq!(other.apply(frame).unwrap().dimensions(), (16, 16));
     }
 }

@@ -44,6 +44,7 @@ use tokio::net::TcpListener;
 use super::{input, Latency};
 use crate::live_runner::wire::{headers as lr, ChannelInfo, CreateChannels, CreatedChannels};
 use crate::runner::transcode::TranscodeApp;
+use crate::runner::PersistentApp;
 use crate::trickle::client::{http_client_builder, TricklePublisher, TrickleSubscriber};
 use crate::trickle::{TrickleConfig, TrickleServer, BASE_PATH};
 use crate::video::{TranscodeOptions, Transcoder, VideoError, VideoProfile};
@@ -709,9 +710,10 @@ async fn live(
         options.preset.clone(),
     );
     let bases = vec![orch.clone()];
-    app.follow_controls_of(Arc::new(move || bases.clone()));
+    app.sessions()
+        .follow_controls_of(Arc::new(move || bases.clone()));
     let (app_listener, app_url) = bind().await?;
-    let _app = serve(app_listener, app.router());
+    let _app = serve(app_listener, app.clone().router());
 
     // The gateway's side: start the session with the orchestrator's headers.
     let http = http_client_builder()
@@ -821,7 +823,7 @@ async fn live(
     // The input's end ends the session: the app stops it at the callback.
     let _ = publisher.close().await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !app.session_ids().is_empty() && Instant::now() < deadline {
+    while !app.sessions().ids().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(LiveRun {

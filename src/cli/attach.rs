@@ -263,26 +263,38 @@ const MIN_SECRET_PATH: usize = 16;
 /// `--live-runner`: the AI models as single-shot Live Runner apps, and
 /// with --transcode the live transcoding app.
 fn live_runner(args: AttachArgs) -> Result<()> {
-    let models = args.models.load()?;
-    if models.is_none() && !args.transcode {
+    let (models, live_models) = args.models.load_with_live()?;
+    if models.is_none() && live_models.is_empty() && !args.transcode {
         bail!("--live-runner serves --ai-models (each model an app) and/or --transcode");
     }
-    let transcoding = if args.transcode {
+    let mut persistent = Vec::new();
+    for (config, model) in live_models {
+        // Models work on pictures in memory: the CPU backend decodes and
+        // encodes around them.
+        let transcoder = Transcoder::new(std::sync::Arc::new(lpworker::video::cpu::CpuBackend));
+        persistent.push(lpworker::runner::Persistent {
+            app: lpworker::runner::live_video::LiveVideoApp::new(
+                model,
+                transcoder,
+                args.live_preset.clone(),
+            ),
+            capacity: config.capacity.max(1),
+        });
+    }
+    if args.transcode {
         let probe = probe::probe();
         let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?;
         let ladder = lpworker::video::VideoProfile::from_spec(&args.transcode_ladder)
             .with_context(|| format!("--transcode-ladder {:?}", args.transcode_ladder))?;
-        Some(lpworker::runner::Transcoding {
+        persistent.push(lpworker::runner::Persistent {
             app: lpworker::runner::transcode::TranscodeApp::new(
                 std::sync::Arc::new(Transcoder::new(backend)),
                 ladder,
                 args.live_preset.clone(),
             ),
             capacity: args.max_sessions,
-        })
-    } else {
-        None
-    };
+        });
+    }
     let runner_url = args
         .runner_url
         .clone()
@@ -346,7 +358,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let runner = lpworker::runner::BoundRunner::bind(&config, models, transcoding)
+        let runner = lpworker::runner::BoundRunner::bind(&config, models, persistent)
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
         println!(

@@ -93,6 +93,12 @@ pub struct ServeArgs {
     pub ai_auth_token: Option<String>,
 }
 
+/// Live video-to-video models with their aiModels entries.
+pub type LiveModels = Vec<(
+    lpworker::ai::config::AiModelConfig,
+    std::sync::Arc<dyn lpworker::ai::live::FrameModel>,
+)>;
+
 /// The AI models to load, shared by `serve` and `attach`.
 #[derive(Debug, clap::Args)]
 pub struct AiArgs {
@@ -119,14 +125,48 @@ pub struct AiArgs {
 impl AiArgs {
     /// Loads every listed model, or None when no models are configured.
     pub fn load(&self) -> Result<Option<std::sync::Arc<lpworker::ai::Registry>>> {
+        let (registry, live) = self.load_with_live()?;
+        if let Some((config, _)) = live.first() {
+            bail!(
+                "{}/{}: live video-to-video runs as a Live Runner app (lpworker attach --live-runner)",
+                config.pipeline,
+                config.model_id
+            );
+        }
+        Ok(registry)
+    }
+
+    /// Loads the listed models: request-response ones into a registry (None
+    /// when there are none), live-video-to-video ones apart (they are Live
+    /// Runner apps).
+    pub fn load_with_live(
+        &self,
+    ) -> Result<(Option<std::sync::Arc<lpworker::ai::Registry>>, LiveModels)> {
         let Some(spec) = &self.ai_models else {
-            return Ok(None);
+            return Ok((None, Vec::new()));
         };
-        let configs = lpworker::ai::config::load(spec)?;
+        let (live, configs): (Vec<_>, Vec<_>) = lpworker::ai::config::load(spec)?
+            .into_iter()
+            .partition(|c| c.pipeline == lpworker::ai::live::PIPELINE);
         lpworker::ai::onnx::init(self.onnxruntime.as_deref()).context("starting ONNX Runtime")?;
-        let registry = lpworker::ai::Registry::load(&configs, &self.models_dir, self.ai_threads)
-            .with_context(|| format!("loading the models in {spec}"))?;
-        Ok(Some(std::sync::Arc::new(registry)))
+        let registry = if configs.is_empty() {
+            None
+        } else {
+            let registry =
+                lpworker::ai::Registry::load(&configs, &self.models_dir, self.ai_threads)
+                    .with_context(|| format!("loading the models in {spec}"))?;
+            Some(std::sync::Arc::new(registry))
+        };
+        let live = live
+            .into_iter()
+            .map(|c| {
+                let model =
+                    lpworker::ai::live::load(&c.model_id, &self.models_dir, self.ai_threads)
+                        .with_context(|| format!("loading {}/{}", c.pipeline, c.model_id))?;
+                Ok((c, model))
+            })
+            .collect::<Result<_>>()?;
+        Ok((registry, live))
     }
 }
 

@@ -14,7 +14,9 @@
 //! runner only its orchestrator can call. A session's callbacks are
 //! followed only to that orchestrator.
 
+pub mod live_video;
 pub mod registration;
+pub mod sessions;
 pub mod transcode;
 
 use std::net::SocketAddr;
@@ -50,8 +52,32 @@ pub struct BoundRunner {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     pub registrations: Vec<Arc<Registration>>,
-    transcode: Option<Arc<transcode::TranscodeApp>>,
+    persistent: Vec<Arc<dyn PersistentApp>>,
     drain_timeout: std::time::Duration,
+}
+
+/// A persistent app (a session reserved, then started with a request to
+/// the app; work goes on until it ends or the orchestrator releases it).
+pub trait PersistentApp: Send + Sync + 'static {
+    /// The app's name in registrations (`transcode/LADDER`,
+    /// `live-video-to-video/MODEL`).
+    fn app_name(&self) -> String;
+    /// Registration metadata (JSON).
+    fn metadata(&self) -> serde_json::Value;
+    /// Its routes, under the runner's URL.
+    fn router(self: Arc<Self>) -> axum::Router;
+    fn sessions(&self) -> &sessions::Sessions;
+    /// ai-runner's `/health` status for the app, when it has one of its own
+    /// (`LOADING`, `OK`, `ERROR`, `IDLE`).
+    fn health(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// A persistent app and how many sessions it takes at once.
+pub struct Persistent {
+    pub app: Arc<dyn PersistentApp>,
+    pub capacity: u32,
 }
 
 /// An AI app's price: its aiModels entry's when that is in US dollars
@@ -124,7 +150,7 @@ const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// compared in constant time: an operator may make it the runner's secret.
 /// Requests elsewhere get 404 without reaching an app, but for `/health`
 /// at the root (for probes, and static runners' `health_url: /health`).
-fn under_secret_path(router: axum::Router, prefix: &str) -> axum::Router {
+fn under_secret_path(router: axum::Router, prefix: &str, health: axum::Router) -> axum::Router {
     use tower::ServiceExt;
     let prefix: Arc<str> = Arc::from(prefix.trim_end_matches('/'));
     if prefix.is_empty() {
@@ -157,25 +183,33 @@ fn under_secret_path(router: axum::Router, prefix: &str) -> axum::Router {
             router.oneshot(request).await
         }
     });
-    axum::Router::new()
-        .route(
-            "/health",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "OK"})) }),
-        )
-        .fallback_service(service)
+    health.fallback_service(service)
 }
 
-/// The live transcoding app and how many sessions it takes at once.
-pub struct Transcoding {
-    pub app: Arc<transcode::TranscodeApp>,
-    pub capacity: u32,
+/// `GET /health` in ai-runner's shape: the worst of the persistent apps'
+/// own states (ERROR over LOADING over OK over IDLE), else OK.
+fn health(apps: Vec<Arc<dyn PersistentApp>>) -> axum::Router {
+    let status = move || {
+        let states: Vec<&str> = apps.iter().filter_map(|a| a.health()).collect();
+        ["ERROR", "LOADING", "OK", "IDLE"]
+            .into_iter()
+            .find(|s| states.contains(s))
+            .unwrap_or("OK")
+    };
+    axum::Router::new().route(
+        "/health",
+        axum::routing::get(move || {
+            let status = status();
+            async move { axum::Json(serde_json::json!({ "status": status })) }
+        }),
+    )
 }
 
 impl BoundRunner {
     pub async fn bind(
         config: &RunnerConfig,
         models: Option<Arc<Models>>,
-        transcoding: Option<Transcoding>,
+        persistent: Vec<Persistent>,
     ) -> std::io::Result<BoundRunner> {
         let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
         let mut registrations = Vec::new();
@@ -198,34 +232,34 @@ impl BoundRunner {
             }));
             router = router
                 .merge(crate::ai_runner_api::AiHttp::new(models, None).router(config.max_body));
-        } else {
-            router = router.route(
-                "/health",
-                axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "OK"})) }),
-            );
         }
-        let transcode = transcoding.as_ref().map(|t| t.app.clone());
+        let apps: Vec<Arc<dyn PersistentApp>> = persistent.iter().map(|p| p.app.clone()).collect();
+        if !router.has_routes() {
+            // No AI app answers ai-runner's /health under the runner's URL.
+            router = router.merge(health(apps.clone()));
+        }
         let path = reqwest::Url::parse(&config.runner_url)
             .map(|u| u.path().to_string())
             .unwrap_or_default();
-        if let Some(t) = transcoding {
-            let mut decl = declaration(config, t.app.app_name(), t.capacity);
+        for p in persistent {
+            let mut decl = declaration(config, p.app.app_name(), p.capacity);
             decl.mode = "persistent".into();
-            decl.metadata = metadata(t.app.metadata());
+            decl.metadata = metadata(p.app.metadata());
             let registration = Registration::new(&config.orchestrator, &config.secret, decl);
             let trusted = registration.clone();
-            t.app
+            p.app
+                .sessions()
                 .follow_controls_of(Arc::new(move || trusted.control_bases()));
-            spawn_reconciler(registration.clone(), t.app.clone());
+            spawn_reconciler(registration.clone(), p.app.clone());
             registrations.push(registration);
-            router = router.merge(t.app.router());
+            router = router.merge(p.app.router());
         }
-        let router = under_secret_path(router, &path);
+        let router = under_secret_path(router, &path, health(apps.clone()));
         Ok(BoundRunner {
             listener,
             router,
             registrations,
-            transcode,
+            persistent: apps,
             drain_timeout: config.drain_timeout,
         })
     }
@@ -289,10 +323,10 @@ impl BoundRunner {
             .await
         };
         let sessions_done = {
-            let (stop, app) = (stop.clone(), self.transcode.clone());
+            let (stop, apps) = (stop.clone(), self.persistent.clone());
             async move {
                 stop.cancelled().await;
-                while app.as_ref().is_some_and(|a| !a.session_ids().is_empty()) {
+                while apps.iter().any(|a| !a.sessions().ids().is_empty()) {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
             }
@@ -311,9 +345,9 @@ impl BoundRunner {
                     tokio::time::sleep(drain_timeout).await;
                 } => {
                     tracing::warn!(?drain_timeout, "drain timed out: stopping the work left");
-                    if let Some(app) = &self.transcode {
-                        for sid in app.session_ids() {
-                            app.stop_session(&sid);
+                    for app in &self.persistent {
+                        for sid in app.sessions().ids() {
+                            app.sessions().stop(&sid);
                         }
                     }
                     Ok(())
@@ -332,18 +366,19 @@ impl BoundRunner {
 /// reports what it works on in each beat, stops a session the O2R channel
 /// says was released, and stops work on sessions each heartbeat answer no
 /// longer lists (O2R messages can be dropped: the answer is the backstop).
-fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::TranscodeApp>) {
+fn spawn_reconciler(registration: Arc<Registration>, app: Arc<dyn PersistentApp>) {
     let mut answers = registration.subscribe();
     let mut events = registration.session_events();
     tokio::spawn(async move {
+        let app = app.sessions();
         loop {
-            registration.set_local_sessions(app.session_ids());
+            registration.set_local_sessions(app.ids());
             tokio::select! {
                 event = events.recv() => match event {
-                    Ok(SessionEvent::Released(sid)) => app.stop_session(&sid),
+                    Ok(SessionEvent::Released(sid)) => app.stop(&sid),
                     Ok(SessionEvent::Lost) => {
-                        for sid in app.session_ids() {
-                            app.stop_session(&sid);
+                        for sid in app.ids() {
+                            app.stop(&sid);
                         }
                     }
                     Ok(SessionEvent::Reserved(_))
@@ -359,7 +394,7 @@ fn spawn_reconciler(registration: Arc<Registration>, app: Arc<transcode::Transco
                         .as_ref()
                         .map(|r| r.session_ids.clone());
                     if let Some(held) = held {
-                        app.retain_sessions(&held);
+                        app.retain(&held);
                     }
                 }
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
@@ -392,7 +427,7 @@ mod tests {
             "/echo",
             axum::routing::get(|uri: axum::http::Uri| async move { uri.to_string() }),
         );
-        let router = under_secret_path(app.clone(), "/s3cr3t-0123456789/");
+        let router = under_secret_path(app.clone(), "/s3cr3t-0123456789/", health(Vec::new()));
         assert_eq!(
             get(&router, "/s3cr3t-0123456789/echo?x=1").await,
             (200, "/echo?x=1".into())
@@ -409,7 +444,7 @@ mod tests {
         // Health stays at the root for probes.
         assert_eq!(get(&router, "/health").await.0, 200);
         // No path: served as it is (its own routes only).
-        let open = under_secret_path(app, "/");
+        let open = under_secret_path(app, "/", health(Vec::new()));
         assert_eq!(get(&open, "/echo").await, (200, "/echo".into()));
     }
 

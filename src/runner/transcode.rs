@@ -9,8 +9,7 @@
 //! publishes every rendition's segment under the input's sequence number.
 //! A broken or late segment is reported on `events` and skipped.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -21,9 +20,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::live_runner::wire::{
-    headers as lr, ChannelInfo, ChannelRequest, CreateChannels, CreatedChannels,
-};
+use super::sessions::{error, orchestrator_client, runner_side, SessionRef, Sessions};
+use super::PersistentApp;
+use crate::live_runner::wire::{ChannelInfo, ChannelRequest};
 use crate::trickle::client::{TricklePublisher, TrickleSubscriber};
 use crate::video::{Admission, TranscodeOptions, Transcoder, VideoProfile, VideoService};
 
@@ -48,62 +47,13 @@ pub struct TranscodeApp {
     preset: String,
     /// To the orchestrator: session callbacks and trickle.
     http: reqwest::Client,
-    /// Sessions being transcoded: their cancellation and when they began.
-    sessions: Mutex<HashMap<String, (CancellationToken, Instant)>>,
-    /// Whose session callbacks are followed (see [`ControlBases`]).
-    control_bases: std::sync::OnceLock<ControlBases>,
+    sessions: Sessions,
 }
-
-/// The orchestrator bases whose session callbacks this app follows: a
-/// session's `Livepeer-Session-Control` must be
-/// `{base}/runner/{route}/session/{sid}` for one of them. Anyone who reaches
-/// the runner's port can send the session headers; without this check they
-/// would point the app at any URL (the runner would call it, read what it
-/// serves and transcode for free). With it, the orchestrator's own token
-/// check on the callback decides.
-pub type ControlBases = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
-
-/// A route or session ID as orchestrators make them: a plain path segment
-/// that no URL parser reads as anything else (no `/`, `?`, `#`, `%`, `@`,
-/// no dot segment).
-fn plain_segment(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('.')
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// `control` is a session callback under one of `bases` for session `sid`.
-fn control_allowed(bases: &[String], control: &str, sid: &str) -> bool {
-    if !plain_segment(sid) {
-        return false;
-    }
-    let tail = format!("/session/{sid}");
-    bases.iter().any(|base| {
-        control
-            .strip_prefix(base.trim_end_matches('/'))
-            .and_then(|rest| rest.strip_prefix("/runner/"))
-            .and_then(|rest| rest.strip_suffix(&tail))
-            .is_some_and(plain_segment)
-    })
-}
-
-/// A session younger than this is never stopped for missing from a
-/// heartbeat answer: that answer may predate its reservation.
-const RECONCILE_GRACE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Default, Deserialize)]
 struct StartRequest {
     #[serde(default)]
     profiles: Vec<serde_json::Value>,
-}
-
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"detail": {"msg": msg.to_string()}})),
-    )
-        .into_response()
 }
 
 /// Profiles by go-livepeer name, or as its JSON objects.
@@ -128,36 +78,25 @@ impl TranscodeApp {
         ladder: Vec<VideoProfile>,
         preset: String,
     ) -> Arc<TranscodeApp> {
-        let http = crate::trickle::client::http_client_builder()
-            // Orchestrators use self-signed certificates (as the SDK and
-            // go-livepeer's clients, no verification).
-            .danger_accept_invalid_certs(true)
-            .build()
-            .expect("HTTP client");
         Arc::new(TranscodeApp {
             transcoder: VideoService::new(Transcoder::clone(&transcoder), Admission::unbounded()),
             ladder,
             preset,
-            http,
-            sessions: Mutex::default(),
-            control_bases: std::sync::OnceLock::new(),
+            http: orchestrator_client(),
+            sessions: Sessions::default(),
         })
     }
+}
 
-    /// Follows session callbacks under these bases only (set once; until
-    /// then every session is refused).
-    pub fn follow_controls_of(&self, bases: ControlBases) {
-        let _ = self.control_bases.set(bases);
-    }
-
+impl PersistentApp for TranscodeApp {
     /// The app's name in registrations: `transcode/` and its ladder.
-    pub fn app_name(&self) -> String {
+    fn app_name(&self) -> String {
         let names: Vec<&str> = self.ladder.iter().map(|p| p.name.as_str()).collect();
         format!("transcode/{}", names.join(","))
     }
 
     /// Registration metadata: the ladder, the backend, the preset.
-    pub fn metadata(&self) -> serde_json::Value {
+    fn metadata(&self) -> serde_json::Value {
         serde_json::json!({
             "renditions": self.ladder.iter().map(|p| &p.name).collect::<Vec<_>>(),
             "backend": self.transcoder.backend_name(),
@@ -165,47 +104,21 @@ impl TranscodeApp {
         })
     }
 
-    pub fn router(self: &Arc<Self>) -> axum::Router {
+    fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new()
             .route("/transcode", axum::routing::post(start))
-            .with_state(self.clone())
+            .with_state(self)
     }
 
-    /// Sessions being worked on.
-    pub fn session_ids(&self) -> Vec<String> {
-        self.sessions
-            .lock()
-            .expect("sessions")
-            .keys()
-            .cloned()
-            .collect()
+    fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
+}
 
-    /// Stops a session the orchestrator released.
-    pub fn stop_session(&self, sid: &str) {
-        if let Some((cancel, _)) = self.sessions.lock().expect("sessions").remove(sid) {
-            tracing::info!(session = %sid, "session released by the orchestrator: stopped");
-            cancel.cancel();
-        }
-    }
-
-    /// Stops local work on sessions the orchestrator no longer holds.
-    pub fn retain_sessions(&self, held: &[String]) {
-        let mut sessions = self.sessions.lock().expect("sessions");
-        sessions.retain(|sid, (cancel, started)| {
-            let keep = held.contains(sid) || started.elapsed() < RECONCILE_GRACE;
-            if !keep {
-                tracing::info!(session = %sid, "session no longer held by the orchestrator: stopped");
-                cancel.cancel();
-            }
-            keep
-        });
-    }
-
+impl TranscodeApp {
     async fn create_channels(
         &self,
-        control: &str,
-        token: &str,
+        session: &SessionRef,
         profiles: &[VideoProfile],
     ) -> Result<Vec<ChannelInfo>, String> {
         let mut wanted = vec![ChannelRequest {
@@ -220,67 +133,15 @@ impl TranscodeApp {
             name: "events".into(),
             mime_type: "application/json".into(),
         });
-        let r = self
-            .http
-            .post(format!("{control}/channels"))
-            .header(lr::SESSION_TOKEN, token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&CreateChannels { channels: wanted }).expect("serializable"))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .map_err(|e| format!("session callback: {}", e.without_url()))?;
-        let status = r.status();
-        if !status.is_success() {
-            return Err(format!("the orchestrator refused the channels: {status}"));
-        }
-        let body = r
-            .bytes()
-            .await
-            .map_err(|e| format!("channels answer: {}", e.without_url()))?;
-        let created: CreatedChannels =
-            serde_json::from_slice(&body).map_err(|e| format!("channels answer: {e}"))?;
-        Ok(created.channels)
-    }
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-}
-
-/// The runner-facing URL of a channel (where this app reads and writes it).
-fn runner_side(c: &ChannelInfo) -> String {
-    if c.internal_url.is_empty() {
-        c.url.clone()
-    } else {
-        c.internal_url.clone()
+        session.create_channels(&self.http, wanted).await
     }
 }
 
 async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: Bytes) -> Response {
-    let (Some(sid), Some(token), Some(control)) = (
-        header(&headers, lr::SESSION_ID),
-        header(&headers, lr::SESSION_TOKEN),
-        header(&headers, lr::SESSION_CONTROL),
-    ) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a Live Runner session: the orchestrator's session headers are missing",
-        );
+    let session = match app.sessions.session_of(&headers) {
+        Ok(s) => s,
+        Err(refused) => return refused,
     };
-    let trusted = app
-        .control_bases
-        .get()
-        .is_some_and(|bases| control_allowed(&bases(), control, sid));
-    if !trusted {
-        return error(
-            StatusCode::FORBIDDEN,
-            "the session's control URL is not this runner's orchestrator",
-        );
-    }
     let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
     } else {
@@ -294,10 +155,10 @@ async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: B
         Ok(p) => p,
         Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, e),
     };
-    if app.sessions.lock().expect("sessions").contains_key(sid) {
+    if app.sessions.contains(&session.sid) {
         return error(StatusCode::CONFLICT, "this session is already transcoding");
     }
-    let channels = match app.create_channels(control, token, &profiles).await {
+    let channels = match app.create_channels(&session, &profiles).await {
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_GATEWAY, e),
     };
@@ -324,16 +185,13 @@ async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: B
         }));
         outputs.push((p.clone(), runner_side(&c)));
     }
-    let cancel = CancellationToken::new();
-    app.sessions
-        .lock()
-        .expect("sessions")
-        .insert(sid.to_string(), (cancel.clone(), Instant::now()));
+    let Some(cancel) = app.sessions.begin(&session.sid) else {
+        return error(StatusCode::CONFLICT, "this session is already transcoding");
+    };
+    let sid = session.sid.clone();
     let session = Session {
         app: app.clone(),
-        sid: sid.to_string(),
-        control: control.to_string(),
-        token: token.to_string(),
+        session,
         input: runner_side(&input),
         events: runner_side(&events),
         outputs,
@@ -360,10 +218,8 @@ async fn skip(outputs: &[(VideoProfile, TricklePublisher)], seq: i64) {
 
 struct Session {
     app: Arc<TranscodeApp>,
-    sid: String,
-    /// The session's callback base and token, to end it from this side.
-    control: String,
-    token: String,
+    /// The session's ID, callback base and token, to end it from this side.
+    session: SessionRef,
     input: String,
     events: String,
     outputs: Vec<(VideoProfile, String)>,
@@ -381,30 +237,9 @@ struct Stats {
 }
 
 impl Session {
-    /// The runner's own stop (`POST {control}/stop` with the session token).
-    async fn stop_at_orchestrator(&self) {
-        let sent = self
-            .app
-            .http
-            .post(format!("{}/stop", self.control))
-            .header(lr::SESSION_TOKEN, &self.token)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {}
-            Ok(r) => {
-                tracing::warn!(session = %self.sid, status = %r.status(), "session stop refused")
-            }
-            Err(e) => {
-                tracing::debug!(session = %self.sid, error = %e.without_url(), "session stop not sent")
-            }
-        }
-    }
-
     async fn event(&self, publisher: &TricklePublisher, value: serde_json::Value) {
         if let Err(e) = publisher.publish(-1, Bytes::from(value.to_string())).await {
-            tracing::debug!(session = %self.sid, error = %e, "event not sent");
+            tracing::debug!(session = %self.session.sid, error = %e, "event not sent");
         }
     }
 
@@ -412,7 +247,7 @@ impl Session {
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         serde_json::json!({
             "type": "status",
-            "manifest_id": self.sid,
+            "manifest_id": self.session.sid,
             "backend": self.app.transcoder.backend_name(),
             "segments_in": stats.segments_in,
             "segments_out": stats.segments_out,
@@ -452,11 +287,11 @@ impl Session {
                 Ok(Some(s)) => s,
                 // The channel closed: the session ended.
                 Ok(None) => {
-                    tracing::info!(session = %self.sid, "input channel ended");
+                    tracing::info!(session = %self.session.sid, "input channel ended");
                     break;
                 }
                 Err(e) if e.is_terminal() => {
-                    tracing::info!(session = %self.sid, error = %e, "input channel gone");
+                    tracing::info!(session = %self.session.sid, error = %e, "input channel gone");
                     break;
                 }
                 Err(e) => {
@@ -464,7 +299,7 @@ impl Session {
                     stats.last_error = Some(e.to_string());
                     let since = *input_failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= INPUT_LOST_AFTER {
-                        tracing::warn!(session = %self.sid, error = %e, "input unreachable for {INPUT_LOST_AFTER:?}: session ended");
+                        tracing::warn!(session = %self.session.sid, error = %e, "input unreachable for {INPUT_LOST_AFTER:?}: session ended");
                         self.event(
                             &events,
                             serde_json::json!({"type": "error", "message": "input lost: session ended"}),
@@ -472,7 +307,7 @@ impl Session {
                         .await;
                         break;
                     }
-                    tracing::warn!(session = %self.sid, error = %e, "input unavailable");
+                    tracing::warn!(session = %self.session.sid, error = %e, "input unavailable");
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
@@ -530,7 +365,7 @@ impl Session {
                     // A broken segment is reported and skipped.
                     stats.errors += 1;
                     stats.last_error = Some(e.clone());
-                    tracing::info!(session = %self.sid, seq, error = %e, "input segment not transcoded");
+                    tracing::info!(session = %self.session.sid, seq, error = %e, "input segment not transcoded");
                     self.event(
                         &events,
                         serde_json::json!({"type": "error", "message": e, "seq": seq}),
@@ -544,7 +379,7 @@ impl Session {
             let mut sent = true;
             for ((_, publisher), rendition) in outputs.iter().zip(output.renditions) {
                 if let Err(e) = publisher.publish(seq, Bytes::from(rendition.data)).await {
-                    tracing::warn!(session = %self.sid, seq, error = %e, "rendition segment not published");
+                    tracing::warn!(session = %self.session.sid, seq, error = %e, "rendition segment not published");
                     sent = false;
                     stats.errors += 1;
                     stats.last_error = Some(e.to_string());
@@ -557,63 +392,16 @@ impl Session {
                 stats.segments_out += 1;
             }
             stats.last_latency_ms = Some(received.elapsed().as_millis() as u64);
-            tracing::debug!(session = %self.sid, seq, latency_ms = ?stats.last_latency_ms, "segment transcoded");
+            tracing::debug!(session = %self.session.sid, seq, latency_ms = ?stats.last_latency_ms, "segment transcoded");
         }
         self.event(&events, self.status(&stats, started)).await;
         if !self.cancel.is_cancelled() {
             // The input ended here first: the session is over, and its slot
             // goes back to the orchestrator now rather than when the
             // gateway thinks of stopping it.
-            self.stop_at_orchestrator().await;
+            self.session.stop_at_orchestrator(&self.app.http).await;
         }
-        self.app
-            .sessions
-            .lock()
-            .expect("sessions")
-            .remove(&self.sid);
-        tracing::info!(session = %self.sid, segments = stats.segments_out, errors = stats.errors, "live transcoding session ended");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::control_allowed;
-
-    #[test]
-    fn session_callbacks_are_followed_only_under_the_orchestrator() {
-        let bases = vec!["https://orch.example:8935/".to_string()];
-        let ok = "https://orch.example:8935/runner/r1/session/s1";
-        assert!(control_allowed(&bases, ok, "s1"));
-        for (control, sid) in [
-            // Another session's callback.
-            (ok, "s2"),
-            // Another host, or the orchestrator's name as a prefix of one.
-            ("https://evil.example/runner/r1/session/s1", "s1"),
-            ("https://orch.example:89351/runner/r1/session/s1", "s1"),
-            ("https://orch.example:8935.evil/runner/r1/session/s1", "s1"),
-            // Not a runner callback, or one that walks elsewhere.
-            ("https://orch.example:8935/apps/r1/session/s1", "s1"),
-            ("https://orch.example:8935/runner//session/s1", "s1"),
-            (
-                "https://orch.example:8935/runner/a/../../x/session/s1",
-                "s1",
-            ),
-            ("https://orch.example:8935/runner/a?x=/session/s1", "s1"),
-            ("https://orch.example:8935/runner/a@evil/session/s1", "s1"),
-            ("https://orch.example:8935/runner/../session/s1", "s1"),
-            // A session ID that walks elsewhere on the orchestrator's host.
-            (
-                "https://orch.example:8935/runner/r1/session/../../x",
-                "../../x",
-            ),
-            ("https://orch.example:8935/runner/r1/session/a#b", "a#b"),
-            (
-                "https://orch.example:8935/runner/r1/session/a%2F..",
-                "a%2F..",
-            ),
-        ] {
-            assert!(!control_allowed(&bases, control, sid), "{control}");
-        }
-        assert!(!control_allowed(&[], ok, "s1"), "no orchestrator yet");
+        self.app.sessions.end(&self.session.sid);
+        tracing::info!(session = %self.session.sid, segments = stats.segments_out, errors = stats.errors, "live transcoding session ended");
     }
 }
