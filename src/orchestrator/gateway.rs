@@ -61,10 +61,15 @@ impl Gateway {
         sender: Option<Address>,
         work: Work<'_>,
     ) -> net::OrchestratorInfo {
+        let mut capabilities = self.capabilities.clone();
+        if let Some(runners) = &self.runners {
+            // Live video: what the Live Runners registered now can take.
+            super::runners::lv2v::add_capability(&mut capabilities, &runners.registry);
+        }
         let mut info = net::OrchestratorInfo {
             transcoder: self.service_uri.clone(),
             price_info: Some(self.price.clone()),
-            capabilities: Some(self.capabilities.clone()),
+            capabilities: Some(capabilities),
             auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue(sender))),
             ..Default::default()
         };
