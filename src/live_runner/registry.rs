@@ -1507,7 +1507,9 @@ mod tests {
         reg.heartbeat(SECRET, &app("live-video-to-video/other", 1))
             .unwrap();
         // The runner with the most room first, then the other.
-        let first = reg.reserve_app("live-video-to-video/noop", "00000001").unwrap();
+        let first = reg
+            .reserve_app("live-video-to-video/noop", "00000001")
+            .unwrap();
         assert_eq!(first.grant.route, b.runner_id);
         assert_eq!(first.grant.sid, "00000001");
         assert_eq!(
@@ -1515,8 +1517,12 @@ mod tests {
                 .unwrap_err(),
             RegistryError::SessionExists
         );
-        let second = reg.reserve_app("live-video-to-video/noop", "00000002").unwrap();
-        let third = reg.reserve_app("live-video-to-video/noop", "00000003").unwrap();
+        let second = reg
+            .reserve_app("live-video-to-video/noop", "00000002")
+            .unwrap();
+        let third = reg
+            .reserve_app("live-video-to-video/noop", "00000003")
+            .unwrap();
         let mut routes = [second.grant.route.clone(), third.grant.route.clone()];
         routes.sort();
         let mut want = [a.runner_id.clone(), b.runner_id.clone()];
@@ -1543,7 +1549,8 @@ mod tests {
         assert!(reg.snapshot().sessions.is_empty());
         // Released, its room is free again.
         assert!(reg.release("00000002", Release::Finished));
-        reg.reserve_app("live-video-to-video/noop", "00000005").unwrap();
+        reg.reserve_app("live-video-to-video/noop", "00000005")
+            .unwrap();
     }
 
     #[test]

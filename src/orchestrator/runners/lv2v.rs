@@ -416,7 +416,11 @@ pub fn add_capability(caps: &mut net::Capabilities, registry: &Registry) {
     use net::capabilities::{capability_constraints::ModelConstraint, Constraints};
     let mut models: BTreeMap<String, ModelConstraint> = BTreeMap::new();
     for r in registry.discover(None, None, |_| None) {
-        let Some(model) = r.app.strip_prefix(PIPELINE).and_then(|m| m.strip_prefix('/')) else {
+        let Some(model) = r
+            .app
+            .strip_prefix(PIPELINE)
+            .and_then(|m| m.strip_prefix('/'))
+        else {
             continue;
         };
         if model.is_empty() {
@@ -441,7 +445,10 @@ pub fn add_capability(caps: &mut net::Capabilities, registry: &Registry) {
         return;
     }
     crate::attach::capabilities::add(&mut caps.bitstring, CAPABILITY);
-    let total = models.values().map(|m| m.capacity).fold(0u32, u32::saturating_add);
+    let total = models
+        .values()
+        .map(|m| m.capacity)
+        .fold(0u32, u32::saturating_add);
     caps.capacities.insert(CAPABILITY, total);
     caps.constraints
         .get_or_insert_with(Constraints::default)
@@ -465,8 +472,14 @@ mod tests {
         assert_eq!(ok.model_id.as_deref(), Some("noop"));
         assert_eq!(ok.params.unwrap()["a"], 1);
         assert_eq!(ok.stream_id.as_deref(), Some("s"));
-        assert_eq!(parse_start(br#"{"params":{}}"#).unwrap_err(), BodyError::NoModel);
-        assert_eq!(parse_start(br#"{"model_id":" "}"#).unwrap_err(), BodyError::NoModel);
+        assert_eq!(
+            parse_start(br#"{"params":{}}"#).unwrap_err(),
+            BodyError::NoModel
+        );
+        assert_eq!(
+            parse_start(br#"{"model_id":" "}"#).unwrap_err(),
+            BodyError::NoModel
+        );
         assert!(matches!(parse_start(b"{nope"), Err(BodyError::Json(_))));
         assert!(matches!(
             parse_start(br#"{"model_id":"m","params":[1]}"#),
