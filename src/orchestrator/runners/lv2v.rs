@@ -515,6 +515,56 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_stream_whose_input_idles_out_gives_its_room_and_channels_back() {
+        use crate::live_runner::RegistryConfig;
+        use crate::trickle::TrickleConfig;
+        let trickle = TrickleServer::new(TrickleConfig {
+            idle_timeout: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let mut config = RegistryConfig::new("https://o.example:8935");
+        config.orch_secret = Some("s".into());
+        let registry = Registry::new(config, trickle.clone());
+        let decl = serde_json::from_value(serde_json::json!({
+            "runner_url": "http://runner.lan:9000", "app": "live-video-to-video/noop"
+        }))
+        .unwrap();
+        registry.heartbeat("s", &decl).unwrap();
+        let reserved = registry
+            .reserve_app("live-video-to-video/noop", "0a1b2c3d")
+            .unwrap();
+        for (name, mime) in channels("0a1b2c3d") {
+            trickle.create_channel(&name, mime).unwrap();
+        }
+        let input = trickle.read_local("0a1b2c3d", -1).unwrap();
+        let task = tokio::spawn(follow(
+            registry.clone(),
+            "0a1b2c3d".into(),
+            input,
+            reserved.grant.cancel.clone(),
+            None,
+        ));
+        // A segment keeps it; then nothing for longer than the idle
+        // timeout, and the sweep ends the stream.
+        trickle.publish_local("0a1b2c3d", bytes::Bytes::from_static(b"ts"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        trickle.publish_local("0a1b2c3d-out", bytes::Bytes::from_static(b"ts"));
+        assert!(trickle.sweep() >= 1);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(registry.session_route("0a1b2c3d").is_none());
+        assert!(reserved.grant.cancel.is_cancelled());
+        for (name, _) in channels("0a1b2c3d") {
+            assert!(!trickle.has_channel(&name), "{name} outlived its stream");
+        }
+        registry
+            .reserve_app("live-video-to-video/noop", "0a1b2c3e")
+            .unwrap();
+    }
+
     #[test]
     fn metering_bills_whole_units_per_interval_and_carries_the_rest() {
         let t0 = Instant::now();
