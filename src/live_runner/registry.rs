@@ -187,6 +187,9 @@ struct Session {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Restored after a restart and not yet reported by its runner.
     unconfirmed: bool,
+    /// Left out of snapshots: a session whose state lives elsewhere and
+    /// does not survive a restart (a live stream's trickle channels).
+    transient: bool,
 }
 
 struct ProxyEntry {
@@ -864,6 +867,44 @@ impl Registry {
         mode: Mode,
         sid: Option<&str>,
     ) -> Result<Reserved, RegistryError> {
+        self.reserve_on(route, mode, sid, false)
+    }
+
+    /// Reserves session `sid` on a ready runner of `app` with room (the
+    /// one with the most room first): a legacy live-video-to-video stream,
+    /// counted against the runner's capacity and listed in its heartbeats
+    /// like any session, but not kept over a restart (its channels are
+    /// not). [`RegistryError::Full`] when no such runner has room.
+    pub fn reserve_app(&self, app: &str, sid: &str) -> Result<Reserved, RegistryError> {
+        let now = Instant::now();
+        let mut candidates: Vec<(u32, String, Mode)> = {
+            let state = self.lock();
+            state
+                .runners
+                .values()
+                .filter(|r| r.spec.app == app && self.ready(r, now))
+                .map(|r| (state.available(r), r.route().to_string(), r.spec.mode))
+                .filter(|(room, _, _)| *room > 0)
+                .collect()
+        };
+        candidates.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, route, mode) in candidates {
+            // Another reservation may have taken the room meanwhile.
+            match self.reserve_on(&route, mode, Some(sid), true) {
+                Err(RegistryError::Full | RegistryError::UnknownRunner) => continue,
+                other => return other,
+            }
+        }
+        Err(RegistryError::Full)
+    }
+
+    fn reserve_on(
+        &self,
+        route: &str,
+        mode: Mode,
+        sid: Option<&str>,
+        transient: bool,
+    ) -> Result<Reserved, RegistryError> {
         let mut state = self.lock();
         let runner = self.ready_runner(&state, route)?;
         match (runner.spec.mode, mode) {
@@ -893,6 +934,7 @@ impl Registry {
             cancel: CancellationToken::new(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_SESSION)),
             unconfirmed: false,
+            transient,
         };
         let mut session = session;
         let runner = state.runners.get_mut(&id).expect("found above");
@@ -1207,6 +1249,7 @@ impl Registry {
         let mut sessions: Vec<SessionRecord> = state
             .sessions
             .iter()
+            .filter(|(_, s)| !s.transient)
             .map(|(sid, s)| SessionRecord {
                 sid: sid.clone(),
                 runner_id: s.runner_id.clone(),
@@ -1336,6 +1379,7 @@ impl Registry {
                     cancel: CancellationToken::new(),
                     in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_PER_SESSION)),
                     unconfirmed,
+                    transient: false,
                 },
             );
             kept += 1;
@@ -1444,6 +1488,69 @@ mod tests {
             reg.unregister(&first.runner_id, &secret).unwrap_err(),
             RegistryError::UnknownRunner
         );
+    }
+
+    #[test]
+    fn a_stream_takes_room_on_a_runner_of_its_app_and_is_not_kept_over_a_restart() {
+        let reg = registry(Duration::from_secs(20));
+        let app = |name: &str, capacity: i64| {
+            decl(serde_json::json!({
+                "runner_url": "http://runner.lan:9000", "app": name, "capacity": capacity
+            }))
+        };
+        let a = reg
+            .heartbeat(SECRET, &app("live-video-to-video/noop", 1))
+            .unwrap();
+        let b = reg
+            .heartbeat(SECRET, &app("live-video-to-video/noop", 2))
+            .unwrap();
+        reg.heartbeat(SECRET, &app("live-video-to-video/other", 1))
+            .unwrap();
+        // The runner with the most room first, then the other.
+        let first = reg
+            .reserve_app("live-video-to-video/noop", "00000001")
+            .unwrap();
+        assert_eq!(first.grant.route, b.runner_id);
+        assert_eq!(first.grant.sid, "00000001");
+        assert_eq!(
+            reg.reserve_app("live-video-to-video/noop", "00000001")
+                .unwrap_err(),
+            RegistryError::SessionExists
+        );
+        let second = reg
+            .reserve_app("live-video-to-video/noop", "00000002")
+            .unwrap();
+        let third = reg
+            .reserve_app("live-video-to-video/noop", "00000003")
+            .unwrap();
+        let mut routes = [second.grant.route.clone(), third.grant.route.clone()];
+        routes.sort();
+        let mut want = [a.runner_id.clone(), b.runner_id.clone()];
+        want.sort();
+        assert_eq!(routes, want);
+        assert_eq!(
+            reg.reserve_app("live-video-to-video/noop", "00000004")
+                .unwrap_err(),
+            RegistryError::Full
+        );
+        assert_eq!(
+            reg.reserve_app("live-video-to-video/none", "00000004")
+                .unwrap_err(),
+            RegistryError::Full
+        );
+        // Listed to its runner like any session, left out of snapshots.
+        let mut beat = app("live-video-to-video/noop", 1);
+        beat.runner_id = a.runner_id.clone();
+        let listed = reg
+            .heartbeat(a.heartbeat_secret.as_deref().unwrap(), &beat)
+            .unwrap()
+            .session_ids;
+        assert_eq!(listed.len(), 1);
+        assert!(reg.snapshot().sessions.is_empty());
+        // Released, its room is free again.
+        assert!(reg.release("00000002", Release::Finished));
+        reg.reserve_app("live-video-to-video/noop", "00000005")
+            .unwrap();
     }
 
     #[test]

@@ -61,10 +61,15 @@ impl Gateway {
         sender: Option<Address>,
         work: Work<'_>,
     ) -> net::OrchestratorInfo {
+        let mut capabilities = self.capabilities.clone();
+        if let Some(runners) = &self.runners {
+            // Live video: what the Live Runners registered now can take.
+            super::runners::lv2v::add_capability(&mut capabilities, &runners.registry);
+        }
         let mut info = net::OrchestratorInfo {
             transcoder: self.service_uri.clone(),
             price_info: Some(self.price.clone()),
-            capabilities: Some(self.capabilities.clone()),
+            capabilities: Some(capabilities),
             auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue(sender))),
             ..Default::default()
         };
@@ -158,7 +163,7 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
     }
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, msg.into()).into_response()
 }
 
@@ -308,7 +313,7 @@ pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) ->
     }
 }
 
-async fn credentials(
+pub(crate) async fn credentials(
     gw: &Gateway,
     headers: &HeaderMap,
 ) -> Result<(String, net::SegData, net::Payment), (StatusCode, String)> {
@@ -321,7 +326,7 @@ async fn credentials(
 /// the node itself cannot check), a short balance 400 "Insufficient
 /// balance". Returns the paying sender (`None` off chain) and the
 /// reservation to settle once the work's real size is known.
-async fn pay(
+pub(crate) async fn pay(
     gw: &Gateway,
     payment: &net::Payment,
     manifest: &str,
@@ -369,16 +374,35 @@ fn estimated_pixels(profiles: &[crate::video::VideoProfile], duration_ms: u32) -
         .sum()
 }
 
-/// `POST /payment`: credit a session without work (go-livepeer's payment
-/// endpoint); answers a protobuf `PaymentResult` with fresh params.
+/// Longest `SegData.ManifestID` a `/payment` may credit: it becomes a
+/// balance key, and the header could otherwise make it ~400 KiB.
+const MAX_MANIFEST_ID: usize = 256;
+
+/// The balance a `/payment` credits: the segment credentials' manifest
+/// ID (UTF-8, at most [`MAX_MANIFEST_ID`] bytes), whatever session the
+/// auth token names.
+fn credited_manifest(seg: &net::SegData) -> Option<&str> {
+    std::str::from_utf8(&seg.manifest_id)
+        .ok()
+        .filter(|m| m.len() <= MAX_MANIFEST_ID)
+}
+
+/// `POST /payment`: credit without work (go-livepeer's payment endpoint,
+/// `server/segment_rpc.go`): the balance credited is (sender,
+/// `SegData.ManifestID`), not the auth token's session, so a live stream's
+/// gateway tops up the stream it names. The auth token is checked all the
+/// same. Answers a protobuf `PaymentResult` with fresh params.
 pub async fn payment(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let (session, seg, payment) = match credentials(&gw, &headers).await {
+    let (_, seg, payment) = match credentials(&gw, &headers).await {
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
+    let Some(manifest) = credited_manifest(&seg) else {
+        return text(StatusCode::BAD_REQUEST, "invalid manifest ID");
+    };
     let sender = (payment.sender.len() == 20).then(|| Address::from_slice(&payment.sender));
     if let Some(p) = &gw.payments {
-        if let Err(e) = p.process(&payment, &session, Work::Credit).await {
+        if let Err(e) = p.process(&payment, manifest, Work::Credit).await {
             if let Some(suppressed) = super::credentials::refusal_log(&e).check() {
                 warn!(?sender, error = %e, suppressed, "payment refused (suppressed: like lines since the last)");
             }
@@ -586,5 +610,33 @@ fn estimated_ai_units(kind: crate::ai::PipelineKind, req: &crate::ai::PipelineRe
             .saturating_mul(number("height", 512))
             .saturating_mul(number("num_images_per_prompt", 1)),
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payment_credits_the_manifest_it_names_not_the_tokens_session() {
+        let seg = net::SegData {
+            manifest_id: b"0a1b2c3d".to_vec(),
+            auth_token: Some(net::AuthToken {
+                session_id: "ffffffff".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(credited_manifest(&seg), Some("0a1b2c3d"));
+        let long = net::SegData {
+            manifest_id: vec![b'a'; MAX_MANIFEST_ID + 1],
+            ..Default::default()
+        };
+        assert_eq!(credited_manifest(&long), None);
+        let binary = net::SegData {
+            manifest_id: vec![0xff, 0xfe],
+            ..Default::default()
+        };
+        assert_eq!(credited_manifest(&binary), None);
     }
 }

@@ -409,6 +409,10 @@ impl BoundOrchestrator {
             .route("/segment", axum::routing::post(gateway::segment))
             .route("/payment", axum::routing::post(gateway::payment))
             .route("/stream/{*path}", axum::routing::get(gateway::stream))
+            .route(
+                "/live-video-to-video",
+                axum::routing::post(runners::lv2v::start),
+            )
             .route("/{pipeline}", axum::routing::post(gateway::ai))
             .layer(axum::extract::DefaultBodyLimit::max(
                 self.gateway.max_segment_bytes,

@@ -807,6 +807,39 @@ impl Payments {
         Ok(s.balance)
     }
 
+    /// The price recorded for (sender, manifest) at its first payment, if
+    /// it has credit on this node.
+    pub fn recorded_price(&self, sender: Address, manifest: &str) -> Option<Price> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .map
+            .get(&(sender, manifest.to_string()))
+            .map(|s| s.price)
+    }
+
+    /// Debits `units` at the session's recorded price if its credit not
+    /// reserved covers them (a live stream's metering); returns the fee.
+    pub fn try_debit_units(
+        &self,
+        sender: Address,
+        manifest: &str,
+        units: u64,
+    ) -> Result<U256, InsufficientBalance> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        let s = sessions
+            .map
+            .get_mut(&(sender, manifest.to_string()))
+            .ok_or(InsufficientBalance)?;
+        let fee = s.price.cost(units);
+        if s.balance.saturating_sub(to_i256(s.reserved)) < to_i256(fee) {
+            return Err(InsufficientBalance);
+        }
+        s.balance = s.balance.saturating_sub(to_i256(fee));
+        s.touched = Instant::now();
+        Ok(fee)
+    }
+
     /// Puts back a session's credit kept over a restart.
     pub fn restore_credit(
         &self,

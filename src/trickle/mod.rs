@@ -16,7 +16,7 @@ pub use client::{
     Gap, PublisherConfig, RetryPolicy, SegmentReader, SegmentWriter, SubscriberConfig,
     TrickleClientError, TricklePublisher, TrickleSubscriber,
 };
-pub use server::{TrickleConfig, TrickleError, TrickleServer};
+pub use server::{LocalReader, TrickleConfig, TrickleError, TrickleServer};
 
 /// Where go-livepeer serves trickle channels.
 pub const BASE_PATH: &str = "/ai/trickle";

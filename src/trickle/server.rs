@@ -219,6 +219,56 @@ impl Channel {
     }
 }
 
+/// A reader of one channel inside the orchestrator (see
+/// [`TrickleServer::read_local`]); it holds no segment between calls.
+pub struct LocalReader {
+    channel: Arc<Channel>,
+    seq: i64,
+}
+
+/// How long a local reader ahead of the channel waits before looking
+/// again (the SDK subscriber's retry after a 470 with an older latest).
+const LOCAL_RETRY: Duration = Duration::from_millis(250);
+
+impl LocalReader {
+    /// Waits for the next segment to get its first byte; its sequence
+    /// number, or `None` once the channel is closed (deleted, swept idle).
+    /// A reader left behind retention jumps to the newest segment, as
+    /// go-livepeer's subscriber does on a 470.
+    pub async fn next_segment(&mut self) -> Option<i64> {
+        loop {
+            let segment = {
+                let mut state = self.channel.lock();
+                if state.closed {
+                    return None;
+                }
+                match state.for_read(self.seq) {
+                    Some(s) => Some(s),
+                    None if self.seq < state.next_write => {
+                        self.seq = state.next_write;
+                        continue;
+                    }
+                    None => None,
+                }
+            };
+            let Some(segment) = segment else {
+                tokio::time::sleep(LOCAL_RETRY).await;
+                continue;
+            };
+            if segment.wait_for(0).await {
+                self.seq = segment.seq + 1;
+                return Some(segment.seq);
+            }
+            // Closed before any byte: the channel ended, or the segment
+            // was skipped (an empty publish, a reset, a delete).
+            if self.channel.lock().closed {
+                return None;
+            }
+            self.seq = segment.seq + 1;
+        }
+    }
+}
+
 pub struct TrickleServer {
     config: TrickleConfig,
     channels: Mutex<HashMap<String, Arc<Channel>>>,
@@ -319,6 +369,18 @@ impl TrickleServer {
         }
         segment.close();
         Some(segment.seq)
+    }
+
+    /// Follows a channel from inside the orchestrator, as a subscriber at
+    /// `seq` (`-1`: the next segment written) would, without HTTP: what
+    /// meters a live stream's input. `None` for an unknown channel.
+    pub fn read_local(&self, name: &str, seq: i64) -> Option<LocalReader> {
+        let channel = self.channel(name)?;
+        let seq = match seq {
+            s if s < 0 => channel.lock().next_write,
+            s => s,
+        };
+        Some(LocalReader { channel, seq })
     }
 
     /// The sequence number the next segment of a channel is written at.
@@ -673,6 +735,51 @@ mod tests {
         r.headers()
             .get(name)
             .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[tokio::test]
+    async fn a_local_reader_sees_each_new_segment_and_ends_with_its_channel() {
+        let server = TrickleServer::new(TrickleConfig::default());
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("in", "video/MP2T").unwrap();
+        assert!(server.read_local("nope", -1).is_none());
+        // A segment written before the reader started is not seen.
+        assert_eq!(
+            status(http.post(format!("{base}/in/-1")).body("old")).await,
+            200
+        );
+        let mut reader = server.read_local("in", -1).unwrap();
+        let next = tokio::spawn(async move {
+            let first = reader.next_segment().await;
+            let second = reader.next_segment().await;
+            (first, second, reader)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for body in ["a", "b"] {
+            assert_eq!(
+                status(http.post(format!("{base}/in/-1")).body(body)).await,
+                200
+            );
+        }
+        let (first, second, mut reader) = next.await.unwrap();
+        assert_eq!((first, second), (Some(1), Some(2)));
+        // An empty segment is skipped; the next one with data is seen.
+        let waiting = tokio::spawn(async move { (reader.next_segment().await, reader) });
+        assert_eq!(
+            status(http.post(format!("{base}/in/-1")).body("")).await,
+            200
+        );
+        assert_eq!(
+            status(http.post(format!("{base}/in/-1")).body("c")).await,
+            200
+        );
+        let (seen, mut reader) = waiting.await.unwrap();
+        assert_eq!(seen, Some(4));
+        let waiting = tokio::spawn(async move { reader.next_segment().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status(http.delete(format!("{base}/in"))).await, 200);
+        assert_eq!(waiting.await.unwrap(), None);
     }
 
     #[tokio::test]

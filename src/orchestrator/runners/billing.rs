@@ -119,6 +119,11 @@ impl LivePayments {
         usd.to_wei(&eth).map_err(|e| e.to_string())
     }
 
+    /// How often live work is billed (-livePaymentInterval).
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Discovery's `price_info`, or nothing when there is no price now.
     pub fn advertised(&self, spec: &RunnerSpec) -> Option<WeiPriceInfo> {
         self.wei_price(spec).ok().map(|w| WeiPriceInfo {
@@ -432,7 +437,7 @@ impl LivePayments {
             .filter(|b| b.sender == sender);
         let (Some(billing), Some(route)) = (billing, registry.session_route(&req.manifest_id))
         else {
-            return text(StatusCode::CONFLICT, "fixed price not found for session");
+            return self.refresh_paid_at_payment(sender, &req.manifest_id).await;
         };
         let token = self.auth.reissue(&req.manifest_id);
         let info = match self.info(sender, wei_as_price(billing.wei), token).await {
@@ -444,6 +449,30 @@ impl LivePayments {
             "orchestrator": self.service_uri,
             "manifest_id": req.manifest_id,
             "payment_url": format!("{}/apps/{route}/session/{}/payment", self.service_uri, req.manifest_id),
+        }))
+        .into_response()
+    }
+
+    /// `/refresh-payment` for credit paid at `/payment` (a legacy
+    /// live-video-to-video stream's manifest ID), as go-livepeer answers
+    /// it: the price recorded at the first payment for (sender,
+    /// manifest), `payment_url` = `/payment`; 409 without one. The token
+    /// is a new session bound to the sender: `/payment` credits the
+    /// manifest the segment credentials name, not the token's session.
+    async fn refresh_paid_at_payment(&self, sender: Address, manifest: &str) -> Response {
+        let Some(price) = self.payments.recorded_price(sender, manifest) else {
+            return text(StatusCode::CONFLICT, "fixed price not found for session");
+        };
+        let token = self.auth.issue(Some(sender));
+        let info = match self.info(sender, price, token).await {
+            Ok(i) => i,
+            Err(r) => return r,
+        };
+        Json(serde_json::json!({
+            "payment_params": b64().encode(info.encode_to_vec()),
+            "orchestrator": self.service_uri,
+            "manifest_id": manifest,
+            "payment_url": format!("{}/payment", self.service_uri),
         }))
         .into_response()
     }

@@ -5,6 +5,7 @@
 //! the loopback CLI listener. The registry itself is `crate::live_runner`.
 
 pub mod billing;
+pub mod lv2v;
 pub mod proxy;
 
 use std::sync::Arc;

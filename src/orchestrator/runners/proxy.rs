@@ -78,6 +78,20 @@ pub fn join_path(target: &str, app_path: &str) -> String {
     path
 }
 
+/// The four headers a runner is told its session by (route, ID, token,
+/// callback base), overwriting any the client sent.
+pub fn set_session_headers(headers: &mut HeaderMap, grant: &SessionGrant) {
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set(lr::ROUTE, &grant.route);
+    set(lr::SESSION_ID, &grant.sid);
+    set(lr::SESSION_TOKEN, &grant.token);
+    set(lr::SESSION_CONTROL, &grant.control);
+}
+
 /// The URL a request is forwarded to.
 pub fn target_url(target: &Url, app_path: &str, query: Option<&str>) -> Url {
     let mut url = target.clone();
@@ -138,15 +152,7 @@ pub async fn forward<G: Send + 'static>(
     {
         headers.remove(*name);
     }
-    let set = |headers: &mut HeaderMap, name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    };
-    set(&mut headers, lr::ROUTE, &grant.route);
-    set(&mut headers, lr::SESSION_ID, &grant.sid);
-    set(&mut headers, lr::SESSION_TOKEN, &grant.token);
-    set(&mut headers, lr::SESSION_CONTROL, &grant.control);
+    set_session_headers(&mut headers, grant);
     if let Some(proto) = &upgrade_to {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
