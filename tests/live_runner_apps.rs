@@ -13,72 +13,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::live::{discovery, free_port, python, sdk_script, KillOnDrop, Shim, SECRET};
+use common::live::{
+    discovery, frame_times, free_port, models_dir, python, sdk_script, start_runner, KillOnDrop,
+    Runner, Shim, SECRET,
+};
 use common::{insecure_http, ready_line, tempdir};
 use serde_json::{json, Value};
-
-/// The repository's models folder.
-fn models_dir() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("models")
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// A runner process, killed when the test ends.
-struct Runner {
-    process: KillOnDrop,
-    url: String,
-    /// Its log, kept after the test for post-mortems.
-    log: std::path::PathBuf,
-    /// How many apps it registers (from its ready line).
-    apps: usize,
-}
-
-/// `lpworker attach --live-runner` registering with `orch` from a free
-/// loopback port, with `extra` flags; returned once it listens.
-fn start_runner(orch: &str, extra: &[&str]) -> Runner {
-    let port = free_port();
-    // A secret path, as an operator gives a runner on a shared network: the
-    // orchestrator's proxy joins every app path onto it.
-    let url = format!("http://127.0.0.1:{port}/{}", uuid::Uuid::new_v4().simple());
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("runner-{port}.log"));
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .env("LPWORKER_LOG", "lpworker=debug")
-        .args([
-            "attach",
-            "--live-runner",
-            "-orchAddr",
-            orch,
-            "-orchSecret",
-            SECRET,
-        ])
-        .args([
-            "--runner-url",
-            &url,
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let line = ready_line(&mut runner);
-    assert!(
-        line.starts_with("lpworker attach live runner listening"),
-        "{line}; see {}",
-        log.display()
-    );
-    let apps = common::line_field(&line, "apps=").unwrap().parse().unwrap();
-    Runner {
-        process: KillOnDrop(runner),
-        url,
-        log,
-        apps,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lpworker_attaches_as_a_live_runner_and_serves_its_models_through_the_shim() {
@@ -670,21 +610,6 @@ async fn listed_app(http: &reqwest::Client, shim: &Shim) -> Value {
         assert!(Instant::now() < deadline, "no app listed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// The presentation times of a file's video frames, in seconds.
-fn frame_times(path: &Path) -> Vec<f64> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
-        .args(["frame=best_effort_timestamp_time", "-of", "csv=p=0"])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    assert!(out.status.success(), "ffprobe {}", path.display());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .collect()
 }
 
 /// One continuous stream cut into `n` one-second MPEG-TS segments, each

@@ -67,6 +67,13 @@ pub fn load(
     models_dir: &Path,
     threads: usize,
 ) -> Result<Arc<dyn FrameModel>, AiError> {
+    // The ID becomes part of the app's URL path: plain characters only.
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/');
+    if model_id.is_empty() || !model_id.bytes().all(plain) {
+        return Err(AiError::UnknownModel(format!(
+            "live-video-to-video model {model_id:?}: an ID of letters, digits, '-', '_', '.' and '/' is expected"
+        )));
+    }
     if model_id == "noop" {
         return Ok(Arc::new(Noop));
     }
@@ -458,6 +465,7 @@ mod tests {
         assert_eq!(noop.apply(frame.clone()).unwrap(), frame);
         assert!(load("lpworker/absent", &models(), 1).is_err());
         assert!(load("../etc", &models(), 1).is_err());
+        assert!(load("a?b", &models(), 1).is_err());
     }
 
     /// The sepia model's answer, computed here (see its make_model.py).

@@ -109,6 +109,10 @@ pub struct AttachArgs {
     /// cores (`lpworker bench --live`), at `veryfast` ~0.8 s.
     #[arg(long, default_value = "veryfast")]
     pub live_preset: String,
+    /// With --live-runner: seconds without input after which a live
+    /// video-to-video stream is stopped (ai-runner's minute).
+    #[arg(long, default_value_t = 60.0)]
+    pub live_input_timeout: f64,
     /// With --live-runner: the renditions of the live transcoding app
     /// (`transcode/LADDER`), go-livepeer profile names or a JSON file (the
     /// default: lpms-named rungs only, so any gateway can name them).
@@ -277,6 +281,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
                 model,
                 transcoder,
                 args.live_preset.clone(),
+                super::serve::seconds("live-input-timeout", args.live_input_timeout)?,
             ),
             capacity: config.capacity.max(1),
         });

@@ -148,7 +148,11 @@ impl AiArgs {
         let (live, configs): (Vec<_>, Vec<_>) = lpworker::ai::config::load(spec)?
             .into_iter()
             .partition(|c| c.pipeline == lpworker::ai::live::PIPELINE);
-        lpworker::ai::onnx::init(self.onnxruntime.as_deref()).context("starting ONNX Runtime")?;
+        // Live `noop` alone runs no model: no runtime needed.
+        if !configs.is_empty() || live.iter().any(|c| c.model_id != "noop") {
+            lpworker::ai::onnx::init(self.onnxruntime.as_deref())
+                .context("starting ONNX Runtime")?;
+        }
         let registry = if configs.is_empty() {
             None
         } else {

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::sessions::{
-    error, orchestrator_client, runner_side, trickle_allowed, SessionRef, Sessions,
+    error, orchestrator_client, runner_side, trickle_allowed, Refused, SessionRef, Sessions,
 };
 use super::PersistentApp;
 use crate::ai::live::{FrameModel, FrameStream, PIPELINE};
@@ -54,9 +54,6 @@ const MAX_CONTROL_BYTES: usize = 64 << 10;
 const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// A segment taking longer than this is abandoned.
 const SEGMENT_TIMEOUT: Duration = Duration::from_secs(20);
-/// No input for this long ends the stream (ai-runner stops a stream whose
-/// input has been idle for a minute).
-const INPUT_IDLE_LIMIT: Duration = Duration::from_secs(60);
 /// The window input and inference frame rates are measured over.
 const FPS_WINDOW: Duration = Duration::from_secs(10);
 /// An error this recent makes the state degraded (ai-runner's 15 s).
@@ -79,10 +76,17 @@ pub struct LiveVideoApp {
     /// A stream ended in ERROR (the model failing) and none has run
     /// cleanly since: `/health` says ERROR.
     failing: std::sync::atomic::AtomicBool,
+    /// No input for this long ends a stream.
+    input_idle_limit: Duration,
 }
 
 impl LiveVideoApp {
-    pub fn new(model: Arc<dyn FrameModel>, transcoder: Transcoder, preset: String) -> Arc<Self> {
+    pub fn new(
+        model: Arc<dyn FrameModel>,
+        transcoder: Transcoder,
+        preset: String,
+        input_idle_limit: Duration,
+    ) -> Arc<Self> {
         Arc::new(LiveVideoApp {
             model,
             video: VideoService::new(transcoder, Admission::unbounded()),
@@ -90,6 +94,7 @@ impl LiveVideoApp {
             http: orchestrator_client(),
             sessions: Sessions::default(),
             failing: Default::default(),
+            input_idle_limit,
         })
     }
 }
@@ -116,6 +121,10 @@ impl PersistentApp for LiveVideoApp {
 
     fn sessions(&self) -> &Sessions {
         &self.sessions
+    }
+
+    fn path(&self) -> Option<String> {
+        Some(format!("/{PIPELINE}/{}", self.model.model_id()))
     }
 
     fn health(&self) -> Option<&'static str> {
@@ -171,7 +180,7 @@ impl FrameTransform for StreamStage {
 async fn start(State(app): State<Arc<LiveVideoApp>>, headers: HeaderMap, body: Bytes) -> Response {
     let session = match app.sessions.session_of(&headers) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
@@ -218,7 +227,7 @@ async fn start(State(app): State<Arc<LiveVideoApp>>, headers: HeaderMap, body: B
                 // ai-runner's answer, which the orchestrator ignores.
                 serde_json::json!({"publish_url": "", "subscribe_url": "", "control_url": ""}),
             ),
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         }
     } else {
         match callback_channels(&app.http, &session).await {
@@ -255,11 +264,11 @@ async fn start(State(app): State<Arc<LiveVideoApp>>, headers: HeaderMap, body: B
 /// The URLs of ai-runner's body, each a trickle channel of this runner's
 /// orchestrator (anyone reaching the runner could otherwise make it read
 /// and write any URL: free work, or frames injected into another stream).
-fn given_channels(bases: &[String], request: &StartRequest) -> Result<Channels, Response> {
+fn given_channels(bases: &[String], request: &StartRequest) -> Result<Channels, Refused> {
     let (Some(input), Some(output)) = (&request.subscribe_url, &request.publish_url) else {
-        return Err(error(
+        return Err(Refused(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "subscribe_url and publish_url go together",
+            "subscribe_url and publish_url go together".into(),
         ));
     };
     let urls = [
@@ -270,9 +279,9 @@ fn given_channels(bases: &[String], request: &StartRequest) -> Result<Channels, 
     ];
     for url in urls.into_iter().flatten().filter(|u| !u.is_empty()) {
         if !trickle_allowed(bases, url) {
-            return Err(error(
+            return Err(Refused(
                 StatusCode::FORBIDDEN,
-                "the stream's channels are not on this runner's orchestrator",
+                "the stream's channels are not on this runner's orchestrator".into(),
             ));
         }
     }
@@ -653,6 +662,10 @@ impl Stream {
             tokio::spawn(read_control(
                 http.clone(),
                 url,
+                self.channels
+                    .events
+                    .as_ref()
+                    .map(|u| TricklePublisher::new(http.clone(), u)),
                 self.stream.clone(),
                 self.status.clone(),
                 self.cancel.clone(),
@@ -687,8 +700,8 @@ impl Stream {
             End::Stopped => None,
             End::InputEnded => None,
             End::InputIdle => Some(format!(
-                "no input for {}s: stream stopped",
-                INPUT_IDLE_LIMIT.as_secs()
+                "no input for {:?}: stream stopped",
+                self.app.input_idle_limit
             )),
             End::InputLost(e) => Some(format!("input lost: {e}")),
             End::OutputGone(e) => Some(format!("output gone: {e}")),
@@ -740,7 +753,7 @@ impl Stream {
         loop {
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => return End::Stopped,
-                _ = tokio::time::sleep(INPUT_IDLE_LIMIT) => return End::InputIdle,
+                _ = tokio::time::sleep(self.app.input_idle_limit) => return End::InputIdle,
                 n = input.next_segment() => n,
             };
             let mut segment = match next {
@@ -847,7 +860,31 @@ impl Stream {
                 counts.transformed,
                 counts.dropped,
             );
+            tracing::debug!(
+                session = %self.session.sid,
+                seq,
+                frames = out.decoded.frames,
+                transformed = counts.transformed,
+                dropped = counts.dropped,
+                elapsed_ms = out.elapsed.as_millis() as u64,
+                "segment published"
+            );
         }
+    }
+}
+
+/// A refused control message, reported at once (not only in the next
+/// status).
+async fn refuse(status: &Mutex<StreamStatus>, events: Option<&TricklePublisher>, message: String) {
+    status.lock().expect("status").error(&message, true);
+    if let Some(events) = events {
+        let event = wrap(serde_json::json!({
+            "type": "error",
+            "pipeline": PIPELINE,
+            "message": message,
+            "time": now_ms(),
+        }));
+        let _ = events.publish(-1, Bytes::from(event.to_string())).await;
     }
 }
 
@@ -858,6 +895,7 @@ impl Stream {
 async fn read_control(
     http: reqwest::Client,
     url: String,
+    events: Option<TricklePublisher>,
     stream: Arc<dyn FrameStream>,
     status: Arc<Mutex<StreamStatus>>,
     cancel: CancellationToken,
@@ -882,10 +920,7 @@ async fn read_control(
         let message = match segment.read_all(MAX_CONTROL_BYTES).await {
             Ok(m) => m,
             Err(e) => {
-                status
-                    .lock()
-                    .expect("status")
-                    .error(format!("control message: {e}"), true);
+                refuse(&status, events.as_ref(), format!("control message: {e}")).await;
                 continue;
             }
         };
@@ -895,16 +930,19 @@ async fn read_control(
         let update = match serde_json::from_slice::<serde_json::Value>(&message) {
             Ok(serde_json::Value::Object(m)) => m,
             Ok(_) | Err(_) => {
-                status
-                    .lock()
-                    .expect("status")
-                    .error("control message is not a JSON object", true);
+                refuse(
+                    &status,
+                    events.as_ref(),
+                    "control message is not a JSON object".into(),
+                )
+                .await;
                 continue;
             }
         };
         if update.len() == 1 && update.get("keep").and_then(|v| v.as_str()) == Some("alive") {
             continue;
         }
+        tracing::debug!(seq = segment.seq(), keys = ?update.keys().collect::<Vec<_>>(), "control message");
         match stream.update(&update) {
             Ok(()) => {
                 let mut s = status.lock().expect("status");
@@ -914,10 +952,7 @@ async fn read_control(
                 s.params_time_ms = Some(now_ms());
                 s.params_unsent = true;
             }
-            Err(e) => status
-                .lock()
-                .expect("status")
-                .error(format!("parameters refused: {e}"), true),
+            Err(e) => refuse(&status, events.as_ref(), format!("parameters refused: {e}")).await,
         }
     }
 }

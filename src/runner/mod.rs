@@ -72,6 +72,14 @@ pub trait PersistentApp: Send + Sync + 'static {
     fn health(&self) -> Option<&'static str> {
         None
     }
+
+    /// A path of its own under the runner's URL (apps whose routes would
+    /// otherwise collide: one runner serves several live models, each at
+    /// ai-runner's `/live-video-to-video`). Registered as part of the app's
+    /// runner URL, so the orchestrator's proxy and handoff reach it there.
+    fn path(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A persistent app and how many sessions it takes at once.
@@ -243,6 +251,13 @@ impl BoundRunner {
             .unwrap_or_default();
         for p in persistent {
             let mut decl = declaration(config, p.app.app_name(), p.capacity);
+            let app_router = match p.app.path() {
+                Some(sub) => {
+                    decl.runner_url = format!("{}{sub}", config.runner_url.trim_end_matches('/'));
+                    axum::Router::new().nest(&sub, p.app.clone().router())
+                }
+                None => p.app.clone().router(),
+            };
             decl.mode = "persistent".into();
             decl.metadata = metadata(p.app.metadata());
             let registration = Registration::new(&config.orchestrator, &config.secret, decl);
@@ -252,7 +267,7 @@ impl BoundRunner {
                 .follow_controls_of(Arc::new(move || trusted.control_bases()));
             spawn_reconciler(registration.clone(), p.app.clone());
             registrations.push(registration);
-            router = router.merge(p.app.router());
+            router = router.merge(app_router);
         }
         let router = under_secret_path(router, &path, health(apps.clone()));
         Ok(BoundRunner {

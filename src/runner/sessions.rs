@@ -62,6 +62,16 @@ pub(crate) fn trickle_allowed(bases: &[String], url: &str) -> bool {
     })
 }
 
+/// A refused request: its status and ai-runner's message.
+#[derive(Debug)]
+pub struct Refused(pub StatusCode, pub String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// ai-runner's error body.
 pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     (
@@ -126,21 +136,21 @@ impl Sessions {
     }
 
     /// The session a start request belongs to, or the answer refusing it.
-    pub fn session_of(&self, headers: &HeaderMap) -> Result<SessionRef, Response> {
+    pub fn session_of(&self, headers: &HeaderMap) -> Result<SessionRef, Refused> {
         let (Some(sid), Some(token), Some(control)) = (
             header(headers, lr::SESSION_ID),
             header(headers, lr::SESSION_TOKEN),
             header(headers, lr::SESSION_CONTROL),
         ) else {
-            return Err(error(
+            return Err(Refused(
                 StatusCode::BAD_REQUEST,
-                "not a Live Runner session: the orchestrator's session headers are missing",
+                "not a Live Runner session: the orchestrator's session headers are missing".into(),
             ));
         };
         if !control_allowed(&self.bases(), control, sid) {
-            return Err(error(
+            return Err(Refused(
                 StatusCode::FORBIDDEN,
-                "the session's control URL is not this runner's orchestrator",
+                "the session's control URL is not this runner's orchestrator".into(),
             ));
         }
         Ok(SessionRef {

@@ -140,7 +140,7 @@ impl TranscodeApp {
 async fn start(State(app): State<Arc<TranscodeApp>>, headers: HeaderMap, body: Bytes) -> Response {
     let session = match app.sessions.session_of(&headers) {
         Ok(s) => s,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()

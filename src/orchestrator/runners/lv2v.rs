@@ -384,6 +384,7 @@ async fn follow(
     released: CancellationToken,
     mut metering: Option<Metering>,
 ) {
+    let mut last_input = None;
     let why = loop {
         let seq = tokio::select! {
             _ = released.cancelled() => break None,
@@ -392,6 +393,7 @@ async fn follow(
         if seq.is_none() {
             break Some(Release::Finished);
         }
+        last_input = seq;
         let Some(m) = &mut metering else { continue };
         let Some(units) = m.meter.due(Instant::now()) else {
             continue;
@@ -402,11 +404,46 @@ async fn follow(
             break Some(Release::Unpaid);
         }
     };
+    if let (Some(Release::Finished), Some(last)) = (&why, last_input) {
+        drain_output(registry.trickle(), &mid, last, &released).await;
+    }
     close_channels(registry.trickle(), &mid);
     if let Some(why) = why {
         registry.release(&mid, why);
     }
     tracing::info!(stream = %mid, "live video stream ended");
+}
+
+/// The longest an ended input's output is waited for.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
+/// Once the last input segment's output has begun, the time it is given
+/// to finish.
+const OUTPUT_TAIL: Duration = Duration::from_secs(1);
+
+/// When the gateway ends its input, the runner is still working on the
+/// last segments: the output stays open until the runner closes it, its
+/// output for the last input segment is in (then a moment to finish), or
+/// [`OUTPUT_DRAIN`] passes. (go-livepeer closes every channel at once,
+/// which cuts the stream's last seconds from what the viewer sees.)
+async fn drain_output(trickle: &TrickleServer, mid: &str, last: i64, released: &CancellationToken) {
+    let out = format!("{mid}-out");
+    let deadline = tokio::time::Instant::now() + OUTPUT_DRAIN;
+    loop {
+        if !trickle.has_channel(&out) || released.is_cancelled() {
+            return;
+        }
+        if trickle.next_write(&out).is_some_and(|next| next > last) {
+            tokio::select! {
+                _ = released.cancelled() => {}
+                _ = tokio::time::sleep(OUTPUT_TAIL) => {}
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Adds capability 35 with the models of ready `live-video-to-video/*`
