@@ -272,10 +272,17 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         bail!("--live-runner serves --ai-models (each model an app) and/or --transcode");
     }
     let mut persistent = Vec::new();
+    let live_backend = if live_models.is_empty() {
+        None
+    } else {
+        // NVDEC decodes when there is one (frames go to host memory for the
+        // model); NVENC encodes when the GPU has it, else x264.
+        let probe = probe::probe();
+        Some(probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?)
+    };
     for (config, model) in live_models {
-        // Models work on pictures in memory: the CPU backend decodes and
-        // encodes around them.
-        let transcoder = Transcoder::new(std::sync::Arc::new(lpworker::video::cpu::CpuBackend));
+        let backend = live_backend.clone().expect("a backend for live models");
+        let transcoder = Transcoder::new(backend);
         persistent.push(lpworker::runner::Persistent {
             app: lpworker::runner::live_video::LiveVideoApp::new(
                 model,

@@ -185,7 +185,18 @@ impl StageRun {
             return scaler.scale(frame);
         }
         let started = Instant::now();
-        let src = frame.host_video()?;
+        // A decoder on the GPU (NVDEC) hands over frames in its memory: the
+        // model takes pictures in ours.
+        #[cfg(feature = "nvidia")]
+        let downloaded;
+        let src = match &frame.data {
+            super::backend::FrameData::Host(video) => video,
+            #[cfg(feature = "nvidia")]
+            super::backend::FrameData::Device(gpu) => {
+                downloaded = super::nvidia::backend::download(gpu, frame.pts)?;
+                downloaded.host_video()?
+            }
+        };
         let rgb = self
             .to_rgb
             .run(src, Pixel::RGB24, src.width(), src.height())?;

@@ -349,8 +349,9 @@ impl Encoder for FollowingEncoder {
     }
 }
 
-/// Copies a GPU frame to a host frame the CPU encoders take.
-fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
+/// Copies a GPU frame to a host frame the CPU encoders (and the frame
+/// transform stage) take.
+pub(crate) fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
     let host = gpu
         .device
         .scaler()
