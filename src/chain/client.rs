@@ -71,6 +71,28 @@ pub struct ChainClient {
 }
 
 impl ChainClient {
+    /// A client whose node is never reached: for tests of code that holds
+    /// one without reading the chain.
+    #[cfg(test)]
+    pub(crate) fn unconnected() -> ChainClient {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ChainConfig::new("http://127.0.0.1:1", Address::ZERO);
+        let signer = PrivateKeySigner::random();
+        let account = signer.address();
+        let provider = ProviderBuilder::new()
+            .wallet(EthereumWallet::from(signer))
+            .connect_http(config.eth_url.parse().expect("a URL"))
+            .erased();
+        ChainClient {
+            provider,
+            account,
+            config,
+            addresses: RwLock::new(HashMap::new()),
+            tx_lock: Mutex::new(()),
+            gas_price_cache: RwLock::new(None),
+        }
+    }
+
     /// Connects and checks that the node answers and that `controller` is a
     /// contract.
     pub async fn connect(

@@ -278,7 +278,11 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         // NVDEC decodes when there is one (frames go to host memory for the
         // model); NVENC encodes when the GPU has it, else x264.
         let probe = probe::probe();
-        Some(probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?)
+        Some(probe::select_backend(
+            args.backend,
+            args.nvidia.as_ref(),
+            &probe,
+        )?)
     };
     for (config, model) in live_models {
         let backend = live_backend.clone().expect("a backend for live models");

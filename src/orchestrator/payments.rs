@@ -736,6 +736,7 @@ impl Payments {
             payments: None,
             key: key.clone(),
             cost: U256::ZERO,
+            price: None,
         };
         let Some(s) = sender.and_then(|_| sessions.map.get_mut(&key)) else {
             // No credit at all: only work this node does not charge for.
@@ -745,13 +746,21 @@ impl Payments {
                 Err(InsufficientBalance)
             };
         };
-        if s.price.num == 0 {
+        // The work costs what this node asks for it now, or the session's
+        // price if that is higher: a balance first paid at a lower price
+        // (credit through `/payment`, at the base price, into the key a
+        // model's requests use) must not buy dearer work at that price.
+        let ours = self.price_for(sender, work);
+        let higher = U256::from(ours.num) * U256::from(s.price.den)
+            > U256::from(s.price.num) * U256::from(ours.den);
+        let price = if higher { ours } else { s.price };
+        if price.num == 0 {
             return Ok(free);
         }
         // Each piece of work in flight holds at least one ticket's EV, so
         // work whose size is unknown before it runs (estimate 0) cannot run
         // many times over on one EV of credit.
-        let cost = s.price.cost(units).max(self.config.ticket_ev);
+        let cost = price.cost(units).max(self.config.ticket_ev);
         let available = s.balance.saturating_sub(to_i256(s.reserved));
         if available < to_i256(cost) {
             return Err(InsufficientBalance);
@@ -762,10 +771,19 @@ impl Payments {
             payments: Some(self.clone()),
             key,
             cost,
+            price: Some(price),
         })
     }
 
-    fn release(&self, key: &(Address, String), reserved: U256, spent_units: Option<u64>) -> U256 {
+    /// Frees `reserved` and debits `spent_units` at `price` (the session's
+    /// own when None).
+    fn release(
+        &self,
+        key: &(Address, String),
+        reserved: U256,
+        spent_units: Option<u64>,
+        price: Option<Price>,
+    ) -> U256 {
         let mut sessions = self.sessions.lock().expect("sessions");
         let Some(s) = sessions.map.get_mut(key) else {
             return U256::ZERO;
@@ -774,7 +792,7 @@ impl Payments {
         let Some(units) = spent_units else {
             return U256::ZERO;
         };
-        let cost = s.price.cost(units);
+        let cost = price.unwrap_or(s.price).cost(units);
         s.balance = s.balance.saturating_sub(to_i256(cost));
         s.touched = Instant::now();
         cost
@@ -782,7 +800,12 @@ impl Payments {
 
     /// Debits `units` (pixels, ms, tokens) at the session's price.
     pub fn debit(&self, sender: Address, manifest: &str, units: u64) -> U256 {
-        self.release(&(sender, manifest.to_string()), U256::ZERO, Some(units))
+        self.release(
+            &(sender, manifest.to_string()),
+            U256::ZERO,
+            Some(units),
+            None,
+        )
     }
 
     /// Debits `fee` wei if the session's credit not reserved covers it
@@ -859,6 +882,8 @@ pub struct Reservation {
     payments: Option<Arc<Payments>>,
     key: (Address, String),
     cost: U256,
+    /// The price the work is debited at when it settles.
+    price: Option<Price>,
 }
 
 impl Reservation {
@@ -871,7 +896,7 @@ impl Reservation {
     /// Returns the fee in wei.
     pub fn settle(mut self, units: u64) -> U256 {
         match self.payments.take() {
-            Some(p) => p.release(&self.key, self.cost, Some(units)),
+            Some(p) => p.release(&self.key, self.cost, Some(units), self.price),
             None => U256::ZERO,
         }
     }
@@ -880,7 +905,7 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         if let Some(p) = self.payments.take() {
-            p.release(&self.key, self.cost, None);
+            p.release(&self.key, self.cost, None, None);
         }
     }
 }
@@ -888,6 +913,66 @@ impl Drop for Reservation {
 #[cfg(test)]
 mod sessions_tests {
     use super::*;
+
+    /// Payments with no chain behind them (nothing here reads it).
+    fn offline_payments(base: Price, prices: PriceBook) -> (Arc<Payments>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(TicketStore::open(&dir.path().join("t.sqlite")).unwrap());
+        let (_, chain) = watch::channel(None);
+        let payments = Payments::new(
+            secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
+            Arc::new(ChainClient::unconnected()),
+            chain,
+            store,
+            Arc::new(SenderMonitor::new()),
+            PaymentConfig {
+                ticket_ev: U256::from(1u64),
+                ..PaymentConfig::default()
+            },
+            base,
+            prices,
+        );
+        (Arc::new(payments), dir)
+    }
+
+    /// Credit paid into a model's balance at the base price (through
+    /// `/payment`, which names any manifest) buys that model's work at the
+    /// model's own price, not the base one.
+    #[test]
+    fn work_is_charged_at_least_its_own_price_whatever_the_balance_was_paid_at() {
+        let mut prices = PriceBook::default();
+        prices
+            .per_model
+            .insert((30, "m".into()), Price::new(2, 1).unwrap());
+        let (payments, _dir) = offline_payments(Price::new(1, 1).unwrap(), prices);
+        let sender = Address::repeat_byte(9);
+        payments
+            .restore_credit(
+                sender,
+                "30_m",
+                Price::new(1, 1).unwrap(),
+                U256::from(1000u64),
+            )
+            .unwrap();
+        let work = Work::Ai {
+            capability: 30,
+            model: "m",
+        };
+        let r = payments.reserve(Some(sender), "30_m", work, 100).unwrap();
+        assert_eq!(
+            r.reserved(),
+            U256::from(200u64),
+            "reserved at the model's price"
+        );
+        assert_eq!(r.settle(100), U256::from(200u64));
+        assert_eq!(
+            payments.balance(sender, "30_m"),
+            I256::try_from(800).unwrap()
+        );
+        // 800 left buys 400 units at 2, not 800 at 1.
+        assert!(payments.reserve(Some(sender), "30_m", work, 401).is_err());
+        assert!(payments.reserve(Some(sender), "30_m", work, 400).is_ok());
+    }
 
     fn session(touched: Instant, reserved: u64) -> Session {
         Session {
