@@ -188,15 +188,15 @@ impl StageRun {
         // A decoder on the GPU (NVDEC) hands over frames in its memory: the
         // model takes pictures in ours.
         #[cfg(feature = "nvidia")]
-        let downloaded;
-        let src = match &frame.data {
-            super::backend::FrameData::Host(video) => video,
-            #[cfg(feature = "nvidia")]
+        let downloaded = match &frame.data {
             super::backend::FrameData::Device(gpu) => {
-                downloaded = super::nvidia::backend::download(gpu, frame.pts)?;
-                downloaded.host_video()?
+                Some(super::nvidia::backend::download(gpu, frame.pts)?)
             }
+            super::backend::FrameData::Host(_) => None,
         };
+        #[cfg(feature = "nvidia")]
+        let frame = downloaded.as_ref().unwrap_or(frame);
+        let src = frame.host_video()?;
         let rgb = self
             .to_rgb
             .run(src, Pixel::RGB24, src.width(), src.height())?;
