@@ -183,7 +183,7 @@ async fn a_stream_is_handed_to_a_live_runner_and_ends_with_its_input() {
     let reply: Value = serde_json::from_str(&body).unwrap();
     let mid = reply["manifest_id"].as_str().unwrap().to_string();
     assert!(
-        mid.len() == 8 && mid.bytes().all(|b| b.is_ascii_hexdigit()),
+        mid.len() == 32 && mid.bytes().all(|b| b.is_ascii_hexdigit()),
         "{mid}"
     );
     let trickle = format!("{}/ai/trickle", shim.uri);

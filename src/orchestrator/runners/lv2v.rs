@@ -138,11 +138,23 @@ impl Meter {
         if elapsed < self.interval {
             return None;
         }
+        Some(self.bill(now))
+    }
+
+    /// Units for all the time since the last bill (the stream's end).
+    pub fn rest(&mut self, now: Instant) -> u64 {
+        self.bill(now)
+    }
+
+    /// Units for the time from the last bill to `now`, which the billed
+    /// time advances by.
+    fn bill(&mut self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.billed_to);
         let per_second = u128::from(self.units_per_second);
         let units = elapsed.as_nanos() * per_second / 1_000_000_000;
         let covered = units * 1_000_000_000 / per_second;
         self.billed_to += Duration::from_nanos(u64::try_from(covered).unwrap_or(u64::MAX));
-        Some(u64::try_from(units).unwrap_or(u64::MAX))
+        u64::try_from(units).unwrap_or(u64::MAX)
     }
 }
 
@@ -151,6 +163,21 @@ struct Metering {
     payments: Arc<Payments>,
     sender: Address,
     meter: Meter,
+}
+
+impl Metering {
+    /// The stream's credit covers one interval's bill.
+    fn covers_an_interval(&self, mid: &str) -> bool {
+        let units =
+            u128::from(self.meter.units_per_second) * self.meter.interval.as_millis() / 1000;
+        let units = u64::try_from(units).unwrap_or(u64::MAX);
+        let Some(price) = self.payments.recorded_price(self.sender, mid) else {
+            return false;
+        };
+        let fee = alloy_primitives::I256::try_from(price.cost(units))
+            .unwrap_or(alloy_primitives::I256::MAX);
+        self.payments.balance(self.sender, mid) >= fee
+    }
 }
 
 /// Refusals and runner failures anyone can cause at will, logged at most
@@ -183,9 +210,10 @@ impl Drop for Starting {
 /// A fresh manifest ID no session or channel uses.
 fn new_mid(registry: &Registry) -> String {
     loop {
-        let mid: String = (0..8)
-            .map(|_| format!("{:x}", rand::random::<u8>() & 0xf))
-            .collect();
+        // go-livepeer's are 8 hex digits; the channels are open to whoever
+        // names them (watch the output, publish into a stream paid by
+        // another), so the name is a 128-bit secret here.
+        let mid = format!("{:032x}", rand::random::<u128>());
         let trickle = registry.trickle();
         if registry.session_route(&mid).is_none()
             && channels(&mid).iter().all(|(n, _)| !trickle.has_channel(n))
@@ -243,16 +271,9 @@ pub async fn start(State(gw): State<Arc<Gateway>>, request: Request) -> Response
         return no_capacity();
     }
     let mid = new_mid(&lr.registry);
-    let work = Work::Ai {
-        capability: CAPABILITY,
-        model,
-    };
-    // The opening payment credits (sender, mid); a balance short of one
-    // ticket's EV at a price above 0 is refused.
-    let sender = match gateway::pay(&gw, &payment, &mid, work, 0).await {
-        Ok((sender, _check_only)) => sender,
-        Err((status, msg)) => return gateway::text(status, msg),
-    };
+    // The room is taken before the payment, so a race lost to another
+    // stream leaves no credit stranded under a stream that never ran; a
+    // payment refused gives the room back (the guard below).
     let reserved = match lr.registry.reserve_app(&app, &mid) {
         Ok(r) => r,
         Err(RegistryError::Full) => return no_capacity(),
@@ -263,6 +284,34 @@ pub async fn start(State(gw): State<Arc<Gateway>>, request: Request) -> Response
         mid: mid.clone(),
         armed: true,
     };
+    let work = Work::Ai {
+        capability: CAPABILITY,
+        model,
+    };
+    // The opening payment credits (sender, mid); a balance short of one
+    // ticket's EV at a price above 0 is refused.
+    let sender = match gateway::pay(&gw, &payment, &mid, work, 0).await {
+        Ok((sender, _check_only)) => sender,
+        Err((status, msg)) => return gateway::text(status, msg),
+    };
+    let metering = match (&gw.payments, &lr.paid, sender) {
+        (Some(p), Some(paid), Some(sender)) => p
+            .recorded_price(sender, &mid)
+            .filter(|price| price.num > 0)
+            .map(|_| Metering {
+                payments: p.clone(),
+                sender,
+                meter: Meter::new(PIXELS_PER_SECOND, paid.interval(), Instant::now()),
+            }),
+        _ => None,
+    };
+    // The first bill comes an interval in: the opening credit must cover
+    // it (go-livepeer's gateways pay for 60 s up front).
+    if let Some(m) = &metering {
+        if !m.covers_an_interval(&mid) {
+            return gateway::text(StatusCode::BAD_REQUEST, "Insufficient balance");
+        }
+    }
     let trickle = lr.registry.trickle().clone();
     for (name, mime) in channels(&mid) {
         if let Err(e) = trickle.create_channel(&name, mime) {
@@ -306,17 +355,6 @@ pub async fn start(State(gw): State<Arc<Gateway>>, request: Request) -> Response
             format!("live video runner failed: {e}"),
         );
     }
-    let metering = match (&gw.payments, &lr.paid, sender) {
-        (Some(p), Some(paid), Some(sender)) => p
-            .recorded_price(sender, &mid)
-            .filter(|price| price.num > 0)
-            .map(|_| Metering {
-                payments: p.clone(),
-                sender,
-                meter: Meter::new(PIXELS_PER_SECOND, paid.interval(), Instant::now()),
-            }),
-        _ => None,
-    };
     starting.armed = false;
     tracing::info!(stream = %mid, runner = %reserved.grant.route, model = %crate::log_limit::clip(model, 64), metered = metering.is_some(), "live video stream started");
     tokio::spawn(follow(
@@ -385,15 +423,23 @@ async fn follow(
     mut metering: Option<Metering>,
 ) {
     let mut last_input = None;
+    // Billed on a clock, not only when a segment starts: a stream that
+    // holds its runner with a stalled or endless segment pays for the time.
+    let mut tick = tokio::time::interval(
+        metering
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |m| m.meter.interval),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let why = loop {
-        let seq = tokio::select! {
+        tokio::select! {
             _ = released.cancelled() => break None,
-            seq = input.next_segment() => seq,
-        };
-        if seq.is_none() {
-            break Some(Release::Finished);
+            seq = input.next_segment() => match seq {
+                None => break Some(Release::Finished),
+                seq => last_input = seq,
+            },
+            _ = tick.tick() => {}
         }
-        last_input = seq;
         let Some(m) = &mut metering else { continue };
         let Some(units) = m.meter.due(Instant::now()) else {
             continue;
@@ -410,6 +456,19 @@ async fn follow(
     close_channels(registry.trickle(), &mid);
     if let Some(why) = why {
         registry.release(&mid, why);
+    }
+    // The time since the last bill, however short, is billed too (a
+    // stream shorter than an interval is not free). Whatever the credit
+    // does not cover is lost to the node, as go-livepeer loses it.
+    if let Some(m) = &mut metering {
+        if !matches!(why, Some(Release::Unpaid)) {
+            let units = m.meter.rest(Instant::now());
+            if units > 0 {
+                if let Err(e) = m.payments.try_debit_units(m.sender, &mid, units) {
+                    tracing::info!(stream = %mid, sender = %m.sender, units, error = %e, "live video stream's last bill not covered");
+                }
+            }
+        }
     }
     tracing::info!(stream = %mid, "live video stream ended");
 }
@@ -600,6 +659,121 @@ mod tests {
         registry
             .reserve_app("live-video-to-video/noop", "0a1b2c3e")
             .unwrap();
+    }
+
+    /// A paid stream set up by hand: registry, channels, a session priced
+    /// 1 wei per pixel with `credit` wei, and its follower.
+    async fn paid_stream(
+        credit: u64,
+        interval: Duration,
+    ) -> (
+        Arc<Registry>,
+        Arc<TrickleServer>,
+        Arc<Payments>,
+        Address,
+        tokio::task::JoinHandle<()>,
+        tempfile::TempDir,
+    ) {
+        use crate::live_runner::RegistryConfig;
+        use crate::pm::recipient::Price;
+        let trickle = TrickleServer::new(Default::default());
+        let mut config = RegistryConfig::new("https://o.example:8935");
+        config.orch_secret = Some("s".into());
+        let registry = Registry::new(config, trickle.clone());
+        let decl = serde_json::from_value(serde_json::json!({
+            "runner_url": "http://runner.lan:9000", "app": "live-video-to-video/noop"
+        }))
+        .unwrap();
+        registry.heartbeat("s", &decl).unwrap();
+        let reserved = registry
+            .reserve_app("live-video-to-video/noop", "m1")
+            .unwrap();
+        for (name, mime) in channels("m1") {
+            trickle.create_channel(&name, mime).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let payments = Arc::new(Payments::new(
+            secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
+            Arc::new(crate::chain::ChainClient::unconnected()),
+            tokio::sync::watch::channel(None).1,
+            Arc::new(crate::pm::store::TicketStore::open(&dir.path().join("t.sqlite")).unwrap()),
+            Arc::new(crate::pm::sender_monitor::SenderMonitor::new()),
+            Default::default(),
+            Price::new(1, 1).unwrap(),
+            Default::default(),
+        ));
+        let sender = Address::repeat_byte(3);
+        payments
+            .restore_credit(
+                sender,
+                "m1",
+                Price::new(1, 1).unwrap(),
+                alloy_primitives::U256::from(credit),
+            )
+            .unwrap();
+        let metering = Metering {
+            payments: payments.clone(),
+            sender,
+            meter: Meter::new(PIXELS_PER_SECOND, interval, Instant::now()),
+        };
+        let input = trickle.read_local("m1", -1).unwrap();
+        let task = tokio::spawn(follow(
+            registry.clone(),
+            "m1".into(),
+            input,
+            reserved.grant.cancel.clone(),
+            Some(metering),
+        ));
+        (registry, trickle, payments, sender, task, dir)
+    }
+
+    /// A stream that sends nothing still pays for the time it holds its
+    /// runner, and is cut when that runs past its credit.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_stream_is_billed_on_the_clock_and_cut_when_unpaid() {
+        let interval = Duration::from_secs(1);
+        // Credit for 2.5 s of 720p30 at 1 wei per pixel.
+        let credit = PIXELS_PER_SECOND * 5 / 2;
+        let (registry, trickle, payments, sender, task, _dir) = paid_stream(credit, interval).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let left = payments.balance(sender, "m1");
+        assert_eq!(
+            left,
+            alloy_primitives::I256::try_from(credit - PIXELS_PER_SECOND).unwrap()
+        );
+        // The third second is not covered: the stream is ended, unpaid.
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(registry.session_route("m1").is_none());
+        for (name, _) in channels("m1") {
+            assert!(!trickle.has_channel(&name), "{name} outlived its stream");
+        }
+        assert_eq!(
+            payments.balance(sender, "m1"),
+            alloy_primitives::I256::try_from(credit - 2 * PIXELS_PER_SECOND).unwrap()
+        );
+    }
+
+    /// A stream ending between two bills pays for the part interval too.
+    #[tokio::test(start_paused = true)]
+    async fn the_time_since_the_last_bill_is_billed_at_the_end() {
+        let credit = PIXELS_PER_SECOND * 100;
+        let (registry, trickle, payments, sender, task, _dir) =
+            paid_stream(credit, Duration::from_secs(5)).await;
+        trickle.publish_local("m1", bytes::Bytes::from_static(b"ts"));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        // The gateway closes its input (and the runner its output).
+        trickle.close_channel("m1-out");
+        trickle.close_channel("m1");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(registry.session_route("m1").is_none());
+        let paid = credit - u64::try_from(payments.balance(sender, "m1")).unwrap();
+        assert_eq!(paid, PIXELS_PER_SECOND * 5 / 2, "2.5 s billed");
     }
 
     #[test]
