@@ -245,17 +245,23 @@ async fn the_sdk_streams_720p30_through_noop_by_session_and_by_start_lv2v() {
         let types = picture_types(&joined);
         assert!(!types.contains('B'), "{name}: {types}");
         assert!(types.matches('I').count() >= 9, "{name}: {types}");
-        // Status at once, then at least every 10 s, in ai-runner's shape.
+        // Status at once, then at least every 10 s, in ai-runner's shape:
+        // read off the runner's own clock (when the client reads them
+        // depends on how busy the machine is).
         let statuses = statuses(&report);
+        let stamps: Vec<i64> = statuses
+            .iter()
+            .map(|(_, s)| s["timestamp"].as_i64().unwrap() - s["start_time"].as_i64().unwrap())
+            .collect();
         assert!(
-            statuses.first().is_some_and(|(at, _)| *at < 3.0),
-            "{name}: {statuses:?}"
+            stamps.first().is_some_and(|t| *t < 3000),
+            "{name}: {stamps:?}"
         );
-        for w in statuses.windows(2) {
+        for w in stamps.windows(2) {
             assert!(
-                w[1].0 - w[0].0 < 12.0,
-                "{name}: statuses {} s apart",
-                w[1].0 - w[0].0
+                w[1] - w[0] <= 11_000,
+                "{name}: statuses {} ms apart",
+                w[1] - w[0]
             );
         }
         let states: Vec<&str> = statuses
@@ -321,7 +327,8 @@ async fn models_run_on_every_frame_and_control_messages_change_them() {
     );
     let expected: Vec<Vec<u8>> = source.iter().map(|f| sepia(f)).collect();
     // Each output frame is the model's answer to its input frame, or to one
-    // just before when the model fell behind and a frame was dropped. The
+    // up to half a second before when the model fell behind and frames were
+    // dropped (the last answer is shown again). The
     // input went through the SDK's encoder and ours, so within a tolerance:
     // mean absolute difference of at most 6 of 255 per channel (measured
     // about 1-2), where the untransformed input is 30 or more away.
@@ -329,7 +336,7 @@ async fn models_run_on_every_frame_and_control_messages_change_them() {
     let mut untransformed = 0f64;
     for (i, frame) in output.iter().enumerate() {
         let i = i.min(expected.len() - 1);
-        let best = (i.saturating_sub(3)..=i)
+        let best = (i.saturating_sub(15)..=i)
             .map(|j| mean_abs_diff(frame, &expected[j]))
             .fold(f64::INFINITY, f64::min);
         worst = worst.max(best);

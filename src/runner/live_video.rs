@@ -65,6 +65,10 @@ const MAX_FAILED_SEGMENTS: u32 = 3;
 /// models produce.
 const OUTPUT_BITRATE: u64 = 3_000_000;
 
+/// Broken segments come at the publisher's pace; their log lines do not.
+static SEGMENT_ERRORS: crate::log_limit::SharedRateLimitedLog =
+    crate::log_limit::SharedRateLimitedLog::new(crate::log_limit::REFUSAL_LOG_INTERVAL);
+
 pub struct LiveVideoApp {
     model: Arc<dyn FrameModel>,
     /// The video service, unbounded: the orchestrator holds sessions to the
@@ -240,12 +244,14 @@ async fn start(State(app): State<Arc<LiveVideoApp>>, headers: HeaderMap, body: B
     };
     app.failing
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    let clip =
+        |v: &Option<String>| crate::log_limit::clip(v.as_deref().unwrap_or(""), 64).into_owned();
     tracing::info!(
         session = %session.sid,
         model = %app.model.model_id(),
-        stream_id = request.stream_id.as_deref().unwrap_or(""),
-        gateway_request_id = request.gateway_request_id.as_deref().unwrap_or(""),
-        manifest_id = request.manifest_id.as_deref().unwrap_or(""),
+        stream_id = %clip(&request.stream_id),
+        gateway_request_id = %clip(&request.gateway_request_id),
+        manifest_id = %clip(&request.manifest_id),
         "live video-to-video stream started"
     );
     let status = Arc::new(Mutex::new(StreamStatus::new(params)));
@@ -780,8 +786,10 @@ impl Stream {
             // Two or more newer segments wait: this one is stale, and
             // working on it would keep the output behind for good.
             let behind = segment.latest().is_some_and(|latest| latest >= seq + 3);
+            // A segment that stops midway is given the idle limit to go on.
             let bytes = tokio::select! {
                 _ = self.cancel.cancelled() => return End::Stopped,
+                _ = tokio::time::sleep(self.app.input_idle_limit) => return End::InputIdle,
                 b = segment.read_all(MAX_SEGMENT_BYTES) => b,
             };
             let bytes = match bytes {
@@ -822,7 +830,9 @@ impl Stream {
                     let bad_input =
                         matches!(&e, crate::video::JobError::Video(v) if v.is_bad_input());
                     let message = format!("segment {seq}: {e}");
-                    tracing::info!(session = %self.session.sid, seq, error = %e, "input segment not processed");
+                    if let Some(suppressed) = SEGMENT_ERRORS.check() {
+                        tracing::info!(session = %self.session.sid, seq, error = %e, suppressed, "input segment not processed (suppressed: like lines since the last)");
+                    }
                     self.status
                         .lock()
                         .expect("status")
@@ -943,12 +953,20 @@ async fn read_control(
             continue;
         }
         tracing::debug!(seq = segment.seq(), keys = ?update.keys().collect::<Vec<_>>(), "control message");
-        match stream.update(&update) {
+        // Preparing parameters runs models (a prompt's embeddings): off
+        // the async threads.
+        let applied = {
+            let (stream, update) = (stream.clone(), update.clone());
+            tokio::task::spawn_blocking(move || stream.update(&update))
+                .await
+                .unwrap_or_else(|e| Err(crate::ai::AiError::Internal(e.to_string())))
+        };
+        match applied {
             Ok(()) => {
+                // The last update is what status reports (one message's
+                // worth, however many keys the gateway invents).
                 let mut s = status.lock().expect("status");
-                for (k, v) in update {
-                    s.params.insert(k, v);
-                }
+                s.params = update;
                 s.params_time_ms = Some(now_ms());
                 s.params_unsent = true;
             }

@@ -1225,12 +1225,19 @@ impl TrickleSubscriber {
         };
         if let Some(gap) = gap {
             self.gaps += 1;
-            tracing::warn!(
-                url = %self.shared.url,
-                expected = gap.expected,
-                got = gap.got,
-                "trickle subscriber skipped segments"
-            );
+            // A publisher decides the numbering: gaps come as often as it
+            // likes, the log line not.
+            static GAPS: crate::log_limit::SharedRateLimitedLog =
+                crate::log_limit::SharedRateLimitedLog::new(crate::log_limit::REFUSAL_LOG_INTERVAL);
+            if let Some(suppressed) = GAPS.check() {
+                tracing::warn!(
+                    url = %self.shared.url,
+                    expected = gap.expected,
+                    got = gap.got,
+                    suppressed,
+                    "trickle subscriber skipped segments (suppressed: like lines since the last)"
+                );
+            }
         }
         if seg_seq >= 0 {
             self.next_seq = seg_seq + 1;

@@ -179,7 +179,8 @@ impl VideoProfile {
         }
     }
 
-    /// A 0x0 profile keeps the input's size (rounded down to even sides).
+    /// A 0x0 profile keeps the input's size (rounded down to even sides),
+    /// up to 720p's pixel count: live AI video is paid as 720p.
     pub fn keeps_input_size(&self) -> bool {
         self.width == 0 && self.height == 0
     }
@@ -257,7 +258,7 @@ impl VideoProfile {
     /// longer side follows instead.
     pub fn output_size(&self, in_w: u32, in_h: u32) -> (u32, u32) {
         if self.keeps_input_size() {
-            return (in_w.max(2) & !1, in_h.max(2) & !1);
+            return keep_within_720p(in_w, in_h);
         }
         let limits = self.codec.size_limits();
         let clamp_w = u64::from(self.width.clamp(limits.min_w, limits.max_w));
@@ -443,8 +444,35 @@ impl ProfileSpec {
     }
 }
 
+/// `(w, h)` with even sides, scaled down to 1280×720's pixel count when
+/// larger (the aspect kept).
+fn keep_within_720p(w: u32, h: u32) -> (u32, u32) {
+    const MAX_PIXELS: f64 = 1280.0 * 720.0;
+    let (w, h) = (w.max(2), h.max(2));
+    let pixels = f64::from(w) * f64::from(h);
+    let scale = if pixels > MAX_PIXELS {
+        (MAX_PIXELS / pixels).sqrt()
+    } else {
+        1.0
+    };
+    let side = |v: u32| (((f64::from(v) * scale) as u32).max(2)) & !1;
+    (side(w), side(h))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn live_output_keeps_the_input_size_up_to_720p() {
+        let live = VideoProfile::live(1);
+        assert_eq!(live.output_size(640, 361), (640, 360));
+        assert_eq!(live.output_size(1280, 720), (1280, 720));
+        // 4K comes out at 720p, a portrait 4K at 720p's pixel count.
+        assert_eq!(live.output_size(3840, 2160), (1280, 720));
+        let (w, h) = live.output_size(2160, 3840);
+        assert!(w * h <= 1280 * 720 && (w, h) == (720, 1280), "{w}x{h}");
+        assert_eq!(live.output_size(0, 0), (2, 2));
+    }
     /// A refusal names the gateway's strings back clipped, however long.
     #[test]
     fn refusals_name_long_values_back_clipped() {

@@ -197,9 +197,9 @@ impl StageRun {
         #[cfg(feature = "nvidia")]
         let frame = downloaded.as_ref().unwrap_or(frame);
         let src = frame.host_video()?;
-        let rgb = self
-            .to_rgb
-            .run(src, Pixel::RGB24, src.width(), src.height())?;
+        // The model sees the frame at the rendition's size (at most 720p's
+        // pixels for live output), whatever size the input came in at.
+        let rgb = self.to_rgb.run(src, Pixel::RGB24, width, height)?;
         let picture = self.stage.transform.apply(to_image(&rgb)?)?;
         let (pw, ph) = picture.dimensions();
         if pw == 0 || ph == 0 {
