@@ -14,12 +14,25 @@
 //!   `470` with `Lp-Trickle-Latest`.
 //! - `GET {ch}/next`, `DELETE {ch}/{seq}`, `DELETE {ch}`.
 //!
-//! Beyond go-livepeer, which has none, a segment is capped in size (413
-//! past it) and the number of channels is capped, so memory is bounded by
-//! channels × retained segments × segment cap whatever publishers do.
+//! Beyond go-livepeer, which has none, memory is bounded whatever
+//! publishers do:
+//!
+//! - a segment is capped in size (413 past it), counted on the segment, so
+//!   retries and concurrent requests add up; JSON channels (control, events,
+//!   O2R: one object per segment) get a much smaller cap than media;
+//! - a closed segment takes no more bytes: a publish on a finished one is
+//!   409 (one still open takes a retry, as go-livepeer's publisher expects
+//!   after a failed upload), and one that left retention is closed;
+//! - the bytes retained by all channels together are capped (503 past it);
+//! - the number of channels is capped.
+//!
+//! Sequence numbers above [`MAX_SEQ`] are refused (400): clients count up
+//! from 0 or from the channel's latest, so no client reaches it, and the
+//! arithmetic on them cannot overflow.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -39,6 +52,15 @@ pub struct TrickleConfig {
     /// Largest segment accepted, in bytes (go-livepeer has no cap; 10 MB is
     /// livepeer/node's).
     pub max_segment_bytes: usize,
+    /// Largest segment of an `application/json` channel (control, events,
+    /// O2R): one JSON object each, well under this (the runner reads control
+    /// messages up to 64 KiB).
+    pub max_json_segment_bytes: usize,
+    /// Bytes all retained segments of all channels may hold together; a
+    /// write past it is refused with 503 until older segments leave
+    /// retention. Channels × retention × segment cap would be hundreds of
+    /// GiB at the defaults, so this is what bounds memory in practice.
+    pub max_retained_bytes: usize,
     /// A channel with no segment written this long is closed (go-livepeer:
     /// 5 minutes).
     pub idle_timeout: Duration,
@@ -53,6 +75,8 @@ impl Default for TrickleConfig {
         TrickleConfig {
             retention: 5,
             max_segment_bytes: 10 << 20,
+            max_json_segment_bytes: 64 << 10,
+            max_retained_bytes: 1 << 30,
             idle_timeout: Duration::from_secs(300),
             sweep_interval: Duration::from_secs(60),
             max_channels: 4096,
@@ -68,9 +92,56 @@ pub enum TrickleError {
     BadName,
 }
 
+/// The largest sequence number taken from a peer: clients count up one by
+/// one, so none gets near it, and `seq + 1` stays far from overflowing.
+pub const MAX_SEQ: i64 = 1 << 53;
+
+/// Locks a mutex, recovering it if a panic poisoned it: the state behind
+/// these locks is valid after every statement, and one panicking request
+/// must not take the sweeper or every later request down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The bytes held by every retained segment, against the server's budget.
+struct Budget {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    /// Counts `n` more bytes, unless that would pass the limit.
+    fn take(&self, n: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(n).filter(|&t| t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a segment took no more bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// Finished, or out of retention.
+    Closed,
+    /// The bytes would take it past its cap.
+    TooLarge,
+    /// The server's retained-bytes budget is spent.
+    Full,
+}
+
 /// One segment: the bytes written so far, readable while it grows.
 struct Segment {
     seq: i64,
+    /// Largest size, in bytes.
+    cap: usize,
+    /// Counts the segment's bytes while it is retained.
+    budget: Arc<Budget>,
     data: Mutex<SegmentData>,
     /// Bumped on every write and on close: readers wait on it.
     version: watch::Sender<u64>,
@@ -81,28 +152,45 @@ struct SegmentData {
     chunks: Vec<Bytes>,
     len: usize,
     closed: bool,
+    /// Out of its channel's ring: its bytes no longer count against the
+    /// budget (readers that still follow it keep them alive).
+    evicted: bool,
 }
 
 impl Segment {
-    fn new(seq: i64) -> Arc<Segment> {
+    fn new(seq: i64, cap: usize, budget: Arc<Budget>) -> Arc<Segment> {
         Arc::new(Segment {
             seq,
+            cap,
+            budget,
             data: Mutex::default(),
             version: watch::channel(0).0,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SegmentData> {
-        self.data.lock().expect("segment lock")
+    fn lock(&self) -> MutexGuard<'_, SegmentData> {
+        lock(&self.data)
     }
 
-    fn append(&self, bytes: Bytes) {
+    /// Appends to an open segment within its cap and the server's budget;
+    /// a refused write leaves the segment as it was.
+    fn append(&self, bytes: Bytes) -> Result<(), Refused> {
         {
             let mut d = self.lock();
+            if d.closed {
+                return Err(Refused::Closed);
+            }
+            if d.len.saturating_add(bytes.len()) > self.cap {
+                return Err(Refused::TooLarge);
+            }
+            if !self.budget.take(bytes.len()) {
+                return Err(Refused::Full);
+            }
             d.len += bytes.len();
             d.chunks.push(bytes);
         }
         self.version.send_modify(|v| *v += 1);
+        Ok(())
     }
 
     fn close(&self) {
@@ -110,8 +198,28 @@ impl Segment {
         self.version.send_modify(|v| *v += 1);
     }
 
+    /// Closes a segment leaving its channel's ring, and stops counting its
+    /// bytes (it takes none after this, being closed).
+    fn evict(&self) {
+        {
+            let mut d = self.lock();
+            if !d.evicted {
+                d.evicted = true;
+                self.budget.give(d.len);
+            }
+            d.closed = true;
+        }
+        self.version.send_modify(|v| *v += 1);
+    }
+
     fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Closed with bytes in it: a segment some publisher finished.
+    fn is_finished(&self) -> bool {
+        let d = self.lock();
+        d.closed && d.len > 0
     }
 
     /// The `index`th chunk, or `Err(closed)` when there is none (yet).
@@ -158,7 +266,11 @@ struct Channel {
 }
 
 struct ChannelState {
+    /// At most [`MAX_SEQ`] + 1.
     next_write: i64,
+    /// The cap of each segment (smaller for JSON channels).
+    segment_cap: usize,
+    budget: Arc<Budget>,
     /// Retained segments, at `seq % retention`.
     ring: Vec<Option<Arc<Segment>>>,
     closed: bool,
@@ -184,13 +296,14 @@ impl ChannelState {
         self.retained(seq).unwrap_or_else(|| self.start(seq))
     }
 
-    /// A new segment `seq` in its ring slot; the older one there is closed.
+    /// A new segment `seq` in its ring slot; the older one there is closed
+    /// and leaves retention.
     fn start(&mut self, seq: i64) -> Arc<Segment> {
         let slot = self.slot(seq);
         if let Some(old) = self.ring[slot].take() {
-            old.close();
+            old.evict();
         }
-        let s = Segment::new(seq);
+        let s = Segment::new(seq, self.segment_cap, self.budget.clone());
         self.ring[slot] = Some(s.clone());
         s
     }
@@ -208,14 +321,14 @@ impl ChannelState {
     fn close(&mut self) {
         self.closed = true;
         for s in self.ring.iter_mut().filter_map(Option::take) {
-            s.close();
+            s.evict();
         }
     }
 }
 
 impl Channel {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ChannelState> {
-        self.state.lock().expect("channel lock")
+    fn lock(&self) -> MutexGuard<'_, ChannelState> {
+        lock(&self.state)
     }
 }
 
@@ -256,7 +369,7 @@ impl LocalReader {
                 continue;
             };
             if segment.wait_for(0).await {
-                self.seq = segment.seq + 1;
+                self.seq = segment.seq.saturating_add(1);
                 return Some(segment.seq);
             }
             // Closed before any byte: the channel ended, or the segment
@@ -264,7 +377,7 @@ impl LocalReader {
             if self.channel.lock().closed {
                 return None;
             }
-            self.seq = segment.seq + 1;
+            self.seq = segment.seq.saturating_add(1);
         }
     }
 }
@@ -272,6 +385,7 @@ impl LocalReader {
 pub struct TrickleServer {
     config: TrickleConfig,
     channels: Mutex<HashMap<String, Arc<Channel>>>,
+    budget: Arc<Budget>,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -286,6 +400,10 @@ fn valid_name(name: &str) -> bool {
 impl TrickleServer {
     pub fn new(config: TrickleConfig) -> Arc<TrickleServer> {
         Arc::new(TrickleServer {
+            budget: Arc::new(Budget {
+                held: AtomicUsize::new(0),
+                limit: config.max_retained_bytes,
+            }),
             config,
             channels: Mutex::default(),
         })
@@ -295,12 +413,12 @@ impl TrickleServer {
         &self.config
     }
 
+    fn channels(&self) -> MutexGuard<'_, HashMap<String, Arc<Channel>>> {
+        lock(&self.channels)
+    }
+
     fn channel(&self, name: &str) -> Option<Arc<Channel>> {
-        self.channels
-            .lock()
-            .expect("channels lock")
-            .get(name)
-            .cloned()
+        self.channels().get(name).cloned()
     }
 
     /// Creates a channel (an existing one is kept as it is). Channels are
@@ -321,13 +439,18 @@ impl TrickleServer {
         if !valid_name(name) {
             return Err(TrickleError::BadName);
         }
-        let mut channels = self.channels.lock().expect("channels lock");
+        let mut channels = self.channels();
         if channels.contains_key(name) {
             return Ok(());
         }
         if channels.len() >= self.config.max_channels {
             return Err(TrickleError::TooManyChannels(channels.len()));
         }
+        let segment_cap = if is_json(mime) {
+            self.config.max_json_segment_bytes
+        } else {
+            self.config.max_segment_bytes
+        };
         channels.insert(
             name.to_string(),
             Arc::new(Channel {
@@ -337,7 +460,9 @@ impl TrickleServer {
                     mime.to_string()
                 },
                 state: Mutex::new(ChannelState {
-                    next_write: next_write.max(0),
+                    next_write: next_write.clamp(0, MAX_SEQ),
+                    segment_cap,
+                    budget: self.budget.clone(),
                     ring: vec![None; self.config.retention.max(1)],
                     closed: false,
                     write_time: Instant::now(),
@@ -350,12 +475,13 @@ impl TrickleServer {
     /// Writes one whole segment at the channel's next sequence number, as a
     /// publisher would, for messages the orchestrator itself sends (a
     /// runner's O2R events). Returns its sequence number, or `None` for an
-    /// unknown or closed channel.
+    /// unknown or closed channel, or a message refused (past the segment
+    /// cap or the retained-bytes budget: the segment is left empty).
     pub fn publish_local(&self, name: &str, bytes: Bytes) -> Option<i64> {
         let channel = self.channel(name)?;
         let segment = {
             let mut state = channel.lock();
-            if state.closed {
+            if state.closed || state.next_write > MAX_SEQ {
                 return None;
             }
             let seq = state.next_write;
@@ -364,11 +490,16 @@ impl TrickleServer {
             state.write_time = Instant::now();
             segment
         };
-        if !bytes.is_empty() {
-            segment.append(bytes);
-        }
+        let written = bytes.is_empty() || segment.append(bytes).is_ok();
         segment.close();
-        Some(segment.seq)
+        if !written {
+            tracing::warn!(
+                channel = name,
+                seq = segment.seq,
+                "a local trickle message was refused"
+            );
+        }
+        written.then_some(segment.seq)
     }
 
     /// Follows a channel from inside the orchestrator, as a subscriber at
@@ -378,7 +509,7 @@ impl TrickleServer {
         let channel = self.channel(name)?;
         let seq = match seq {
             s if s < 0 => channel.lock().next_write,
-            s => s,
+            s => s.min(MAX_SEQ),
         };
         Some(LocalReader { channel, seq })
     }
@@ -390,7 +521,7 @@ impl TrickleServer {
 
     /// Closes a channel: its waiting readers are told, later requests get 404.
     pub fn close_channel(&self, name: &str) -> bool {
-        let removed = self.channels.lock().expect("channels lock").remove(name);
+        let removed = self.channels().remove(name);
         match removed {
             Some(c) => {
                 c.lock().close();
@@ -405,38 +536,20 @@ impl TrickleServer {
     }
 
     pub fn channel_count(&self) -> usize {
-        self.channels.lock().expect("channels lock").len()
+        self.channels().len()
     }
 
-    /// Bytes held by every retained segment of every channel.
+    /// Bytes held by every retained segment of every channel (counted as
+    /// they are written and as segments leave retention).
     pub fn retained_bytes(&self) -> usize {
-        let channels: Vec<Arc<Channel>> = self
-            .channels
-            .lock()
-            .expect("channels lock")
-            .values()
-            .cloned()
-            .collect();
-        channels
-            .iter()
-            .map(|c| {
-                c.lock()
-                    .ring
-                    .iter()
-                    .flatten()
-                    .map(|s| s.lock().len)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.budget.held.load(Ordering::Relaxed)
     }
 
     /// Closes channels idle past the timeout (names starting with `_`, go-livepeer's
     /// internal ones, are kept); returns how many.
     pub fn sweep(&self) -> usize {
         let idle: Vec<String> = self
-            .channels
-            .lock()
-            .expect("channels lock")
+            .channels()
             .iter()
             .filter(|(name, c)| {
                 !name.starts_with('_') && c.lock().write_time.elapsed() > self.config.idle_timeout
@@ -500,8 +613,20 @@ fn close_connection(version: Version, headers: &mut HeaderMap) {
     }
 }
 
+/// A sequence number from a request path: `lowest` (a negative one names
+/// a position) up to [`MAX_SEQ`].
 fn parse_seq(text: &str, lowest: i64) -> Option<i64> {
-    text.parse::<i64>().ok().filter(|s| *s >= lowest)
+    text.parse::<i64>()
+        .ok()
+        .filter(|s| (lowest..=MAX_SEQ).contains(s))
+}
+
+/// Whether a channel's MIME type is JSON (`application/json`, any case,
+/// parameters allowed).
+fn is_json(mime: &str) -> bool {
+    mime.split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 async fn create(State(server): Shared, Path(ch): Path<String>) -> Response {
@@ -562,6 +687,9 @@ async fn publish(
     let segment = {
         let mut state = channel.lock();
         let seq = if seq == -1 { state.next_write } else { seq };
+        if seq > MAX_SEQ {
+            return error(StatusCode::BAD_REQUEST, "Invalid idx");
+        }
         let segment = state.for_write(seq);
         if reset {
             // A publisher starting over: readers of older segments stop waiting.
@@ -572,14 +700,18 @@ async fn publish(
         segment
     };
     let mut body = request.into_body().into_data_stream();
-    let mut total = 0usize;
-    loop {
-        let frame = if total == 0 {
+    // Bytes this request appended (a retry appends to what an earlier
+    // request left in the segment).
+    let mut taken = 0usize;
+    let ended = loop {
+        let frame = if taken == 0 {
             // Connected ahead of its data: answered as soon as the segment
-            // is closed (by a reset, a delete or the channel closing).
+            // is closed (by a reset, a delete or the channel closing). A
+            // segment closed already is never written to.
             tokio::select! {
+                biased;
+                _ = wait_closed(&segment) => break Err(Refused::Closed),
                 f = body.next() => f,
-                _ = wait_closed(&segment) => None,
             }
         } else {
             body.next().await
@@ -587,46 +719,72 @@ async fn publish(
         match frame {
             Some(Ok(bytes)) if bytes.is_empty() => continue,
             Some(Ok(bytes)) => {
-                if total == 0 {
+                let n = bytes.len();
+                if let Err(refused) = segment.append(bytes) {
+                    break Err(refused);
+                }
+                if taken == 0 {
                     let mut state = channel.lock();
                     state.next_write = segment.seq + 1;
                     state.write_time = Instant::now();
                 }
-                total += bytes.len();
-                if total > server.config.max_segment_bytes {
-                    segment.close();
-                    let mut r = error(StatusCode::PAYLOAD_TOO_LARGE, "Segment too large");
-                    set(r.headers_mut(), headers::SEQ, segment.seq);
-                    close_connection(version, r.headers_mut());
-                    return r;
-                }
-                segment.append(bytes);
+                taken += n;
             }
             Some(Err(_)) => {
                 // The publisher went away mid-segment. As go-livepeer, the
-                // segment stays open: a retry of the same sequence appends.
+                // segment stays open: a retry of the same sequence appends
+                // (within the segment's cap).
                 return error(StatusCode::INTERNAL_SERVER_ERROR, "Server error");
             }
-            None => break,
+            None => break Ok(()),
         }
-    }
-    let mut r = StatusCode::OK.into_response();
+    };
+    let channel_closed = channel.lock().closed;
+    let mut r = match ended {
+        Ok(()) if taken > 0 => {
+            segment.close();
+            let mut r = StatusCode::OK.into_response();
+            set(r.headers_mut(), headers::SEQ, segment.seq);
+            return r;
+        }
+        Err(Refused::TooLarge) => {
+            segment.close();
+            error(StatusCode::PAYLOAD_TOO_LARGE, "Segment too large")
+        }
+        Err(Refused::Full) => {
+            // Not this publisher's fault: the segment stays open for a
+            // retry once older segments have left retention.
+            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "Server busy");
+            set(r.headers_mut(), "Retry-After", 1);
+            r
+        }
+        // Closed under a publisher that had written (a reset, a delete,
+        // the segment leaving retention, another request finishing it),
+        // or a publish on a finished segment: no byte taken, and told so,
+        // unless the channel ended, which publishers take as end of stream.
+        Err(Refused::Closed) if (taken > 0 || segment.is_finished()) && !channel_closed => {
+            error(StatusCode::CONFLICT, "Segment closed")
+        }
+        // An empty segment, or one closed before any byte (go-livepeer's
+        // answer to a preconnected publisher): the channel moves past it
+        // all the same.
+        Ok(()) | Err(Refused::Closed) => {
+            if taken == 0 {
+                let mut state = channel.lock();
+                state.next_write = segment.seq + 1;
+                state.write_time = Instant::now();
+            }
+            segment.close();
+            let mut r = StatusCode::OK.into_response();
+            if channel_closed {
+                set(r.headers_mut(), headers::CLOSED, "terminated");
+            }
+            r
+        }
+    };
+    // The rest of the body is not read.
     set(r.headers_mut(), headers::SEQ, segment.seq);
-    if total == 0 {
-        // An empty segment (or one closed before any byte): the channel
-        // moves past it all the same.
-        let closed = {
-            let mut state = channel.lock();
-            state.next_write = segment.seq + 1;
-            state.write_time = Instant::now();
-            state.closed
-        };
-        if closed {
-            set(r.headers_mut(), headers::CLOSED, "terminated");
-        }
-        close_connection(version, r.headers_mut());
-    }
-    segment.close();
+    close_connection(version, r.headers_mut());
     r
 }
 
@@ -660,7 +818,7 @@ async fn subscribe(State(server): Shared, Path((ch, seq)): Path<(String, String)
         let mut state = channel.lock();
         let seq = match seq {
             -1 => state.next_write,
-            -2 => (state.next_write - 1).max(0),
+            -2 => state.next_write.saturating_sub(1).max(0),
             s => s,
         };
         let segment = state.for_read(seq);
@@ -972,6 +1130,263 @@ mod tests {
         }
         // Idle channels go.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(server.sweep(), 2);
+        assert_eq!(server.channel_count(), 0);
+    }
+
+    type BodySender = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+    type PendingPost = tokio::task::JoinHandle<Result<reqwest::Response, reqwest::Error>>;
+
+    /// A POST whose body is fed, chunk by chunk, through the sender.
+    fn streamed_post(http: &reqwest::Client, url: String) -> (BodySender, PendingPost) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        let http = http.clone();
+        let post = tokio::spawn(async move {
+            http.post(url)
+                .body(reqwest::Body::wrap_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .send()
+                .await
+        });
+        (tx, post)
+    }
+
+    #[tokio::test]
+    async fn a_finished_segment_takes_no_more_bytes_and_a_retry_stays_within_the_cap() {
+        let server = TrickleServer::new(TrickleConfig {
+            max_segment_bytes: 1000,
+            ..TrickleConfig::default()
+        });
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("v", "video/MP2T").unwrap();
+        assert_eq!(
+            status(http.post(format!("{base}/v/0")).body(vec![1u8; 900])).await,
+            200
+        );
+        assert_eq!(server.retained_bytes(), 900);
+        // Publishing segment 0 again, however often: 409, nothing taken.
+        for _ in 0..5 {
+            let r = http
+                .post(format!("{base}/v/0"))
+                .body(vec![2u8; 900])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 409);
+            assert_eq!(header(&r, "lp-trickle-seq").as_deref(), Some("0"));
+        }
+        assert_eq!(server.retained_bytes(), 900);
+        let r = http.get(format!("{base}/v/0")).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap(), vec![1u8; 900]);
+
+        // A publisher that went away mid-segment may retry while the
+        // segment is open, but the cap counts what the segment holds.
+        let (tx, post) = streamed_post(&http, format!("{base}/v/1"));
+        tx.send(Ok(Bytes::from(vec![3u8; 600]))).await.unwrap();
+        while server.retained_bytes() < 1500 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+        assert!(post.await.unwrap().is_err());
+        let r = http
+            .post(format!("{base}/v/1"))
+            .body(vec![3u8; 600])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413);
+        assert_eq!(server.retained_bytes(), 1500);
+        // Within the cap a retry completes the segment.
+        let (tx, post) = streamed_post(&http, format!("{base}/v/2"));
+        tx.send(Ok(Bytes::from_static(b"he"))).await.unwrap();
+        while server.retained_bytes() < 1502 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(Err(std::io::Error::other("gone"))).await.unwrap();
+        assert!(post.await.unwrap().is_err());
+        assert_eq!(
+            status(http.post(format!("{base}/v/2")).body("llo")).await,
+            200
+        );
+        let r = http.get(format!("{base}/v/2")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "hello");
+    }
+
+    #[tokio::test]
+    async fn a_segment_out_of_retention_takes_no_more_bytes() {
+        let server = TrickleServer::new(TrickleConfig::default());
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("v", "video/MP2T").unwrap();
+        let (tx, post) = streamed_post(&http, format!("{base}/v/0"));
+        tx.send(Ok(Bytes::from(vec![1u8; 100]))).await.unwrap();
+        while server.retained_bytes() < 100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Segment 5 takes segment 0's ring slot: 0 leaves retention.
+        assert_eq!(
+            status(http.post(format!("{base}/v/5")).body(vec![2u8; 10])).await,
+            200
+        );
+        assert_eq!(server.retained_bytes(), 10);
+        tx.send(Ok(Bytes::from(vec![1u8; 100]))).await.unwrap();
+        let r = post.await.unwrap().unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(header(&r, "connection").as_deref(), Some("close"));
+        assert_eq!(server.retained_bytes(), 10);
+        // A fresh publish of 0 is a new segment, and 5 leaves in its turn.
+        assert_eq!(
+            status(http.post(format!("{base}/v/0")).body(vec![3u8; 20])).await,
+            200
+        );
+        assert_eq!(server.retained_bytes(), 20);
+        server.close_channel("v");
+        assert_eq!(server.retained_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn json_channels_take_small_segments() {
+        let server = TrickleServer::new(TrickleConfig::default());
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("c", "application/json").unwrap();
+        server
+            .create_channel("e", "Application/JSON; charset=utf-8")
+            .unwrap();
+        let cap = TrickleConfig::default().max_json_segment_bytes;
+        for ch in ["c", "e"] {
+            let r = http
+                .post(format!("{base}/{ch}/-1"))
+                .body(vec![b' '; cap + 1])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 413, "{ch}");
+            assert_eq!(
+                status(http.post(format!("{base}/{ch}/-1")).body("{}")).await,
+                200
+            );
+        }
+        assert!(server.retained_bytes() <= 2 * cap + 4);
+        assert_eq!(
+            server.publish_local("c", Bytes::from(vec![b' '; cap + 1])),
+            None
+        );
+        assert!(server
+            .publish_local("c", Bytes::from_static(b"{}"))
+            .is_some());
+        // Media channels keep the media cap.
+        server.create_channel("m", "video/MP2T").unwrap();
+        assert_eq!(
+            status(http.post(format!("{base}/m/0")).body(vec![0u8; cap * 4])).await,
+            200
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_past_the_retained_bytes_budget_are_503_until_memory_is_given_back() {
+        let server = TrickleServer::new(TrickleConfig {
+            max_segment_bytes: 2000,
+            max_retained_bytes: 3000,
+            ..TrickleConfig::default()
+        });
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("a", "video/MP2T").unwrap();
+        server.create_channel("b", "video/MP2T").unwrap();
+        assert_eq!(
+            status(http.post(format!("{base}/a/0")).body(vec![1u8; 2000])).await,
+            200
+        );
+        let r = http
+            .post(format!("{base}/b/0"))
+            .body(vec![2u8; 2000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(header(&r, "retry-after").as_deref(), Some("1"));
+        assert!(server.retained_bytes() <= 3000);
+        server.create_channel("o2r", "video/MP2T").unwrap();
+        assert_eq!(
+            server.publish_local("o2r", Bytes::from(vec![0u8; 2000])),
+            None
+        );
+        // Channel a going gives its bytes back; b's publisher retries.
+        server.close_channel("a");
+        assert!(server.retained_bytes() <= 1000);
+        let before = server.retained_bytes();
+        let r = http
+            .post(format!("{base}/b/0"))
+            .body(vec![2u8; 1000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(server.retained_bytes(), before + 1000);
+        server.close_channel("b");
+        assert_eq!(server.retained_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn absurd_sequence_numbers_are_refused_and_cannot_overflow() {
+        let server = TrickleServer::new(TrickleConfig::default());
+        let base = serve(&server).await;
+        let http = reqwest::Client::new();
+        server.create_channel("v", "video/MP2T").unwrap();
+        for bad in [i64::MAX, MAX_SEQ + 1] {
+            let url = format!("{base}/v/{bad}");
+            assert_eq!(status(http.post(&url).body("x")).await, 400);
+            assert_eq!(status(http.get(&url)).await, 400);
+            assert_eq!(status(http.delete(&url)).await, 400);
+        }
+        // The highest one works; past it, "next" is refused, not wrapped.
+        let r = http
+            .post(format!("{base}/v/{MAX_SEQ}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(server.next_write("v"), Some(MAX_SEQ + 1));
+        assert_eq!(
+            status(http.post(format!("{base}/v/-1")).body("y")).await,
+            400
+        );
+        let r = http.get(format!("{base}/v/-2")).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "x");
+        assert_eq!(server.publish_local("v", Bytes::from_static(b"z")), None);
+        let mut reader = server.read_local("v", i64::MAX).unwrap();
+        assert_eq!(reader.seq, MAX_SEQ);
+        assert_eq!(reader.next_segment().await, Some(MAX_SEQ));
+        // Restored channels are clamped the same way.
+        server
+            .create_channel_at("w", "video/MP2T", i64::MAX)
+            .unwrap();
+        assert_eq!(server.next_write("w"), Some(MAX_SEQ));
+        assert_eq!(server.sweep(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_lock_takes_neither_the_sweeper_nor_the_channel_down() {
+        let server = TrickleServer::new(TrickleConfig {
+            idle_timeout: Duration::from_millis(50),
+            ..TrickleConfig::default()
+        });
+        server.create_channel("p", "video/MP2T").unwrap();
+        server.create_channel("q", "video/MP2T").unwrap();
+        let channel = server.channel("p").unwrap();
+        let poisoned = std::thread::spawn(move || {
+            let _state = channel.lock();
+            panic!("a request panicking with the channel locked");
+        })
+        .join();
+        assert!(poisoned.is_err());
+        assert!(server.channel("p").unwrap().state.is_poisoned());
+        assert_eq!(server.publish_local("p", Bytes::from_static(b"x")), Some(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(server.sweep(), 2);
         assert_eq!(server.channel_count(), 0);
     }
