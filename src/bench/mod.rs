@@ -7,6 +7,7 @@ pub mod hardware;
 mod harness;
 pub mod input;
 pub mod live;
+pub mod live_v2v;
 pub mod report;
 pub mod trickle;
 
