@@ -317,6 +317,7 @@ fn live_v2v_bench_reports_added_latency_and_fps_beside_the_floor() {
         assert!(fps > 0.0 && fps.is_finite(), "{r}");
         assert_eq!(r["input_fps"], 30.0);
         assert!(r["live_seconds"].as_f64().unwrap() >= 2.0);
+        assert!(r.get("other_load").is_some(), "{r}");
     }
     // The floor is shared by the models at one size.
     assert_eq!(runs[0]["floor_samples_ms"], runs[1]["floor_samples_ms"]);

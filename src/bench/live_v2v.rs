@@ -130,6 +130,9 @@ pub struct Run {
     pub live_seconds: f64,
     /// This process's CPU time over the live run / (wall time × cores).
     pub cpu_utilisation: Option<f64>,
+    /// Every other process's CPU time over the live run / (wall time ×
+    /// cores): above 10 %, this run's figures are disturbed.
+    pub other_load: Option<f64>,
     /// The target, for models that pass frames through.
     pub target: Option<TargetCheck>,
 }
@@ -170,7 +173,7 @@ impl Report {
             self.cores,
         );
         s.push_str(&format!(
-            "{:<16} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>5} {:>8} {:>5}  {}\n",
+            "{:<16} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6} {:>5} {:>8} {:>5} {:>6}  {}\n",
             "model",
             "size",
             "out",
@@ -183,12 +186,13 @@ impl Report {
             "lost",
             "repeated",
             "CPU",
+            "other",
             "target"
         ));
         let pct = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{:.0}%", v * 100.0));
         for r in &self.runs {
             s.push_str(&format!(
-                "{:<16} {:>9} {:>6} {:>7.0} ms {:>7.0} ms {:>7.0} ms {:>7.0} ms {:>10} {:>6.2} {:>5} {:>8} {:>5}  {}\n",
+                "{:<16} {:>9} {:>6} {:>7.0} ms {:>7.0} ms {:>7.0} ms {:>7.0} ms {:>10} {:>6.2} {:>5} {:>8} {:>5} {:>6}  {}\n",
                 r.model,
                 format!("{}x{}", r.width, r.height),
                 format!("{}/{}", r.segments_out, self.segments),
@@ -202,6 +206,7 @@ impl Report {
                 r.lost_frames,
                 r.repeated_frames.map_or("?".to_string(), |n| n.to_string()),
                 pct(r.cpu_utilisation),
+                pct(r.other_load),
                 r.target
                     .as_ref()
                     .map_or("-", |t| if t.met { "met" } else { "missed" }),
@@ -228,7 +233,7 @@ impl Report {
         }
         s.push_str(&format!(
             "model p99: decode + the model on every frame + encode, offline; repeated: frames the model was too slow for; \
-             other processes' CPU up to {}{}\n",
+             CPU: this process's, and other processes', over each live run; other processes' CPU up to {}{}\n",
             pct(self.other_load),
             if self.other_load.is_some_and(|o| o > 0.1) {
                 " (figures disturbed: run again on an idle machine)"
@@ -358,7 +363,7 @@ pub fn run(
                 &floor,
                 offline_model,
                 &live,
-                cpu,
+                (cpu, other),
             ));
         }
     }
@@ -395,7 +400,7 @@ fn measure(
     floor: &[Duration],
     offline_model: Option<Vec<Duration>>,
     live: &LiveRun,
-    cpu_utilisation: Option<f64>,
+    (cpu_utilisation, other_load): (Option<f64>, Option<f64>),
 ) -> Run {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     // Each input segment's output: the first with its number and a body.
@@ -474,6 +479,7 @@ fn measure(
         repeated_frames: live.repeated_frames,
         live_seconds: live.seconds,
         cpu_utilisation,
+        other_load,
         target,
     }
 }
