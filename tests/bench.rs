@@ -243,3 +243,103 @@ fn live_bench_reports_latency_per_rendition_beside_the_offline_transcode() {
     // Two segments at their 2 s cadence take at least one period.
     assert!(report["live_seconds"].as_f64().unwrap() >= 2.0);
 }
+
+/// `lpworker bench --live-v2v` on three tiny 1 s segments at their real
+/// cadence, both models: the live video-to-video app's session over an
+/// in-process trickle server, added latency and frame rate beside the
+/// floor. Speed is not asserted.
+#[test]
+fn live_v2v_bench_reports_added_latency_and_fps_beside_the_floor() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "bench",
+            "--live-v2v",
+            "--segments",
+            "3",
+            "--segment-seconds",
+            "1",
+        ])
+        .args(["--live-size", "160x96", "--model", "noop,lpworker/sepia"])
+        .args([
+            "--models-dir",
+            "models",
+            "--live-preset",
+            "ultrafast",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["backend"], "cpu");
+    assert_eq!(report["segments"], 3);
+    assert_eq!(report["fps"], 30);
+    assert_eq!(report["preset"], "ultrafast");
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(
+        runs.iter()
+            .map(|r| (
+                r["model"].as_str().unwrap(),
+                r["runtime"].as_str().unwrap(),
+                r["width"].as_u64().unwrap(),
+                r["height"].as_u64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [
+            ("noop", "noop", 160, 96),
+            ("lpworker/sepia", "onnx", 160, 96)
+        ]
+    );
+    for r in runs {
+        assert_eq!(r["segments_out"], 3, "{r}");
+        let (added, floor) = (&r["added_latency_ms"], &r["floor_ms"]);
+        for l in [added, floor] {
+            assert!(l["p50"].as_f64().unwrap() > 0.0, "{r}");
+            assert!(l["p50"].as_f64().unwrap() <= l["p99"].as_f64().unwrap());
+        }
+        let samples = r["added_latency_samples_ms"].as_array().unwrap();
+        assert_eq!(samples.len(), 3);
+        assert!(samples.iter().all(|s| s.as_f64().is_some_and(|s| s > 0.0)));
+        assert_eq!(r["floor_samples_ms"].as_array().unwrap().len(), 3);
+        // Three 1 s segments of 30 fps in; the pipeline keeps every frame
+        // (a slow model repeats pictures, it does not drop frames).
+        let input = r["input_frames"].as_u64().unwrap();
+        let output = r["output_frames"].as_u64().unwrap();
+        assert!(input.abs_diff(90) <= 2, "{input} frames");
+        assert!(output.abs_diff(input) <= 3, "{r}");
+        assert_eq!(r["lost_frames"], input.saturating_sub(output));
+        assert!(r["repeated_frames"].as_u64().is_some(), "{r}");
+        let fps = r["fps"].as_f64().unwrap();
+        assert!(fps > 0.0 && fps.is_finite(), "{r}");
+        assert_eq!(r["input_fps"], 30.0);
+        assert!(r["live_seconds"].as_f64().unwrap() >= 2.0);
+        assert!(r.get("other_load").is_some(), "{r}");
+    }
+    // The floor is shared by the models at one size.
+    assert_eq!(runs[0]["floor_samples_ms"], runs[1]["floor_samples_ms"]);
+    // Only a model that changes pictures has an offline figure with it, and
+    // only noop has the target.
+    assert!(runs[0]["offline_model_ms"].is_null());
+    assert!(runs[1]["offline_model_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(runs[1]["target"].is_null());
+    let target = &runs[0]["target"];
+    let limit = runs[0]["floor_ms"]["p99"].as_f64().unwrap() + 100.0;
+    assert!((target["latency_p99_limit_ms"].as_f64().unwrap() - limit).abs() < 1e-9);
+    assert_eq!(
+        target["latency_met"].as_bool().unwrap(),
+        runs[0]["added_latency_ms"]["p99"].as_f64().unwrap() <= limit
+    );
+    assert!((target["fps_min"].as_f64().unwrap() - 29.7).abs() < 1e-9);
+    assert_eq!(
+        target["fps_met"].as_bool().unwrap(),
+        runs[0]["fps"].as_f64().unwrap() >= 29.7
+    );
+    assert_eq!(
+        report["within_target"], target["met"],
+        "the report's verdict is noop's"
+    );
+}

@@ -88,8 +88,19 @@ pub(crate) fn ffmpeg(args: &[&str], what: &str) -> Result<(), InputError> {
     }
 }
 
-/// Generates `spec` (FFmpeg's testsrc2 pattern and a tone, H.264 + AAC in MPEG-TS).
+/// Generates `spec` (FFmpeg's testsrc2 pattern and a tone, H.264 + AAC in
+/// MPEG-TS) with a keyframe every 2 s.
 pub fn generate(spec: ClipSpec, dir: &Path) -> Result<PathBuf, InputError> {
+    generate_keyed(spec, 2.0, dir)
+}
+
+/// [`generate`] with a keyframe every `keyframe_seconds` (and nowhere
+/// else), so that segments of that length each start with one.
+pub fn generate_keyed(
+    spec: ClipSpec,
+    keyframe_seconds: f64,
+    dir: &Path,
+) -> Result<PathBuf, InputError> {
     let path = dir.join(format!(
         "source_{}x{}p{}_{}s.ts",
         spec.width, spec.height, spec.fps, spec.seconds
@@ -98,7 +109,9 @@ pub fn generate(spec: ClipSpec, dir: &Path) -> Result<PathBuf, InputError> {
         "testsrc2=size={}x{}:rate={}",
         spec.width, spec.height, spec.fps
     );
-    let gop = (spec.fps * 2).to_string();
+    let gop = ((f64::from(spec.fps) * keyframe_seconds).round() as u32)
+        .max(1)
+        .to_string();
     let seconds = spec.seconds.to_string();
     let out = path.to_string_lossy();
     ffmpeg(

@@ -8,15 +8,12 @@
 //!    timestamps, as a gateway cuts them ([`super::input`]).
 //! 2. Offline: the engine transcodes every segment directly, with the
 //!    app's options (profiles, preset), as `lpworker transcode` does.
-//! 3. Live: the real [`TranscodeApp`] serves its `/transcode` route on a
-//!    loopback socket; a [`TrickleServer`] on another stands for the
-//!    orchestrator's trickle, with a minimal session callback (creates the
-//!    session's channels, closes them on stop). That callback is a harness:
-//!    the orchestrator's own handler (`orchestrator::runners`) needs a
-//!    registered runner and a reserved, paid session around it. The session
-//!    is started over HTTP with the orchestrator's session headers, segments
-//!    are published with [`TricklePublisher`] and every rendition is read
-//!    with [`TrickleSubscriber`], all in this process.
+//! 3. Live: the real [`TranscodeApp`] serves its `/transcode` route over
+//!    loopback beside an in-process orchestrator side ([`super::harness`]:
+//!    trickle server and session callback). The session is started over
+//!    HTTP with the orchestrator's session headers, segments are published
+//!    with [`TricklePublisher`] and every rendition is read from its
+//!    channel, all in this process.
 //!
 //! Segments are published at their real cadence (one per segment duration),
 //! so the transcoder is measured as a live stream uses it: whether each
@@ -30,24 +27,19 @@
 //! the machine's other load is reported beside them.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::net::TcpListener;
 
-use super::{input, Latency};
-use crate::live_runner::wire::{headers as lr, ChannelInfo, CreateChannels, CreatedChannels};
+use super::harness::{follow, session_error, Arrival, Harness};
+use super::{input, Latency, LoadWindow};
 use crate::runner::transcode::TranscodeApp;
-use crate::runner::PersistentApp;
-use crate::trickle::client::{http_client_builder, TricklePublisher, TrickleSubscriber};
-use crate::trickle::{TrickleConfig, TrickleServer, BASE_PATH};
+use crate::trickle::client::TricklePublisher;
 use crate::video::{TranscodeOptions, Transcoder, VideoError, VideoProfile};
+
+pub use super::harness::LiveError;
 
 /// The ladder: 1080p30 in, 720p/480p/360p out.
 pub const DEFAULT_LADDER: &str = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9";
@@ -55,20 +47,6 @@ pub const DEFAULT_LADDER: &str = "P720p30fps16x9,P480p30fps16x9,P360p30fps16x9";
 pub const TARGET_RATIO: f64 = 1.2;
 /// The app's own cap on an input segment (`runner::transcode`).
 const MAX_SEGMENT_BYTES: usize = 16 << 20;
-const SESSION_ID: &str = "bench-live";
-const SESSION_TOKEN: &str = "bench-live-token";
-
-#[derive(Debug, thiserror::Error)]
-pub enum LiveError {
-    #[error(transparent)]
-    Input(#[from] input::InputError),
-    #[error(transparent)]
-    Video(#[from] VideoError),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Session(String),
-}
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -395,7 +373,7 @@ pub fn run(
         for (i, input) in live.inputs.iter().enumerate() {
             let got = live.arrivals[k]
                 .iter()
-                .find(|a| a.seq == i as i64 && a.bytes > 0);
+                .find(|a| a.seq == i as i64 && !a.body.is_empty());
             match (got, input.last_byte) {
                 (Some(a), Some(last)) => {
                     let f = a.first.saturating_duration_since(last);
@@ -429,7 +407,7 @@ pub fn run(
                 .iter()
                 .map(|a| {
                     a.iter()
-                        .find(|a| a.seq == i as i64 && a.bytes > 0)
+                        .find(|a| a.seq == i as i64 && !a.body.is_empty())
                         .map(|a| a.done)
                 })
                 .collect::<Option<Vec<_>>>()
@@ -500,52 +478,10 @@ pub fn run(
     })
 }
 
-/// This process's and the machine's CPU time over a window.
-struct LoadWindow {
-    started: Instant,
-    own: Option<f64>,
-    all: Option<f64>,
-}
-
-impl LoadWindow {
-    fn start() -> LoadWindow {
-        LoadWindow {
-            started: Instant::now(),
-            own: super::cpu_seconds(),
-            all: super::trickle::machine_cpu_seconds(),
-        }
-    }
-
-    /// (this process, every other process), each / (wall time × cores).
-    fn finish(self) -> (Option<f64>, Option<f64>) {
-        let share = self.started.elapsed().as_secs_f64()
-            * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let own = super::cpu_seconds().zip(self.own).map(|(b, a)| b - a);
-        let all = super::trickle::machine_cpu_seconds()
-            .zip(self.all)
-            .map(|(b, a)| b - a);
-        (
-            own.map(|c| c / share),
-            own.zip(all).map(|(own, all)| (all - own).max(0.0) / share),
-        )
-    }
-}
-
 /// An input segment as published.
 struct Published {
     /// When its last byte was at the server (the POST answered), if it was.
     last_byte: Option<Instant>,
-}
-
-/// A rendition segment as read.
-#[derive(Debug, Clone)]
-struct Arrival {
-    seq: i64,
-    /// Its first body byte read (its end, for an empty segment).
-    first: Instant,
-    /// Its last byte read.
-    done: Instant,
-    bytes: usize,
 }
 
 struct LiveRun {
@@ -557,194 +493,26 @@ struct LiveRun {
     seconds: f64,
 }
 
-/// The stand-in for the orchestrator's session callback: makes the
-/// session's channels on the trickle server, closes them on stop.
-struct Callback {
-    server: Arc<TrickleServer>,
-    /// Where the channels are served: `http://HOST:PORT/ai/trickle`.
-    base: String,
-    made: Mutex<Vec<String>>,
-}
-
-fn authorised(headers: &HeaderMap) -> bool {
-    headers.get(lr::SESSION_TOKEN).and_then(|v| v.to_str().ok()) == Some(SESSION_TOKEN)
-}
-
-async fn create_channels(
-    State(cb): State<Arc<Callback>>,
-    UrlPath((_route, sid)): UrlPath<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if !authorised(&headers) {
-        return StatusCode::UNAUTHORIZED.into_response();
-    }
-    let Ok(wanted) = serde_json::from_slice::<CreateChannels>(&body) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let mut channels = Vec::new();
-    for c in wanted.channels {
-        let channel_name = format!("{sid}-{}", c.name);
-        if let Err(e) = cb.server.create_channel(&channel_name, &c.mime_type) {
-            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
-        }
-        cb.made.lock().expect("channels").push(channel_name.clone());
-        channels.push(ChannelInfo {
-            name: c.name,
-            url: format!("{}/{channel_name}", cb.base),
-            channel_name,
-            internal_url: String::new(),
-            mime_type: c.mime_type,
-        });
-    }
-    Json(CreatedChannels { channels }).into_response()
-}
-
-async fn stop_session(State(cb): State<Arc<Callback>>, headers: HeaderMap) -> StatusCode {
-    if !authorised(&headers) {
-        return StatusCode::UNAUTHORIZED;
-    }
-    let made = std::mem::take(&mut *cb.made.lock().expect("channels"));
-    for name in made {
-        cb.server.close_channel(&name);
-    }
-    StatusCode::NO_CONTENT
-}
-
-/// Serves `router` on `listener` with `TCP_NODELAY`; aborted on drop.
-fn serve(listener: TcpListener, router: axum::Router) -> Aborting {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    Aborting(tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    }))
-}
-
-/// A loopback listener and its base URL.
-async fn bind() -> std::io::Result<(TcpListener, String)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    Ok((listener, url))
-}
-
-struct Aborting(tokio::task::JoinHandle<()>);
-
-impl Drop for Aborting {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-fn session_error(what: &str, e: impl std::fmt::Display) -> LiveError {
-    LiveError::Session(format!("{what}: {e}"))
-}
-
-/// Reads one rendition from segment 0 until the last input's sequence
-/// number (or the channel's end), timing each segment's first and last byte.
-async fn follow(
-    http: reqwest::Client,
-    url: String,
-    last_seq: i64,
-    index: usize,
-    done: tokio::sync::mpsc::UnboundedSender<(usize, i64)>,
-) -> Result<Vec<Arrival>, String> {
-    let mut sub = TrickleSubscriber::new(http, &url, 0);
-    let mut arrivals = Vec::new();
-    loop {
-        let Some(mut seg) = sub.next_segment().await.map_err(|e| e.to_string())? else {
-            break;
-        };
-        let seq = seg.seq();
-        let mut bytes = 0;
-        let mut first = None;
-        while let Some(chunk) = seg.chunk().await.map_err(|e| e.to_string())? {
-            first.get_or_insert_with(Instant::now);
-            bytes += chunk.len();
-        }
-        let end = Instant::now();
-        arrivals.push(Arrival {
-            seq,
-            first: first.unwrap_or(end),
-            done: end,
-            bytes,
-        });
-        let _ = done.send((index, seq));
-        if seq >= last_seq {
-            break;
-        }
-    }
-    Ok(arrivals)
-}
-
 async fn live(
     options: &Options,
     transcoder: &Transcoder,
     segments: &[input::Segment],
 ) -> Result<LiveRun, LiveError> {
-    // The orchestrator's side: its trickle routes and the session callback.
-    let server = TrickleServer::new(TrickleConfig::default());
-    let (orch_listener, orch) = bind().await?;
-    let callback = Arc::new(Callback {
-        server: server.clone(),
-        base: format!("{orch}{BASE_PATH}"),
-        made: Mutex::default(),
-    });
-    let orch_router = axum::Router::new()
-        .route(
-            "/runner/{route}/session/{sid}/channels",
-            axum::routing::post(create_channels),
-        )
-        .route(
-            "/runner/{route}/session/{sid}/stop",
-            axum::routing::post(stop_session),
-        )
-        .with_state(callback)
-        .nest(BASE_PATH, server.router());
-    let _orch = serve(orch_listener, orch_router);
     // The runner's side: the transcoding app as `lpworker attach` serves it.
     let app = TranscodeApp::new(
         Arc::new(transcoder.clone()),
         options.profiles.clone(),
         options.preset.clone(),
     );
-    let bases = vec![orch.clone()];
-    app.sessions()
-        .follow_controls_of(Arc::new(move || bases.clone()));
-    let (app_listener, app_url) = bind().await?;
-    let _app = serve(app_listener, app.clone().router());
-
+    let harness = Harness::start(app).await?;
+    let http = harness.http.clone();
     // The gateway's side: start the session with the orchestrator's headers.
-    let http = http_client_builder()
-        .build()
-        .map_err(|e| session_error("HTTP client", e))?;
-    let r = http
-        .post(format!("{app_url}/transcode"))
-        .header(lr::SESSION_ID, SESSION_ID)
-        .header(lr::SESSION_TOKEN, SESSION_TOKEN)
-        .header(
-            lr::SESSION_CONTROL,
-            format!("{orch}/runner/bench/session/{SESSION_ID}"),
+    let started = harness
+        .start_session(
+            "/transcode",
+            serde_json::json!({ "profiles": options.session_profiles }),
         )
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(serde_json::json!({ "profiles": options.session_profiles }).to_string())
-        .send()
-        .await
-        .map_err(|e| session_error("starting the session", e))?;
-    let status = r.status();
-    let body = r
-        .bytes()
-        .await
-        .map_err(|e| session_error("starting the session", e))?;
-    if !status.is_success() {
-        return Err(session_error(
-            "starting the session",
-            format!("{status}: {}", String::from_utf8_lossy(&body)),
-        ));
-    }
-    let started: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| session_error("the session's answer", e))?;
+        .await?;
     let publish_url = started["publish_url"]
         .as_str()
         .ok_or_else(|| session_error("the session's answer", "no publish_url"))?;
@@ -765,7 +533,15 @@ async fn live(
     let readers: Vec<_> = subscribe_urls
         .into_iter()
         .enumerate()
-        .map(|(k, url)| tokio::spawn(follow(http.clone(), url, last_seq, k, done_tx.clone())))
+        .map(|(k, url)| {
+            tokio::spawn(follow(
+                http.clone(),
+                url,
+                last_seq,
+                k,
+                Some(done_tx.clone()),
+            ))
+        })
         .collect();
     drop(done_tx);
     let mut publisher = TricklePublisher::new(http.clone(), publish_url);
@@ -822,10 +598,7 @@ async fn live(
     let seconds = start.elapsed().as_secs_f64();
     // The input's end ends the session: the app stops it at the callback.
     let _ = publisher.close().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !app.sessions().ids().is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    harness.session_ended(Duration::from_secs(5)).await;
     Ok(LiveRun {
         start,
         inputs,

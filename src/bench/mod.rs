@@ -4,8 +4,10 @@
 //! stream arrives; optionally the FFmpeg CLI does the same work alongside.
 
 pub mod hardware;
+mod harness;
 pub mod input;
 pub mod live;
+pub mod live_v2v;
 pub mod report;
 pub mod trickle;
 
@@ -145,6 +147,37 @@ fn cpu_seconds() -> Option<f64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// This process's and the machine's CPU time over a window.
+pub(crate) struct LoadWindow {
+    started: Instant,
+    own: Option<f64>,
+    all: Option<f64>,
+}
+
+impl LoadWindow {
+    pub(crate) fn start() -> LoadWindow {
+        LoadWindow {
+            started: Instant::now(),
+            own: cpu_seconds(),
+            all: trickle::machine_cpu_seconds(),
+        }
+    }
+
+    /// (this process, every other process), each / (wall time × cores).
+    pub(crate) fn finish(self) -> (Option<f64>, Option<f64>) {
+        let share = self.started.elapsed().as_secs_f64()
+            * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let own = cpu_seconds().zip(self.own).map(|(b, a)| b - a);
+        let all = trickle::machine_cpu_seconds()
+            .zip(self.all)
+            .map(|(b, a)| b - a);
+        (
+            own.map(|c| c / share),
+            own.zip(all).map(|(own, all)| (all - own).max(0.0) / share),
+        )
+    }
 }
 
 /// Samples `nvidia-smi`'s GPU utilisation twice a second in the background.

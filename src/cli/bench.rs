@@ -19,9 +19,10 @@ pub struct BenchArgs {
     /// Generate the input: SIZEpFPS:LENGTH, e.g. 1080p30:60s or 1280x720p60:20s.
     #[arg(long, default_value = "1080p30:10s")]
     pub generate: String,
-    /// Segment length in seconds (go-livepeer gateways cut 2 s segments).
-    #[arg(long, default_value_t = 2.0)]
-    pub segment_seconds: f64,
+    /// Segment length in seconds (go-livepeer gateways cut 2 s segments;
+    /// with --live-v2v the default is 1 s).
+    #[arg(long)]
+    pub segment_seconds: Option<f64>,
     /// Profiles: standard names or a -transcodingOptions JSON file.
     #[arg(
         long,
@@ -42,8 +43,8 @@ pub struct BenchArgs {
     /// x264/x265 preset (go-livepeer uses medium).
     #[arg(long, default_value = "medium")]
     pub preset: String,
-    /// With --live: the live transcoding app's preset (as `lpworker attach
-    /// --live-preset`, whose default it shares).
+    /// With --live and --live-v2v: the live apps' preset (as `lpworker
+    /// attach --live-preset`, whose default it shares).
     #[arg(long, default_value = "veryfast")]
     pub live_preset: String,
     /// Benchmark an AI pipeline too: PIPELINE:MODEL_ID (repeatable).
@@ -91,14 +92,27 @@ pub struct BenchArgs {
     /// segment's last byte to each rendition's first byte, beside the
     /// engine's offline transcode of the same segment; and whether one
     /// stream keeps real time.
-    #[arg(long, conflicts_with_all = ["trickle", "gpu_kernels"])]
+    #[arg(long, group = "live_mode", conflicts_with_all = ["trickle", "gpu_kernels"])]
     pub live: bool,
-    /// Live: input segments (2 s each).
-    #[arg(long, default_value_t = 10, requires = "live")]
-    pub segments: usize,
-    /// Live: the generated input's size, WIDTHxHEIGHT (30 fps).
-    #[arg(long, default_value = "1920x1080", value_parser = bench::live::parse_size, requires = "live")]
-    pub live_size: (u32, u32),
+    /// Instead, the live video-to-video app's added latency: for each
+    /// --model and --live-size, input segments published over trickle at
+    /// their real cadence, time from an input segment's last byte to its
+    /// output segment's first byte and the output's sustained frame rate,
+    /// beside the decode + encode time of the same segments (the floor).
+    #[arg(long, group = "live_mode", conflicts_with_all = ["trickle", "gpu_kernels"])]
+    pub live_v2v: bool,
+    /// Live: input segments (default 10 with --live, 20 with --live-v2v).
+    #[arg(long, requires = "live_mode")]
+    pub segments: Option<usize>,
+    /// Live: the generated input's size, WIDTHxHEIGHT at 30 fps (default
+    /// 1920x1080 with --live; with --live-v2v a list, default
+    /// 512x512,1280x720).
+    #[arg(long, value_delimiter = ',', value_parser = bench::live::parse_size, requires = "live_mode")]
+    pub live_size: Vec<(u32, u32)>,
+    /// Live video-to-video: the models (`noop` or a folder under
+    /// --models-dir), each run at every size (default noop,lpworker/sepia).
+    #[arg(long, value_delimiter = ',', requires = "live_v2v")]
+    pub model: Vec<String>,
     /// Live: the session's profiles (lpms' names, P480p30fps16x9 as 854x480
     /// at 1.5 Mbit/s, or a -transcodingOptions JSON file).
     #[arg(long, default_value = bench::live::DEFAULT_LADDER, requires = "live")]
@@ -108,7 +122,7 @@ pub struct BenchArgs {
     /// no backlog).
     #[arg(long, requires = "live")]
     pub as_fast_as_possible: bool,
-    /// Trickle and live: print the report as JSON.
+    /// Trickle, live and live video-to-video: print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -153,14 +167,21 @@ fn trickle(args: &BenchArgs) -> Result<()> {
 }
 
 fn live(args: &BenchArgs) -> Result<()> {
-    if args.segments == 0 {
+    let defaults = bench::live::Options::default();
+    let segments = args.segments.unwrap_or(defaults.segments);
+    if segments == 0 {
         bail!("--segments must be at least 1");
     }
+    let (width, height) = match args.live_size[..] {
+        [] => (defaults.width, defaults.height),
+        [size] => size,
+        _ => bail!("--live takes one --live-size"),
+    };
     let (profiles, session_profiles) = bench::live::ladder(&args.ladder)?;
     let options = bench::live::Options {
-        segments: args.segments,
-        width: args.live_size.0,
-        height: args.live_size.1,
+        segments,
+        width,
+        height,
         profiles,
         session_profiles,
         preset: args.live_preset.clone(),
@@ -189,6 +210,59 @@ fn live(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn live_v2v(args: &BenchArgs) -> Result<()> {
+    let defaults = bench::live_v2v::Options::default();
+    let options = bench::live_v2v::Options {
+        segments: args.segments.unwrap_or(defaults.segments),
+        sizes: if args.live_size.is_empty() {
+            defaults.sizes
+        } else {
+            args.live_size.clone()
+        },
+        segment_seconds: args.segment_seconds.unwrap_or(defaults.segment_seconds),
+        preset: args.live_preset.clone(),
+        ..defaults
+    };
+    if options.segments == 0 {
+        bail!("--segments must be at least 1");
+    }
+    if !(0.5..=10.0).contains(&options.segment_seconds) {
+        bail!("--segment-seconds must be between 0.5 and 10 with --live-v2v");
+    }
+    let ids: Vec<String> = if args.model.is_empty() {
+        bench::live_v2v::DEFAULT_MODELS.map(String::from).to_vec()
+    } else {
+        args.model.clone()
+    };
+    let mut models = Vec::new();
+    for id in &ids {
+        if id != "noop" {
+            lpworker::ai::onnx::init(args.models.onnxruntime.as_deref())?;
+        }
+        models.push(
+            lpworker::ai::live::load(id, &args.models.models_dir, args.models.ai_threads)
+                .with_context(|| format!("--model {id:?}"))?,
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("lpworker-bench-v2v-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let quiet = args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = bench::live_v2v::run(&options, &models, &dir, &|step| {
+        if !quiet {
+            eprintln!("{step}…");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result.context("live video-to-video bench")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.gpu_kernels {
         return gpu_kernels();
@@ -199,13 +273,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.live {
         return live(&args);
     }
+    if args.live_v2v {
+        return live_v2v(&args);
+    }
     if args.json {
-        bail!("--json goes with --trickle or --live");
+        bail!("--json goes with --trickle, --live or --live-v2v");
     }
     if args.concurrency.contains(&0) {
         bail!("--concurrency levels must be at least 1");
     }
-    if !(args.segment_seconds >= 0.5 && args.segment_seconds <= 300.0) {
+    let segment_seconds = args.segment_seconds.unwrap_or(2.0);
+    if !(0.5..=300.0).contains(&segment_seconds) {
         bail!("--segment-seconds must be between 0.5 and 300");
     }
     let profiles = VideoProfile::from_spec(&args.profiles)?;
@@ -256,7 +334,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             )
         }
     };
-    let segments = input::segment(&source, &media_dir, args.segment_seconds)?;
+    let segments = input::segment(&source, &media_dir, segment_seconds)?;
     let media_seconds = bench::media_seconds(&segments);
     let first = lpworker::video::container::demux(
         segments[0].bytes.clone().into(),

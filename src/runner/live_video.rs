@@ -181,6 +181,30 @@ impl FrameTransform for StreamStage {
     }
 }
 
+/// How the app runs one input segment with the x264 `preset`: decoded,
+/// `transform` applied, encoded at the input's size and frame rate without
+/// B-frames and with a 1 s GOP (what `lpworker bench --live-v2v` measures
+/// as the pipeline's floor, with no transform).
+pub fn segment_options(preset: &str, transform: Option<TransformStage>) -> TranscodeOptions {
+    TranscodeOptions {
+        profiles: vec![VideoProfile::live(OUTPUT_BITRATE)],
+        preset: preset.to_string(),
+        timeout: Some(SEGMENT_TIMEOUT),
+        max_input_bytes: MAX_SEGMENT_BYTES,
+        transform,
+        ..TranscodeOptions::default()
+    }
+}
+
+/// A stream's model as the engine's frame stage; `realtime` drops input
+/// frames while the model is behind the media clock (as the app runs it).
+pub fn model_stage(stream: Arc<dyn FrameStream>, realtime: bool) -> TransformStage {
+    TransformStage {
+        transform: Arc::new(StreamStage(stream)),
+        realtime,
+    }
+}
+
 async fn start(State(app): State<Arc<LiveVideoApp>>, headers: HeaderMap, body: Bytes) -> Response {
     let session = match app.sessions.session_of(&headers) {
         Ok(s) => s,
@@ -752,10 +776,7 @@ impl Stream {
         let output = TricklePublisher::new(http, &self.channels.output);
         let mut failed_in_a_row = 0u32;
         let mut input_failing_since: Option<Instant> = None;
-        let stage = TransformStage {
-            transform: Arc::new(StreamStage(self.stream.clone())),
-            realtime: true,
-        };
+        let stage = model_stage(self.stream.clone(), true);
         loop {
             let next = tokio::select! {
                 _ = self.cancel.cancelled() => return End::Stopped,
@@ -811,14 +832,7 @@ impl Stream {
                     continue;
                 }
             };
-            let options = TranscodeOptions {
-                profiles: vec![VideoProfile::live(OUTPUT_BITRATE)],
-                preset: self.app.preset.clone(),
-                timeout: Some(SEGMENT_TIMEOUT),
-                max_input_bytes: MAX_SEGMENT_BYTES,
-                transform: Some(stage.clone()),
-                ..TranscodeOptions::default()
-            };
+            let options = segment_options(&self.app.preset, Some(stage.clone()));
             let data: Arc<[u8]> = bytes.to_vec().into();
             let result = tokio::select! {
                 _ = self.cancel.cancelled() => return End::Stopped,
