@@ -392,7 +392,7 @@ async fn models_run_on_every_frame_and_control_messages_change_them() {
     let before: Vec<&Vec<u8>> = times
         .iter()
         .zip(&frames)
-        .filter(|(t, _)| (0.3..1.0).contains(&(**t - start)))
+        .filter(|(t, _)| (0.5..1.5).contains(&(**t - start)))
         .map(|(_, f)| f)
         .collect();
     let after: Vec<&Vec<u8>> = times
@@ -407,17 +407,16 @@ async fn models_run_on_every_frame_and_control_messages_change_them() {
         before.len(),
         after.len()
     );
-    // Each prompt holds a still picture; the second is another picture.
-    let within = mean_abs_diff(before[0], before[before.len() - 1])
-        .max(mean_abs_diff(after[0], after[after.len() - 1]));
+    // The new prompt holds a still picture, and another one than the first
+    // prompt's. (Measured: 0.05 within the second prompt's second, 9.4-10
+    // across prompts. Without a control message the picture still moves by
+    // up to 3.5 over the first second, as the publisher's encoder settles:
+    // the threshold is well above that.)
+    let within = mean_abs_diff(after[0], after[after.len() - 1]);
     let across = mean_abs_diff(before[before.len() - 1], after[after.len() - 1]);
     eprintln!("tiny SD: within a prompt {within:.2}, across prompts {across:.2}");
-    // (Measured: about 0.1 within a prompt, 6 across.)
     assert!(within < 1.5, "{within}");
-    assert!(
-        across > 3.0 && across > 4.0 * within,
-        "{across} vs {within}"
-    );
+    assert!(across > 6.0, "{across} vs {within}");
     // The status after the update reports it.
     let statuses = statuses(&report);
     assert!(
