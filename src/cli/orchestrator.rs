@@ -534,6 +534,17 @@ async fn status(a: StatusArgs) -> Result<()> {
     );
     println!("LPT balance        {}", lpt(&s.lpt_balance));
     println!("ETH balance        {}", lpt(&s.eth_balance));
+    let d = client.delegator_state().await?;
+    println!("pending fees       {} ETH", decimal(d.pending_fees));
+    println!("last claim round   {}", d.last_claim_round);
+    for l in &d.unbonding_locks {
+        println!(
+            "unbonding lock {}   {} LPT, withdrawable from round {}",
+            l.id,
+            decimal(l.amount),
+            l.withdraw_round
+        );
+    }
     Ok(())
 }
 
