@@ -123,9 +123,13 @@ async fn staking_and_sender_actions_change_chain_state_and_refusals_cost_nothing
         assert!(err.contains("not sent"), "{err}");
     }
 
+    // `status` lists the lock.
+    let out = ok(cli(&chain, &key, &["status"]));
+    assert!(out.contains("unbonding lock 0   100 LPT"), "{out}");
+
     // Rebond the lock: all bonded again, no lock left.
-    let plan = orch.plan_rebond(0, None).await.unwrap();
-    orch.execute(plan).await.unwrap();
+    let out = ok(cli(&chain, &key, &["rebond", "--lock-id", "0", "--yes"]));
+    assert!(out.contains("BondingManager.rebond "), "{out}");
     let state = orch.delegator_state().await.unwrap();
     assert_eq!(state.bonded, lpt("1000"));
     assert!(state.unbonding_locks.is_empty());
@@ -169,6 +173,17 @@ async fn staking_and_sender_actions_change_chain_state_and_refusals_cost_nothing
         .unwrap()
         .unbonding_locks
         .is_empty());
+
+    // Everything unbonded: a lock rebonds with rebondFromUnbonded.
+    orch.execute(orch.plan_unbond(lpt("900")).await.unwrap())
+        .await
+        .unwrap();
+    assert!(orch.delegator_state().await.unwrap().bonded.is_zero());
+    let out = ok(cli(&chain, &key, &["rebond", "--lock-id", "2", "--yes"]));
+    assert!(out.contains("BondingManager.rebondFromUnbonded"), "{out}");
+    let state = orch.delegator_state().await.unwrap();
+    assert_eq!((state.bonded, state.delegate), (lpt("900"), me));
+    assert!(state.unbonding_locks.is_empty());
 
     // Claim earnings to the current round; claiming again is refused.
     let round = new_round(&orch).await;
