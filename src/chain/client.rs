@@ -272,6 +272,26 @@ impl ChainClient {
         self.send_recorded(what, tx, None, &mut |_, _| Ok(())).await
     }
 
+    /// Checks `tx` from the account without sending it: the gas estimate
+    /// runs the call against the latest state, so a call that would revert
+    /// is [`ChainError::WouldRevert`] with the contract's reason. Returns
+    /// the estimate. [`send`](Self::send) starts with this.
+    pub async fn preflight(&self, what: &str, tx: TransactionRequest) -> Result<u64, ChainError> {
+        self.provider
+            .estimate_gas(tx.with_from(self.account))
+            .await
+            .map_err(|e| match e {
+                RpcError::ErrorResp(resp) if is_revert(resp.code, &resp.message) => {
+                    ChainError::WouldRevert {
+                        what: what.to_string(),
+                        reason: revert_reason(&resp.message),
+                    }
+                }
+                // A node's own trouble (rate limits, overload) is no refusal.
+                other => self.rpc_error(format!("estimating gas for {what}: {other}")),
+            })
+    }
+
     /// The account's nonce as mined (transactions below it are final).
     pub async fn mined_nonce(&self) -> Result<u64, ChainError> {
         self.provider
@@ -296,20 +316,7 @@ impl ChainClient {
     ) -> Result<TransactionReceipt, ChainError> {
         let _one_at_a_time = self.tx_lock.lock().await;
         let tx = tx.with_from(self.account);
-        let gas = self
-            .provider
-            .estimate_gas(tx.clone())
-            .await
-            .map_err(|e| match e {
-                RpcError::ErrorResp(resp) if is_revert(resp.code, &resp.message) => {
-                    ChainError::WouldRevert {
-                        what: what.to_string(),
-                        reason: revert_reason(&resp.message),
-                    }
-                }
-                // A node's own trouble (rate limits, overload) is no refusal.
-                other => self.rpc_error(format!("estimating gas for {what}: {other}")),
-            })?;
+        let gas = self.preflight(what, tx.clone()).await?;
         let fees = self
             .provider
             .estimate_eip1559_fees()

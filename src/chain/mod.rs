@@ -4,10 +4,12 @@
 //!
 //! Layout: `contracts` (ABI bindings), `account` (keystore and key files),
 //! `client` (provider, address resolution, transaction sending), then one
-//! module per mechanism: `rounds`, `staking`, `rewards`, `redeem`, and
+//! module per mechanism: `rounds`, `staking` (and `actions`, the staking and ticket-sender
+//! transactions of the CLI), `rewards`, `redeem`, and
 //! `service`, the long-running loop that ties them to the shim.
 
 pub mod account;
+pub mod actions;
 pub mod client;
 pub mod contracts;
 pub mod price_feed;

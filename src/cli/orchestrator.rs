@@ -1,5 +1,9 @@
 //! `lpworker orchestrator`: the shim between gateways and `serve` workers,
-//! and its staking actions (`register`, `bond`, `status`).
+//! and its staking actions (`register`, `bond`, `status`, `unbond`,
+//! `rebond`, `withdraw-stake`, `withdraw-fees`, `claim-earnings`,
+//! `set-service-uri`) and a gateway account's TicketBroker funding
+//! (`deposit`, `unlock`, `withdraw`). The transaction actions print their
+//! plan and only check it (a dry run) unless given --yes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +14,7 @@ use alloy_primitives::{utils::parse_ether, Address, U256};
 use anyhow::{bail, Context, Result};
 
 use lpworker::chain::account::{load_signer, resolve_password, KeySource};
+use lpworker::chain::actions::decimal;
 use lpworker::chain::{ChainClient, ChainConfig, ChainMetrics, ChainService, ServiceOptions};
 use lpworker::orchestrator::payments::{PaymentConfig, Payments};
 use lpworker::orchestrator::workers::{ClientOptions, ServerTrust};
@@ -39,6 +44,102 @@ pub enum Action {
     Bond(BondArgs),
     /// Round, stake, pool position, active set, last reward round, service URI.
     Status(StatusArgs),
+    /// Unbond LPT into a new unbonding lock: unbond(amount).
+    Unbond(UnbondArgs),
+    /// Rebond an unbonding lock: rebond(lockId), or rebondFromUnbonded when nothing is bonded.
+    Rebond(RebondArgs),
+    /// Withdraw an unbonding lock's LPT after the unbonding period: withdrawStake(lockId).
+    WithdrawStake(LockArgs),
+    /// Withdraw earned fees (all by default): withdrawFees(account, amount).
+    WithdrawFees(WithdrawFeesArgs),
+    /// Claim rewards and fees up to a round (default the current one): claimEarnings(endRound).
+    ClaimEarnings(ClaimEarningsArgs),
+    /// Set the public service URI in the ServiceRegistry: setServiceURI(uri).
+    SetServiceUri(SetServiceUriArgs),
+    /// Fund this account as a ticket sender (a gateway): fundDeposit / fundReserve / fundDepositAndReserve.
+    Deposit(DepositArgs),
+    /// Start unlocking this account's TicketBroker deposit and reserve: unlock().
+    Unlock(TxArgs),
+    /// Withdraw the TicketBroker deposit and reserve after the unlock period: withdraw().
+    Withdraw(TxArgs),
+}
+
+/// What every transaction action takes.
+#[derive(Debug, clap::Args)]
+pub struct TxArgs {
+    /// Send the transaction; without it the plan is only checked (a dry run).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub eth: EthArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UnbondArgs {
+    /// Amount in LPT (decimal, e.g. 100.5).
+    #[arg(long)]
+    pub amount: String,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RebondArgs {
+    /// The unbonding lock (its id, as `unbond` and `status` show it).
+    #[arg(long, alias = "unbondingLockId")]
+    pub lock_id: u64,
+    /// Delegate to rebond to when nothing is bonded any more; default this account.
+    #[arg(long)]
+    pub to: Option<Address>,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// The unbonding lock (its id, as `unbond` and `status` show it).
+    #[arg(long, alias = "unbondingLockId")]
+    pub lock_id: u64,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WithdrawFeesArgs {
+    /// Amount in ETH (decimal); default all fees earned.
+    #[arg(long)]
+    pub amount: Option<String>,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClaimEarningsArgs {
+    /// Last round to claim for; default the current round.
+    #[arg(long, alias = "endRound")]
+    pub end_round: Option<u64>,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetServiceUriArgs {
+    /// The public service URI (https://host:port).
+    pub uri: String,
+    #[command(flatten)]
+    pub tx: TxArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DepositArgs {
+    /// ETH to add to the deposit (decimal); may be 0.
+    #[arg(long, default_value = "0")]
+    pub deposit: String,
+    /// ETH to add to the reserve (decimal); may be 0.
+    #[arg(long, default_value = "0")]
+    pub reserve: String,
+    #[command(flatten)]
+    pub tx: TxArgs,
 }
 
 /// Chain settings, named as go-livepeer names them.
@@ -347,6 +448,7 @@ pub fn run(cmd: OrchestratorCmd) -> Result<()> {
         Some(Action::Register(a)) => runtime.block_on(register(a)),
         Some(Action::Bond(a)) => runtime.block_on(bond(a)),
         Some(Action::Status(a)) => runtime.block_on(status(a)),
+        Some(action) => runtime.block_on(transaction(action)),
         None => runtime.block_on(serve(cmd.serve)),
     }
 }
@@ -432,6 +534,125 @@ async fn status(a: StatusArgs) -> Result<()> {
     );
     println!("LPT balance        {}", lpt(&s.lpt_balance));
     println!("ETH balance        {}", lpt(&s.eth_balance));
+    let d = client.delegator_state().await?;
+    println!("pending fees       {} ETH", decimal(d.pending_fees));
+    println!("last claim round   {}", d.last_claim_round);
+    for l in &d.unbonding_locks {
+        println!(
+            "unbonding lock {}   {} LPT, withdrawable from round {}",
+            l.id,
+            decimal(l.amount),
+            l.withdraw_round
+        );
+    }
+    Ok(())
+}
+
+fn parse_amount(text: &str, flag: &str, unit: &str) -> Result<U256> {
+    parse_ether(text).with_context(|| format!("{flag} {text:?}: expected {unit} as a decimal"))
+}
+
+/// The transaction actions: plan, then a dry run or (with --yes) the send,
+/// then the state read back.
+async fn transaction(action: Action) -> Result<()> {
+    let (tx, broker) = match &action {
+        Action::Unbond(a) => (&a.tx, false),
+        Action::Rebond(a) => (&a.tx, false),
+        Action::WithdrawStake(a) => (&a.tx, false),
+        Action::WithdrawFees(a) => (&a.tx, false),
+        Action::ClaimEarnings(a) => (&a.tx, false),
+        Action::SetServiceUri(a) => (&a.tx, false),
+        Action::Deposit(a) => (&a.tx, true),
+        Action::Unlock(a) | Action::Withdraw(a) => (a, true),
+        Action::Register(_) | Action::Bond(_) | Action::Status(_) => {
+            unreachable!("not a transaction action")
+        }
+    };
+    let client = tx.eth.connect().await?;
+    let plan = match &action {
+        Action::Unbond(a) => {
+            client
+                .plan_unbond(parse_amount(&a.amount, "--amount", "LPT")?)
+                .await?
+        }
+        Action::Rebond(a) => client.plan_rebond(a.lock_id, a.to).await?,
+        Action::WithdrawStake(a) => client.plan_withdraw_stake(a.lock_id).await?,
+        Action::WithdrawFees(a) => {
+            let amount = a
+                .amount
+                .as_deref()
+                .map(|t| parse_amount(t, "--amount", "ETH"))
+                .transpose()?;
+            client.plan_withdraw_fees(amount).await?
+        }
+        Action::ClaimEarnings(a) => client.plan_claim_earnings(a.end_round).await?,
+        Action::SetServiceUri(a) => client.plan_set_service_uri(&a.uri).await?,
+        Action::Deposit(a) => {
+            client
+                .plan_fund(
+                    parse_amount(&a.deposit, "--deposit", "ETH")?,
+                    parse_amount(&a.reserve, "--reserve", "ETH")?,
+                )
+                .await?
+        }
+        Action::Unlock(_) => client.plan_unlock().await?,
+        Action::Withdraw(_) => client.plan_withdraw().await?,
+        Action::Register(_) | Action::Bond(_) | Action::Status(_) => {
+            unreachable!("not a transaction action")
+        }
+    };
+    println!("plan: {} from {}", plan.what, client.account());
+    println!("  {}", plan.description);
+    if !tx.yes {
+        let gas = client.dry_run(&plan).await?;
+        println!("dry run: would succeed (gas estimate {gas}); add --yes to send");
+        return Ok(());
+    }
+    let sent = client.execute(plan).await?;
+    println!(
+        "sent: transaction {} in block {}, gas used {}",
+        sent.tx,
+        sent.block.map_or("-".to_string(), |b| b.to_string()),
+        sent.gas_used
+    );
+    if broker {
+        let s = client.sender_state().await?;
+        println!(
+            "now: deposit {} ETH, reserve {} ETH, {} (round {})",
+            decimal(s.deposit),
+            decimal(s.reserve),
+            if s.withdraw_round == 0 {
+                "locked".to_string()
+            } else {
+                format!("withdrawable from round {}", s.withdraw_round)
+            },
+            s.current_round
+        );
+    } else if let Action::SetServiceUri(_) = action {
+        println!(
+            "now: service URI {}",
+            client.service_uri(client.account()).await?
+        );
+    } else {
+        let d = client.delegator_state().await?;
+        println!(
+            "now: bonded {} LPT to {}, pending stake {} LPT, fees {} ETH, claimed through round {} (round {})",
+            decimal(d.bonded),
+            d.delegate,
+            decimal(d.pending_stake),
+            decimal(d.pending_fees),
+            d.last_claim_round,
+            d.current_round
+        );
+        for l in &d.unbonding_locks {
+            println!(
+                "  unbonding lock {}: {} LPT, withdrawable from round {}",
+                l.id,
+                decimal(l.amount),
+                l.withdraw_round
+            );
+        }
+    }
     Ok(())
 }
 
