@@ -911,29 +911,34 @@ impl Drop for Reservation {
 }
 
 #[cfg(test)]
+/// Payments with no chain behind them, for tests of what does not read
+/// it.
+pub(crate) fn offline_payments(
+    base: Price,
+    prices: PriceBook,
+) -> (Arc<Payments>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(TicketStore::open(&dir.path().join("t.sqlite")).unwrap());
+    let (_, chain) = watch::channel(None);
+    let payments = Payments::new(
+        secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
+        Arc::new(ChainClient::unconnected()),
+        chain,
+        store,
+        Arc::new(SenderMonitor::new()),
+        PaymentConfig {
+            ticket_ev: U256::from(1u64),
+            ..PaymentConfig::default()
+        },
+        base,
+        prices,
+    );
+    (Arc::new(payments), dir)
+}
+
+#[cfg(test)]
 mod sessions_tests {
     use super::*;
-
-    /// Payments with no chain behind them (nothing here reads it).
-    fn offline_payments(base: Price, prices: PriceBook) -> (Arc<Payments>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(TicketStore::open(&dir.path().join("t.sqlite")).unwrap());
-        let (_, chain) = watch::channel(None);
-        let payments = Payments::new(
-            secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
-            Arc::new(ChainClient::unconnected()),
-            chain,
-            store,
-            Arc::new(SenderMonitor::new()),
-            PaymentConfig {
-                ticket_ev: U256::from(1u64),
-                ..PaymentConfig::default()
-            },
-            base,
-            prices,
-        );
-        (Arc::new(payments), dir)
-    }
 
     /// Credit paid into a model's balance at the base price (through
     /// `/payment`, which names any manifest) buys that model's work at the
@@ -944,7 +949,7 @@ mod sessions_tests {
         prices
             .per_model
             .insert((30, "m".into()), Price::new(2, 1).unwrap());
-        let (payments, _dir) = offline_payments(Price::new(1, 1).unwrap(), prices);
+        let (payments, _dir) = super::offline_payments(Price::new(1, 1).unwrap(), prices);
         let sender = Address::repeat_byte(9);
         payments
             .restore_credit(

@@ -672,44 +672,31 @@ impl Stream {
     }
 
     async fn send_error(&self, events: Option<&TricklePublisher>, message: &str) {
-        let event = wrap(serde_json::json!({
-            "type": "error",
-            "pipeline": PIPELINE,
-            "message": message,
-            "time": now_ms(),
-        }));
-        self.send_event(events, event).await;
+        self.send_event(events, error_event(message)).await;
     }
 
     async fn run(self) {
         let http = self.app.http.clone();
+        // One publisher for the events channel, shared by the status clock,
+        // the control reader and the segments.
         let events = self
             .channels
             .events
             .as_ref()
-            .map(|u| TricklePublisher::new(http.clone(), u));
+            .map(|u| Arc::new(TricklePublisher::new(http.clone(), u)));
         let control = self.channels.control.clone().map(|url| {
             tokio::spawn(read_control(
                 http.clone(),
                 url,
-                self.channels
-                    .events
-                    .as_ref()
-                    .map(|u| TricklePublisher::new(http.clone(), u)),
+                events.clone(),
                 self.stream.clone(),
                 self.status.clone(),
                 self.cancel.clone(),
             ))
         });
         let status_ticker = {
-            let (events, status, cancel) = (
-                self.channels
-                    .events
-                    .as_ref()
-                    .map(|u| TricklePublisher::new(http.clone(), u)),
-                self.status.clone(),
-                self.cancel.clone(),
-            );
+            let (events, status, cancel) =
+                (events.clone(), self.status.clone(), self.cancel.clone());
             let sid = self.session.sid.clone();
             tokio::spawn(async move {
                 let Some(events) = events else { return };
@@ -725,7 +712,8 @@ impl Stream {
                 }
             })
         };
-        let end = self.stream_segments(events.as_ref()).await;
+        let events = events.as_deref();
+        let end = self.stream_segments(events).await;
         let message = match &end {
             End::Stopped => None,
             End::InputEnded => None,
@@ -739,7 +727,7 @@ impl Stream {
         };
         if let Some(message) = &message {
             tracing::warn!(session = %self.session.sid, "{message}");
-            self.send_error(events.as_ref(), message).await;
+            self.send_error(events, message).await;
         }
         {
             let mut status = self.status.lock().expect("status");
@@ -752,7 +740,7 @@ impl Stream {
                 status.ended = true;
             }
         }
-        self.send_status(events.as_ref()).await;
+        self.send_status(events).await;
         self.cancel.cancel();
         status_ticker.abort();
         if let Some(control) = control {
@@ -902,14 +890,20 @@ impl Stream {
 async fn refuse(status: &Mutex<StreamStatus>, events: Option<&TricklePublisher>, message: String) {
     status.lock().expect("status").error(&message, true);
     if let Some(events) = events {
-        let event = wrap(serde_json::json!({
-            "type": "error",
-            "pipeline": PIPELINE,
-            "message": message,
-            "time": now_ms(),
-        }));
-        let _ = events.publish(-1, Bytes::from(event.to_string())).await;
+        let _ = events
+            .publish(-1, Bytes::from(error_event(&message).to_string()))
+            .await;
     }
+}
+
+/// ai-runner's error event, wrapped as its events queue sends it.
+fn error_event(message: &str) -> serde_json::Value {
+    wrap(serde_json::json!({
+        "type": "error",
+        "pipeline": PIPELINE,
+        "message": message,
+        "time": now_ms(),
+    }))
 }
 
 /// Applies the control channel's messages to the stream: each JSON object
@@ -919,7 +913,7 @@ async fn refuse(status: &Mutex<StreamStatus>, events: Option<&TricklePublisher>,
 async fn read_control(
     http: reqwest::Client,
     url: String,
-    events: Option<TricklePublisher>,
+    events: Option<Arc<TricklePublisher>>,
     stream: Arc<dyn FrameStream>,
     status: Arc<Mutex<StreamStatus>>,
     cancel: CancellationToken,
@@ -944,7 +938,7 @@ async fn read_control(
         let message = match segment.read_all(MAX_CONTROL_BYTES).await {
             Ok(m) => m,
             Err(e) => {
-                refuse(&status, events.as_ref(), format!("control message: {e}")).await;
+                refuse(&status, events.as_deref(), format!("control message: {e}")).await;
                 continue;
             }
         };
@@ -956,7 +950,7 @@ async fn read_control(
             Ok(_) | Err(_) => {
                 refuse(
                     &status,
-                    events.as_ref(),
+                    events.as_deref(),
                     "control message is not a JSON object".into(),
                 )
                 .await;
@@ -984,7 +978,14 @@ async fn read_control(
                 s.params_time_ms = Some(now_ms());
                 s.params_unsent = true;
             }
-            Err(e) => refuse(&status, events.as_ref(), format!("parameters refused: {e}")).await,
+            Err(e) => {
+                refuse(
+                    &status,
+                    events.as_deref(),
+                    format!("parameters refused: {e}"),
+                )
+                .await
+            }
         }
     }
 }

@@ -611,14 +611,13 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_stream_whose_input_idles_out_gives_its_room_and_channels_back() {
+    /// A registry with one `live-video-to-video/noop` runner, a stream
+    /// `mid` reserved on it and its four channels made.
+    fn stream_on_a_runner(
+        trickle: &Arc<TrickleServer>,
+        mid: &str,
+    ) -> (Arc<Registry>, crate::live_runner::registry::Reserved) {
         use crate::live_runner::RegistryConfig;
-        use crate::trickle::TrickleConfig;
-        let trickle = TrickleServer::new(TrickleConfig {
-            idle_timeout: Duration::from_millis(100),
-            ..Default::default()
-        });
         let mut config = RegistryConfig::new("https://o.example:8935");
         config.orch_secret = Some("s".into());
         let registry = Registry::new(config, trickle.clone());
@@ -628,11 +627,22 @@ mod tests {
         .unwrap();
         registry.heartbeat("s", &decl).unwrap();
         let reserved = registry
-            .reserve_app("live-video-to-video/noop", "0a1b2c3d")
+            .reserve_app("live-video-to-video/noop", mid)
             .unwrap();
-        for (name, mime) in channels("0a1b2c3d") {
+        for (name, mime) in channels(mid) {
             trickle.create_channel(&name, mime).unwrap();
         }
+        (registry, reserved)
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_input_idles_out_gives_its_room_and_channels_back() {
+        use crate::trickle::TrickleConfig;
+        let trickle = TrickleServer::new(TrickleConfig {
+            idle_timeout: Duration::from_millis(100),
+            ..Default::default()
+        });
+        let (registry, reserved) = stream_on_a_runner(&trickle, "0a1b2c3d");
         let input = trickle.read_local("0a1b2c3d", -1).unwrap();
         let task = tokio::spawn(follow(
             registry.clone(),
@@ -674,34 +684,13 @@ mod tests {
         tokio::task::JoinHandle<()>,
         tempfile::TempDir,
     ) {
-        use crate::live_runner::RegistryConfig;
         use crate::pm::recipient::Price;
         let trickle = TrickleServer::new(Default::default());
-        let mut config = RegistryConfig::new("https://o.example:8935");
-        config.orch_secret = Some("s".into());
-        let registry = Registry::new(config, trickle.clone());
-        let decl = serde_json::from_value(serde_json::json!({
-            "runner_url": "http://runner.lan:9000", "app": "live-video-to-video/noop"
-        }))
-        .unwrap();
-        registry.heartbeat("s", &decl).unwrap();
-        let reserved = registry
-            .reserve_app("live-video-to-video/noop", "m1")
-            .unwrap();
-        for (name, mime) in channels("m1") {
-            trickle.create_channel(&name, mime).unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let payments = Arc::new(Payments::new(
-            secp256k1::SecretKey::from_slice(&[7; 32]).unwrap(),
-            Arc::new(crate::chain::ChainClient::unconnected()),
-            tokio::sync::watch::channel(None).1,
-            Arc::new(crate::pm::store::TicketStore::open(&dir.path().join("t.sqlite")).unwrap()),
-            Arc::new(crate::pm::sender_monitor::SenderMonitor::new()),
-            Default::default(),
+        let (registry, reserved) = stream_on_a_runner(&trickle, "m1");
+        let (payments, dir) = crate::orchestrator::payments::offline_payments(
             Price::new(1, 1).unwrap(),
             Default::default(),
-        ));
+        );
         let sender = Address::repeat_byte(3);
         payments
             .restore_credit(
