@@ -407,16 +407,18 @@ async fn models_run_on_every_frame_and_control_messages_change_them() {
         before.len(),
         after.len()
     );
-    // The new prompt holds a still picture, and another one than the first
-    // prompt's. (Measured: 0.05 within the second prompt's second, 9.4-10
-    // across prompts. Without a control message the picture still moves by
-    // up to 3.5 over the first second, as the publisher's encoder settles:
-    // the threshold is well above that.)
+    // The new prompt gives another picture than the first prompt's, by far
+    // more than the picture moves under one prompt. (Measured: 0.05-1.7
+    // within the second prompt's last second, the more the busier the
+    // machine, as repeated frames and the publisher's encoder noise go
+    // through the model; 8.9-10 across prompts. Without a control message
+    // the picture moves by up to 3.5 over the first second as the
+    // publisher's encoder settles: 6 is well above that.)
     let within = mean_abs_diff(after[0], after[after.len() - 1]);
     let across = mean_abs_diff(before[before.len() - 1], after[after.len() - 1]);
     eprintln!("tiny SD: within a prompt {within:.2}, across prompts {across:.2}");
-    assert!(within < 1.5, "{within}");
     assert!(across > 6.0, "{across} vs {within}");
+    assert!(across > 4.0 * within, "{across} vs {within}");
     // The status after the update reports it.
     let statuses = statuses(&report);
     assert!(
