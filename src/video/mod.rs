@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod backend;
 mod bsf;
+pub mod compare;
 pub mod container;
 pub mod cpu;
 pub mod engine;
