@@ -343,3 +343,83 @@ fn live_v2v_bench_reports_added_latency_and_fps_beside_the_floor() {
         "the report's verdict is noop's"
     );
 }
+
+#[test]
+fn compare_backends_reports_pixels_per_plane_and_fails_on_a_bad_clip() {
+    let dir = common::tempdir();
+    let clip = dir.path().join("clip.ts");
+    common::ffmpeg(
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=192x108:rate=30",
+            "-t",
+            "1",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-bf",
+            "2",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        &clip,
+    );
+    let run = |clip: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_lpworker"))
+            .args(["bench", "--compare-backends"])
+            .arg(clip)
+            .args([
+                "--backend",
+                "cpu",
+                "--profiles",
+                "P144p30fps16x9",
+                "--preset",
+                "ultrafast",
+            ])
+            .output()
+            .expect("lpworker runs")
+    };
+    let out = run(&clip);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["backend"], "cpu");
+    assert_eq!(report["reference"], "cpu");
+    assert_eq!(report["decode"]["frames"], 30);
+    assert_eq!(
+        (
+            report["decode"]["width"].as_u64(),
+            report["decode"]["height"].as_u64()
+        ),
+        (Some(192), Some(108))
+    );
+    for plane in ["y", "u", "v"] {
+        assert_eq!(report["decode"][plane]["max_abs"], 0, "{report}");
+    }
+    let renditions = report["renditions"].as_array().expect("renditions");
+    assert_eq!(renditions.len(), 1);
+    assert_eq!(renditions[0]["profile"], "P144p30fps16x9");
+    assert_eq!(renditions[0]["frames"], 30);
+    assert_eq!(report["min_luma_psnr_db"], 40.0);
+    assert_eq!(report["failures"], serde_json::json!([]));
+
+    // Not a video: a clear error and a failing exit, no JSON claiming a pass.
+    let junk = dir.path().join("junk.ts");
+    std::fs::write(&junk, b"not a transport stream").unwrap();
+    let out = run(&junk);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a readable media container") || stderr.contains("no video"),
+        "{stderr}"
+    );
+}

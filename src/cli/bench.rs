@@ -65,6 +65,17 @@ pub struct BenchArgs {
     /// JSON (needs a build with `--features nvidia`).
     #[arg(long)]
     pub gpu_kernels: bool,
+    /// Instead, compare the selected backend (--backend/--nvidia) with the
+    /// CPU's on this clip, pixel by pixel: decoded frames (max and mean
+    /// difference per plane) and every rendition of --profiles decoded back
+    /// (PSNR per plane). Prints JSON; exits non-zero if decoded frames
+    /// differ or a rendition's luma PSNR is under --min-luma-psnr.
+    #[arg(long, value_name = "CLIP", conflicts_with_all = ["gpu_kernels", "trickle", "live_mode"])]
+    pub compare_backends: Option<PathBuf>,
+    /// With --compare-backends: the least luma PSNR (dB) a rendition may
+    /// have against the CPU's rendition of the same ladder.
+    #[arg(long, default_value_t = 40.0, requires = "compare_backends")]
+    pub min_luma_psnr: f64,
     /// Instead, load the trickle server on loopback: publishers × subscribers,
     /// first-byte latency per hop, retained bytes, throughput beside a plain
     /// socket relay of the same bytes.
@@ -125,6 +136,30 @@ pub struct BenchArgs {
     /// Trickle, live and live video-to-video: print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--compare-backends`: the selected backend against the CPU's, gated.
+fn compare_backends(args: &BenchArgs, clip: &std::path::Path) -> Result<()> {
+    let input = std::fs::read(clip).with_context(|| format!("reading {}", clip.display()))?;
+    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe::probe())?;
+    let options = TranscodeOptions {
+        profiles: VideoProfile::from_spec(&args.profiles)?,
+        preset: args.preset.clone(),
+        ..Default::default()
+    };
+    let reference: Arc<dyn lpworker::video::VideoBackend> =
+        Arc::new(lpworker::video::cpu::CpuBackend);
+    let comparison =
+        lpworker::video::compare::compare_backends(backend, reference, input.into(), &options)?;
+    let failures = comparison.failures(args.min_luma_psnr);
+    let mut report = serde_json::to_value(&comparison)?;
+    report["min_luma_psnr_db"] = serde_json::json!(args.min_luma_psnr);
+    report["failures"] = serde_json::json!(failures);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
 }
 
 #[cfg(feature = "nvidia")]
@@ -266,6 +301,9 @@ fn live_v2v(args: &BenchArgs) -> Result<()> {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.gpu_kernels {
         return gpu_kernels();
+    }
+    if let Some(clip) = &args.compare_backends {
+        return compare_backends(&args, clip);
     }
     if args.trickle {
         return trickle(&args);
