@@ -7,7 +7,8 @@ use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
 use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::nvidia::selection::GpuSelection;
+use lpworker::video::probe::{self, BackendChoice};
 use lpworker::video::Transcoder;
 use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;

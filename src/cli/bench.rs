@@ -8,7 +8,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lpworker::ai::PipelineKind;
 use lpworker::bench::{self, hardware, input, report, Report};
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::nvidia::selection::GpuSelection;
+use lpworker::video::probe::{self, BackendChoice};
 use lpworker::video::{TranscodeOptions, Transcoder, VideoProfile};
 
 #[derive(Debug, clap::Args)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use lpworker::video::probe::{BackendChoice, GpuSelection};
+use lpworker::video::nvidia::selection::GpuSelection;
+use lpworker::video::probe::BackendChoice;
 use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, TlsFiles, WorkerConfig};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::nvidia::selection::GpuSelection;
+use lpworker::video::probe::{self, BackendChoice};
 use lpworker::video::profile::DEFAULT_LADDER;
 use lpworker::video::{OutputContainer, TranscodeOptions, Transcoder, VideoProfile};
 
