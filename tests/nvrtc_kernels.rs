@@ -4,14 +4,14 @@
 //! wheel, on LD_LIBRARY_PATH (scripts/test sets it).
 #![cfg(feature = "nvidia")]
 
-use lpworker::video::nvidia::{ladder, nvrtc, KERNELS};
+use lpworker::video::nvidia::{kernels, ladder, KERNELS};
 
 #[test]
 fn kernels_compile_cleanly_for_every_shipped_architecture() {
-    let (major, minor) = nvrtc::version().expect("libnvrtc is loadable");
+    let (major, minor) = kernels::nvrtc_version().expect("libnvrtc is loadable");
     assert!(major >= 12, "NVRTC {major}.{minor}");
     for arch in ["sm_80", "sm_89", "sm_90"] {
-        let compiled = nvrtc::compile(arch).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = kernels::compile(arch).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             compiled.log.is_empty(),
             "{arch}: NVRTC warnings:\n{}",
@@ -38,14 +38,14 @@ fn kernels_compile_cleanly_for_every_shipped_architecture() {
 #[test]
 fn errors_and_warnings_are_caught() {
     // An error fails with the compiler's log.
-    let err = nvrtc::compile_source(
+    let err = kernels::compile_source(
         "extern \"C\" __global__ void k() { undefined_thing(); }",
         "sm_90",
     )
     .unwrap_err();
     assert!(err.to_string().contains("undefined_thing"), "{err}");
     // A warning compiles but leaves a log, which the clean-build test refuses.
-    let warned = nvrtc::compile_source(
+    let warned = kernels::compile_source(
         "extern \"C\" __global__ void k(int* p) { int unused = 1; p[0] = 0; }",
         "sm_90",
     )
@@ -63,11 +63,11 @@ fn errors_and_warnings_are_caught() {
 fn ladder_layout_matches_the_kernels_under_nvrtc() {
     let source = format!(
         "{}\n{}",
-        nvrtc::kernel_source(),
+        kernels::kernel_source(),
         ladder::layout_assertions()
     );
     for arch in ["sm_80", "sm_90"] {
-        let compiled = nvrtc::compile_source(&source, arch).unwrap_or_else(|e| panic!("{e}"));
+        let compiled = kernels::compile_source(&source, arch).unwrap_or_else(|e| panic!("{e}"));
         assert!(compiled.log.is_empty(), "{arch}: {}", compiled.log);
     }
     // A planted wrong offset is caught (so offsetof really is evaluated).
@@ -76,13 +76,13 @@ fn ladder_layout_matches_the_kernels_under_nvrtc() {
         "offsetof(LpwLadder, chroma) == 199",
     );
     assert_ne!(wrong, source);
-    let err = nvrtc::compile_source(&wrong, "sm_90").unwrap_err();
+    let err = kernels::compile_source(&wrong, "sm_90").unwrap_err();
     assert!(
         err.to_string()
             .contains("Rust mirror differs: offsetof(LpwLadder, chroma)"),
         "{err}"
     );
     // The scaler falls back to the newest of these for a GPU NVRTC predates.
-    let archs = nvrtc::supported_archs().unwrap();
+    let archs = kernels::supported_archs().unwrap();
     assert!([80, 89, 90].iter().all(|a| archs.contains(a)), "{archs:?}");
 }

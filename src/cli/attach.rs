@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
 use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::probe;
 use lpworker::video::Transcoder;
 use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
@@ -69,16 +69,8 @@ pub struct AttachArgs {
         env = "LPWORKER_FETCH_ALLOW"
     )]
     pub fetch_allow: Vec<Cidr>,
-    /// Which backend transcodes.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
-    pub backend: BackendChoice,
-    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
-    /// indices such as `0,1`. Implies the NVIDIA backend.
-    #[arg(long, env = "LPWORKER_NVIDIA")]
-    pub nvidia: Option<GpuSelection>,
-    /// x264/x265 preset (go-livepeer uses medium).
-    #[arg(long, default_value = "medium")]
-    pub preset: String,
+    #[command(flatten)]
+    pub video: super::video_backend::VideoBackendArgs,
     /// Seconds a shutdown waits for jobs in flight.
     #[arg(long, default_value_t = 60.0)]
     pub drain_timeout: f64,
@@ -152,7 +144,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
         bail!("--ai needs --ai-models (aiModels.json or pipeline:model_id[:warm],...)");
     }
     let probe = probe::probe();
-    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?;
+    let backend = args.video.select(&probe)?;
     let transcoder = Transcoder::new(backend);
     let net_caps = capabilities::to_net(
         &capabilities::transcoder_capabilities(&probe),
@@ -163,7 +155,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
         orch_secret: args.orch_secret.clone(),
         max_sessions: args.max_sessions,
         livepeer_version: args.livepeer_version.clone(),
-        preset: args.preset.clone(),
+        preset: args.video.preset.clone(),
         max_segment_bytes: 300_000_000,
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
         fetch_allow: with_orchestrator(&args.orch_addr, &args.fetch_allow),
@@ -182,10 +174,10 @@ pub fn run(args: AttachArgs) -> Result<()> {
                         timeout: Duration::from_secs(60),
                         max_segment_bytes: 64 << 20,
                         max_profiles: 16,
-                        preset: args.preset.clone(),
+                        preset: args.video.preset.clone(),
                     },
-                    backend: args.backend,
-                    nvidia: args.nvidia.clone(),
+                    backend: args.video.backend,
+                    nvidia: args.video.nvidia.clone(),
                     tls: None,
                     auth_secret: args.auth_secret.clone(),
                     fetch_insecure: false,
@@ -278,11 +270,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
         // NVDEC decodes when there is one (frames go to host memory for the
         // model); NVENC encodes when the GPU has it, else x264.
         let probe = probe::probe();
-        Some(probe::select_backend(
-            args.backend,
-            args.nvidia.as_ref(),
-            &probe,
-        )?)
+        Some(args.video.select(&probe)?)
     };
     for (config, model) in live_models {
         let backend = live_backend.clone().expect("a backend for live models");
@@ -299,7 +287,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
     }
     if args.transcode {
         let probe = probe::probe();
-        let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe)?;
+        let backend = args.video.select(&probe)?;
         let ladder = lpworker::video::VideoProfile::from_spec(&args.transcode_ladder)
             .with_context(|| format!("--transcode-ladder {:?}", args.transcode_ladder))?;
         persistent.push(lpworker::runner::Persistent {

@@ -8,10 +8,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use lpworker::ai::PipelineKind;
 use lpworker::bench::{self, hardware, input, report, Report};
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::probe;
 use lpworker::video::{TranscodeOptions, Transcoder, VideoProfile};
 
 #[derive(Debug, clap::Args)]
+// `bench --backend` has never read LPWORKER_BACKEND nor had a help line;
+// the shared flags keep it so.
+#[command(mut_arg("backend", |arg| arg.env(None::<&str>).help(None::<&str>)))]
 pub struct BenchArgs {
     /// Benchmark this file (MPEG-TS or MP4) instead of a generated clip.
     #[arg(long, conflicts_with = "generate")]
@@ -34,15 +37,8 @@ pub struct BenchArgs {
     /// stopping once streams fall well behind real time.
     #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
-    /// indices such as `0,1`. Implies the NVIDIA backend.
-    #[arg(long, env = "LPWORKER_NVIDIA")]
-    pub nvidia: Option<GpuSelection>,
-    /// x264/x265 preset (go-livepeer uses medium).
-    #[arg(long, default_value = "medium")]
-    pub preset: String,
+    #[command(flatten)]
+    pub video: super::video_backend::VideoBackendArgs,
     /// With --live and --live-v2v: the live apps' preset (as `lpworker
     /// attach --live-preset`, whose default it shares).
     #[arg(long, default_value = "veryfast")]
@@ -224,7 +220,7 @@ fn live(args: &BenchArgs) -> Result<()> {
         ..Default::default()
     };
     let caps = probe::probe();
-    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
+    let backend = args.video.select(&caps)?;
     let transcoder = Transcoder::new(backend);
     let dir = std::env::temp_dir().join(format!("lpworker-bench-live-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -345,7 +341,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let hardware = hardware::detect();
     let caps = probe::probe();
-    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
+    let backend = args.video.select(&caps)?;
     let transcoder = Transcoder::new(backend);
 
     let progress =
@@ -384,7 +380,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let options = TranscodeOptions {
         profiles: profiles.clone(),
-        preset: args.preset.clone(),
+        preset: args.video.preset.clone(),
         ..Default::default()
     };
     let mut video = Vec::new();
@@ -409,7 +405,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &segments,
                 &profiles,
                 input_size,
-                &args.preset,
+                &args.video.preset,
                 c,
                 &media_dir,
                 &|| bar.inc(1),
@@ -486,7 +482,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         media_seconds,
         segments: segments.len(),
         profiles: profiles.iter().map(|p| p.name.clone()).collect(),
-        preset: args.preset.clone(),
+        preset: args.video.preset.clone(),
         max_realtime_concurrency: bench::max_realtime(&video),
         video,
         ai,

@@ -1,4 +1,5 @@
-//! Command-line front end: argument parsing helpers and one module per subcommand.
+//! Command-line front end: argument parsing helpers, one module per
+//! subcommand, and the flag groups several subcommands share.
 
 pub mod attach;
 pub mod bench;
@@ -6,6 +7,7 @@ pub mod health;
 pub mod orchestrator;
 pub mod serve;
 pub mod transcode;
+pub mod video_backend;
 
 /// Rewrites go-livepeer's single-dash long flags (`-maxSessions 4`,
 /// `-orchAddr=x`) into clap's `--maxSessions` form, so operators can keep their

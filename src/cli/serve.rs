@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use lpworker::video::probe::{BackendChoice, GpuSelection};
 use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
 use lpworker::worker::{AiServing, BoundWorker, TlsFiles, WorkerConfig};
@@ -60,16 +59,8 @@ pub struct ServeArgs {
     /// or client certificate: anyone who reaches it can run work for free.
     #[arg(long)]
     pub insecure_public: bool,
-    /// Which backend transcodes.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
-    pub backend: BackendChoice,
-    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
-    /// indices such as `0,1`. Implies the NVIDIA backend.
-    #[arg(long, env = "LPWORKER_NVIDIA")]
-    pub nvidia: Option<GpuSelection>,
-    /// x264/x265 preset (go-livepeer uses medium).
-    #[arg(long, default_value = "medium")]
-    pub preset: String,
+    #[command(flatten)]
+    pub video: super::video_backend::VideoBackendArgs,
     /// Accept self-signed certificates when fetching segment URLs.
     #[arg(long)]
     pub fetch_insecure: bool,
@@ -243,10 +234,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
             timeout: seconds("request-timeout", args.request_timeout)?,
             max_segment_bytes: args.max_segment_bytes,
             max_profiles: args.max_profiles.max(1),
-            preset: args.preset,
+            preset: args.video.preset,
         },
-        backend: args.backend,
-        nvidia: args.nvidia.clone(),
+        backend: args.video.backend,
+        nvidia: args.video.nvidia.clone(),
         tls: match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lpworker::video::probe::{self, BackendChoice, GpuSelection};
+use lpworker::video::probe;
 use lpworker::video::profile::DEFAULT_LADDER;
 use lpworker::video::{OutputContainer, TranscodeOptions, Transcoder, VideoProfile};
 
@@ -26,16 +26,8 @@ pub struct TranscodeArgs {
     /// Container of the renditions.
     #[arg(long, value_enum, default_value_t = OutputContainer::Mpegts)]
     pub container: OutputContainer,
-    /// Which backend transcodes.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto, env = "LPWORKER_BACKEND")]
-    pub backend: BackendChoice,
-    /// NVIDIA GPUs to transcode on, like go-livepeer's `-nvidia`: `all` or
-    /// indices such as `0,1`. Implies the NVIDIA backend.
-    #[arg(long, env = "LPWORKER_NVIDIA")]
-    pub nvidia: Option<GpuSelection>,
-    /// x264/x265 preset (go-livepeer uses medium).
-    #[arg(long, default_value = "medium")]
-    pub preset: String,
+    #[command(flatten)]
+    pub video: super::video_backend::VideoBackendArgs,
     /// Give up after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
@@ -161,13 +153,13 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         t => t.map(Duration::from_secs_f64),
     };
     let caps = probe::probe();
-    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &caps)?;
+    let backend = args.video.select(&caps)?;
     let transcoder = Transcoder::new(backend);
     let options = TranscodeOptions {
         profiles,
         container: args.container,
         timeout,
-        preset: args.preset.clone(),
+        preset: args.video.preset.clone(),
         ..Default::default()
     };
 

@@ -13,7 +13,7 @@ pub enum FrameData {
     Host(ff::frame::Video),
     /// An NV12 frame in a GPU's memory (NVDEC output or GPU-scaled).
     #[cfg(feature = "nvidia")]
-    Device(super::nvidia::device::GpuFrame),
+    Device(super::nvidia::frame::GpuFrame),
 }
 
 /// One picture with its presentation time, in the input stream's time base.

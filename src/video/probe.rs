@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::backend::VideoBackend;
 use super::cpu::CpuBackend;
+use super::nvidia::selection::GpuSelection;
 use super::VideoError;
 
 /// Which backend the operator asked for.
@@ -20,37 +21,6 @@ pub enum BackendChoice {
     Cpu,
     /// The NVIDIA backend; fails if no usable GPU is found.
     Nvidia,
-}
-
-/// Which GPUs the NVIDIA backend uses, as go-livepeer's `-nvidia` takes
-/// them: `all`, or device indices separated by commas (`0,1`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuSelection {
-    All,
-    Only(Vec<u32>),
-}
-
-impl std::str::FromStr for GpuSelection {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if text.eq_ignore_ascii_case("all") {
-            return Ok(GpuSelection::All);
-        }
-        let mut indices = Vec::new();
-        for part in text.split(',') {
-            let part = part.trim();
-            let index: u32 = part.parse().map_err(|_| {
-                format!("{part:?} is not a GPU index: expected \"all\" or indices like \"0,1\"")
-            })?;
-            if indices.contains(&index) {
-                return Err(format!("GPU {index} is listed twice"));
-            }
-            indices.push(index);
-        }
-        Ok(GpuSelection::Only(indices))
-    }
 }
 
 /// One GPU and its video engines.
@@ -274,19 +244,5 @@ mod tests {
         assert!(named.contains("nvidia"), "{named}");
         let both = err(select_backend(BackendChoice::Cpu, Some(&gpus), &caps));
         assert!(both.contains("--nvidia"), "{both}");
-    }
-
-    #[test]
-    fn gpu_selection_reads_go_livepeers_nvidia_flag() {
-        assert_eq!("all".parse::<GpuSelection>(), Ok(GpuSelection::All));
-        assert_eq!("ALL".parse::<GpuSelection>(), Ok(GpuSelection::All));
-        assert_eq!("0".parse::<GpuSelection>(), Ok(GpuSelection::Only(vec![0])));
-        assert_eq!(
-            " 0, 1 ,3".parse::<GpuSelection>(),
-            Ok(GpuSelection::Only(vec![0, 1, 3]))
-        );
-        for bad in ["", "0,", "a", "0;1", "-1", "0,0"] {
-            assert!(bad.parse::<GpuSelection>().is_err(), "{bad:?} accepted");
-        }
     }
 }

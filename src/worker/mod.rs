@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 use crate::ai::Registry;
 use crate::proto::worker as pb;
-use crate::video::probe::{self, BackendChoice, GpuSelection};
+use crate::video::nvidia::selection::GpuSelection;
+use crate::video::probe::{self, BackendChoice};
 use crate::video::{Admission, Transcoder};
 use metrics::Metrics;
 use service::{RequestLimits, WorkerService};

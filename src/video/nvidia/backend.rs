@@ -11,100 +11,39 @@
 //! Each segment's decoder picks the least busy of the backend's GPUs, so
 //! sessions spread over every GPU given to `--nvidia`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ffmpeg_next as ff;
 
-use super::device::{self, GpuDevice, GpuFrame, SessionGuard};
+use super::device::{GpuDevice, SessionGuard};
+use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
 use super::probe::GpuInfo;
 use super::reference::Filter;
-use super::scaler::{HostFrame, PixelFormat};
-use super::{nvdec, nvenc};
+use super::selection::{GpuSelection, GpuSet};
+use super::{nvdec, nvenc, resize};
 use crate::video::backend::{
     Decoder, Encoder, EncoderSettings, Frame, FrameData, Scaler, VideoBackend, VideoStreamInfo,
 };
 use crate::video::cpu::{CpuDecoder, CpuEncoder, CpuScaler};
-use crate::video::probe::GpuSelection;
 use crate::video::VideoError;
 
 /// The GPUs one backend transcodes on.
 pub struct NvidiaBackend {
-    gpus: Vec<Arc<GpuDevice>>,
-    /// Where the next tie between equally busy GPUs is broken.
-    next: AtomicUsize,
+    gpus: GpuSet,
 }
 
 impl NvidiaBackend {
     /// Opens the GPUs of `selection` among those `found`. Fails when one
     /// asked for by index is missing or does not open, or none has NVDEC.
     pub fn open(selection: &GpuSelection, found: &[GpuInfo]) -> Result<Self, VideoError> {
-        let unavailable = |why: String| VideoError::BackendUnavailable(format!("nvidia ({why})"));
-        let chosen: Vec<&GpuInfo> = match selection {
-            GpuSelection::All => found.iter().collect(),
-            GpuSelection::Only(indices) => indices
-                .iter()
-                .map(|i| {
-                    found.iter().find(|g| g.index == *i).ok_or_else(|| {
-                        unavailable(format!(
-                            "GPU {i} not found; the driver reports {} GPU(s)",
-                            found.len()
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        if chosen.is_empty() {
-            return Err(unavailable("no NVIDIA GPU found".into()));
-        }
-        let mut gpus = Vec::with_capacity(chosen.len());
-        for info in chosen {
-            let gpu = device::open_shared(info)
-                .map_err(|e| unavailable(format!("GPU {}: {e}", info.index)))?;
-            let engines = gpu.engines();
-            if engines.decode.is_empty() {
-                return Err(unavailable(format!(
-                    "GPU {} ({}) has no usable NVDEC: {}",
-                    info.index,
-                    info.name,
-                    engines.decode_error.as_deref().unwrap_or("unknown")
-                )));
-            }
-            if engines.encode.is_empty() {
-                tracing::warn!(
-                    gpu = info.index,
-                    name = %info.name,
-                    reason = engines.encode_error.as_deref().unwrap_or("unknown"),
-                    "no NVENC on this GPU: renditions are decoded and scaled on it and encoded on the CPU"
-                );
-            }
-            gpus.push(gpu);
-        }
         Ok(NvidiaBackend {
-            gpus,
-            next: AtomicUsize::new(0),
+            gpus: GpuSet::open(selection, found)?,
         })
     }
 
     pub fn gpus(&self) -> &[Arc<GpuDevice>] {
-        &self.gpus
+        self.gpus.gpus()
     }
-
-    /// The GPU for a new session: the least busy, ties taken in turn.
-    fn pick(&self) -> Result<Arc<GpuDevice>, VideoError> {
-        let loads: Vec<usize> = self.gpus.iter().map(|g| g.sessions()).collect();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        least_busy(&loads, start)
-            .map(|i| Arc::clone(&self.gpus[i]))
-            .ok_or_else(|| VideoError::BackendUnavailable("nvidia (no GPU open)".into()))
-    }
-}
-
-/// The index of the smallest load, searching from `start` (mod len) so that
-/// equally busy GPUs take turns; `None` when there are none.
-pub fn least_busy(loads: &[usize], start: usize) -> Option<usize> {
-    let n = loads.len();
-    (0..n).map(|k| (start + k) % n).min_by_key(|&i| loads[i])
 }
 
 impl VideoBackend for NvidiaBackend {
@@ -119,7 +58,7 @@ impl VideoBackend for NvidiaBackend {
             );
             return Ok(Box::new(CpuDecoder::new(stream)?));
         }
-        let gpu = self.pick()?;
+        let gpu = self.gpus.pick()?;
         let session = gpu.begin_session();
         match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
             Ok(decoder) => Ok(Box::new(FallbackDecoder::new(
@@ -253,18 +192,25 @@ impl Scaler for FollowingScaler {
                 .get_or_insert_with(|| CpuScaler::new(width, height))
                 .scale(frame);
         };
-        let scaler = src.device.scaler();
-        let mut out = scaler
-            .alloc_frame(src.frame.format, self.width as usize, self.height as usize)
-            .map_err(VideoError::gpu("frame allocation"))?;
+        let mut out = DeviceFrame::alloc(
+            src.device.stream(),
+            src.frame.format,
+            self.width as usize,
+            self.height as usize,
+        )
+        .map_err(VideoError::gpu("frame allocation"))?;
         let filter = if self.width < frame.width || self.height < frame.height {
             Filter::Area
         } else {
             Filter::Bilinear
         };
-        scaler
-            .scale_ladder(&src.frame, std::slice::from_mut(&mut out), filter)
-            .map_err(VideoError::gpu("scale"))?;
+        resize::scale_ladder(
+            src.device.gpu(),
+            &src.frame,
+            std::slice::from_mut(&mut out),
+            filter,
+        )
+        .map_err(VideoError::gpu("scale"))?;
         Ok(Frame {
             pts: frame.pts,
             width: self.width,
@@ -353,75 +299,21 @@ impl Encoder for FollowingEncoder {
 /// transform stage) take.
 pub(crate) fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
     let host = gpu
-        .device
-        .scaler()
-        .download(&gpu.frame)
+        .frame
+        .download(gpu.device.stream())
         .map_err(VideoError::gpu("download"))?;
     Ok(Frame::host(nv12_to_yuv420p(&host)?, pts))
-}
-
-/// NV12 (interleaved chroma) to planar YUV 4:2:0, the layout libx264 and
-/// libx265 are opened with.
-pub fn nv12_to_yuv420p(host: &HostFrame) -> Result<ff::frame::Video, VideoError> {
-    if host.format != PixelFormat::Nv12 {
-        return Err(VideoError::Gpu {
-            stage: "download",
-            message: format!("{} frames have no CPU encoder path", host.format.name()),
-        });
-    }
-    let (width, height) = (host.width, host.height);
-    let mut out = ff::frame::Video::new(ff::format::Pixel::YUV420P, width as u32, height as u32);
-    let luma_stride = out.stride(0);
-    let luma = out.data_mut(0);
-    for y in 0..height {
-        luma[y * luma_stride..y * luma_stride + width]
-            .copy_from_slice(&host.luma[y * host.luma_pitch..y * host.luma_pitch + width]);
-    }
-    // U is every even byte of an NV12 chroma row, V every odd one. Each
-    // plane is borrowed once: `data_mut` looks the plane up on every call.
-    for (plane, offset) in [(1, 0), (2, 1)] {
-        let stride = out.stride(plane);
-        let dst = out.data_mut(plane);
-        for y in 0..height / 2 {
-            let row = &host.chroma[y * host.chroma_pitch..y * host.chroma_pitch + width];
-            let dst_row = &mut dst[y * stride..y * stride + width / 2];
-            for (d, s) in dst_row.iter_mut().zip(row.iter().skip(offset).step_by(2)) {
-                *d = *s;
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn sessions_go_to_the_least_busy_gpu_and_ties_take_turns() {
-        assert_eq!(least_busy(&[], 0), None);
-        assert_eq!(least_busy(&[0], 5), Some(0));
-        assert_eq!(least_busy(&[2, 0, 1], 0), Some(1));
-        assert_eq!(least_busy(&[2, 0, 1], 2), Some(1));
-        // Equal loads: the starting point rotates through the GPUs.
-        let picks: Vec<_> = (0..4).map(|s| least_busy(&[1, 1], s)).collect();
-        assert_eq!(picks, vec![Some(0), Some(1), Some(0), Some(1)]);
-        // Simulate sessions opening and never closing on two GPUs: they
-        // alternate, so neither gets two more than the other.
-        let mut loads = [0usize; 2];
-        for s in 0..10 {
-            let i = least_busy(&loads, s).unwrap();
-            loads[i] += 1;
-        }
-        assert_eq!(loads, [5, 5]);
-    }
-
     /// The backend's structure without any GPU: what the fallbacks do when no
     /// stage can use one.
     fn backend_without_gpus() -> NvidiaBackend {
         NvidiaBackend {
-            gpus: Vec::new(),
-            next: AtomicUsize::new(0),
+            gpus: GpuSet::default(),
         }
     }
 
@@ -542,38 +434,5 @@ mod tests {
         encoder.encode(None, &mut |_| packets += 1).unwrap();
         assert_eq!(packets, 0);
         assert_eq!(encoder.parameters().id(), ff::codec::Id::None);
-    }
-
-    #[test]
-    fn nv12_download_becomes_planar_yuv420p() {
-        let (w, h) = (6, 4);
-        let mut host = HostFrame::new(PixelFormat::Nv12, w, h);
-        // Pitches wider than the rows, as device frames have.
-        host.luma_pitch = 8;
-        host.chroma_pitch = 8;
-        host.luma = (0..8 * h).map(|i| i as u8).collect();
-        host.chroma = (0..8 * h / 2).map(|i| 100 + i as u8).collect();
-        let out = nv12_to_yuv420p(&host).unwrap();
-        assert_eq!((out.width(), out.height()), (6, 4));
-        assert_eq!(out.format(), ff::format::Pixel::YUV420P);
-        for y in 0..h {
-            for x in 0..w {
-                assert_eq!(out.data(0)[y * out.stride(0) + x], (y * 8 + x) as u8);
-            }
-        }
-        for y in 0..h / 2 {
-            for x in 0..w / 2 {
-                assert_eq!(
-                    out.data(1)[y * out.stride(1) + x],
-                    100 + (y * 8 + 2 * x) as u8
-                );
-                assert_eq!(
-                    out.data(2)[y * out.stride(2) + x],
-                    100 + (y * 8 + 2 * x + 1) as u8
-                );
-            }
-        }
-        let p010 = HostFrame::new(PixelFormat::P010, 4, 4);
-        assert!(nv12_to_yuv420p(&p010).is_err());
     }
 }

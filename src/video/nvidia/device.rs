@@ -1,107 +1,139 @@
-//! One GPU opened for transcoding: its CUDA context and stream (shared with
-//! the resize kernels), what its video engines can do, and how many
-//! transcode sessions it is running, so that new sessions go to the least
-//! busy GPU.
+//! One GPU opened for transcoding: its CUDA context, the one stream every
+//! copy and kernel of its frames runs on, the kernels loaded for it, what
+//! its video engines can do, and how many transcode sessions it is running,
+//! so that new sessions go to the least busy GPU.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use std::ptr;
-
 use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};
 
-use super::nvdec::DecodeLimits;
+use super::driver;
+use super::engines::Engines;
+use super::error::{failed, GpuError};
+use super::kernels::{KernelImage, Kernels};
 use super::probe::GpuInfo;
-use super::scaler::{GpuError, GpuScaler};
-use crate::video::profile::VideoCodec;
 
-/// Binds `ctx` to the calling thread, as every NVDEC/NVENC call needs.
-/// cudarc first reports, once, an error some thread recorded on the shared
-/// context (an asynchronous free that failed in a drop, say): not this
-/// caller's failure, so it is logged and the bind tried again.
-pub fn bind(ctx: &CudaContext) -> Result<(), cudarc::driver::DriverError> {
-    ctx.bind_to_thread().or_else(|recorded| {
-        tracing::warn!(error = %recorded, "an earlier CUDA error was recorded on this GPU's context");
-        ctx.bind_to_thread()
-    })
+/// Which GPU a [`GpuContext`] runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub memory_bytes: usize,
+    /// cuDriverGetVersion: 12080 for CUDA 12.8.
+    pub driver_version: i32,
 }
 
-/// Queues a copy of `rows` rows of `width` bytes from one pitched device
-/// buffer to another on `stream` (NVDEC's surface to a frame, a frame to
-/// NVENC's input buffer).
+/// A GPU opened for our own work: its primary context, one stream, and the
+/// kernels compiled and loaded for its architecture.
 ///
-/// # Safety
-/// `src` and `dst` must be device memory of `stream`'s context, each holding
-/// at least `rows` rows of `width` bytes at its pitch, and stay allocated
-/// until the stream has run the copy; the context must be current.
-pub unsafe fn copy_device_2d(
-    stream: &CudaStream,
-    (src, src_pitch): (sys::CUdeviceptr, usize),
-    (dst, dst_pitch): (sys::CUdeviceptr, usize),
-    width: usize,
-    rows: usize,
-) -> Result<(), DriverError> {
-    let copy = sys::CUDA_MEMCPY2D {
-        srcXInBytes: 0,
-        srcY: 0,
-        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        srcHost: ptr::null(),
-        srcDevice: src,
-        srcArray: ptr::null_mut(),
-        srcPitch: src_pitch,
-        dstXInBytes: 0,
-        dstY: 0,
-        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-        dstHost: ptr::null_mut(),
-        dstDevice: dst,
-        dstArray: ptr::null_mut(),
-        dstPitch: dst_pitch,
-        WidthInBytes: width,
-        Height: rows,
-    };
-    // SAFETY: the caller's contract: both ranges are large enough device
-    // memory of this stream's context, which is current.
-    unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }.result()
+/// Every call runs on the one stream, so the output planes, which the
+/// kernels reach through raw addresses in the ladder argument, are ordered
+/// with the copies that read them back.
+pub struct GpuContext {
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    device: DeviceInfo,
+}
+
+impl GpuContext {
+    /// Opens GPU `ordinal` and loads the kernels. Fails with `NoDriver` or
+    /// `NoDevice` on a machine without a usable GPU, never panicking.
+    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
+        if !driver::cuda_library_loads() {
+            return Err(GpuError::NoDriver);
+        }
+        driver::catch_panic(|| Self::open_device(ordinal))
+            .unwrap_or_else(|message| Err(GpuError::DriverPanic(message)))
+    }
+
+    fn open_device(ordinal: usize) -> Result<Self, GpuError> {
+        let count = match CudaContext::device_count() {
+            Ok(count) => count,
+            Err(DriverError(sys::CUresult::CUDA_ERROR_NO_DEVICE)) => 0,
+            Err(e) => return Err(failed("cuInit")(e)),
+        };
+        if ordinal >= count.max(0) as usize {
+            return Err(GpuError::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: every allocation and launch of this context runs on its one
+        // stream, in order, so cudarc's cross-stream events are not needed;
+        // without them a launch is a bare cuLaunchKernel, which a CUDA graph
+        // can capture. Set before anything is allocated.
+        unsafe { ctx.disable_event_tracking() };
+        let mut driver_version = 0;
+        // SAFETY: a valid out-pointer; the driver is initialised (cuInit above).
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(failed("cuDriverGetVersion"))?;
+        let device = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(failed("cuDeviceGetName"))?,
+            compute_capability: ctx
+                .compute_capability()
+                .map_err(failed("cuDeviceGetAttribute"))?,
+            memory_bytes: ctx.total_mem().map_err(failed("cuDeviceTotalMem"))?,
+            driver_version,
+        };
+        let kernels = Kernels::load(&ctx, device.compute_capability)?;
+        let stream = ctx.new_stream().map_err(failed("cuStreamCreate"))?;
+        tracing::info!(
+            gpu = %device.name,
+            arch = %kernels.image().arch,
+            image = ?kernels.image().kind,
+            "resize kernels loaded"
+        );
+        Ok(GpuContext {
+            stream,
+            kernels,
+            device,
+        })
+    }
+
+    pub fn device(&self) -> &DeviceInfo {
+        &self.device
+    }
+
+    pub fn kernels(&self) -> &Kernels {
+        &self.kernels
+    }
+
+    pub fn kernel_image(&self) -> &KernelImage {
+        self.kernels.image()
+    }
+
+    /// The stream every copy and kernel runs on, in order, so no
+    /// cross-stream synchronisation is needed (and for timing with events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The CUDA context (the device's primary context) NVDEC and NVENC use.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        self.stream.context()
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(failed("cuStreamSynchronize"))
+    }
 }
 
 /// A GPU in use by the NVIDIA backend.
 pub struct GpuDevice {
     info: GpuInfo,
-    scaler: GpuScaler,
+    gpu: GpuContext,
     sessions: AtomicUsize,
     engines: OnceLock<Engines>,
 }
 
-/// What a GPU's video engines can do, found by asking them (not by model
-/// name): NVDEC's decoder caps and whether an NVENC session opens.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Engines {
-    /// Codecs NVDEC decodes (8-bit 4:2:0), with their size limits.
-    pub decode: Vec<(VideoCodec, DecodeLimits)>,
-    /// Why NVDEC is unusable, when `decode` is empty.
-    pub decode_error: Option<String>,
-    /// Codecs NVENC encodes; empty on GPUs without NVENC (H100, H200).
-    pub encode: Vec<VideoCodec>,
-    /// Why NVENC is unusable, when `encode` is empty.
-    pub encode_error: Option<String>,
-}
-
-impl Engines {
-    /// NVDEC's limits for `codec`; `None` when it does not decode it.
-    pub fn decode_limits(&self, codec: VideoCodec) -> Option<DecodeLimits> {
-        self.decode
-            .iter()
-            .find_map(|(c, limits)| (*c == codec).then_some(*limits))
-    }
-
-    pub fn encodes(&self, codec: VideoCodec) -> bool {
-        self.encode.contains(&codec)
-    }
-}
-
-/// Opens GPU `info.index` once per process: the resize kernels are compiled
-/// at open (NVRTC, seconds), and the probe and the backend share the device.
+/// Opens GPU `info.index` once per process: the kernels are compiled at open
+/// (NVRTC, seconds), and the probe and the backend share the device.
 pub fn open_shared(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
     static OPEN: OnceLock<Mutex<HashMap<u32, Arc<GpuDevice>>>> = OnceLock::new();
     let mut open = OPEN
@@ -126,12 +158,12 @@ impl std::fmt::Debug for GpuDevice {
 }
 
 impl GpuDevice {
-    /// Opens the GPU `info` describes: context, stream and resize kernels.
+    /// Opens the GPU `info` describes: context, stream and kernels.
     pub fn open(info: GpuInfo) -> Result<Arc<Self>, GpuError> {
-        let scaler = GpuScaler::new(info.index as usize)?;
+        let gpu = GpuContext::open(info.index as usize)?;
         Ok(Arc::new(GpuDevice {
             info,
-            scaler,
+            gpu,
             sessions: AtomicUsize::new(0),
             engines: OnceLock::new(),
         }))
@@ -143,37 +175,23 @@ impl GpuDevice {
 
     /// The video engines' abilities, probed on first use.
     pub fn engines(&self) -> &Engines {
-        self.engines.get_or_init(|| {
-            let mut engines = Engines::default();
-            match super::nvdec::probe_codecs(self) {
-                Ok(codecs) if !codecs.is_empty() => engines.decode = codecs,
-                Ok(_) => engines.decode_error = Some("NVDEC decodes neither H.264 nor HEVC".into()),
-                Err(e) => engines.decode_error = Some(e.to_string()),
-            }
-            match super::nvenc::probe_codecs(self) {
-                Ok(codecs) if !codecs.is_empty() => engines.encode = codecs,
-                Ok(_) => engines.encode_error = Some("NVENC encodes neither H.264 nor HEVC".into()),
-                Err(e) => engines.encode_error = Some(e.to_string()),
-            }
-            tracing::info!(gpu = self.info.index, name = %self.info.name, ?engines, "GPU video engines");
-            engines
-        })
+        self.engines
+            .get_or_init(|| Engines::probe(&self.info, self.context()))
     }
 
-    /// The resize kernels, on this GPU's stream.
-    pub fn scaler(&self) -> &GpuScaler {
-        &self.scaler
+    /// The opened GPU: its stream and kernels.
+    pub fn gpu(&self) -> &GpuContext {
+        &self.gpu
     }
 
-    /// The stream every copy and kernel of this GPU's frames runs on, in
-    /// order, so no cross-stream synchronisation is needed.
+    /// The stream every copy and kernel of this GPU's frames runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        self.scaler.stream()
+        self.gpu.stream()
     }
 
     /// The CUDA context (the device's primary context) NVDEC and NVENC use.
     pub fn context(&self) -> &Arc<CudaContext> {
-        self.scaler.stream().context()
+        self.gpu.context()
     }
 
     /// Transcode sessions running on this GPU now.
@@ -198,9 +216,19 @@ impl Drop for SessionGuard {
     }
 }
 
-/// A decoded or scaled picture in a GPU's memory, with the GPU it lives on.
-#[derive(Debug)]
-pub struct GpuFrame {
-    pub device: Arc<GpuDevice>,
-    pub frame: super::scaler::DeviceFrame,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_usable_gpu_open_fails_with_an_error_not_a_panic() {
+        match GpuContext::open(0) {
+            // A GPU machine: the context opened and names its device.
+            Ok(gpu) => assert!(!gpu.device().name.is_empty()),
+            Err(e @ (GpuError::NoDriver | GpuError::NoDevice { .. })) => {
+                assert!(e.to_string().starts_with("no NVIDIA GPU usable"), "{e}")
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
 }

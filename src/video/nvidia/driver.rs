@@ -1,9 +1,13 @@
-//! Whether the libraries cudarc loads at run time are present, checked before
-//! cudarc is called: cudarc panics when it cannot load a library, and even a
-//! caught panic prints "panicked at" on stderr, which must not be how a
-//! machine without a GPU is reported.
+//! The CUDA driver as every other part meets it: whether the libraries
+//! cudarc loads at run time are present, checked before cudarc is called
+//! (cudarc panics when it cannot load a library, and even a caught panic
+//! prints "panicked at" on stderr, which must not be how a machine without a
+//! GPU is reported); cudarc's panics caught; a context bound to the calling
+//! thread.
 
 use std::sync::OnceLock;
+
+use cudarc::driver::{CudaContext, DriverError};
 
 /// Whether one of the file names cudarc tries for `lib` ("cuda", "nvrtc")
 /// loads, i.e. whether cudarc's first call would find the library.
@@ -36,6 +40,17 @@ pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
+/// Binds `ctx` to the calling thread, as every NVDEC/NVENC call needs.
+/// cudarc first reports, once, an error some thread recorded on the shared
+/// context (an asynchronous free that failed in a drop, say): not this
+/// caller's failure, so it is logged and the bind tried again.
+pub fn bind(ctx: &CudaContext) -> Result<(), DriverError> {
+    ctx.bind_to_thread().or_else(|recorded| {
+        tracing::warn!(error = %recorded, "an earlier CUDA error was recorded on this GPU's context");
+        ctx.bind_to_thread()
     })
 }
 

@@ -13,12 +13,16 @@
 //! - the device: name, compute capability, driver, NVENC (probe.rs), and how
 //!   the kernels were compiled and loaded.
 
-use cudarc::driver::{sys, CudaEvent, CudaStream, DriverError};
+use cudarc::driver::{sys, CudaEvent, CudaStream};
 use serde_json::{json, Value};
 
+use super::device::GpuContext;
+use super::error::{failed, GpuError};
+use super::frame::{DeviceFrame, HostFrame, PixelFormat};
+use super::kernels::ImageKind;
 use super::probe;
 use super::reference::{self, fill_test_pattern, read_sample, Filter, Plane};
-use super::scaler::{DeviceFrame, GpuError, GpuScaler, HostFrame, ImageKind, PixelFormat};
+use super::resize::scale_ladder;
 
 /// The source size and the ladder the figures are for (go-livepeer's
 /// 720p/480p/360p/240p renditions of a 1080p stream).
@@ -33,10 +37,6 @@ const REPLAYS: usize = 20;
 /// The copy the bandwidth is compared with: 512 MiB each way, 10 times.
 const COPY_BYTES: usize = 512 << 20;
 const COPY_REPEATS: usize = 10;
-
-fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
-    move |source| GpuError::Driver { call, source }
-}
 
 /// A source frame with edges, gradients and noise (the pattern of the
 /// reference tests), so that both filters' every branch is exercised.
@@ -117,8 +117,8 @@ fn elapsed_ms(start: &CudaEvent, end: &CudaEvent) -> Result<f64, GpuError> {
 }
 
 /// Bytes per second of a device-to-device copy, counting bytes read and written.
-fn copy_bandwidth(scaler: &GpuScaler) -> Result<Value, GpuError> {
-    let stream = scaler.stream();
+fn copy_bandwidth(gpu: &GpuContext) -> Result<Value, GpuError> {
+    let stream = gpu.stream();
     let src = stream
         .alloc_zeros::<u8>(COPY_BYTES)
         .map_err(failed("cuMemAlloc"))?;
@@ -152,14 +152,14 @@ struct Slot {
     outputs: Vec<DeviceFrame>,
 }
 
-fn slots(scaler: &GpuScaler, host: &HostFrame, count: usize) -> Result<Vec<Slot>, GpuError> {
+fn slots(gpu: &GpuContext, host: &HostFrame, count: usize) -> Result<Vec<Slot>, GpuError> {
     (0..count)
         .map(|_| {
             Ok(Slot {
-                src: scaler.upload(host)?,
+                src: DeviceFrame::upload(gpu.stream(), host)?,
                 outputs: LADDER
                     .iter()
-                    .map(|&(w, h)| scaler.alloc_frame(host.format, w, h))
+                    .map(|&(w, h)| DeviceFrame::alloc(gpu.stream(), host.format, w, h))
                     .collect::<Result<_, _>>()?,
             })
         })
@@ -168,17 +168,17 @@ fn slots(scaler: &GpuScaler, host: &HostFrame, count: usize) -> Result<Vec<Slot>
 
 /// Accuracy of one format and filter over the ladder.
 fn accuracy(
-    scaler: &GpuScaler,
+    gpu: &GpuContext,
     host: &HostFrame,
     slot: &mut Slot,
     filter: Filter,
 ) -> Result<Value, GpuError> {
-    scaler.scale_ladder(&slot.src, &mut slot.outputs, filter)?;
+    scale_ladder(gpu, &slot.src, &mut slot.outputs, filter)?;
     let mut renditions = Vec::new();
     let mut worst = 0;
     for out in &slot.outputs {
-        let gpu = scaler.download(out)?;
-        let diff = max_abs_diff(host, &gpu, filter);
+        let downloaded = out.download(gpu.stream())?;
+        let diff = max_abs_diff(host, &downloaded, filter);
         worst = worst.max(diff);
         renditions
             .push(json!({ "size": format!("{}x{}", out.width, out.height), "max_abs_diff": diff }));
@@ -187,12 +187,12 @@ fn accuracy(
 }
 
 /// Milliseconds per ladder, launching `REPLAYS` rotations one launch at a time.
-fn time_stream(scaler: &GpuScaler, slots: &mut [Slot], filter: Filter) -> Result<f64, GpuError> {
-    let stream = scaler.stream();
+fn time_stream(gpu: &GpuContext, slots: &mut [Slot], filter: Filter) -> Result<f64, GpuError> {
+    let stream = gpu.stream();
     let start = timing_event(stream)?;
     for _ in 0..REPLAYS {
         for slot in slots.iter_mut() {
-            scaler.scale_ladder(&slot.src, &mut slot.outputs, filter)?;
+            scale_ladder(gpu, &slot.src, &mut slot.outputs, filter)?;
         }
     }
     let end = timing_event(stream)?;
@@ -200,14 +200,14 @@ fn time_stream(scaler: &GpuScaler, slots: &mut [Slot], filter: Filter) -> Result
 }
 
 /// Milliseconds per ladder, replaying the rotation captured as a CUDA graph.
-fn time_graph(scaler: &GpuScaler, slots: &mut [Slot], filter: Filter) -> Result<f64, GpuError> {
-    let stream = scaler.stream();
+fn time_graph(gpu: &GpuContext, slots: &mut [Slot], filter: Filter) -> Result<f64, GpuError> {
+    let stream = gpu.stream();
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(failed("cuStreamBeginCapture"))?;
     let captured = slots
         .iter_mut()
-        .try_for_each(|slot| scaler.scale_ladder(&slot.src, &mut slot.outputs, filter));
+        .try_for_each(|slot| scale_ladder(gpu, &slot.src, &mut slot.outputs, filter));
     // End the capture whatever happened, so the stream is usable again.
     let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
     captured?;
@@ -234,21 +234,21 @@ fn filter_name(filter: Filter) -> &'static str {
 /// Runs everything on GPU `ordinal` and returns the report. Without a usable
 /// GPU it fails with `NoDriver` or `NoDevice`.
 pub fn run(ordinal: usize) -> Result<Value, GpuError> {
-    let scaler = GpuScaler::new(ordinal)?;
-    let device = scaler.device().clone();
-    let image = scaler.kernel_image().clone();
+    let gpu = GpuContext::open(ordinal)?;
+    let device = gpu.device().clone();
+    let image = gpu.kernel_image().clone();
     let engines = probe::probe()
         .into_iter()
         .find(|g| g.index as usize == ordinal);
 
-    let copy = copy_bandwidth(&scaler)?;
+    let copy = copy_bandwidth(&gpu)?;
     let copy_bytes_per_second = copy["bytes_per_second"].as_f64().unwrap_or(f64::NAN);
 
     let mut results = Vec::new();
     let mut worst = 0;
     for format in [PixelFormat::Nv12, PixelFormat::P010] {
         let host = test_frame(format, SOURCE.0, SOURCE.1);
-        let mut rotation = slots(&scaler, &host, ROTATION)?;
+        let mut rotation = slots(&gpu, &host, ROTATION)?;
         let ladder_bytes = rotation[0].src.picture_bytes()
             + rotation[0]
                 .outputs
@@ -256,12 +256,12 @@ pub fn run(ordinal: usize) -> Result<Value, GpuError> {
                 .map(DeviceFrame::picture_bytes)
                 .sum::<usize>();
         for filter in [Filter::Bilinear, Filter::Area] {
-            let accuracy = accuracy(&scaler, &host, &mut rotation[0], filter)?;
+            let accuracy = accuracy(&gpu, &host, &mut rotation[0], filter)?;
             worst = worst.max(accuracy["max_abs_diff"].as_i64().unwrap_or(i64::MAX));
             // Warm up (module first use, clocks), then time both ways.
-            time_stream(&scaler, &mut rotation, filter)?;
-            let stream_ms = time_stream(&scaler, &mut rotation, filter)?;
-            let graph_ms = match time_graph(&scaler, &mut rotation, filter) {
+            time_stream(&gpu, &mut rotation, filter)?;
+            let stream_ms = time_stream(&gpu, &mut rotation, filter)?;
+            let graph_ms = match time_graph(&gpu, &mut rotation, filter) {
                 Ok(ms) => Some(ms),
                 Err(e) => {
                     tracing::warn!(error = %e, "graph timing failed; reporting the stream's");
@@ -286,7 +286,7 @@ pub fn run(ordinal: usize) -> Result<Value, GpuError> {
             }));
         }
     }
-    scaler.synchronize()?;
+    gpu.synchronize()?;
 
     Ok(json!({
         "device": {

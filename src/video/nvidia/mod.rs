@@ -1,10 +1,23 @@
-//! The NVIDIA backend's pieces that are checked on every machine: the CUDA
-//! kernels' sources, the Rust reference of their arithmetic and the Rust
-//! mirror of their ladder argument. The GPU-side parts (NVRTC compilation,
-//! device probing, the scaler and its benchmark) need the `nvidia` feature.
+//! The NVIDIA backend. Its pieces that are checked on every machine: the
+//! CUDA kernels' sources, the Rust reference of their arithmetic, the Rust
+//! mirror of their ladder argument, and which GPUs `--nvidia` names. The
+//! GPU-side parts need the `nvidia` feature; they are layered so that
+//! dependencies point one way, each `unsafe` driver call written once in the
+//! layer that owns its handle:
+//! - the libraries: `driver` (CUDA through cudarc), `nvdec::api` and
+//!   `nvenc::api` (loaded at run time, every call wrapped once), `kernels`
+//!   (NVRTC compilation and module loading), `probe` (the GPUs present);
+//! - one GPU: `engines` (what NVDEC and NVENC do on it), `device` (its
+//!   context, stream, kernels and sessions), `frame` (pictures in its memory
+//!   and on the host, and the copies between them);
+//! - the work: `nvdec` (decoding), `resize` (the ladder launch), `nvenc`
+//!   (encoding), `gpu_bench` (the kernels measured);
+//! - the backend: `selection` (which GPUs, which one per session) and
+//!   `backend` (the `VideoBackend` over them all).
 
 pub mod ladder;
 pub mod reference;
+pub mod selection;
 
 #[cfg(feature = "nvidia")]
 pub mod backend;
@@ -13,17 +26,23 @@ pub mod device;
 #[cfg(feature = "nvidia")]
 pub mod driver;
 #[cfg(feature = "nvidia")]
+pub mod engines;
+#[cfg(feature = "nvidia")]
+pub mod error;
+#[cfg(feature = "nvidia")]
+pub mod frame;
+#[cfg(feature = "nvidia")]
 pub mod gpu_bench;
+#[cfg(feature = "nvidia")]
+pub mod kernels;
 #[cfg(feature = "nvidia")]
 pub mod nvdec;
 #[cfg(feature = "nvidia")]
 pub mod nvenc;
 #[cfg(feature = "nvidia")]
-pub mod nvrtc;
-#[cfg(feature = "nvidia")]
 pub mod probe;
 #[cfg(feature = "nvidia")]
-pub mod scaler;
+pub mod resize;
 
 /// The headers the resize kernels include (shared with the CPU harness), then
 /// the kernels' source, as (file name, contents).

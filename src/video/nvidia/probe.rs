@@ -62,8 +62,8 @@ fn probe_driver() -> Vec<GpuInfo> {
         return Vec::new();
     }
     let count = result::device::get_count().unwrap_or(0);
-    let nvdec = library_loads(&super::nvdec::LIBRARY_NAMES);
-    let nvenc = library_loads(super::nvenc::LIBRARY_NAMES);
+    let nvdec = library_loads(&super::nvdec::api::LIBRARY_NAMES);
+    let nvenc = library_loads(super::nvenc::api::LIBRARY_NAMES);
     (0..count)
         .filter_map(|i| {
             let dev = result::device::get(i).ok()?;

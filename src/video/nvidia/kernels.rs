@@ -1,10 +1,17 @@
-//! Compiling the CUDA kernels with NVRTC (loaded at run time through cudarc),
-//! to PTX and to a cubin for one GPU architecture. No GPU or driver is needed:
-//! NVRTC is a compiler library.
+//! The CUDA kernels, compiled and loaded for one GPU: NVRTC (loaded at run
+//! time through cudarc) compiles them to PTX and to a cubin for the device's
+//! architecture; the driver loads the cubin, else the PTX of the same compile
+//! (the driver compiles it), and a GPU newer than NVRTC gets PTX for the
+//! newest architecture NVRTC knows. Compiling needs no GPU or driver: NVRTC
+//! is a compiler library.
 
 use std::ffi::{c_char, CStr, CString};
+use std::sync::Arc;
 
-use cudarc::nvrtc::{result, sys};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
+use cudarc::nvrtc::{result, sys, Ptx};
+
+use super::error::{failed, GpuError, NvrtcError};
 
 /// Kernels compiled for one architecture.
 #[derive(Debug, Clone)]
@@ -14,19 +21,6 @@ pub struct Compiled {
     pub cubin: Vec<u8>,
     /// NVRTC's log: warnings (empty for a clean build).
     pub log: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NvrtcError {
-    #[error("libnvrtc could not be loaded (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib directory on LD_LIBRARY_PATH)")]
-    NotFound,
-    #[error("NVRTC {call} failed: {code:?}")]
-    Call {
-        call: &'static str,
-        code: sys::nvrtcResult,
-    },
-    #[error("kernels do not compile for {arch}:\n{log}")]
-    Compile { arch: String, log: String },
 }
 
 /// The kernels as one source string: the shared headers are inlined, so the
@@ -51,7 +45,7 @@ fn text(raw: &[c_char]) -> String {
 }
 
 /// NVRTC's version, or NotFound when the library is missing.
-pub fn version() -> Result<(i32, i32), NvrtcError> {
+pub fn nvrtc_version() -> Result<(i32, i32), NvrtcError> {
     // cudarc panics when the library cannot be loaded: check first, so that
     // nothing prints a panic, and still turn any panic into an error.
     if !super::driver::nvrtc_library_loads() {
@@ -76,7 +70,7 @@ pub fn version() -> Result<(i32, i32), NvrtcError> {
 /// The real GPU architectures NVRTC compiles for, as numbers (90 for sm_90),
 /// ascending.
 pub fn supported_archs() -> Result<Vec<i32>, NvrtcError> {
-    version()?;
+    nvrtc_version()?;
     let mut count = 0;
     // SAFETY: a valid out-pointer.
     match unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) } {
@@ -110,7 +104,7 @@ pub fn compile(arch: &str) -> Result<Compiled, NvrtcError> {
 
 /// Compiles CUDA `source` for `arch` with the kernels' options.
 pub fn compile_source(source: &str, arch: &str) -> Result<Compiled, NvrtcError> {
-    version()?;
+    nvrtc_version()?;
     let source = CString::new(source).map_err(|_| NvrtcError::Compile {
         arch: arch.to_string(),
         log: "source contains NUL".into(),
@@ -171,4 +165,127 @@ pub fn compile_source(source: &str, arch: &str) -> Result<Compiled, NvrtcError> 
     // SAFETY: destroyed exactly once.
     let _ = unsafe { result::destroy_program(prog) };
     out
+}
+
+/// How the kernels were loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageKind {
+    Cubin,
+    Ptx,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelImage {
+    pub kind: ImageKind,
+    /// The architecture NVRTC compiled for, e.g. "sm_90".
+    pub arch: String,
+    pub nvrtc_version: (i32, i32),
+    /// NVRTC's warnings (empty for a clean build).
+    pub nvrtc_log: String,
+    /// Why the cubin was not used, when PTX was loaded instead.
+    pub cubin_refused: Option<String>,
+}
+
+/// Every kernel of [`super::KERNELS`], loaded on one device.
+pub struct Kernels {
+    // The functions keep their module loaded; the module keeps the context.
+    functions: Vec<(&'static str, CudaFunction)>,
+    image: KernelImage,
+}
+
+impl Kernels {
+    /// Compiles the kernels for a device of compute capability `cc` and
+    /// loads every entry point on `ctx`.
+    pub fn load(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Self, GpuError> {
+        let (module, image) = load_module(ctx, cc)?;
+        let functions = super::KERNELS
+            .iter()
+            .map(|&name| {
+                module
+                    .load_function(name)
+                    .map(|f| (name, f))
+                    .map_err(failed("cuModuleGetFunction"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Kernels { functions, image })
+    }
+
+    pub fn image(&self) -> &KernelImage {
+        &self.image
+    }
+
+    /// The loaded entry point `name`.
+    pub fn function(&self, name: &str) -> Result<&CudaFunction, GpuError> {
+        self.functions
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f)
+            .ok_or_else(|| GpuError::Invalid(format!("kernel {name} not loaded")))
+    }
+}
+
+/// Compiles the kernels for the device and loads them: the cubin, else the
+/// PTX of the same compile; a device newer than NVRTC gets PTX for the
+/// newest architecture NVRTC knows.
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    (major, minor): (i32, i32),
+) -> Result<(Arc<CudaModule>, KernelImage), GpuError> {
+    let nvrtc_version = nvrtc_version()?;
+    let device_arch = major * 10 + minor;
+    let supported = supported_archs()?;
+    let (target, try_cubin) = if supported.contains(&device_arch) {
+        (device_arch, true)
+    } else {
+        let older = supported
+            .iter()
+            .copied()
+            .filter(|a| *a < device_arch)
+            .max()
+            .ok_or(GpuError::UnsupportedArch(device_arch))?;
+        tracing::warn!(
+            device = device_arch,
+            nvrtc = older,
+            "NVRTC does not know this GPU; loading PTX for an older architecture"
+        );
+        (older, false)
+    };
+    let arch = format!("sm_{target}");
+    let compiled = compile(&arch)?;
+    let cubin_refused = if try_cubin {
+        match ctx.load_module(Ptx::from_binary(compiled.cubin)) {
+            Ok(module) => {
+                let image = KernelImage {
+                    kind: ImageKind::Cubin,
+                    arch,
+                    nvrtc_version,
+                    nvrtc_log: compiled.log,
+                    cubin_refused: None,
+                };
+                return Ok((module, image));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the driver refused the cubin; loading PTX");
+                e.to_string()
+            }
+        }
+    } else {
+        format!("NVRTC cannot compile for sm_{device_arch}")
+    };
+    match ctx.load_module(Ptx::from_src(compiled.ptx)) {
+        Ok(module) => Ok((
+            module,
+            KernelImage {
+                kind: ImageKind::Ptx,
+                arch,
+                nvrtc_version,
+                nvrtc_log: compiled.log,
+                cubin_refused: Some(cubin_refused),
+            },
+        )),
+        Err(e) => Err(GpuError::Load {
+            reason: format!("PTX: {e}; cubin: {cubin_refused}"),
+            arch,
+        }),
+    }
 }

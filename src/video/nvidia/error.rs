@@ -1,0 +1,51 @@
+//! Why the GPU layer (opening a device, compiling and loading the kernels,
+//! frames and launches) failed. NVDEC and NVENC have their own errors, in
+//! their `api` modules, since their libraries report their own statuses.
+
+use cudarc::driver::DriverError;
+use cudarc::nvrtc::sys::nvrtcResult;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("no NVIDIA GPU usable: the CUDA driver library (libcuda.so.1) is not installed or not on the loader's path")]
+    NoDriver,
+    #[error(
+        "no NVIDIA GPU usable: there is no CUDA device {ordinal} (the driver reports {count})"
+    )]
+    NoDevice { ordinal: usize, count: i32 },
+    #[error("the CUDA driver could not be used: {0}")]
+    DriverPanic(String),
+    #[error("CUDA {call} failed: {source}")]
+    Driver {
+        call: &'static str,
+        #[source]
+        source: DriverError,
+    },
+    #[error("compiling the resize kernels: {0}")]
+    Nvrtc(#[from] NvrtcError),
+    #[error("NVRTC knows no architecture at or below the device's sm_{0}")]
+    UnsupportedArch(i32),
+    #[error("the resize kernels compiled for {arch} did not load: {reason}")]
+    Load { arch: String, reason: String },
+    #[error("invalid frame or ladder: {0}")]
+    Invalid(String),
+}
+
+/// Maps a failed driver call to `GpuError::Driver` naming the call.
+pub fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
+    move |source| GpuError::Driver { call, source }
+}
+
+/// Why NVRTC could not compile the kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum NvrtcError {
+    #[error("libnvrtc could not be loaded (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib directory on LD_LIBRARY_PATH)")]
+    NotFound,
+    #[error("NVRTC {call} failed: {code:?}")]
+    Call {
+        call: &'static str,
+        code: nvrtcResult,
+    },
+    #[error("kernels do not compile for {arch}:\n{log}")]
+    Compile { arch: String, log: String },
+}
