@@ -100,6 +100,8 @@ pub fn decode_codecs(ctx: &CudaContext) -> Result<Vec<(VideoCodec, DecodeLimits)
 /// open) and when the library is absent or too old.
 pub fn encode_codecs(ctx: &CudaContext) -> Result<Vec<VideoCodec>, NvencError> {
     let api = nvenc::api()?;
+    let (major, minor) = api.driver_api_version();
+    tracing::debug!(api = %format!("{major}.{minor}"), "NVENC API version the driver speaks");
     nvenc::guarded(|| {
         nvenc::bind(ctx)?;
         let guids = nvenc::Session::open(api, ctx.cu_ctx())?.encode_guids()?;

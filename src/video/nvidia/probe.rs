@@ -90,6 +90,36 @@ fn probe_driver() -> Vec<GpuInfo> {
 mod tests {
     use super::*;
 
+    /// NVIDIA's real driver library (535, from Debian non-free, on the path
+    /// in `scripts/test`) on a machine without a GPU: it loads, every
+    /// symbol cudarc resolves lazily is found when called, and cuInit's
+    /// CUDA_ERROR_NO_DEVICE means "no usable GPU", an empty probe, not an
+    /// error or a panic.
+    #[test]
+    fn the_real_driver_without_a_gpu_means_no_gpus() {
+        if std::env::var_os("LPW_NVIDIA_DRIVER_LIBS").is_none() {
+            eprintln!("skipped: NVIDIA's libraries are not on the path (bash scripts/test)");
+            return;
+        }
+        assert!(super::super::driver::cuda_library_loads());
+        assert!(library_loads(&super::super::nvdec::api::LIBRARY_NAMES));
+        assert!(library_loads(super::super::nvenc::api::LIBRARY_NAMES));
+        let init = super::super::driver::catch_panic(result::init).expect("cuInit resolves");
+        let code = init.expect_err("no GPU here").0;
+        assert_eq!(code, sys::cudaError_enum::CUDA_ERROR_NO_DEVICE);
+        // Driver 535 is CUDA 12.2: cudarc built for 12.9 still loads it.
+        let version = super::super::driver::catch_panic(|| {
+            let mut version = 0;
+            // SAFETY: a valid out-pointer; cuDriverGetVersion needs no cuInit.
+            unsafe { sys::cuDriverGetVersion(&mut version) }
+                .result()
+                .map(|()| version)
+        })
+        .expect("cuDriverGetVersion resolves");
+        assert_eq!(version, Ok(12020));
+        assert_eq!(probe(), Vec::new());
+    }
+
     #[test]
     fn nvenc_less_models() {
         assert!(lacks_nvenc("NVIDIA H100 80GB HBM3"));

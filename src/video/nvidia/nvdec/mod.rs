@@ -12,6 +12,8 @@ pub(super) mod api;
 mod caps;
 mod config;
 mod parser;
+#[cfg(test)]
+mod parser_check;
 
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use crate::video::profile::VideoCodec;
 use crate::video::VideoError;
 use api::guarded;
 use caps::stream_codec;
-use parser::Parser;
+use parser::{Nvdec, Parser, PictureEngine};
 
 pub use api::{library_loads, NvdecError};
 pub use caps::supports_stream;
@@ -75,12 +77,55 @@ impl AnnexB {
 /// An NVDEC decoder for one H.264 or HEVC stream; frames come out as NV12 in
 /// the GPU's memory.
 pub struct NvdecDecoder {
-    parser: Parser,
+    feed: Feed<Nvdec>,
     device: Arc<GpuDevice>,
+}
+
+/// Demuxed packets into the parser: converted to Annex B, with their
+/// presentation times in the parser's clock, then the end of stream once.
+struct Feed<E: PictureEngine> {
+    parser: Parser<E>,
     annexb: AnnexB,
+    clock: ParserClock,
     /// The end of stream was sent to the parser.
     flushed: bool,
-    clock: ParserClock,
+}
+
+impl<E: PictureEngine> Feed<E> {
+    /// Parses one packet (`None`: the end of the stream), running the
+    /// callbacks; stops early once decoding failed for good. The engine's
+    /// context must be current.
+    fn packet(&mut self, packet: Option<&ff::Packet>) {
+        let packets = match packet {
+            Some(packet) => self.annexb.convert(packet),
+            None => self.annexb.flush(),
+        };
+        for packet in &packets {
+            if self.parser.state().fatal.is_some() {
+                break;
+            }
+            if let Some(data) = packet.data().filter(|d| !d.is_empty()) {
+                // Only a presentation time: a decode time would come back
+                // in display order as the wrong picture's.
+                let timestamp = packet.pts().map(|pts| self.clock.to_parser(pts));
+                self.parser.parse(data, timestamp, false);
+            }
+        }
+        if packet.is_none() && !self.flushed && self.parser.state().fatal.is_none() {
+            self.flushed = true;
+            self.parser.parse(&[], None, true);
+        }
+    }
+
+    /// The pictures shown since the last call, in display order, with
+    /// their presentation times back in the stream's time base.
+    fn shown(&mut self) -> Vec<(i64, E::Picture)> {
+        let clock = self.clock;
+        std::mem::take(&mut self.parser.state().frames)
+            .into_iter()
+            .map(|(timestamp, picture)| (clock.from_parser(timestamp), picture))
+            .collect()
+    }
 }
 
 impl NvdecDecoder {
@@ -130,15 +175,18 @@ impl NvdecDecoder {
             ))));
         }
         let clock = ParserClock::for_time_base(stream.time_base);
-        let parser = Parser::new(api, Arc::clone(&device), codec, limits, clock.rate)
-            .map_err(VideoError::gpu(SETUP))?;
+        let engine = Nvdec::new(api, Arc::clone(&device));
+        let parser =
+            Parser::new(api, engine, codec, limits, clock.rate).map_err(VideoError::gpu(SETUP))?;
         tracing::debug!(codec = codec.name(), ?limits, "NVDEC parser created");
         Ok(NvdecDecoder {
-            parser,
+            feed: Feed {
+                parser,
+                annexb,
+                clock,
+                flushed: false,
+            },
             device,
-            annexb,
-            flushed: false,
-            clock,
         })
     }
 }
@@ -149,34 +197,15 @@ impl Decoder for NvdecDecoder {
         packet: Option<&ff::Packet>,
         emit: &mut dyn FnMut(Frame) -> Result<(), VideoError>,
     ) -> Result<(), VideoError> {
-        if let Some(e) = &self.parser.state().fatal {
+        if let Some(e) = &self.feed.parser.state().fatal {
             return Err(VideoError::gpu(DECODE)(e));
         }
         let context = Arc::clone(self.device.context());
         guarded(|| api::bind(&context)).map_err(VideoError::gpu(DECODE))?;
-        let packets = match packet {
-            Some(packet) => self.annexb.convert(packet),
-            None => self.annexb.flush(),
-        };
-        for packet in &packets {
-            if self.parser.state().fatal.is_some() {
-                break;
-            }
-            if let Some(data) = packet.data().filter(|d| !d.is_empty()) {
-                // Only a presentation time: a decode time would come back
-                // in display order as the wrong picture's.
-                let timestamp = packet.pts().map(|pts| self.clock.to_parser(pts));
-                self.parser.parse(data, timestamp, false);
-            }
-        }
-        if packet.is_none() && !self.flushed && self.parser.state().fatal.is_none() {
-            self.flushed = true;
-            self.parser.parse(&[], None, true);
-        }
-        let frames = std::mem::take(&mut self.parser.state().frames);
-        for (timestamp, frame) in frames {
+        self.feed.packet(packet);
+        for (pts, frame) in self.feed.shown() {
             emit(Frame {
-                pts: self.clock.from_parser(timestamp),
+                pts,
                 width: frame.width as u32,
                 height: frame.height as u32,
                 data: FrameData::Device(GpuFrame {
@@ -185,7 +214,7 @@ impl Decoder for NvdecDecoder {
                 }),
             })?;
         }
-        let state = self.parser.state();
+        let state = self.feed.parser.state();
         if let Some(e) = &state.fatal {
             return Err(VideoError::gpu(DECODE)(e));
         }

@@ -12,11 +12,16 @@
 //!
 //! The callbacks run synchronously inside `cuvidParseVideoData` on the thread
 //! that parses; they never unwind into the parser.
+//!
+//! What needs a GPU (creating the decoder, decoding, copying out) sits behind
+//! [`PictureEngine`]: [`Nvdec`] on a GPU. NVIDIA's parser itself is software,
+//! so the tests run it and these callbacks on machines without one, with an
+//! engine that records what the hardware would have been asked to do.
 
 use std::ffi::{c_int, c_ulonglong, c_void};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use ffmpeg_next as ff;
 use nvidia_video_codec_sdk::sys::cuviddec::{cuvidDecodeStatus, CUVIDPICPARAMS, CUVIDPROCPARAMS};
 use nvidia_video_codec_sdk::sys::nvcuvid::{CUVIDEOFORMAT, CUVIDPARSERDISPINFO, CUVIDPARSERPARAMS};
@@ -26,24 +31,171 @@ use super::super::driver;
 use super::super::engines::DecodeLimits;
 use super::super::frame::{copy_device_2d, DeviceFrame, PixelFormat};
 use super::api::{
-    bind, cuvid_codec, result_name, Api, MappedPicture, NvdecError, VideoDecoder, VideoParser,
-    CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS,
+    bind, cuvid_codec, result_name, Api, CuStatus, MappedPicture, NvdecError, VideoDecoder,
+    VideoParser, CUDA_ERROR_INVALID_VALUE, CUDA_SUCCESS,
 };
 use super::config::{create_info, decoder_config, DecoderConfig, SequenceFormat};
 use crate::video::profile::VideoCodec;
 
+/// A picture the engine was asked to show.
+pub(super) enum Shown<P> {
+    Picture(P),
+    /// The hardware reports the picture damaged: skipped, decoding goes on.
+    Damaged(String),
+}
+
+/// The device side of decoding, driven by the parser's callbacks.
+pub(super) trait PictureEngine {
+    /// What a displayed picture becomes.
+    type Picture;
+    /// Creates the decoder for `config`, replacing any open one.
+    fn open(&mut self, config: &DecoderConfig) -> Result<(), NvdecError>;
+    fn is_open(&self) -> bool;
+    /// Destroys the decoder (its context must be current).
+    fn close(&mut self);
+    /// Gives the decoder up without destroying it: its context could not
+    /// be made current, so destroying it might free another context's.
+    fn abandon(&mut self);
+    /// Makes the engine's context current on this thread.
+    fn bind(&self) -> Result<(), NvdecError>;
+    /// Submits one picture, in decode order; the driver's status.
+    ///
+    /// # Safety
+    /// `picture` is the parser's, valid for the call.
+    unsafe fn decode(&mut self, picture: *mut CUVIDPICPARAMS) -> CuStatus;
+    /// Copies out the decoded picture `info` names.
+    fn show(
+        &mut self,
+        info: &CUVIDPARSERDISPINFO,
+        config: &DecoderConfig,
+    ) -> Result<Shown<Self::Picture>, NvdecError>;
+}
+
+/// The hardware decoder on one GPU; pictures come out as NV12 device frames.
+pub(super) struct Nvdec {
+    api: &'static Api,
+    device: Arc<GpuDevice>,
+    decoder: Option<VideoDecoder>,
+}
+
+// SAFETY: the decoder handle is owned by this value alone and used through
+// `&mut self` (the parser's callbacks run inside such calls); NVDEC handles
+// have no thread affinity once the context is bound to the calling thread,
+// which every entry point does.
+unsafe impl Send for Nvdec {}
+
+impl Nvdec {
+    pub(super) fn new(api: &'static Api, device: Arc<GpuDevice>) -> Self {
+        Nvdec {
+            api,
+            device,
+            decoder: None,
+        }
+    }
+}
+
+impl PictureEngine for Nvdec {
+    type Picture = DeviceFrame;
+
+    fn open(&mut self, config: &DecoderConfig) -> Result<(), NvdecError> {
+        self.close();
+        // The context is current: bound by the decoder before parsing.
+        self.decoder = Some(VideoDecoder::create(self.api, &create_info(config))?);
+        Ok(())
+    }
+
+    fn is_open(&self) -> bool {
+        self.decoder.is_some()
+    }
+
+    fn close(&mut self) {
+        self.decoder = None;
+    }
+
+    fn abandon(&mut self) {
+        std::mem::forget(self.decoder.take());
+    }
+
+    fn bind(&self) -> Result<(), NvdecError> {
+        bind(self.device.context())
+    }
+
+    unsafe fn decode(&mut self, picture: *mut CUVIDPICPARAMS) -> CuStatus {
+        match &self.decoder {
+            // SAFETY: the parser's parameters, inside its decode callback
+            // (the caller's contract).
+            Some(decoder) => unsafe { decoder.decode_picture(picture) },
+            None => CUDA_ERROR_INVALID_VALUE,
+        }
+    }
+
+    /// Maps picture `info.picture_index`, copies it into a new frame and
+    /// unmaps it.
+    fn show(
+        &mut self,
+        info: &CUVIDPARSERDISPINFO,
+        config: &DecoderConfig,
+    ) -> Result<Shown<DeviceFrame>, NvdecError> {
+        let Some(decoder) = self.decoder.as_ref() else {
+            return Err(NvdecError::Unsupported(
+                "a picture to display without a decoder".into(),
+            ));
+        };
+        let index = info.picture_index;
+        let did_not_decode = cuvidDecodeStatus::cuvidDecodeStatus_Error as u32;
+        // As NVIDIA's NvDecoder sample sets them.
+        let params = CUVIDPROCPARAMS {
+            // The sequence's flag, not the picture's: FFmpeg's cuviddec
+            // found the per-picture one unreliable.
+            progressive_frame: c_int::from(config.progressive),
+            second_field: info.repeat_first_field + 1,
+            top_field_first: info.top_field_first,
+            unpaired_field: c_int::from(info.repeat_first_field < 0),
+            ..Default::default()
+        };
+        let damaged = || Shown::Damaged(format!("picture {index} did not decode"));
+        let picture = match decoder.map(index, params, self.device.stream()) {
+            Ok(picture) => picture,
+            Err(result) => {
+                if decoder.decode_status(index) == Some(did_not_decode) {
+                    return Ok(damaged());
+                }
+                return Err(NvdecError::Call {
+                    call: "cuvidMapVideoFrame64",
+                    result,
+                });
+            }
+        };
+        let status = decoder.decode_status(index);
+        let copied = match status {
+            Some(s) if s == did_not_decode => Ok(damaged()),
+            Some(s) if s == cuvidDecodeStatus::cuvidDecodeStatus_Error_Concealed as u32 => {
+                // libavcodec shows concealed pictures too.
+                tracing::debug!(index, "NVDEC concealed errors in a picture");
+                copy_picture(&self.device, &picture, config).map(Shown::Picture)
+            }
+            _ => copy_picture(&self.device, &picture, config).map(Shown::Picture),
+        };
+        // The copies reading the surface have finished (the stream was
+        // synchronised) or failed.
+        let unmapped = decoder.unmap(picture);
+        let shown = copied?;
+        unmapped?;
+        Ok(shown)
+    }
+}
+
 /// What the callbacks work on: owned by [`Parser`] through a raw pointer
 /// (the parser's `pUserData`), so it does not move and no Rust reference to
 /// it is alive while the parser runs.
-pub(super) struct ParserState {
-    api: &'static Api,
-    device: Arc<GpuDevice>,
+pub(super) struct ParserState<E: PictureEngine> {
+    engine: E,
     codec: VideoCodec,
     limits: DecodeLimits,
-    decoder: Option<VideoDecoder>,
     config: Option<DecoderConfig>,
-    /// Frames the display callback produced, in display order.
-    pub(super) frames: Vec<(i64, DeviceFrame)>,
+    /// Frames the display callback produced, in display order, with the
+    /// parser's timestamps.
+    pub(super) frames: Vec<(i64, E::Picture)>,
     /// An error that ends decoding (GPU fault, unsupported format); kept.
     pub(super) fatal: Option<NvdecError>,
     /// Pictures that failed to decode since the last report.
@@ -53,7 +205,7 @@ pub(super) struct ParserState {
     failed: Vec<bool>,
 }
 
-impl ParserState {
+impl<E: PictureEngine> ParserState<E> {
     fn fail(&mut self, error: NvdecError) {
         tracing::warn!(error = %error, "NVDEC decoding failed");
         if self.fatal.is_none() {
@@ -89,9 +241,8 @@ impl ParserState {
 
     /// Destroys the decoder (the context must be current).
     fn destroy_decoder(&mut self) {
-        if self.decoder.take().is_some() {
-            self.config = None;
-        }
+        self.engine.close();
+        self.config = None;
     }
 
     /// The sequence callback: (re)creates the decoder for `format`.
@@ -109,10 +260,10 @@ impl ParserState {
             }
         };
         let surfaces = c_int::try_from(config.surfaces).unwrap_or(1);
-        if self.config == Some(config) && self.decoder.is_some() {
+        if self.config == Some(config) && self.engine.is_open() {
             return surfaces;
         }
-        if self.decoder.is_some() {
+        if self.engine.is_open() {
             tracing::info!(
                 old = ?self.config,
                 new = ?config,
@@ -120,16 +271,11 @@ impl ParserState {
             );
             self.destroy_decoder();
         }
-        // The context is current: bound by the decoder before parsing.
-        let decoder = match VideoDecoder::create(self.api, &create_info(&config)) {
-            Ok(decoder) => decoder,
-            Err(e) => {
-                self.fail(e);
-                return 0;
-            }
-        };
+        if let Err(e) = self.engine.open(&config) {
+            self.fail(e);
+            return 0;
+        }
         tracing::debug!(?config, "NVDEC decoder created");
-        self.decoder = Some(decoder);
         self.config = Some(config);
         self.failed.clear();
         surfaces
@@ -140,16 +286,16 @@ impl ParserState {
         if self.fatal.is_some() {
             return 0;
         }
-        let Some(decoder) = self.decoder.as_ref().filter(|_| !picture.is_null()) else {
+        if !self.engine.is_open() || picture.is_null() {
             self.fail(NvdecError::Unsupported(
                 "a picture arrived before a usable sequence header".into(),
             ));
             return 0;
-        };
+        }
         // SAFETY: the parser passes valid picture parameters for the call.
         let index = unsafe { (*picture).CurrPicIdx };
         // SAFETY: the parser's parameters, inside its decode callback.
-        let result = unsafe { decoder.decode_picture(picture) };
+        let result = unsafe { self.engine.decode(picture) };
         self.set_failed(index, result != CUDA_SUCCESS);
         match result {
             CUDA_SUCCESS => 1,
@@ -201,58 +347,21 @@ impl ParserState {
         }
     }
 
-    /// Maps picture `info.picture_index`, copies it into a new frame and
-    /// unmaps it. `None` for a picture the hardware reports damaged.
-    fn output(&mut self, info: &CUVIDPARSERDISPINFO) -> Result<Option<DeviceFrame>, NvdecError> {
-        let (Some(decoder), Some(config)) = (self.decoder.as_ref(), self.config) else {
+    /// Asks the engine for the picture `info` names. `None` for a picture
+    /// the hardware reports damaged.
+    fn output(&mut self, info: &CUVIDPARSERDISPINFO) -> Result<Option<E::Picture>, NvdecError> {
+        let Some(config) = self.config.filter(|_| self.engine.is_open()) else {
             return Err(NvdecError::Unsupported(
                 "a picture to display without a decoder".into(),
             ));
         };
-        let index = info.picture_index;
-        let did_not_decode = cuvidDecodeStatus::cuvidDecodeStatus_Error as u32;
-        // As NVIDIA's NvDecoder sample sets them.
-        let params = CUVIDPROCPARAMS {
-            // The sequence's flag, not the picture's: FFmpeg's cuviddec
-            // found the per-picture one unreliable.
-            progressive_frame: c_int::from(config.progressive),
-            second_field: info.repeat_first_field + 1,
-            top_field_first: info.top_field_first,
-            unpaired_field: c_int::from(info.repeat_first_field < 0),
-            ..Default::default()
-        };
-        let picture = match decoder.map(index, params, self.device.stream()) {
-            Ok(picture) => picture,
-            Err(result) => {
-                if decoder.decode_status(index) == Some(did_not_decode) {
-                    self.damage(format!("picture {index} did not decode"));
-                    return Ok(None);
-                }
-                return Err(NvdecError::Call {
-                    call: "cuvidMapVideoFrame64",
-                    result,
-                });
+        match self.engine.show(info, &config)? {
+            Shown::Picture(picture) => Ok(Some(picture)),
+            Shown::Damaged(what) => {
+                self.damage(what);
+                Ok(None)
             }
-        };
-        let status = decoder.decode_status(index);
-        let copied = match status {
-            Some(s) if s == did_not_decode => Ok(None),
-            Some(s) if s == cuvidDecodeStatus::cuvidDecodeStatus_Error_Concealed as u32 => {
-                // libavcodec shows concealed pictures too.
-                tracing::debug!(index, "NVDEC concealed errors in a picture");
-                copy_picture(&self.device, &picture, &config).map(Some)
-            }
-            _ => copy_picture(&self.device, &picture, &config).map(Some),
-        };
-        // The copies reading the surface have finished (the stream was
-        // synchronised) or failed.
-        let unmapped = decoder.unmap(picture);
-        if status == Some(did_not_decode) {
-            self.damage(format!("picture {index} did not decode"));
         }
-        let frame = copied?;
-        unmapped?;
-        Ok(frame)
     }
 }
 
@@ -339,12 +448,15 @@ fn copy_plane(
 /// # Safety
 /// `user` must be the `ParserState` pointer the parser was created with, not
 /// otherwise borrowed while the parser runs.
-unsafe fn with_state(user: *mut c_void, f: impl FnOnce(&mut ParserState) -> c_int) -> c_int {
+unsafe fn with_state<E: PictureEngine>(
+    user: *mut c_void,
+    f: impl FnOnce(&mut ParserState<E>) -> c_int,
+) -> c_int {
     if user.is_null() {
         return 0;
     }
     // SAFETY: the caller's contract: the state is alive and unaliased.
-    let state = unsafe { &mut *user.cast::<ParserState>() };
+    let state = unsafe { &mut *user.cast::<ParserState<E>>() };
     match driver::catch_panic(|| f(&mut *state)) {
         Ok(result) => result,
         Err(message) => {
@@ -354,54 +466,59 @@ unsafe fn with_state(user: *mut c_void, f: impl FnOnce(&mut ParserState) -> c_in
     }
 }
 
-unsafe extern "C" fn sequence_callback(user: *mut c_void, format: *mut CUVIDEOFORMAT) -> c_int {
-    // SAFETY: `user` is the parser's pUserData, our ParserState.
-    unsafe { with_state(user, |state| state.on_sequence(format)) }
+unsafe extern "C" fn sequence_callback<E: PictureEngine>(
+    user: *mut c_void,
+    format: *mut CUVIDEOFORMAT,
+) -> c_int {
+    // SAFETY: `user` is the parser's pUserData, our ParserState<E>.
+    unsafe { with_state::<E>(user, |state| state.on_sequence(format)) }
 }
 
-unsafe extern "C" fn decode_callback(user: *mut c_void, picture: *mut CUVIDPICPARAMS) -> c_int {
-    // SAFETY: `user` is the parser's pUserData, our ParserState.
-    unsafe { with_state(user, |state| state.on_decode(picture)) }
+unsafe extern "C" fn decode_callback<E: PictureEngine>(
+    user: *mut c_void,
+    picture: *mut CUVIDPICPARAMS,
+) -> c_int {
+    // SAFETY: `user` is the parser's pUserData, our ParserState<E>.
+    unsafe { with_state::<E>(user, |state| state.on_decode(picture)) }
 }
 
-unsafe extern "C" fn display_callback(user: *mut c_void, info: *mut CUVIDPARSERDISPINFO) -> c_int {
-    // SAFETY: `user` is the parser's pUserData, our ParserState.
-    unsafe { with_state(user, |state| state.on_display(info)) }
+unsafe extern "C" fn display_callback<E: PictureEngine>(
+    user: *mut c_void,
+    info: *mut CUVIDPARSERDISPINFO,
+) -> c_int {
+    // SAFETY: `user` is the parser's pUserData, our ParserState<E>.
+    unsafe { with_state::<E>(user, |state| state.on_display(info)) }
 }
 
 /// The parser with the state its callbacks work on; on drop, the parser,
 /// then the decoder (with the context bound), then the state go.
-pub(super) struct Parser {
+pub(super) struct Parser<E: PictureEngine> {
     parser: Option<VideoParser>,
     /// From `Box::into_raw`; freed in `Drop`.
-    state: *mut ParserState,
-    context: Arc<CudaContext>,
+    state: *mut ParserState<E>,
 }
 
 // SAFETY: the parser, the decoder and the state are owned by this value alone
 // and used only through `&mut self` (and the parser's synchronous callbacks
 // within such calls); NVDEC handles have no thread affinity once the
 // context is bound to the calling thread, which every entry point does.
-unsafe impl Send for Parser {}
+unsafe impl<E: PictureEngine + Send> Send for Parser<E> {}
 
-impl Parser {
+impl<E: PictureEngine> Parser<E> {
     /// Creates a parser for `codec` whose decoder, created at the first
     /// sequence header, takes sizes within `limits`; timestamps are in units
     /// of `clock_rate` Hz.
     pub(super) fn new(
         api: &'static Api,
-        device: Arc<GpuDevice>,
+        engine: E,
         codec: VideoCodec,
         limits: DecodeLimits,
         clock_rate: u32,
     ) -> Result<Self, NvdecError> {
-        let context = Arc::clone(device.context());
         let state = Box::into_raw(Box::new(ParserState {
-            api,
-            device,
+            engine,
             codec,
             limits,
-            decoder: None,
             config: None,
             frames: Vec::new(),
             fatal: None,
@@ -413,7 +530,6 @@ impl Parser {
         let mut parser = Parser {
             parser: None,
             state,
-            context,
         };
         let mut params = CUVIDPARSERPARAMS {
             CodecType: cuvid_codec(codec),
@@ -423,9 +539,9 @@ impl Parser {
             ulErrorThreshold: 0,
             ulMaxDisplayDelay: 1,
             pUserData: state.cast(),
-            pfnSequenceCallback: Some(sequence_callback),
-            pfnDecodePicture: Some(decode_callback),
-            pfnDisplayPicture: Some(display_callback),
+            pfnSequenceCallback: Some(sequence_callback::<E>),
+            pfnDecodePicture: Some(decode_callback::<E>),
+            pfnDisplayPicture: Some(display_callback::<E>),
             ..Default::default()
         };
         // SAFETY: the callbacks match the header's prototypes and `state`
@@ -434,7 +550,13 @@ impl Parser {
         Ok(parser)
     }
 
-    pub(super) fn state(&mut self) -> &mut ParserState {
+    /// The engine the callbacks drive (the tests read what it recorded).
+    #[cfg(test)]
+    pub(super) fn engine(&mut self) -> &mut E {
+        &mut self.state().engine
+    }
+
+    pub(super) fn state(&mut self) -> &mut ParserState<E> {
         // SAFETY: the state lives until `Drop`; the parser only touches it
         // during `parse`, which takes `&mut self` and holds no reference.
         unsafe { &mut *self.state }
@@ -463,12 +585,12 @@ impl Parser {
     }
 }
 
-impl Drop for Parser {
+impl<E: PictureEngine> Drop for Parser<E> {
     fn drop(&mut self) {
         let (parser, state) = (self.parser.take(), self.state);
-        let context = &self.context;
         let cleaned = driver::catch_panic(|| {
-            let bound = bind(context);
+            // SAFETY: the state is alive until freed below; only read here.
+            let bound = unsafe { &*state }.engine.bind();
             if let Err(e) = &bound {
                 tracing::warn!(error = %e, "NVDEC teardown without the CUDA context");
             }
@@ -478,9 +600,9 @@ impl Drop for Parser {
             let state = unsafe { &mut *state };
             if bound.is_ok() {
                 state.destroy_decoder();
-            } else if let Some(decoder) = state.decoder.take() {
+            } else if state.engine.is_open() {
                 tracing::warn!("NVDEC decoder leaked: its context could not be bound");
-                std::mem::forget(decoder);
+                state.engine.abandon();
             }
         });
         // SAFETY: `state` came from Box::into_raw in `new` and is freed once
@@ -489,7 +611,7 @@ impl Drop for Parser {
         if let Err(message) = cleaned {
             tracing::warn!(%message, "NVDEC teardown panicked");
             // Whether its context is bound is unknown: leaked, not destroyed.
-            std::mem::forget(state.decoder.take());
+            state.engine.abandon();
         }
         drop(state);
     }

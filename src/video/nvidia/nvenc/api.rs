@@ -211,7 +211,16 @@ struct Functions {
 /// kept for its lifetime, so the function pointers never dangle.
 pub struct Api {
     fns: Functions,
+    /// NvEncodeAPIGetMaxSupportedVersion's answer, `major << 4 | minor`.
+    driver_version: u32,
     _library: libloading::Library,
+}
+
+impl Api {
+    /// The newest NVENC API version the driver speaks, as (major, minor).
+    pub fn driver_api_version(&self) -> (u32, u32) {
+        (self.driver_version >> 4, self.driver_version & 0xf)
+    }
 }
 
 /// The library and its function table, loaded on first use.
@@ -344,6 +353,7 @@ fn load_api() -> Result<Api, NvencError> {
     );
     Ok(Api {
         fns,
+        driver_version: version,
         _library: library,
     })
 }
@@ -669,6 +679,27 @@ impl Drop for Session {
 mod tests {
     use super::*;
     use crate::video::VideoError;
+
+    /// NVIDIA's real libnvidia-encode (driver 535, Debian non-free, which
+    /// `scripts/test` puts on LD_LIBRARY_PATH): the version handshake and
+    /// every entry point of the function table, without a GPU.
+    #[test]
+    fn the_real_library_speaks_the_api_version_our_headers_need() {
+        if std::env::var_os("LPW_NVIDIA_DRIVER_LIBS").is_none() {
+            eprintln!("skipped: NVIDIA's libraries are not on the path (bash scripts/test)");
+            return;
+        }
+        let api = api().expect("libnvidia-encode loads, hands shakes and fills its table");
+        let driver = api.driver_api_version();
+        // Driver 535 speaks NVENC API 12.1, the version of our headers.
+        assert_eq!(driver, (12, 1));
+        assert!(driver >= (HEADER_API_VERSION >> 4, HEADER_API_VERSION & 0xf));
+        // The handshake refuses a driver older than the headers, naming both.
+        let e = check_api_version(0xc0, HEADER_API_VERSION)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("12.0") && e.contains("12.1"), "{e}");
+    }
 
     #[test]
     fn no_library_here_means_false_not_a_panic() {
