@@ -3,7 +3,6 @@
 //! their `api` modules, since their libraries report their own statuses.
 
 use cudarc::driver::DriverError;
-use cudarc::nvrtc::sys::nvrtcResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -39,12 +38,13 @@ pub fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
 /// Why NVRTC could not compile the kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum NvrtcError {
-    #[error("libnvrtc could not be loaded (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib directory on LD_LIBRARY_PATH)")]
-    NotFound,
-    #[error("NVRTC {call} failed: {code:?}")]
+    #[error("libnvrtc could not be loaded (tried {tried}): install the CUDA toolkit's NVRTC or the nvidia-cuda-nvrtc wheel and put its lib directory on LD_LIBRARY_PATH, or name the file in LPWORKER_NVRTC_LIBRARY")]
+    NotFound { tried: String },
+    #[error("NVRTC {call} failed: {message} (status {code})")]
     Call {
         call: &'static str,
-        code: nvrtcResult,
+        code: i32,
+        message: String,
     },
     #[error("kernels do not compile for {arch}:\n{log}")]
     Compile { arch: String, log: String },

@@ -1,17 +1,18 @@
-//! The CUDA kernels, compiled and loaded for one GPU: NVRTC (loaded at run
-//! time through cudarc) compiles them to PTX and to a cubin for the device's
+//! The CUDA kernels, compiled and loaded for one GPU: NVRTC (opened at run
+//! time by [`super::nvrtc`]) compiles them to PTX and to a cubin for the device's
 //! architecture; the driver loads the cubin, else the PTX of the same compile
 //! (the driver compiles it), and a GPU newer than NVRTC gets PTX for the
 //! newest architecture NVRTC knows. Compiling needs no GPU or driver: NVRTC
 //! is a compiler library.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::CString;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{result, sys, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use super::error::{failed, GpuError, NvrtcError};
+use super::nvrtc;
 
 /// Kernels compiled for one architecture.
 #[derive(Debug, Clone)]
@@ -36,64 +37,15 @@ pub fn kernel_source() -> String {
         })
 }
 
-fn text(raw: &[c_char]) -> String {
-    // SAFETY: NVRTC returns NUL-terminated strings; the buffer holds the terminator.
-    unsafe { CStr::from_ptr(raw.as_ptr()) }
-        .to_string_lossy()
-        .trim()
-        .to_string()
-}
-
 /// NVRTC's version, or NotFound when the library is missing.
 pub fn nvrtc_version() -> Result<(i32, i32), NvrtcError> {
-    // cudarc panics when the library cannot be loaded: check first, so that
-    // nothing prints a panic, and still turn any panic into an error.
-    if !super::driver::nvrtc_library_loads() {
-        return Err(NvrtcError::NotFound);
-    }
-    std::panic::catch_unwind(|| {
-        let (mut major, mut minor) = (0, 0);
-        // SAFETY: two valid out-pointers.
-        let code = unsafe { sys::nvrtcVersion(&mut major, &mut minor) };
-        (code, major, minor)
-    })
-    .map_err(|_| NvrtcError::NotFound)
-    .and_then(|(code, major, minor)| match code {
-        sys::nvrtcResult::NVRTC_SUCCESS => Ok((major, minor)),
-        code => Err(NvrtcError::Call {
-            call: "nvrtcVersion",
-            code,
-        }),
-    })
+    nvrtc::library()?.version()
 }
 
 /// The real GPU architectures NVRTC compiles for, as numbers (90 for sm_90),
 /// ascending.
 pub fn supported_archs() -> Result<Vec<i32>, NvrtcError> {
-    nvrtc_version()?;
-    let mut count = 0;
-    // SAFETY: a valid out-pointer.
-    match unsafe { sys::nvrtcGetNumSupportedArchs(&mut count) } {
-        sys::nvrtcResult::NVRTC_SUCCESS => {}
-        code => {
-            return Err(NvrtcError::Call {
-                call: "nvrtcGetNumSupportedArchs",
-                code,
-            })
-        }
-    }
-    let mut archs = vec![0; count.max(0) as usize];
-    // SAFETY: the buffer holds as many entries as NVRTC reported.
-    match unsafe { sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) } {
-        sys::nvrtcResult::NVRTC_SUCCESS => {
-            archs.sort_unstable();
-            Ok(archs)
-        }
-        code => Err(NvrtcError::Call {
-            call: "nvrtcGetSupportedArchs",
-            code,
-        }),
-    }
+    nvrtc::library()?.supported_archs()
 }
 
 /// Compiles every kernel for `arch` (e.g. "sm_90"), without fused
@@ -104,67 +56,32 @@ pub fn compile(arch: &str) -> Result<Compiled, NvrtcError> {
 
 /// Compiles CUDA `source` for `arch` with the kernels' options.
 pub fn compile_source(source: &str, arch: &str) -> Result<Compiled, NvrtcError> {
-    nvrtc_version()?;
+    let nvrtc = nvrtc::library()?;
     let source = CString::new(source).map_err(|_| NvrtcError::Compile {
         arch: arch.to_string(),
         log: "source contains NUL".into(),
     })?;
-    let name = CString::new("resize.cu").expect("static name");
-    let call =
-        |call: &'static str| move |e: result::NvrtcError| NvrtcError::Call { call, code: e.0 };
-    let prog = result::create_program(&source, Some(&name)).map_err(call("nvrtcCreateProgram"))?;
+    let program = nvrtc.program(&source, c"resize.cu")?;
     let options = [
         format!("--gpu-architecture={arch}"),
         "--fmad=false".into(),
         "--std=c++17".into(),
-    ];
-    // SAFETY: `prog` is a live program from create_program, destroyed below on every path.
-    let compiled = unsafe { result::compile_program(prog, &options) };
-    // SAFETY: as above.
-    let log = unsafe { result::get_program_log(prog) }
-        .map(|l| text(&l))
-        .unwrap_or_default();
-    let out = compiled
-        .map_err(|_| NvrtcError::Compile {
+    ]
+    .map(|option| CString::new(option).expect("options have no NUL"));
+    let compiled = program.compile(&options);
+    let log = program.log().unwrap_or_default();
+    if compiled.is_err() {
+        return Err(NvrtcError::Compile {
             arch: arch.to_string(),
-            log: log.clone(),
-        })
-        .and_then(|()| {
-            // SAFETY: as above; the program compiled, so PTX and cubin exist.
-            let ptx = unsafe { result::get_ptx(prog) }.map_err(call("nvrtcGetPTX"))?;
-            let mut size = 0usize;
-            // SAFETY: as above, with a valid out-pointer, then a buffer of the reported size.
-            let cubin = unsafe {
-                match sys::nvrtcGetCUBINSize(prog, &mut size) {
-                    sys::nvrtcResult::NVRTC_SUCCESS => {}
-                    code => {
-                        return Err(NvrtcError::Call {
-                            call: "nvrtcGetCUBINSize",
-                            code,
-                        })
-                    }
-                }
-                let mut buf = vec![0u8; size];
-                match sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast()) {
-                    sys::nvrtcResult::NVRTC_SUCCESS => buf,
-                    code => {
-                        return Err(NvrtcError::Call {
-                            call: "nvrtcGetCUBIN",
-                            code,
-                        })
-                    }
-                }
-            };
-            Ok(Compiled {
-                arch: arch.to_string(),
-                ptx: text(&ptx),
-                cubin,
-                log: log.clone(),
-            })
+            log,
         });
-    // SAFETY: destroyed exactly once.
-    let _ = unsafe { result::destroy_program(prog) };
-    out
+    }
+    Ok(Compiled {
+        arch: arch.to_string(),
+        ptx: program.ptx()?,
+        cubin: program.cubin()?,
+        log,
+    })
 }
 
 /// How the kernels were loaded.
