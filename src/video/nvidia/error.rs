@@ -26,8 +26,28 @@ pub enum GpuError {
     UnsupportedArch(i32),
     #[error("the resize kernels compiled for {arch} did not load: {reason}")]
     Load { arch: String, reason: String },
+    /// The driver is older than the PTX NVRTC wrote: a newer NVRTC writes a
+    /// newer PTX ISA, which only a driver of that CUDA version or later loads.
+    #[error(transparent)]
+    DriverOlderThanPtx(Box<DriverOlderThanPtx>),
     #[error("invalid frame or ladder: {0}")]
     Invalid(String),
+}
+
+/// The versions behind [`GpuError::DriverOlderThanPtx`] (boxed: the
+/// variant would make every `GpuError` this big).
+#[derive(Debug, thiserror::Error)]
+#[error("the resize kernels' PTX ({arch}, PTX ISA {ptx_isa} from NVRTC {nvrtc}) needs a driver for {needs}, but this driver supports CUDA {driver}: update the driver, or point LPWORKER_NVRTC_LIBRARY at an NVRTC no newer than CUDA {driver} ({reason})")]
+pub struct DriverOlderThanPtx {
+    pub arch: String,
+    pub ptx_isa: String,
+    pub nvrtc: String,
+    /// The oldest driver that loads the PTX, e.g. "CUDA 12.9 (Linux driver 575 or newer)".
+    pub needs: String,
+    /// The CUDA version the driver supports, e.g. "12.8".
+    pub driver: String,
+    /// The driver's own error.
+    pub reason: String,
 }
 
 /// Maps a failed driver call to `GpuError::Driver` naming the call.
