@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-report")]
     pub out: PathBuf,
     /// Instead, check and time the NVIDIA resize kernels on GPU 0 and print
-    /// JSON (needs a build with `--features nvidia`).
+    /// JSON (needs the `nvidia` feature, on by default).
     #[arg(long)]
     pub gpu_kernels: bool,
     /// Instead, compare the selected backend (--backend/--nvidia) with the
@@ -167,7 +167,7 @@ fn gpu_kernels() -> Result<()> {
 
 #[cfg(not(feature = "nvidia"))]
 fn gpu_kernels() -> Result<()> {
-    bail!("--gpu-kernels needs the NVIDIA backend: this lpworker was built without `--features nvidia`")
+    bail!("--gpu-kernels needs the NVIDIA backend: this lpworker was built without the `nvidia` feature (--no-default-features)")
 }
 
 fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {
