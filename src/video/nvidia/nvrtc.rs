@@ -30,6 +30,10 @@ pub const LIBRARY_ENV: &str = "LPWORKER_NVRTC_LIBRARY";
 type Status = c_int;
 /// `nvrtcProgram`, an opaque handle.
 type RawProgram = *mut c_void;
+/// The functions that report the size of a program's output (log, PTX, cubin).
+type OutputSizeFn = unsafe extern "C" fn(RawProgram, *mut usize) -> Status;
+/// The functions that copy a program's output into a buffer of that size.
+type OutputFn = unsafe extern "C" fn(RawProgram, *mut c_char) -> Status;
 
 /// The loaded library and the functions lpworker calls.
 pub struct Nvrtc {
@@ -47,12 +51,12 @@ pub struct Nvrtc {
         *const *const c_char,
     ) -> Status,
     compile_program: unsafe extern "C" fn(RawProgram, c_int, *const *const c_char) -> Status,
-    get_program_log_size: unsafe extern "C" fn(RawProgram, *mut usize) -> Status,
-    get_program_log: unsafe extern "C" fn(RawProgram, *mut c_char) -> Status,
-    get_cubin_size: unsafe extern "C" fn(RawProgram, *mut usize) -> Status,
-    get_cubin: unsafe extern "C" fn(RawProgram, *mut c_char) -> Status,
-    get_ptx_size: unsafe extern "C" fn(RawProgram, *mut usize) -> Status,
-    get_ptx: unsafe extern "C" fn(RawProgram, *mut c_char) -> Status,
+    get_program_log_size: OutputSizeFn,
+    get_program_log: OutputFn,
+    get_cubin_size: OutputSizeFn,
+    get_cubin: OutputFn,
+    get_ptx_size: OutputSizeFn,
+    get_ptx: OutputFn,
     destroy_program: unsafe extern "C" fn(*mut RawProgram) -> Status,
     get_error_string: unsafe extern "C" fn(Status) -> *const c_char,
     // Keeps the functions above mapped; never unloaded while they are used.
@@ -240,17 +244,10 @@ impl Program<'_> {
     }
 
     /// Reads one of the program's outputs: its size, then the bytes.
-    #[allow(clippy::type_complexity)]
     fn read(
         &self,
-        (size_call, size_fn): (
-            &'static str,
-            unsafe extern "C" fn(RawProgram, *mut usize) -> Status,
-        ),
-        (read_call, read_fn): (
-            &'static str,
-            unsafe extern "C" fn(RawProgram, *mut c_char) -> Status,
-        ),
+        (size_call, size_fn): (&'static str, OutputSizeFn),
+        (read_call, read_fn): (&'static str, OutputFn),
     ) -> Result<Vec<u8>, NvrtcError> {
         let mut size = 0usize;
         // SAFETY: a live program and a valid out-pointer.
