@@ -20,7 +20,7 @@ fn gpu_kernels_bench_fails_clearly_without_a_gpu() {
     let expected = if cfg!(feature = "nvidia") {
         "no NVIDIA GPU usable"
     } else {
-        "built without `--features nvidia`"
+        "built without the `nvidia` feature"
     };
     assert!(stderr.contains(expected), "{stderr}");
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -32,6 +32,18 @@ fn kernels_compile_cleanly_for_every_shipped_architecture() {
             compiled.cubin.len() > 1000 && compiled.cubin.starts_with(b"\x7fELF"),
             "{arch}: cubin"
         );
+        // The PTX's ISA needs a driver of NVRTC's own CUDA version (12.9
+        // writes ISA 8.8: CUDA 12.9, driver 575; 12.6 kept 12.5's 8.5),
+        // which the fallback names.
+        let isa = kernels::ptx_isa(&compiled.ptx).expect("a .version line");
+        let floor = kernels::ptx_driver_floor(isa)
+            .unwrap_or_else(|| panic!("{arch}: PTX ISA {isa:?} not in the table"));
+        let nvrtc = major * 1000 + minor * 10;
+        assert!(
+            floor.cuda_version <= nvrtc && floor.cuda_version / 1000 == major,
+            "{arch}: PTX ISA {isa:?} needs CUDA {}, from NVRTC {major}.{minor}",
+            floor.cuda_version
+        );
     }
 }
 

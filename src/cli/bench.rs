@@ -58,7 +58,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-report")]
     pub out: PathBuf,
     /// Instead, check and time the NVIDIA resize kernels on GPU 0 and print
-    /// JSON (needs a build with `--features nvidia`).
+    /// JSON (needs the `nvidia` feature, on by default).
     #[arg(long)]
     pub gpu_kernels: bool,
     /// Instead, compare the selected backend (--backend/--nvidia) with the
@@ -137,11 +137,7 @@ pub struct BenchArgs {
 /// `--compare-backends`: the selected backend against the CPU's, gated.
 fn compare_backends(args: &BenchArgs, clip: &std::path::Path) -> Result<()> {
     let input = std::fs::read(clip).with_context(|| format!("reading {}", clip.display()))?;
-    let backend = probe::select_backend(
-        args.video.backend,
-        args.video.nvidia.as_ref(),
-        &probe::probe(),
-    )?;
+    let backend = args.video.select(&probe::probe())?;
     let options = TranscodeOptions {
         profiles: VideoProfile::from_spec(&args.profiles)?,
         preset: args.video.preset.clone(),
@@ -171,7 +167,7 @@ fn gpu_kernels() -> Result<()> {
 
 #[cfg(not(feature = "nvidia"))]
 fn gpu_kernels() -> Result<()> {
-    bail!("--gpu-kernels needs the NVIDIA backend: this lpworker was built without `--features nvidia`")
+    bail!("--gpu-kernels needs the NVIDIA backend: this lpworker was built without the `nvidia` feature (--no-default-features)")
 }
 
 fn levels(args: &BenchArgs, cores: usize) -> Vec<usize> {

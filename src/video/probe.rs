@@ -206,7 +206,8 @@ fn nvidia_backend(selection: &GpuSelection) -> Result<Arc<dyn VideoBackend>, Vid
 #[cfg(not(feature = "nvidia"))]
 fn nvidia_backend(_selection: &GpuSelection) -> Result<Arc<dyn VideoBackend>, VideoError> {
     Err(VideoError::BackendUnavailable(
-        "nvidia (this lpworker was built without `--features nvidia`)".into(),
+        "nvidia (this lpworker was built without the `nvidia` feature: --no-default-features)"
+            .into(),
     ))
 }
 

@@ -78,7 +78,7 @@ impl GpuContext {
             memory_bytes: ctx.total_mem().map_err(failed("cuDeviceTotalMem"))?,
             driver_version,
         };
-        let kernels = Kernels::load(&ctx, device.compute_capability)?;
+        let kernels = Kernels::load(&ctx, device.compute_capability, device.driver_version)?;
         let stream = ctx.new_stream().map_err(failed("cuStreamCreate"))?;
         tracing::info!(
             gpu = %device.name,

@@ -1,16 +1,17 @@
 //! The CUDA driver as every other part meets it: whether the libraries
-//! cudarc loads at run time are present, checked before cudarc is called
+//! loaded at run time are present (the driver's checked before cudarc is
+//! called
 //! (cudarc panics when it cannot load a library, and even a caught panic
 //! prints "panicked at" on stderr, which must not be how a machine without a
-//! GPU is reported); cudarc's panics caught; a context bound to the calling
-//! thread.
+//! GPU is reported; NVRTC is opened by `super::nvrtc`, not cudarc); cudarc's
+//! panics caught; a context bound to the calling thread.
 
 use std::sync::OnceLock;
 
 use cudarc::driver::{CudaContext, DriverError};
 
-/// Whether one of the file names cudarc tries for `lib` ("cuda", "nvrtc")
-/// loads, i.e. whether cudarc's first call would find the library.
+/// Whether one of the file names cudarc tries for `lib` ("cuda") loads, i.e.
+/// whether cudarc's first call would find the library.
 fn cudarc_library_loads(lib: &str) -> bool {
     cudarc::get_lib_name_candidates(lib).iter().any(|name| {
         // SAFETY: loading NVIDIA's own driver or compiler library runs only
@@ -25,10 +26,10 @@ pub fn cuda_library_loads() -> bool {
     *LOADS.get_or_init(|| cudarc_library_loads("cuda"))
 }
 
-/// The NVRTC library loads.
+/// The NVRTC library loads, under the names and in the order the kernels'
+/// compile opens it (NVRTC 13 first, then 12).
 pub fn nvrtc_library_loads() -> bool {
-    static LOADS: OnceLock<bool> = OnceLock::new();
-    *LOADS.get_or_init(|| cudarc_library_loads("nvrtc"))
+    super::nvrtc::library().is_ok()
 }
 
 /// Runs `f`, turning a panic inside cudarc (a symbol missing from an old

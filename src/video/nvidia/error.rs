@@ -3,7 +3,6 @@
 //! their `api` modules, since their libraries report their own statuses.
 
 use cudarc::driver::DriverError;
-use cudarc::nvrtc::sys::nvrtcResult;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -27,8 +26,28 @@ pub enum GpuError {
     UnsupportedArch(i32),
     #[error("the resize kernels compiled for {arch} did not load: {reason}")]
     Load { arch: String, reason: String },
+    /// The driver is older than the PTX NVRTC wrote: a newer NVRTC writes a
+    /// newer PTX ISA, which only a driver of that CUDA version or later loads.
+    #[error(transparent)]
+    DriverOlderThanPtx(Box<DriverOlderThanPtx>),
     #[error("invalid frame or ladder: {0}")]
     Invalid(String),
+}
+
+/// The versions behind [`GpuError::DriverOlderThanPtx`] (boxed: the
+/// variant would make every `GpuError` this big).
+#[derive(Debug, thiserror::Error)]
+#[error("the resize kernels' PTX ({arch}, PTX ISA {ptx_isa} from NVRTC {nvrtc}) needs a driver for {needs}, but this driver supports CUDA {driver}: update the driver, or point LPWORKER_NVRTC_LIBRARY at an NVRTC no newer than CUDA {driver} ({reason})")]
+pub struct DriverOlderThanPtx {
+    pub arch: String,
+    pub ptx_isa: String,
+    pub nvrtc: String,
+    /// The oldest driver that loads the PTX, e.g. "CUDA 12.9 (Linux driver 575 or newer)".
+    pub needs: String,
+    /// The CUDA version the driver supports, e.g. "12.8".
+    pub driver: String,
+    /// The driver's own error.
+    pub reason: String,
 }
 
 /// Maps a failed driver call to `GpuError::Driver` naming the call.
@@ -39,12 +58,13 @@ pub fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
 /// Why NVRTC could not compile the kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum NvrtcError {
-    #[error("libnvrtc could not be loaded (install the nvidia-cuda-nvrtc wheel or the CUDA toolkit and put its lib directory on LD_LIBRARY_PATH)")]
-    NotFound,
-    #[error("NVRTC {call} failed: {code:?}")]
+    #[error("libnvrtc could not be loaded (tried {tried}): install the CUDA toolkit's NVRTC or the nvidia-cuda-nvrtc wheel and put its lib directory on LD_LIBRARY_PATH, or name the file in LPWORKER_NVRTC_LIBRARY")]
+    NotFound { tried: String },
+    #[error("NVRTC {call} failed: {message} (status {code})")]
     Call {
         call: &'static str,
-        code: nvrtcResult,
+        code: i32,
+        message: String,
     },
     #[error("kernels do not compile for {arch}:\n{log}")]
     Compile { arch: String, log: String },

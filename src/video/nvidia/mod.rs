@@ -4,9 +4,10 @@
 //! GPU-side parts need the `nvidia` feature; they are layered so that
 //! dependencies point one way, each `unsafe` driver call written once in the
 //! layer that owns its handle:
-//! - the libraries: `driver` (CUDA through cudarc), `nvdec::api` and
-//!   `nvenc::api` (loaded at run time, every call wrapped once), `kernels`
-//!   (NVRTC compilation and module loading), `probe` (the GPUs present);
+//! - the libraries: `driver` (CUDA through cudarc), `nvrtc`, `nvdec::api`
+//!   and `nvenc::api` (loaded at run time, every call wrapped once),
+//!   `kernels` (NVRTC compilation and module loading), `probe` (the GPUs
+//!   present);
 //! - one GPU: `engines` (what NVDEC and NVENC do on it), `device` (its
 //!   context, stream, kernels and sessions), `frame` (pictures in its memory
 //!   and on the host, and the copies between them);
@@ -39,6 +40,8 @@ pub mod kernels;
 pub mod nvdec;
 #[cfg(feature = "nvidia")]
 pub mod nvenc;
+#[cfg(feature = "nvidia")]
+pub mod nvrtc;
 #[cfg(feature = "nvidia")]
 pub mod probe;
 #[cfg(feature = "nvidia")]
