@@ -1,6 +1,7 @@
 //! The NVIDIA backend. Its pieces that are checked on every machine: the
 //! CUDA kernels' sources, the Rust reference of their arithmetic, the Rust
-//! mirror of their ladder argument, and which GPUs `--nvidia` names. The
+//! mirror of their ladder argument, the shape of their launch (`launch`),
+//! and which GPUs `--nvidia` names. The
 //! GPU-side parts need the `nvidia` feature; they are layered so that
 //! dependencies point one way, each `unsafe` driver call written once in the
 //! layer that owns its handle:
@@ -17,6 +18,7 @@
 //!   `backend` (the `VideoBackend` over them all).
 
 pub mod ladder;
+pub mod launch;
 pub mod reference;
 pub mod selection;
 

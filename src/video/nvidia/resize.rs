@@ -7,10 +7,8 @@ use super::device::GpuContext;
 use super::error::{failed, GpuError};
 use super::frame::{DeviceFrame, PixelFormat};
 use super::ladder::{LpwLadder, LpwPlane, MAX_RENDITIONS};
+use super::launch;
 use super::reference::Filter;
-
-/// Threads per block: 32 x 8 output samples, a warp per row segment.
-const BLOCK: (u32, u32) = (32, 8);
 
 /// The entry point in resize.cu for `format` and `filter`.
 fn kernel(format: PixelFormat, filter: Filter) -> &'static str {
@@ -49,7 +47,6 @@ pub fn scale_ladder(
         count: outputs.len() as i32,
         ..Default::default()
     };
-    let (mut grid_width, mut grid_height) = (0u32, 0u32);
     // The guards record the planes' writes on the stream once dropped,
     // which must be after the launch is queued.
     let mut writes = Vec::with_capacity(outputs.len() * 2);
@@ -73,16 +70,12 @@ pub fn scale_ladder(
             width: width / 2,
             height: height / 2,
         };
-        grid_width = grid_width.max(width as u32);
-        grid_height = grid_height.max(height as u32);
     }
+    // The same geometry the CPU run of the kernels uses (launch.rs).
+    let geometry = launch::ladder_launch_geometry(&ladder);
     let config = LaunchConfig {
-        grid_dim: (
-            grid_width.div_ceil(BLOCK.0),
-            grid_height.div_ceil(BLOCK.1),
-            2 * ladder.count as u32,
-        ),
-        block_dim: (BLOCK.0, BLOCK.1, 1),
+        grid_dim: geometry.grid,
+        block_dim: geometry.block,
         shared_mem_bytes: 0,
     };
     let (src_width, src_height) = (src.width as i32, src.height as i32);
@@ -98,7 +91,8 @@ pub fn scale_ladder(
         .arg(&ladder);
     // SAFETY: the arguments match the kernels' signature in resize.cu
     // (two source planes with their pitches, the source size, the ladder
-    // by value, whose layout tests check); every plane the ladder points
+    // by value: launch::LADDER_KERNEL_PARAMS, which tests/kernel_abi.rs
+    // checks against the compiled kernels); every plane the ladder points
     // to is a live allocation of the stated pitch x rows, borrowed
     // mutably until the launch is queued, and the grid covers the
     // largest plane while the kernels bound-check each one.
