@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 
 use super::driver;
 use super::engines::Engines;
@@ -58,6 +58,7 @@ impl GpuContext {
         if ordinal >= count.max(0) as usize {
             return Err(GpuError::NoDevice { ordinal, count });
         }
+        request_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
         // SAFETY: every allocation and launch of this context runs on its one
         // stream, in order, so cudarc's cross-stream events are not needed;
@@ -121,6 +122,43 @@ impl GpuContext {
         self.stream
             .synchronize()
             .map_err(failed("cuStreamSynchronize"))
+    }
+}
+
+/// Asks for `CU_CTX_SCHED_BLOCKING_SYNC` on GPU `ordinal`'s primary context
+/// before it is retained, as FFmpeg's hwcontext_cuda does: a host thread
+/// waiting on the GPU (every decoded picture's copy-out, every NVENC upload)
+/// then sleeps on an interrupt instead of spinning a core, which with dozens
+/// of sessions would use more CPU than the software around them. The flags
+/// cannot change while the context is already active (another engine in this
+/// process retained it first), which is logged and otherwise harmless.
+fn request_blocking_sync(ordinal: usize) {
+    let wanted = sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32;
+    let set = || -> Result<Option<u32>, DriverError> {
+        let device = result::device::get(ordinal as i32)?;
+        let (mut flags, mut active) = (0, 0);
+        // SAFETY: a device handle from cuDeviceGet and valid out-pointers.
+        unsafe { sys::cuDevicePrimaryCtxGetState(device, &mut flags, &mut active) }.result()?;
+        if active != 0 {
+            return Ok((flags & wanted == 0).then_some(flags));
+        }
+        // SAFETY: a device handle from cuDeviceGet; only scheduling flags,
+        // set while the primary context is inactive.
+        unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(device, wanted) }.result()?;
+        Ok(None)
+    };
+    match set() {
+        Ok(None) => {}
+        Ok(Some(flags)) => tracing::warn!(
+            gpu = ordinal,
+            flags,
+            "the GPU's CUDA context was already active without blocking sync: threads waiting on it spin"
+        ),
+        Err(e) => tracing::warn!(
+            gpu = ordinal,
+            error = %e,
+            "cuDevicePrimaryCtxSetFlags failed: threads waiting on the GPU spin"
+        ),
     }
 }
 
