@@ -60,6 +60,7 @@ impl GpuContext {
         }
         request_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
+        keep_freed_memory_pooled(&ctx);
         // SAFETY: every allocation and launch of this context runs on its one
         // stream, in order, so cudarc's cross-stream events are not needed;
         // without them a launch is a bare cuLaunchKernel, which a CUDA graph
@@ -159,6 +160,44 @@ fn request_blocking_sync(ordinal: usize) {
             error = %e,
             "cuDevicePrimaryCtxSetFlags failed: threads waiting on the GPU spin"
         ),
+    }
+}
+
+/// cudarc allocates with cuMemAllocAsync from the device's current memory
+/// pool whenever the device supports pools, and frees with cuMemFreeAsync.
+/// The pool's release threshold defaults to 0: at every stream
+/// synchronisation (one per decoded picture, one per encoded frame) freed
+/// memory goes back to the driver and the next frame maps it again. With the
+/// threshold at its maximum the pool keeps what it has and hands it out again
+/// in stream order, which is the per-format frame pool this work needs,
+/// without a pool of our own that would have to track which stream last read
+/// a buffer. Failing leaves allocation correct, just slower: logged.
+fn keep_freed_memory_pooled(ctx: &CudaContext) {
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    let set = || -> Result<(), DriverError> {
+        let device = result::device::get(ctx.ordinal() as i32)?;
+        // SAFETY: a device handle from cuDeviceGet.
+        let pool = unsafe { result::device::get_mem_pool(device) }?;
+        let mut threshold = u64::MAX;
+        // SAFETY: a pool handle from cuDeviceGetMemPool; the release
+        // threshold attribute takes a pointer to a cuuint64_t.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+        .result()
+    };
+    if let Err(e) = set() {
+        tracing::warn!(
+            gpu = ctx.ordinal(),
+            error = %e,
+            "the GPU's memory pool could not keep freed frames: each frame is mapped afresh"
+        );
     }
 }
 

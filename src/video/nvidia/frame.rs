@@ -141,7 +141,11 @@ pub struct DeviceFrame {
 
 impl DeviceFrame {
     /// A device frame of `width` x `height` on `stream`'s device, rows
-    /// aligned to 256 bytes, zeroed.
+    /// aligned to 256 bytes, its contents undefined: every producer (the
+    /// decoder's copy-out, the resize kernels, an upload) overwrites the whole
+    /// picture, so zeroing it first would only cost a memset per plane per
+    /// frame. Freed memory is reused from the device's pool (see
+    /// `device::keep_freed_memory_pooled`), so this is cheap per frame.
     pub fn alloc(
         stream: &Arc<CudaStream>,
         format: PixelFormat,
@@ -150,12 +154,12 @@ impl DeviceFrame {
     ) -> Result<Self, GpuError> {
         check_size(width, height)?;
         let pitch = (width * format.bytes_per_sample()).next_multiple_of(PITCH_ALIGN);
-        let luma = stream
-            .alloc_zeros::<u8>(pitch * height)
-            .map_err(failed("cuMemAlloc"))?;
-        let chroma = stream
-            .alloc_zeros::<u8>(pitch * (height / 2))
-            .map_err(failed("cuMemAlloc"))?;
+        // SAFETY: any byte is a valid `u8`; the picture is written before it
+        // is read (see above), and the row padding is never shown.
+        let luma = unsafe { stream.alloc::<u8>(pitch * height) }.map_err(failed("cuMemAlloc"))?;
+        // SAFETY: as for the luma plane.
+        let chroma =
+            unsafe { stream.alloc::<u8>(pitch * (height / 2)) }.map_err(failed("cuMemAlloc"))?;
         Ok(DeviceFrame {
             format,
             width,
