@@ -137,10 +137,14 @@ pub struct BenchArgs {
 /// `--compare-backends`: the selected backend against the CPU's, gated.
 fn compare_backends(args: &BenchArgs, clip: &std::path::Path) -> Result<()> {
     let input = std::fs::read(clip).with_context(|| format!("reading {}", clip.display()))?;
-    let backend = probe::select_backend(args.backend, args.nvidia.as_ref(), &probe::probe())?;
+    let backend = probe::select_backend(
+        args.video.backend,
+        args.video.nvidia.as_ref(),
+        &probe::probe(),
+    )?;
     let options = TranscodeOptions {
         profiles: VideoProfile::from_spec(&args.profiles)?,
-        preset: args.preset.clone(),
+        preset: args.video.preset.clone(),
         ..Default::default()
     };
     let reference: Arc<dyn lpworker::video::VideoBackend> =
