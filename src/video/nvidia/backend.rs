@@ -9,13 +9,17 @@
 //!   on the CPU for that segment.
 //!
 //! Each segment's decoder picks the least busy of the backend's GPUs, so
-//! sessions spread over every GPU given to `--nvidia`.
+//! sessions spread over every GPU given to `--nvidia`. A GPU whose context a
+//! sticky CUDA error poisoned (checked whenever a GPU stage fails) takes no
+//! new sessions until it is re-opened; with every GPU out, segments are
+//! decoded on the CPU.
 
 use std::sync::Arc;
 
 use ffmpeg_next as ff;
 
 use super::device::{GpuDevice, SessionGuard};
+use super::error::GpuError;
 use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
 use super::probe::GpuInfo;
 use super::reference::Filter;
@@ -41,7 +45,8 @@ impl NvidiaBackend {
         })
     }
 
-    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+    /// The GPUs open now (one being re-opened after a fault is left out).
+    pub fn gpus(&self) -> Vec<Arc<GpuDevice>> {
         self.gpus.gpus()
     }
 }
@@ -58,7 +63,10 @@ impl VideoBackend for NvidiaBackend {
             );
             return Ok(Box::new(CpuDecoder::new(stream)?));
         }
-        let gpu = self.gpus.pick()?;
+        let Some(gpu) = self.gpus.pick()? else {
+            tracing::warn!("every GPU is out of rotation after a fault: CPU decode");
+            return Ok(Box::new(CpuDecoder::new(stream)?));
+        };
         let session = gpu.begin_session();
         match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
             Ok(decoder) => Ok(Box::new(FallbackDecoder::new(
@@ -162,6 +170,9 @@ impl Decoder for FallbackDecoder {
         if emitted {
             self.replay = None;
         }
+        if let (Err(VideoError::Gpu { .. }), Some((_, Some(session)))) = (&result, &self.gpu) {
+            session.device().check_after_failure();
+        }
         match result {
             Err(VideoError::Gpu { stage, message }) if self.replay.is_some() => {
                 tracing::warn!(
@@ -198,7 +209,7 @@ impl Scaler for FollowingScaler {
             self.width as usize,
             self.height as usize,
         )
-        .map_err(VideoError::gpu("frame allocation"))?;
+        .map_err(failure_on(&src.device, "frame allocation"))?;
         let filter = if self.width < frame.width || self.height < frame.height {
             Filter::Area
         } else {
@@ -210,7 +221,7 @@ impl Scaler for FollowingScaler {
             std::slice::from_mut(&mut out),
             filter,
         )
-        .map_err(VideoError::gpu("scale"))?;
+        .map_err(failure_on(&src.device, "scale"))?;
         Ok(Frame {
             pts: frame.pts,
             width: self.width,
@@ -231,7 +242,8 @@ struct FollowingEncoder {
 }
 
 enum BoundEncoder {
-    Nvenc(Box<nvenc::NvencEncoder>),
+    /// With its GPU, checked for a fault when the encoder fails.
+    Nvenc(Box<nvenc::NvencEncoder>, Arc<GpuDevice>),
     Download(CpuEncoder),
     Cpu(CpuEncoder),
 }
@@ -245,7 +257,7 @@ impl FollowingEncoder {
         let codec = self.settings.profile.codec;
         if gpu.engines().encodes(codec) {
             match nvenc::NvencEncoder::new(Arc::clone(gpu), &self.settings) {
-                Ok(encoder) => return Ok(BoundEncoder::Nvenc(Box::new(encoder))),
+                Ok(encoder) => return Ok(BoundEncoder::Nvenc(Box::new(encoder), Arc::clone(gpu))),
                 // Every NVENC session slot taken (consumer cards cap them),
                 // or the settings refused: the CPU keeps the rendition going.
                 Err(e) => tracing::warn!(
@@ -275,7 +287,13 @@ impl Encoder for FollowingEncoder {
             }
         };
         match inner {
-            BoundEncoder::Nvenc(nvenc) => nvenc.encode(frame, emit),
+            BoundEncoder::Nvenc(nvenc, gpu) => {
+                let result = nvenc.encode(frame, emit);
+                if let Err(VideoError::Gpu { .. }) = &result {
+                    gpu.check_after_failure();
+                }
+                result
+            }
             BoundEncoder::Cpu(cpu) => cpu.encode(frame, emit),
             BoundEncoder::Download(cpu) => match frame.map(|f| (f, &f.data)) {
                 Some((frame, FrameData::Device(gpu))) => {
@@ -288,7 +306,7 @@ impl Encoder for FollowingEncoder {
 
     fn parameters(&self) -> ff::codec::Parameters {
         match &self.inner {
-            Some(BoundEncoder::Nvenc(e)) => e.parameters(),
+            Some(BoundEncoder::Nvenc(e, _)) => e.parameters(),
             Some(BoundEncoder::Download(e) | BoundEncoder::Cpu(e)) => e.parameters(),
             None => ff::codec::Parameters::new(),
         }
@@ -301,8 +319,20 @@ pub(crate) fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
     let host = gpu
         .frame
         .download(gpu.device.stream())
-        .map_err(VideoError::gpu("download"))?;
+        .map_err(failure_on(&gpu.device, "download"))?;
     Ok(Frame::host(nv12_to_yuv420p(&host)?, pts))
+}
+
+/// A GPU stage's failure as a `VideoError`, once the GPU was checked for a
+/// sticky error (which takes it out of rotation).
+fn failure_on<'a>(
+    device: &'a GpuDevice,
+    stage: &'static str,
+) -> impl FnOnce(GpuError) -> VideoError + 'a {
+    move |e| {
+        device.check_after_failure();
+        VideoError::gpu(stage)(e)
+    }
 }
 
 #[cfg(test)]

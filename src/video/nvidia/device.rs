@@ -4,14 +4,14 @@
 //! so that new sessions go to the least busy GPU.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 
 use super::driver;
 use super::engines::Engines;
-use super::error::{failed, GpuError};
+use super::error::{failed, is_sticky, GpuError};
 use super::kernels::{KernelImage, Kernels};
 use super::probe::GpuInfo;
 
@@ -207,22 +207,69 @@ pub struct GpuDevice {
     gpu: GpuContext,
     sessions: AtomicUsize,
     engines: OnceLock<Engines>,
+    /// The context returned a sticky error: no new session is given this
+    /// GPU, and it is re-opened once nothing holds it any more.
+    faulted: AtomicBool,
+}
+
+/// GPUs taken out of rotation since the process started, for metrics.
+static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a GPU was taken out of rotation after a sticky CUDA error.
+pub fn faults_total() -> u64 {
+    FAULTS.load(Ordering::Relaxed)
+}
+
+/// The GPUs opened so far, one per index, shared by the probe and backends.
+fn shared() -> std::sync::MutexGuard<'static, HashMap<u32, Arc<GpuDevice>>> {
+    static OPEN: OnceLock<Mutex<HashMap<u32, Arc<GpuDevice>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Opens GPU `info.index` once per process: the kernels are compiled at open
 /// (NVRTC, seconds), and the probe and the backend share the device.
 pub fn open_shared(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
-    static OPEN: OnceLock<Mutex<HashMap<u32, Arc<GpuDevice>>>> = OnceLock::new();
-    let mut open = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut open = shared();
     if let Some(device) = open.get(&info.index) {
         return Ok(Arc::clone(device));
     }
     let device = GpuDevice::open(info.clone())?;
     open.insert(info.index, Arc::clone(&device));
     Ok(device)
+}
+
+/// Opens GPU `info` again after it faulted and every handle of its old
+/// context was dropped (see [`GpuDevice::check_after_failure`]). Dropping
+/// our last reference released the primary context, which the driver then
+/// destroys; if something else in the process (an AI engine) still retains
+/// it, it is reset explicitly: after a sticky error it is unusable to them
+/// too. The fresh context gets the same flags and kernels as the first.
+pub fn reopen(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
+    let reset = || -> Result<bool, DriverError> {
+        let device = result::device::get(info.index as i32)?;
+        let (mut flags, mut active) = (0, 0);
+        // SAFETY: a device handle from cuDeviceGet and valid out-pointers.
+        unsafe { sys::cuDevicePrimaryCtxGetState(device, &mut flags, &mut active) }.result()?;
+        if active == 0 {
+            return Ok(false);
+        }
+        // SAFETY: a device handle from cuDeviceGet; none of our handles of
+        // the old context remain (the caller's contract).
+        unsafe { sys::cuDevicePrimaryCtxReset_v2(device) }.result()?;
+        Ok(true)
+    };
+    match driver::catch_panic(reset) {
+        Ok(Ok(true)) => tracing::warn!(
+            gpu = info.index,
+            "the faulted GPU's context was still retained elsewhere in the process: reset"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => return Err(failed("cuDevicePrimaryCtxReset")(e)),
+        Err(message) => return Err(GpuError::DriverPanic(message)),
+    }
+    open_shared(info)
 }
 
 impl std::fmt::Debug for GpuDevice {
@@ -243,7 +290,59 @@ impl GpuDevice {
             gpu,
             sessions: AtomicUsize::new(0),
             engines: OnceLock::new(),
+            faulted: AtomicBool::new(false),
         }))
+    }
+
+    /// Whether the GPU's context returned a sticky error: it takes no new
+    /// sessions until re-opened.
+    pub fn is_faulted(&self) -> bool {
+        self.faulted.load(Ordering::Relaxed)
+    }
+
+    /// Called after a GPU stage failed: asks the context whether the failure
+    /// poisoned it (cuCtxSynchronize returns a sticky error again, whoever
+    /// caused it) and if so takes the GPU out of rotation. Returns whether
+    /// the GPU is faulted. Costs a context-wide wait, on failures only.
+    pub fn check_after_failure(&self) -> bool {
+        if self.is_faulted() {
+            return true;
+        }
+        let status = driver::catch_panic(|| {
+            driver::bind(self.context())?;
+            // SAFETY: the context was made current on this thread above.
+            unsafe { sys::cuCtxSynchronize() }.result()
+        });
+        match status {
+            Ok(Err(DriverError(code))) if is_sticky(code) => {
+                self.take_out_of_rotation(code);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take_out_of_rotation(&self, code: sys::CUresult) {
+        if self.faulted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        FAULTS.fetch_add(1, Ordering::Relaxed);
+        // New opens of this index (the probe's) must not get the poisoned
+        // context; the backend re-opens it once its sessions have ended.
+        let mut open = shared();
+        if open
+            .get(&self.info.index)
+            .is_some_and(|d| std::ptr::eq(Arc::as_ptr(d), self))
+        {
+            open.remove(&self.info.index);
+        }
+        tracing::error!(
+            gpu = self.info.index,
+            name = %self.info.name,
+            error = ?code,
+            sessions = self.sessions(),
+            "GPU context unusable after a sticky CUDA error: out of rotation until its sessions end and it is re-opened"
+        );
     }
 
     pub fn info(&self) -> &GpuInfo {
@@ -286,6 +385,12 @@ impl GpuDevice {
 /// Holds one session's place on a GPU (see [`GpuDevice::begin_session`]).
 #[derive(Debug)]
 pub struct SessionGuard(Arc<GpuDevice>);
+
+impl SessionGuard {
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.0
+    }
+}
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
