@@ -16,10 +16,11 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use ffmpeg_next as ff;
 
 use super::device::{GpuDevice, SessionGuard};
-use super::error::GpuError;
+use super::error::{failed, GpuError};
 use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
 use super::probe::GpuInfo;
 use super::reference::Filter;
@@ -86,6 +87,7 @@ impl VideoBackend for NvidiaBackend {
             width,
             height,
             cpu: None,
+            stream: None,
         }))
     }
 
@@ -192,6 +194,22 @@ struct FollowingScaler {
     width: u32,
     height: u32,
     cpu: Option<CpuScaler>,
+    /// The rendition's own stream on the GPU its frames come from, made at
+    /// the first GPU frame.
+    stream: Option<Arc<CudaStream>>,
+}
+
+impl FollowingScaler {
+    /// The rendition's stream on `device`, made on first use (again if the
+    /// frames moved to another GPU).
+    fn stream_on(&mut self, device: &GpuDevice) -> Result<Arc<CudaStream>, GpuError> {
+        match &self.stream {
+            Some(stream) if Arc::ptr_eq(stream.context(), device.context()) => {
+                Ok(Arc::clone(stream))
+            }
+            _ => Ok(Arc::clone(self.stream.insert(device.new_stream()?))),
+        }
+    }
 }
 
 impl Scaler for FollowingScaler {
@@ -203,8 +221,11 @@ impl Scaler for FollowingScaler {
                 .get_or_insert_with(|| CpuScaler::new(width, height))
                 .scale(frame);
         };
+        let stream = self
+            .stream_on(&src.device)
+            .map_err(failure_on(&src.device, "stream creation"))?;
         let mut out = DeviceFrame::alloc(
-            src.device.stream(),
+            &stream,
             src.frame.format,
             self.width as usize,
             self.height as usize,
@@ -215,13 +236,19 @@ impl Scaler for FollowingScaler {
         } else {
             Filter::Bilinear
         };
-        resize::scale_ladder(
+        resize::scale_ladder_on(
             src.device.gpu(),
+            &stream,
             &src.frame,
             std::slice::from_mut(&mut out),
             filter,
         )
         .map_err(failure_on(&src.device, "scale"))?;
+        // The source may be freed once this returns, in the order of the
+        // decoder's stream, which knows nothing of this read: wait for it.
+        stream
+            .synchronize()
+            .map_err(|e| failure_on(&src.device, "scale")(failed("cuStreamSynchronize")(e)))?;
         Ok(Frame {
             pts: frame.pts,
             width: self.width,
@@ -229,6 +256,7 @@ impl Scaler for FollowingScaler {
             data: FrameData::Device(GpuFrame {
                 device: Arc::clone(&src.device),
                 frame: out,
+                stream,
             }),
         })
     }
@@ -318,7 +346,7 @@ impl Encoder for FollowingEncoder {
 pub(crate) fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
     let host = gpu
         .frame
-        .download(gpu.device.stream())
+        .download(&gpu.stream)
         .map_err(failure_on(&gpu.device, "download"))?;
     Ok(Frame::host(nv12_to_yuv420p(&host)?, pts))
 }

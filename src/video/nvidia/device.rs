@@ -1,7 +1,8 @@
-//! One GPU opened for transcoding: its CUDA context, the one stream every
-//! copy and kernel of its frames runs on, the kernels loaded for it, what
-//! its video engines can do, and how many transcode sessions it is running,
-//! so that new sessions go to the least busy GPU.
+//! One GPU opened for transcoding: its CUDA context, a shared stream (for
+//! the kernels bench; each decoder and rendition makes its own), the kernels
+//! loaded for it, what its video engines can do, how many transcode sessions
+//! it is running, so that new sessions go to the least busy GPU, and whether
+//! a sticky CUDA error took it out of rotation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,12 +27,14 @@ pub struct DeviceInfo {
     pub driver_version: i32,
 }
 
-/// A GPU opened for our own work: its primary context, one stream, and the
-/// kernels compiled and loaded for its architecture.
+/// A GPU opened for our own work: its primary context, a shared stream, and
+/// the kernels compiled and loaded for its architecture.
 ///
-/// Every call runs on the one stream, so the output planes, which the
-/// kernels reach through raw addresses in the ladder argument, are ordered
-/// with the copies that read them back.
+/// Work on one stream is ordered, so the output planes, which the kernels
+/// reach through raw addresses in the ladder argument, are written before
+/// the copies on that stream read them back. Between streams (a decoder's
+/// and its renditions') the order comes from waits, see
+/// [`super::frame::GpuFrame`].
 pub struct GpuContext {
     stream: Arc<CudaStream>,
     kernels: Kernels,
@@ -61,10 +64,12 @@ impl GpuContext {
         request_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
         keep_freed_memory_pooled(&ctx);
-        // SAFETY: every allocation and launch of this context runs on its one
-        // stream, in order, so cudarc's cross-stream events are not needed;
-        // without them a launch is a bare cuLaunchKernel, which a CUDA graph
-        // can capture. Set before anything is allocated.
+        // SAFETY: a frame crosses streams only complete (its producer waited
+        // for its stream) and is dropped only after the reader on the other
+        // stream waited for its reads (see `GpuFrame`), so cudarc's
+        // cross-stream events are not needed; without them a launch is a
+        // bare cuLaunchKernel, which a CUDA graph can capture. Set before
+        // anything is allocated.
         unsafe { ctx.disable_event_tracking() };
         let mut driver_version = 0;
         // SAFETY: a valid out-pointer; the driver is initialised (cuInit above).
@@ -360,7 +365,8 @@ impl GpuDevice {
         &self.gpu
     }
 
-    /// The stream every copy and kernel of this GPU's frames runs on.
+    /// The GPU's shared stream, for the kernels bench and one-off work;
+    /// decoders and renditions each run on their own ([`Self::new_stream`]).
     pub fn stream(&self) -> &Arc<CudaStream> {
         self.gpu.stream()
     }
@@ -368,6 +374,15 @@ impl GpuDevice {
     /// The CUDA context (the device's primary context) NVDEC and NVENC use.
     pub fn context(&self) -> &Arc<CudaContext> {
         self.gpu.context()
+    }
+
+    /// A new stream on this GPU for one decoder or one rendition, so its
+    /// copies and kernels, and its waits for them, are not queued behind
+    /// every other session's work on the GPU.
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>, GpuError> {
+        self.context()
+            .new_stream()
+            .map_err(failed("cuStreamCreate"))
     }
 
     /// Transcode sessions running on this GPU now.

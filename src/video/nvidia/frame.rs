@@ -2,8 +2,9 @@
 //! memory, the copies between them, and a decoded or scaled picture tagged
 //! with the GPU it lives on.
 //!
-//! Every copy is queued on the stream it is given, the GPU's one stream, so
-//! it is ordered with the kernels and the other copies of that GPU.
+//! Every copy is queued on the stream it is given: the decoder's or the
+//! rendition's own, so it is ordered with that session's kernels and copies
+//! and waits for no other session's.
 
 use std::ptr;
 use std::sync::Arc;
@@ -309,11 +310,22 @@ impl DeviceFrame {
     }
 }
 
-/// A decoded or scaled picture in a GPU's memory, with the GPU it lives on.
+/// A decoded or scaled picture in a GPU's memory, with the GPU it lives on
+/// and the stream that wrote it.
+///
+/// Every producer (the decoder, a scaler) has waited for its stream before
+/// handing the frame on, so the picture is complete whichever stream a
+/// consumer reads it on, and no event is needed between them: the decoder
+/// must wait anyway before unmapping NVDEC's surface, and the scaler's wait
+/// is what lets its source go (below). The planes are freed in the order of
+/// the stream that allocated them when the frame is dropped, so a consumer
+/// reading on another stream waits for its own reads before letting go of
+/// the frame; the scaler, NVENC's upload and the download all do.
 #[derive(Debug)]
 pub struct GpuFrame {
     pub device: Arc<GpuDevice>,
     pub frame: DeviceFrame,
+    pub stream: Arc<CudaStream>,
 }
 
 /// Device memory from cuMemAllocPitch: `rows` rows of at least `row_bytes`

@@ -15,6 +15,7 @@ mod parser;
 
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use ffmpeg_next as ff;
 
 use super::device::GpuDevice;
@@ -77,6 +78,8 @@ impl AnnexB {
 pub struct NvdecDecoder {
     parser: Parser,
     device: Arc<GpuDevice>,
+    /// The stream this decoder's pictures are copied out on, its own.
+    stream: Arc<CudaStream>,
     annexb: AnnexB,
     /// The end of stream was sent to the parser.
     flushed: bool,
@@ -130,12 +133,21 @@ impl NvdecDecoder {
             ))));
         }
         let clock = ParserClock::for_time_base(stream.time_base);
-        let parser = Parser::new(api, Arc::clone(&device), codec, limits, clock.rate)
-            .map_err(VideoError::gpu(SETUP))?;
+        let stream = device.new_stream().map_err(VideoError::gpu(SETUP))?;
+        let parser = Parser::new(
+            api,
+            Arc::clone(&device),
+            Arc::clone(&stream),
+            codec,
+            limits,
+            clock.rate,
+        )
+        .map_err(VideoError::gpu(SETUP))?;
         tracing::debug!(codec = codec.name(), ?limits, "NVDEC parser created");
         Ok(NvdecDecoder {
             parser,
             device,
+            stream,
             annexb,
             flushed: false,
             clock,
@@ -182,6 +194,7 @@ impl Decoder for NvdecDecoder {
                 data: FrameData::Device(GpuFrame {
                     device: Arc::clone(&self.device),
                     frame,
+                    stream: Arc::clone(&self.stream),
                 }),
             })?;
         }
@@ -340,7 +353,7 @@ mod tests {
                         let FrameData::Device(f) = &frame.data else {
                             panic!("a host frame from NVDEC");
                         };
-                        let host = f.frame.download(f.device.stream()).expect("download");
+                        let host = f.frame.download(&f.stream).expect("download");
                         let (w, h) = (host.width, host.height);
                         let plane = |data: &[u8], pitch: usize, rows: usize| -> Vec<u8> {
                             (0..rows)

@@ -7,8 +7,8 @@
 //! * the decode callback for every picture, in decode order:
 //!   `cuvidDecodePicture`;
 //! * the display callback for every picture, in display order: the decoded
-//!   surface is mapped and copied into a fresh [`DeviceFrame`] on the GPU's
-//!   stream, then unmapped.
+//!   surface is mapped and copied into a fresh [`DeviceFrame`] on the decoder's
+//!   own stream, then unmapped.
 //!
 //! The callbacks run synchronously inside `cuvidParseVideoData` on the thread
 //! that parses; they never unwind into the parser.
@@ -37,7 +37,8 @@ use crate::video::profile::VideoCodec;
 /// it is alive while the parser runs.
 pub(super) struct ParserState {
     api: &'static Api,
-    device: Arc<GpuDevice>,
+    /// The decoder's own stream: its copy-outs wait for nobody else's work.
+    stream: Arc<CudaStream>,
     codec: VideoCodec,
     limits: DecodeLimits,
     decoder: Option<VideoDecoder>,
@@ -221,7 +222,7 @@ impl ParserState {
             unpaired_field: c_int::from(info.repeat_first_field < 0),
             ..Default::default()
         };
-        let picture = match decoder.map(index, params, self.device.stream()) {
+        let picture = match decoder.map(index, params, &self.stream) {
             Ok(picture) => picture,
             Err(result) => {
                 if decoder.decode_status(index) == Some(did_not_decode) {
@@ -240,9 +241,9 @@ impl ParserState {
             Some(s) if s == cuvidDecodeStatus::cuvidDecodeStatus_Error_Concealed as u32 => {
                 // libavcodec shows concealed pictures too.
                 tracing::debug!(index, "NVDEC concealed errors in a picture");
-                copy_picture(&self.device, &picture, &config).map(Some)
+                copy_picture(&self.stream, &picture, &config).map(Some)
             }
-            _ => copy_picture(&self.device, &picture, &config).map(Some),
+            _ => copy_picture(&self.stream, &picture, &config).map(Some),
         };
         // The copies reading the surface have finished (the stream was
         // synchronised) or failed.
@@ -256,15 +257,14 @@ impl ParserState {
     }
 }
 
-/// Copies a mapped NV12 surface into a new frame on the GPU's stream and
-/// waits for the copies.
+/// Copies a mapped NV12 surface into a new frame on the decoder's stream
+/// and waits for the copies.
 fn copy_picture(
-    device: &GpuDevice,
+    stream: &Arc<CudaStream>,
     picture: &MappedPicture,
     config: &DecoderConfig,
 ) -> Result<DeviceFrame, NvdecError> {
     let (width, height) = (config.target_width as usize, config.target_height as usize);
-    let stream = device.stream();
     let mut frame =
         DeviceFrame::alloc(stream, PixelFormat::Nv12, width, height).map_err(NvdecError::Alloc)?;
     let (luma_pitch, chroma_pitch) = (frame.luma_pitch(), frame.chroma_pitch());
@@ -391,6 +391,7 @@ impl Parser {
     pub(super) fn new(
         api: &'static Api,
         device: Arc<GpuDevice>,
+        stream: Arc<CudaStream>,
         codec: VideoCodec,
         limits: DecodeLimits,
         clock_rate: u32,
@@ -398,7 +399,7 @@ impl Parser {
         let context = Arc::clone(device.context());
         let state = Box::into_raw(Box::new(ParserState {
             api,
-            device,
+            stream,
             codec,
             limits,
             decoder: None,
