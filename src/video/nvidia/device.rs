@@ -274,6 +274,9 @@ pub fn reopen(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
         Ok(Err(e)) => return Err(failed("cuDevicePrimaryCtxReset")(e)),
         Err(message) => return Err(GpuError::DriverPanic(message)),
     }
+    // A device opened meanwhile (by the probe) got the poisoned context, or
+    // the one just reset: never hand that out again.
+    shared().remove(&info.index);
     open_shared(info)
 }
 
