@@ -56,7 +56,7 @@ impl Metrics {
                 .expect("unique metric");
             h
         };
-        Metrics {
+        let metrics = Metrics {
             requests: counter(
                 "requests_total",
                 "gRPC requests by method and status code",
@@ -91,7 +91,19 @@ impl Metrics {
             queue_seconds: histogram("queue_seconds", "Time from arrival to the engine starting"),
             compute_seconds: histogram("compute_seconds", "Engine time per segment"),
             registry,
-        }
+        };
+        #[cfg(feature = "nvidia")]
+        metrics
+            .registry
+            .register(Box::new(GpuFaults(
+                prometheus::IntCounter::new(
+                    "gpu_faults_total",
+                    "GPUs taken out of rotation after a sticky CUDA error",
+                )
+                .expect("valid counter"),
+            )))
+            .expect("unique metric");
+        metrics
     }
 
     /// The registry in Prometheus' text exposition format.
@@ -101,6 +113,25 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("Prometheus text is UTF-8")
+    }
+}
+
+/// The NVIDIA backend's count of GPU faults, read when scraped: the backend
+/// counts them itself, since a fault is found deep in a GPU stage, far from
+/// any request's metrics.
+#[cfg(feature = "nvidia")]
+struct GpuFaults(prometheus::IntCounter);
+
+#[cfg(feature = "nvidia")]
+impl prometheus::core::Collector for GpuFaults {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let faults = crate::video::nvidia::device::faults_total();
+        self.0.inc_by(faults.saturating_sub(self.0.get()));
+        self.0.collect()
     }
 }
 
@@ -257,5 +288,16 @@ mod tests {
         assert!(text
             .contains("lpworker_renditions_total{backend=\"cpu\",profile=\"P240p30fps16x9\"} 1"));
         assert!(text.len() < 16 << 10);
+    }
+
+    #[cfg(feature = "nvidia")]
+    #[test]
+    fn gpu_faults_are_scraped_from_the_nvidia_backend() {
+        let text = render(&Metrics::new().registry);
+        let faults = crate::video::nvidia::device::faults_total();
+        assert!(
+            text.contains(&format!("lpworker_gpu_faults_total {faults}")),
+            "{text}"
+        );
     }
 }

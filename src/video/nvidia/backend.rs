@@ -9,13 +9,18 @@
 //!   on the CPU for that segment.
 //!
 //! Each segment's decoder picks the least busy of the backend's GPUs, so
-//! sessions spread over every GPU given to `--nvidia`.
+//! sessions spread over every GPU given to `--nvidia`. A GPU whose context a
+//! sticky CUDA error poisoned (checked whenever a GPU stage fails) takes no
+//! new sessions until it is re-opened; with every GPU out, segments are
+//! decoded on the CPU.
 
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use ffmpeg_next as ff;
 
 use super::device::{GpuDevice, SessionGuard};
+use super::error::{failed, GpuError};
 use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
 use super::probe::GpuInfo;
 use super::reference::Filter;
@@ -41,7 +46,8 @@ impl NvidiaBackend {
         })
     }
 
-    pub fn gpus(&self) -> &[Arc<GpuDevice>] {
+    /// The GPUs open now (one being re-opened after a fault is left out).
+    pub fn gpus(&self) -> Vec<Arc<GpuDevice>> {
         self.gpus.gpus()
     }
 }
@@ -58,7 +64,10 @@ impl VideoBackend for NvidiaBackend {
             );
             return Ok(Box::new(CpuDecoder::new(stream)?));
         }
-        let gpu = self.gpus.pick()?;
+        let Some(gpu) = self.gpus.pick()? else {
+            tracing::warn!("every GPU is out of rotation after a fault: CPU decode");
+            return Ok(Box::new(CpuDecoder::new(stream)?));
+        };
         let session = gpu.begin_session();
         match nvdec::NvdecDecoder::new(Arc::clone(&gpu), stream) {
             Ok(decoder) => Ok(Box::new(FallbackDecoder::new(
@@ -78,6 +87,7 @@ impl VideoBackend for NvidiaBackend {
             width,
             height,
             cpu: None,
+            stream: None,
         }))
     }
 
@@ -162,6 +172,9 @@ impl Decoder for FallbackDecoder {
         if emitted {
             self.replay = None;
         }
+        if let (Err(VideoError::Gpu { .. }), Some((_, Some(session)))) = (&result, &self.gpu) {
+            session.device().check_after_failure();
+        }
         match result {
             Err(VideoError::Gpu { stage, message }) if self.replay.is_some() => {
                 tracing::warn!(
@@ -181,6 +194,22 @@ struct FollowingScaler {
     width: u32,
     height: u32,
     cpu: Option<CpuScaler>,
+    /// The rendition's own stream on the GPU its frames come from, made at
+    /// the first GPU frame.
+    stream: Option<Arc<CudaStream>>,
+}
+
+impl FollowingScaler {
+    /// The rendition's stream on `device`, made on first use (again if the
+    /// frames moved to another GPU).
+    fn stream_on(&mut self, device: &GpuDevice) -> Result<Arc<CudaStream>, GpuError> {
+        match &self.stream {
+            Some(stream) if Arc::ptr_eq(stream.context(), device.context()) => {
+                Ok(Arc::clone(stream))
+            }
+            _ => Ok(Arc::clone(self.stream.insert(device.new_stream()?))),
+        }
+    }
 }
 
 impl Scaler for FollowingScaler {
@@ -192,25 +221,34 @@ impl Scaler for FollowingScaler {
                 .get_or_insert_with(|| CpuScaler::new(width, height))
                 .scale(frame);
         };
+        let stream = self
+            .stream_on(&src.device)
+            .map_err(failure_on(&src.device, "stream creation"))?;
         let mut out = DeviceFrame::alloc(
-            src.device.stream(),
+            &stream,
             src.frame.format,
             self.width as usize,
             self.height as usize,
         )
-        .map_err(VideoError::gpu("frame allocation"))?;
+        .map_err(failure_on(&src.device, "frame allocation"))?;
         let filter = if self.width < frame.width || self.height < frame.height {
             Filter::Area
         } else {
             Filter::Bilinear
         };
-        resize::scale_ladder(
+        resize::scale_ladder_on(
             src.device.gpu(),
+            &stream,
             &src.frame,
             std::slice::from_mut(&mut out),
             filter,
         )
-        .map_err(VideoError::gpu("scale"))?;
+        .map_err(failure_on(&src.device, "scale"))?;
+        // The source may be freed once this returns, in the order of the
+        // decoder's stream, which knows nothing of this read: wait for it.
+        stream
+            .synchronize()
+            .map_err(|e| failure_on(&src.device, "scale")(failed("cuStreamSynchronize")(e)))?;
         Ok(Frame {
             pts: frame.pts,
             width: self.width,
@@ -218,6 +256,7 @@ impl Scaler for FollowingScaler {
             data: FrameData::Device(GpuFrame {
                 device: Arc::clone(&src.device),
                 frame: out,
+                stream,
             }),
         })
     }
@@ -231,7 +270,8 @@ struct FollowingEncoder {
 }
 
 enum BoundEncoder {
-    Nvenc(Box<nvenc::NvencEncoder>),
+    /// With its GPU, checked for a fault when the encoder fails.
+    Nvenc(Box<nvenc::NvencEncoder>, Arc<GpuDevice>),
     Download(CpuEncoder),
     Cpu(CpuEncoder),
 }
@@ -245,7 +285,7 @@ impl FollowingEncoder {
         let codec = self.settings.profile.codec;
         if gpu.engines().encodes(codec) {
             match nvenc::NvencEncoder::new(Arc::clone(gpu), &self.settings) {
-                Ok(encoder) => return Ok(BoundEncoder::Nvenc(Box::new(encoder))),
+                Ok(encoder) => return Ok(BoundEncoder::Nvenc(Box::new(encoder), Arc::clone(gpu))),
                 // Every NVENC session slot taken (consumer cards cap them),
                 // or the settings refused: the CPU keeps the rendition going.
                 Err(e) => tracing::warn!(
@@ -275,7 +315,13 @@ impl Encoder for FollowingEncoder {
             }
         };
         match inner {
-            BoundEncoder::Nvenc(nvenc) => nvenc.encode(frame, emit),
+            BoundEncoder::Nvenc(nvenc, gpu) => {
+                let result = nvenc.encode(frame, emit);
+                if let Err(VideoError::Gpu { .. }) = &result {
+                    gpu.check_after_failure();
+                }
+                result
+            }
             BoundEncoder::Cpu(cpu) => cpu.encode(frame, emit),
             BoundEncoder::Download(cpu) => match frame.map(|f| (f, &f.data)) {
                 Some((frame, FrameData::Device(gpu))) => {
@@ -288,7 +334,7 @@ impl Encoder for FollowingEncoder {
 
     fn parameters(&self) -> ff::codec::Parameters {
         match &self.inner {
-            Some(BoundEncoder::Nvenc(e)) => e.parameters(),
+            Some(BoundEncoder::Nvenc(e, _)) => e.parameters(),
             Some(BoundEncoder::Download(e) | BoundEncoder::Cpu(e)) => e.parameters(),
             None => ff::codec::Parameters::new(),
         }
@@ -300,9 +346,21 @@ impl Encoder for FollowingEncoder {
 pub(crate) fn download(gpu: &GpuFrame, pts: i64) -> Result<Frame, VideoError> {
     let host = gpu
         .frame
-        .download(gpu.device.stream())
-        .map_err(VideoError::gpu("download"))?;
+        .download(&gpu.stream)
+        .map_err(failure_on(&gpu.device, "download"))?;
     Ok(Frame::host(nv12_to_yuv420p(&host)?, pts))
+}
+
+/// A GPU stage's failure as a `VideoError`, once the GPU was checked for a
+/// sticky error (which takes it out of rotation).
+fn failure_on<'a>(
+    device: &'a GpuDevice,
+    stage: &'static str,
+) -> impl FnOnce(GpuError) -> VideoError + 'a {
+    move |e| {
+        device.check_after_failure();
+        VideoError::gpu(stage)(e)
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
-//! One GPU opened for transcoding: its CUDA context, the one stream every
-//! copy and kernel of its frames runs on, the kernels loaded for it, what
-//! its video engines can do, and how many transcode sessions it is running,
-//! so that new sessions go to the least busy GPU.
+//! One GPU opened for transcoding: its CUDA context, a shared stream (for
+//! the kernels bench; each decoder and rendition makes its own), the kernels
+//! loaded for it, what its video engines can do, how many transcode sessions
+//! it is running, so that new sessions go to the least busy GPU, and whether
+//! a sticky CUDA error took it out of rotation.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 
 use super::driver;
 use super::engines::Engines;
-use super::error::{failed, GpuError};
+use super::error::{failed, is_sticky, GpuError};
 use super::kernels::{KernelImage, Kernels};
 use super::probe::GpuInfo;
 
@@ -26,12 +27,14 @@ pub struct DeviceInfo {
     pub driver_version: i32,
 }
 
-/// A GPU opened for our own work: its primary context, one stream, and the
-/// kernels compiled and loaded for its architecture.
+/// A GPU opened for our own work: its primary context, a shared stream, and
+/// the kernels compiled and loaded for its architecture.
 ///
-/// Every call runs on the one stream, so the output planes, which the
-/// kernels reach through raw addresses in the ladder argument, are ordered
-/// with the copies that read them back.
+/// Work on one stream is ordered, so the output planes, which the kernels
+/// reach through raw addresses in the ladder argument, are written before
+/// the copies on that stream read them back. Between streams (a decoder's
+/// and its renditions') the order comes from waits, see
+/// [`super::frame::GpuFrame`].
 pub struct GpuContext {
     stream: Arc<CudaStream>,
     kernels: Kernels,
@@ -58,11 +61,15 @@ impl GpuContext {
         if ordinal >= count.max(0) as usize {
             return Err(GpuError::NoDevice { ordinal, count });
         }
+        request_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
-        // SAFETY: every allocation and launch of this context runs on its one
-        // stream, in order, so cudarc's cross-stream events are not needed;
-        // without them a launch is a bare cuLaunchKernel, which a CUDA graph
-        // can capture. Set before anything is allocated.
+        keep_freed_memory_pooled(&ctx);
+        // SAFETY: a frame crosses streams only complete (its producer waited
+        // for its stream) and is dropped only after the reader on the other
+        // stream waited for its reads (see `GpuFrame`), so cudarc's
+        // cross-stream events are not needed; without them a launch is a
+        // bare cuLaunchKernel, which a CUDA graph can capture. Set before
+        // anything is allocated.
         unsafe { ctx.disable_event_tracking() };
         let mut driver_version = 0;
         // SAFETY: a valid out-pointer; the driver is initialised (cuInit above).
@@ -124,28 +131,153 @@ impl GpuContext {
     }
 }
 
+/// Asks for `CU_CTX_SCHED_BLOCKING_SYNC` on GPU `ordinal`'s primary context
+/// before it is retained, as FFmpeg's hwcontext_cuda does: a host thread
+/// waiting on the GPU (every decoded picture's copy-out, every NVENC upload)
+/// then sleeps on an interrupt instead of spinning a core, which with dozens
+/// of sessions would use more CPU than the software around them. The flags
+/// cannot change while the context is already active (another engine in this
+/// process retained it first), which is logged and otherwise harmless.
+fn request_blocking_sync(ordinal: usize) {
+    let wanted = sys::CUctx_flags::CU_CTX_SCHED_BLOCKING_SYNC as u32;
+    let set = || -> Result<Option<u32>, DriverError> {
+        let device = result::device::get(ordinal as i32)?;
+        let (mut flags, mut active) = (0, 0);
+        // SAFETY: a device handle from cuDeviceGet and valid out-pointers.
+        unsafe { sys::cuDevicePrimaryCtxGetState(device, &mut flags, &mut active) }.result()?;
+        if active != 0 {
+            return Ok((flags & wanted == 0).then_some(flags));
+        }
+        // SAFETY: a device handle from cuDeviceGet; only scheduling flags,
+        // set while the primary context is inactive.
+        unsafe { sys::cuDevicePrimaryCtxSetFlags_v2(device, wanted) }.result()?;
+        Ok(None)
+    };
+    match set() {
+        Ok(None) => {}
+        Ok(Some(flags)) => tracing::warn!(
+            gpu = ordinal,
+            flags,
+            "the GPU's CUDA context was already active without blocking sync: threads waiting on it spin"
+        ),
+        Err(e) => tracing::warn!(
+            gpu = ordinal,
+            error = %e,
+            "cuDevicePrimaryCtxSetFlags failed: threads waiting on the GPU spin"
+        ),
+    }
+}
+
+/// cudarc allocates with cuMemAllocAsync from the device's current memory
+/// pool whenever the device supports pools, and frees with cuMemFreeAsync.
+/// The pool's release threshold defaults to 0: at every stream
+/// synchronisation (one per decoded picture, one per encoded frame) freed
+/// memory goes back to the driver and the next frame maps it again. With the
+/// threshold at its maximum the pool keeps what it has and hands it out again
+/// in stream order, which is the per-format frame pool this work needs,
+/// without a pool of our own that would have to track which stream last read
+/// a buffer. Failing leaves allocation correct, just slower: logged.
+fn keep_freed_memory_pooled(ctx: &CudaContext) {
+    if !ctx.has_async_alloc() {
+        return;
+    }
+    let set = || -> Result<(), DriverError> {
+        let device = result::device::get(ctx.ordinal() as i32)?;
+        // SAFETY: a device handle from cuDeviceGet.
+        let pool = unsafe { result::device::get_mem_pool(device) }?;
+        let mut threshold = u64::MAX;
+        // SAFETY: a pool handle from cuDeviceGetMemPool; the release
+        // threshold attribute takes a pointer to a cuuint64_t.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+        }
+        .result()
+    };
+    if let Err(e) = set() {
+        tracing::warn!(
+            gpu = ctx.ordinal(),
+            error = %e,
+            "the GPU's memory pool could not keep freed frames: each frame is mapped afresh"
+        );
+    }
+}
+
 /// A GPU in use by the NVIDIA backend.
 pub struct GpuDevice {
     info: GpuInfo,
     gpu: GpuContext,
     sessions: AtomicUsize,
     engines: OnceLock<Engines>,
+    /// The context returned a sticky error: no new session is given this
+    /// GPU, and it is re-opened once nothing holds it any more.
+    faulted: AtomicBool,
+}
+
+/// GPUs taken out of rotation since the process started, for metrics.
+static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times a GPU was taken out of rotation after a sticky CUDA error.
+pub fn faults_total() -> u64 {
+    FAULTS.load(Ordering::Relaxed)
+}
+
+/// The GPUs opened so far, one per index, shared by the probe and backends.
+fn shared() -> std::sync::MutexGuard<'static, HashMap<u32, Arc<GpuDevice>>> {
+    static OPEN: OnceLock<Mutex<HashMap<u32, Arc<GpuDevice>>>> = OnceLock::new();
+    OPEN.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Opens GPU `info.index` once per process: the kernels are compiled at open
 /// (NVRTC, seconds), and the probe and the backend share the device.
 pub fn open_shared(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
-    static OPEN: OnceLock<Mutex<HashMap<u32, Arc<GpuDevice>>>> = OnceLock::new();
-    let mut open = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut open = shared();
     if let Some(device) = open.get(&info.index) {
         return Ok(Arc::clone(device));
     }
     let device = GpuDevice::open(info.clone())?;
     open.insert(info.index, Arc::clone(&device));
     Ok(device)
+}
+
+/// Opens GPU `info` again after it faulted and every handle of its old
+/// context was dropped (see [`GpuDevice::check_after_failure`]). Dropping
+/// our last reference released the primary context, which the driver then
+/// destroys; if something else in the process (an AI engine) still retains
+/// it, it is reset explicitly: after a sticky error it is unusable to them
+/// too. The fresh context gets the same flags and kernels as the first.
+pub fn reopen(info: &GpuInfo) -> Result<Arc<GpuDevice>, GpuError> {
+    let reset = || -> Result<bool, DriverError> {
+        let device = result::device::get(info.index as i32)?;
+        let (mut flags, mut active) = (0, 0);
+        // SAFETY: a device handle from cuDeviceGet and valid out-pointers.
+        unsafe { sys::cuDevicePrimaryCtxGetState(device, &mut flags, &mut active) }.result()?;
+        if active == 0 {
+            return Ok(false);
+        }
+        // SAFETY: a device handle from cuDeviceGet; none of our handles of
+        // the old context remain (the caller's contract).
+        unsafe { sys::cuDevicePrimaryCtxReset_v2(device) }.result()?;
+        Ok(true)
+    };
+    match driver::catch_panic(reset) {
+        Ok(Ok(true)) => tracing::warn!(
+            gpu = info.index,
+            "the faulted GPU's context was still retained elsewhere in the process: reset"
+        ),
+        Ok(Ok(false)) => {}
+        Ok(Err(e)) => return Err(failed("cuDevicePrimaryCtxReset")(e)),
+        Err(message) => return Err(GpuError::DriverPanic(message)),
+    }
+    // A device opened meanwhile (by the probe) got the poisoned context, or
+    // the one just reset: never hand that out again.
+    shared().remove(&info.index);
+    open_shared(info)
 }
 
 impl std::fmt::Debug for GpuDevice {
@@ -166,7 +298,59 @@ impl GpuDevice {
             gpu,
             sessions: AtomicUsize::new(0),
             engines: OnceLock::new(),
+            faulted: AtomicBool::new(false),
         }))
+    }
+
+    /// Whether the GPU's context returned a sticky error: it takes no new
+    /// sessions until re-opened.
+    pub fn is_faulted(&self) -> bool {
+        self.faulted.load(Ordering::Relaxed)
+    }
+
+    /// Called after a GPU stage failed: asks the context whether the failure
+    /// poisoned it (cuCtxSynchronize returns a sticky error again, whoever
+    /// caused it) and if so takes the GPU out of rotation. Returns whether
+    /// the GPU is faulted. Costs a context-wide wait, on failures only.
+    pub fn check_after_failure(&self) -> bool {
+        if self.is_faulted() {
+            return true;
+        }
+        let status = driver::catch_panic(|| {
+            driver::bind(self.context())?;
+            // SAFETY: the context was made current on this thread above.
+            unsafe { sys::cuCtxSynchronize() }.result()
+        });
+        match status {
+            Ok(Err(DriverError(code))) if is_sticky(code) => {
+                self.take_out_of_rotation(code);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take_out_of_rotation(&self, code: sys::CUresult) {
+        if self.faulted.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        FAULTS.fetch_add(1, Ordering::Relaxed);
+        // New opens of this index (the probe's) must not get the poisoned
+        // context; the backend re-opens it once its sessions have ended.
+        let mut open = shared();
+        if open
+            .get(&self.info.index)
+            .is_some_and(|d| std::ptr::eq(Arc::as_ptr(d), self))
+        {
+            open.remove(&self.info.index);
+        }
+        tracing::error!(
+            gpu = self.info.index,
+            name = %self.info.name,
+            error = ?code,
+            sessions = self.sessions(),
+            "GPU context unusable after a sticky CUDA error: out of rotation until its sessions end and it is re-opened"
+        );
     }
 
     pub fn info(&self) -> &GpuInfo {
@@ -184,7 +368,8 @@ impl GpuDevice {
         &self.gpu
     }
 
-    /// The stream every copy and kernel of this GPU's frames runs on.
+    /// The GPU's shared stream, for the kernels bench and one-off work;
+    /// decoders and renditions each run on their own ([`Self::new_stream`]).
     pub fn stream(&self) -> &Arc<CudaStream> {
         self.gpu.stream()
     }
@@ -192,6 +377,15 @@ impl GpuDevice {
     /// The CUDA context (the device's primary context) NVDEC and NVENC use.
     pub fn context(&self) -> &Arc<CudaContext> {
         self.gpu.context()
+    }
+
+    /// A new stream on this GPU for one decoder or one rendition, so its
+    /// copies and kernels, and its waits for them, are not queued behind
+    /// every other session's work on the GPU.
+    pub fn new_stream(&self) -> Result<Arc<CudaStream>, GpuError> {
+        self.context()
+            .new_stream()
+            .map_err(failed("cuStreamCreate"))
     }
 
     /// Transcode sessions running on this GPU now.
@@ -209,6 +403,12 @@ impl GpuDevice {
 /// Holds one session's place on a GPU (see [`GpuDevice::begin_session`]).
 #[derive(Debug)]
 pub struct SessionGuard(Arc<GpuDevice>);
+
+impl SessionGuard {
+    pub fn device(&self) -> &Arc<GpuDevice> {
+        &self.0
+    }
+}
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {

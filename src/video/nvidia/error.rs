@@ -2,7 +2,7 @@
 //! frames and launches) failed. NVDEC and NVENC have their own errors, in
 //! their `api` modules, since their libraries report their own statuses.
 
-use cudarc::driver::DriverError;
+use cudarc::driver::{sys::CUresult, DriverError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -55,6 +55,33 @@ pub fn failed(call: &'static str) -> impl Fn(DriverError) -> GpuError {
     move |source| GpuError::Driver { call, source }
 }
 
+/// Whether `code` leaves the CUDA context that returned it unusable: after
+/// these (a kernel that faulted, an uncorrectable memory error, a context
+/// torn down under us) every later call in the context fails with the same
+/// code, so the GPU can only be used again through a fresh context. Every
+/// other error (out of memory, an invalid argument, an unsupported format)
+/// fails that call alone.
+pub fn is_sticky(code: CUresult) -> bool {
+    use CUresult::*;
+    matches!(
+        code,
+        CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_FAILED
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_ECC_UNCORRECTABLE
+            | CUDA_ERROR_NVLINK_UNCORRECTABLE
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_CONTEXT_IS_DESTROYED
+            | CUDA_ERROR_EXTERNAL_DEVICE
+            | CUDA_ERROR_UNKNOWN
+    )
+}
+
 /// Why NVRTC could not compile the kernels.
 #[derive(Debug, thiserror::Error)]
 pub enum NvrtcError {
@@ -68,4 +95,38 @@ pub enum NvrtcError {
     },
     #[error("kernels do not compile for {arch}:\n{log}")]
     Compile { arch: String, log: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_that_poison_the_context_are_told_from_errors_of_one_call() {
+        use CUresult::*;
+        for sticky in [
+            CUDA_ERROR_ILLEGAL_ADDRESS,
+            CUDA_ERROR_LAUNCH_FAILED,
+            CUDA_ERROR_ECC_UNCORRECTABLE,
+            CUDA_ERROR_HARDWARE_STACK_ERROR,
+            CUDA_ERROR_ILLEGAL_INSTRUCTION,
+            CUDA_ERROR_MISALIGNED_ADDRESS,
+            CUDA_ERROR_INVALID_PC,
+            CUDA_ERROR_ASSERT,
+            CUDA_ERROR_CONTEXT_IS_DESTROYED,
+        ] {
+            assert!(is_sticky(sticky), "{sticky:?}");
+        }
+        for passing in [
+            CUDA_SUCCESS,
+            CUDA_ERROR_OUT_OF_MEMORY,
+            CUDA_ERROR_INVALID_VALUE,
+            CUDA_ERROR_NOT_SUPPORTED,
+            CUDA_ERROR_NOT_READY,
+            CUDA_ERROR_NO_DEVICE,
+            CUDA_ERROR_INVALID_CONTEXT,
+        ] {
+            assert!(!is_sticky(passing), "{passing:?}");
+        }
+    }
 }

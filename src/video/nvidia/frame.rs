@@ -2,8 +2,9 @@
 //! memory, the copies between them, and a decoded or scaled picture tagged
 //! with the GPU it lives on.
 //!
-//! Every copy is queued on the stream it is given, the GPU's one stream, so
-//! it is ordered with the kernels and the other copies of that GPU.
+//! Every copy is queued on the stream it is given: the decoder's or the
+//! rendition's own, so it is ordered with that session's kernels and copies
+//! and waits for no other session's.
 
 use std::ptr;
 use std::sync::Arc;
@@ -141,7 +142,11 @@ pub struct DeviceFrame {
 
 impl DeviceFrame {
     /// A device frame of `width` x `height` on `stream`'s device, rows
-    /// aligned to 256 bytes, zeroed.
+    /// aligned to 256 bytes, its contents undefined: every producer (the
+    /// decoder's copy-out, the resize kernels, an upload) overwrites the whole
+    /// picture, so zeroing it first would only cost a memset per plane per
+    /// frame. Freed memory is reused from the device's pool (see
+    /// `device::keep_freed_memory_pooled`), so this is cheap per frame.
     pub fn alloc(
         stream: &Arc<CudaStream>,
         format: PixelFormat,
@@ -150,12 +155,12 @@ impl DeviceFrame {
     ) -> Result<Self, GpuError> {
         check_size(width, height)?;
         let pitch = (width * format.bytes_per_sample()).next_multiple_of(PITCH_ALIGN);
-        let luma = stream
-            .alloc_zeros::<u8>(pitch * height)
-            .map_err(failed("cuMemAlloc"))?;
-        let chroma = stream
-            .alloc_zeros::<u8>(pitch * (height / 2))
-            .map_err(failed("cuMemAlloc"))?;
+        // SAFETY: any byte is a valid `u8`; the picture is written before it
+        // is read (see above), and the row padding is never shown.
+        let luma = unsafe { stream.alloc::<u8>(pitch * height) }.map_err(failed("cuMemAlloc"))?;
+        // SAFETY: as for the luma plane.
+        let chroma =
+            unsafe { stream.alloc::<u8>(pitch * (height / 2)) }.map_err(failed("cuMemAlloc"))?;
         Ok(DeviceFrame {
             format,
             width,
@@ -305,11 +310,22 @@ impl DeviceFrame {
     }
 }
 
-/// A decoded or scaled picture in a GPU's memory, with the GPU it lives on.
+/// A decoded or scaled picture in a GPU's memory, with the GPU it lives on
+/// and the stream that wrote it.
+///
+/// Every producer (the decoder, a scaler) has waited for its stream before
+/// handing the frame on, so the picture is complete whichever stream a
+/// consumer reads it on, and no event is needed between them: the decoder
+/// must wait anyway before unmapping NVDEC's surface, and the scaler's wait
+/// is what lets its source go (below). The planes are freed in the order of
+/// the stream that allocated them when the frame is dropped, so a consumer
+/// reading on another stream waits for its own reads before letting go of
+/// the frame; the scaler, NVENC's upload and the download all do.
 #[derive(Debug)]
 pub struct GpuFrame {
     pub device: Arc<GpuDevice>,
     pub frame: DeviceFrame,
+    pub stream: Arc<CudaStream>,
 }
 
 /// Device memory from cuMemAllocPitch: `rows` rows of at least `row_bytes`

@@ -1,7 +1,9 @@
 //! GPU resize of one NV12 or P010 frame into every rendition of a ladder in a
-//! single kernel launch (kernels/resize.cu), on the GPU's one stream.
+//! single kernel launch (kernels/resize.cu), on the stream it is given.
 
-use cudarc::driver::{DevicePtrMut, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::device::GpuContext;
 use super::error::{failed, GpuError};
@@ -20,10 +22,23 @@ fn kernel(format: PixelFormat, filter: Filter) -> &'static str {
     }
 }
 
-/// Queues one launch on `gpu`'s stream that scales `src` into every frame of
-/// `outputs` (1 to 8 renditions, all in `src`'s format) with `filter`.
+/// Queues one launch on `gpu`'s shared stream that scales `src` into every
+/// frame of `outputs` (1 to 8 renditions, all in `src`'s format) with
+/// `filter`.
 pub fn scale_ladder(
     gpu: &GpuContext,
+    src: &DeviceFrame,
+    outputs: &mut [DeviceFrame],
+    filter: Filter,
+) -> Result<(), GpuError> {
+    scale_ladder_on(gpu, gpu.stream(), src, outputs, filter)
+}
+
+/// [`scale_ladder`] on `stream`, a stream of `gpu`'s context (a rendition's
+/// own).
+pub fn scale_ladder_on(
+    gpu: &GpuContext,
+    stream: &Arc<CudaStream>,
     src: &DeviceFrame,
     outputs: &mut [DeviceFrame],
     filter: Filter,
@@ -41,7 +56,6 @@ pub fn scale_ladder(
             src.format.name()
         )));
     }
-    let stream = gpu.stream();
     let function = gpu.kernels().function(kernel(src.format, filter))?;
     let mut ladder = LpwLadder {
         count: outputs.len() as i32,

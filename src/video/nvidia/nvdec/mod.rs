@@ -17,6 +17,7 @@ mod parser_check;
 
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use ffmpeg_next as ff;
 
 use super::device::GpuDevice;
@@ -79,6 +80,8 @@ impl AnnexB {
 pub struct NvdecDecoder {
     feed: Feed<Nvdec>,
     device: Arc<GpuDevice>,
+    /// The stream this decoder's pictures are copied out on, its own.
+    stream: Arc<CudaStream>,
 }
 
 /// Demuxed packets into the parser: converted to Annex B, with their
@@ -175,7 +178,8 @@ impl NvdecDecoder {
             ))));
         }
         let clock = ParserClock::for_time_base(stream.time_base);
-        let engine = Nvdec::new(api, Arc::clone(&device));
+        let stream = device.new_stream().map_err(VideoError::gpu(SETUP))?;
+        let engine = Nvdec::new(api, Arc::clone(&device), Arc::clone(&stream));
         let parser =
             Parser::new(api, engine, codec, limits, clock.rate).map_err(VideoError::gpu(SETUP))?;
         tracing::debug!(codec = codec.name(), ?limits, "NVDEC parser created");
@@ -187,6 +191,7 @@ impl NvdecDecoder {
                 flushed: false,
             },
             device,
+            stream,
         })
     }
 }
@@ -211,6 +216,7 @@ impl Decoder for NvdecDecoder {
                 data: FrameData::Device(GpuFrame {
                     device: Arc::clone(&self.device),
                     frame,
+                    stream: Arc::clone(&self.stream),
                 }),
             })?;
         }
@@ -369,7 +375,7 @@ mod tests {
                         let FrameData::Device(f) = &frame.data else {
                             panic!("a host frame from NVDEC");
                         };
-                        let host = f.frame.download(f.device.stream()).expect("download");
+                        let host = f.frame.download(&f.stream).expect("download");
                         let (w, h) = (host.width, host.height);
                         let plane = |data: &[u8], pitch: usize, rows: usize| -> Vec<u8> {
                             (0..rows)

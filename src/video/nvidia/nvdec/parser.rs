@@ -7,8 +7,8 @@
 //! * the decode callback for every picture, in decode order:
 //!   `cuvidDecodePicture`;
 //! * the display callback for every picture, in display order: the decoded
-//!   surface is mapped and copied into a fresh [`DeviceFrame`] on the GPU's
-//!   stream, then unmapped.
+//!   surface is mapped and copied into a fresh [`DeviceFrame`] on the decoder's
+//!   own stream, then unmapped.
 //!
 //! The callbacks run synchronously inside `cuvidParseVideoData` on the thread
 //! that parses; they never unwind into the parser.
@@ -75,6 +75,8 @@ pub(super) trait PictureEngine {
 pub(super) struct Nvdec {
     api: &'static Api,
     device: Arc<GpuDevice>,
+    /// The decoder's own stream: its copy-outs wait for nobody else's work.
+    stream: Arc<CudaStream>,
     decoder: Option<VideoDecoder>,
 }
 
@@ -85,10 +87,11 @@ pub(super) struct Nvdec {
 unsafe impl Send for Nvdec {}
 
 impl Nvdec {
-    pub(super) fn new(api: &'static Api, device: Arc<GpuDevice>) -> Self {
+    pub(super) fn new(api: &'static Api, device: Arc<GpuDevice>, stream: Arc<CudaStream>) -> Self {
         Nvdec {
             api,
             device,
+            stream,
             decoder: None,
         }
     }
@@ -154,7 +157,7 @@ impl PictureEngine for Nvdec {
             ..Default::default()
         };
         let damaged = || Shown::Damaged(format!("picture {index} did not decode"));
-        let picture = match decoder.map(index, params, self.device.stream()) {
+        let picture = match decoder.map(index, params, &self.stream) {
             Ok(picture) => picture,
             Err(result) => {
                 if decoder.decode_status(index) == Some(did_not_decode) {
@@ -172,9 +175,9 @@ impl PictureEngine for Nvdec {
             Some(s) if s == cuvidDecodeStatus::cuvidDecodeStatus_Error_Concealed as u32 => {
                 // libavcodec shows concealed pictures too.
                 tracing::debug!(index, "NVDEC concealed errors in a picture");
-                copy_picture(&self.device, &picture, config).map(Shown::Picture)
+                copy_picture(&self.stream, &picture, config).map(Shown::Picture)
             }
-            _ => copy_picture(&self.device, &picture, config).map(Shown::Picture),
+            _ => copy_picture(&self.stream, &picture, config).map(Shown::Picture),
         };
         // The copies reading the surface have finished (the stream was
         // synchronised) or failed.
@@ -365,15 +368,14 @@ impl<E: PictureEngine> ParserState<E> {
     }
 }
 
-/// Copies a mapped NV12 surface into a new frame on the GPU's stream and
-/// waits for the copies.
+/// Copies a mapped NV12 surface into a new frame on the decoder's stream
+/// and waits for the copies.
 fn copy_picture(
-    device: &GpuDevice,
+    stream: &Arc<CudaStream>,
     picture: &MappedPicture,
     config: &DecoderConfig,
 ) -> Result<DeviceFrame, NvdecError> {
     let (width, height) = (config.target_width as usize, config.target_height as usize);
-    let stream = device.stream();
     let mut frame =
         DeviceFrame::alloc(stream, PixelFormat::Nv12, width, height).map_err(NvdecError::Alloc)?;
     let (luma_pitch, chroma_pitch) = (frame.luma_pitch(), frame.chroma_pitch());

@@ -171,9 +171,9 @@ impl NvencEncoder {
         }
         self.check_frame(gpu)?;
         api::bind(self.session.device().context())?;
-        let submitted = self
-            .session
-            .submit(&gpu.frame, frame.pts, self.frame_ticks)?;
+        let submitted =
+            self.session
+                .submit(&gpu.frame, &gpu.stream, frame.pts, self.frame_ticks)?;
         self.submitted += 1;
         match submitted {
             Submitted::Output => self.drain(emit),

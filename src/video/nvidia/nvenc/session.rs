@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use nvidia_video_codec_sdk::sys::nvEncodeAPI as nv;
 
 use super::super::device::GpuDevice;
@@ -157,10 +158,15 @@ impl EncodeSession {
         self.add_slot()
     }
 
-    /// Copies a frame's planes into a slot's buffer on the GPU's stream and
-    /// waits for the copies.
-    fn upload(&self, slot: usize, frame: &DeviceFrame) -> Result<(), NvencError> {
-        let stream = self.device.stream();
+    /// Copies a frame's planes into a slot's buffer on `stream` (the
+    /// rendition's own) and waits for the copies, and so for nothing queued
+    /// by other sessions.
+    fn upload(
+        &self,
+        slot: usize,
+        frame: &DeviceFrame,
+        stream: &CudaStream,
+    ) -> Result<(), NvencError> {
         frame
             .copy_to_pitched(stream, &self.slots[slot].buffer)
             .map_err(cuda_error("cuMemcpy2DAsync"))?;
@@ -187,15 +193,17 @@ impl EncodeSession {
     }
 
     /// Encodes one NV12 frame of the session's size, stamped `pts` and
-    /// lasting `duration`. The context must be current.
+    /// lasting `duration`, copying it in on `stream`, the frame's own. The
+    /// context must be current.
     pub fn submit(
         &mut self,
         frame: &DeviceFrame,
+        stream: &CudaStream,
         pts: i64,
         duration: i64,
     ) -> Result<Submitted, NvencError> {
         let slot = self.free_slot()?;
-        self.upload(slot, frame)?;
+        self.upload(slot, frame, stream)?;
         self.map(slot)?;
         let status = {
             let Slot {
