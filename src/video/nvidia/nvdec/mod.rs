@@ -179,7 +179,7 @@ impl NvdecDecoder {
         }
         let clock = ParserClock::for_time_base(stream.time_base);
         let stream = device.new_stream().map_err(VideoError::gpu(SETUP))?;
-        let engine = Nvdec::new(api, Arc::clone(&device), Arc::clone(&stream));
+        let engine = Nvdec::new(api, Arc::clone(&stream));
         let parser =
             Parser::new(api, engine, codec, limits, clock.rate).map_err(VideoError::gpu(SETUP))?;
         tracing::debug!(codec = codec.name(), ?limits, "NVDEC parser created");

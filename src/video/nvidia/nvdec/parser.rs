@@ -26,7 +26,6 @@ use ffmpeg_next as ff;
 use nvidia_video_codec_sdk::sys::cuviddec::{cuvidDecodeStatus, CUVIDPICPARAMS, CUVIDPROCPARAMS};
 use nvidia_video_codec_sdk::sys::nvcuvid::{CUVIDEOFORMAT, CUVIDPARSERDISPINFO, CUVIDPARSERPARAMS};
 
-use super::super::device::GpuDevice;
 use super::super::driver;
 use super::super::engines::DecodeLimits;
 use super::super::frame::{copy_device_2d, DeviceFrame, PixelFormat};
@@ -74,8 +73,8 @@ pub(super) trait PictureEngine {
 /// The hardware decoder on one GPU; pictures come out as NV12 device frames.
 pub(super) struct Nvdec {
     api: &'static Api,
-    device: Arc<GpuDevice>,
-    /// The decoder's own stream: its copy-outs wait for nobody else's work.
+    /// The decoder's own stream: its copy-outs wait for nobody else's work;
+    /// its context is the one NVDEC runs in.
     stream: Arc<CudaStream>,
     decoder: Option<VideoDecoder>,
 }
@@ -87,10 +86,9 @@ pub(super) struct Nvdec {
 unsafe impl Send for Nvdec {}
 
 impl Nvdec {
-    pub(super) fn new(api: &'static Api, device: Arc<GpuDevice>, stream: Arc<CudaStream>) -> Self {
+    pub(super) fn new(api: &'static Api, stream: Arc<CudaStream>) -> Self {
         Nvdec {
             api,
-            device,
             stream,
             decoder: None,
         }
@@ -120,7 +118,7 @@ impl PictureEngine for Nvdec {
     }
 
     fn bind(&self) -> Result<(), NvdecError> {
-        bind(self.device.context())
+        bind(self.stream.context())
     }
 
     unsafe fn decode(&mut self, picture: *mut CUVIDPICPARAMS) -> CuStatus {

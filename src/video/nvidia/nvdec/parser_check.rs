@@ -221,19 +221,9 @@ fn ffmpeg_view(segment: &DemuxedSegment) -> FfmpegView {
     view
 }
 
-/// A stream the FFmpeg CLI encodes from its test pattern: `args` go between
-/// the input and the output file.
-fn stream(name: &str, source: &str, args: &[&str], ext: &str) -> DemuxedSegment {
-    crate::video::init_ffmpeg();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join(format!("{name}.{ext}"));
-    let out = out.to_string_lossy();
-    // One second of the source: 30 frames, however `args` retime them.
-    let mut all = vec!["-f", "lavfi", "-t", "1", "-i", source];
-    all.extend(args);
-    all.push(&out);
-    crate::bench::input::ffmpeg(&all, name).expect("the FFmpeg CLI encodes the stream");
-    let bytes = std::fs::read(&*out).expect("ffmpeg wrote the stream");
+/// A stream the FFmpeg CLI encodes from its test pattern, demuxed.
+fn stream(source: &str, args: &[&str], ext: &str) -> DemuxedSegment {
+    let bytes = crate::video::nvidia::test_stream(source, args, ext);
     demux(bytes.into(), &DemuxLimits::default(), None).expect("the stream demuxes")
 }
 
@@ -340,21 +330,11 @@ fn h264_with_b_frames_and_a_cropped_size_parses_as_ffmpeg_decodes_it() {
     let x264 = [
         "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-pix_fmt", "yuv420p",
     ];
-    let ts = stream(
-        "h264-b",
-        PATTERN,
-        &[&x264[..], &["-bf", "3"]].concat(),
-        "ts",
-    );
+    let ts = stream(PATTERN, &[&x264[..], &["-bf", "3"]].concat(), "ts");
     check_against_ffmpeg("h264 B-frames, MPEG-TS", &ts, VideoCodec::H264);
     // MP4: length-prefixed NAL units through the Annex B filter, and a
     // 1/15360 time base rather than 90 kHz.
-    let mp4 = stream(
-        "h264-b",
-        PATTERN,
-        &[&x264[..], &["-bf", "2"]].concat(),
-        "mp4",
-    );
+    let mp4 = stream(PATTERN, &[&x264[..], &["-bf", "2"]].concat(), "mp4");
     assert_ne!(mp4.video.time_base, ff::Rational(1, 90_000));
     check_against_ffmpeg("h264 B-frames, MP4", &mp4, VideoCodec::H264);
 }
@@ -374,9 +354,9 @@ fn hevc_with_b_frames_and_a_cropped_size_parses_as_ffmpeg_decodes_it() {
         "-x265-params",
         "bframes=4:keyint=30:log-level=none",
     ];
-    let ts = stream("hevc-b", PATTERN, &x265, "ts");
+    let ts = stream(PATTERN, &x265, "ts");
     check_against_ffmpeg("hevc B-frames, MPEG-TS", &ts, VideoCodec::Hevc);
-    let mp4 = stream("hevc-b", PATTERN, &x265, "mp4");
+    let mp4 = stream(PATTERN, &x265, "mp4");
     check_against_ffmpeg("hevc B-frames, MP4", &mp4, VideoCodec::Hevc);
 }
 
@@ -391,7 +371,6 @@ fn interlaced_h264_keeps_its_field_order() {
     ] {
         let x264 = format!("interlaced=1:{order}:pic-struct=1");
         let segment = stream(
-            "h264-interlaced",
             "testsrc2=size=320x240:rate=30",
             &[
                 "-c:v",
@@ -442,7 +421,6 @@ fn a_timestamp_gap_comes_out_where_ffmpeg_puts_it() {
     }
     // Half a second missing after frame 15, with B-frames around it.
     let segment = stream(
-        "h264-gap",
         PATTERN,
         &[
             "-vf",
@@ -502,7 +480,7 @@ fn ten_bit_streams_are_refused_at_the_sequence_header_naming_the_depth() {
             ][..],
         ),
     ] {
-        let segment = stream(name, PATTERN, args, "ts");
+        let segment = stream(PATTERN, args, "ts");
         assert_eq!(
             ffmpeg_view(&segment).format,
             ff::format::Pixel::YUV420P10LE,
@@ -526,7 +504,6 @@ fn a_stream_of_the_other_codec_is_refused_not_misdecoded() {
     // HEVC bytes through an H.264 parser find no sequence header it takes:
     // nothing is shown and no decoder is created for a wrong format.
     let segment = stream(
-        "hevc-as-h264",
         PATTERN,
         &[
             "-c:v",
