@@ -25,6 +25,9 @@ enum Command {
     /// Run the orchestrator shim gateways talk to (ticket payments, rounds,
     /// rewards), routing work to `serve` workers; `register`, `bond`, `status`.
     Orchestrator(Box<cli::orchestrator::OrchestratorCmd>),
+    /// Redeem an orchestrator's winning tickets from its ticket store with
+    /// an account of its own (the orchestrator runs --external-redeemer).
+    Redeemer(Box<cli::redeemer::RedeemerArgs>),
     /// Run the stateless gRPC worker (transcoding; AI inference later).
     Serve(cli::serve::ServeArgs),
     /// Transcode one segment or clip into a ladder of renditions.
@@ -52,6 +55,10 @@ fn main() -> Result<()> {
         Command::Orchestrator(args) => {
             cli::init_logging(cli.log_json, "info");
             cli::orchestrator::run(*args)
+        }
+        Command::Redeemer(args) => {
+            cli::init_logging(cli.log_json, "info");
+            cli::redeemer::run(*args)
         }
         Command::Serve(args) => {
             cli::init_logging(cli.log_json, "info");

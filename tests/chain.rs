@@ -857,6 +857,7 @@ async fn a_deposit_of_one_ev_backs_one_winner_and_work_reserves_its_cost() {
             ticket_ev: ev,
             max_face_value: Some(ev),
             redeem_gas: 1_200_000,
+            ..PaymentConfig::default()
         },
         Price::new(1, 1).unwrap(),
         PriceBook::default(),

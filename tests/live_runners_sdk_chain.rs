@@ -38,6 +38,8 @@ const PRICING: &[&str] = &[
     "2000000",
     "-maxFaceValue",
     "2000001",
+    "-autoAdjustPrice",
+    "false",
 ];
 /// $0.0000072 an hour at $2000 an ETH is 1e6 wei a second: a ticket buys 2 s.
 const USD_PER_HOUR: &str = "0.0000072";
@@ -66,9 +68,16 @@ async fn the_sdk_pays_for_a_live_runner_session_through_a_remote_signer_and_it_i
     orch_client.initialize_round().await.unwrap();
     // Bonded, registered and active from the next round: the broker
     // credits a winning ticket's fees to an active transcoder's pool.
-    cli(&["bond", "--amount", "500"], &chain, &account);
+    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
     cli(
-        &["register", "--reward-cut", "10", "--fee-share", "5"],
+        &[
+            "register",
+            "--reward-cut",
+            "10",
+            "--fee-share",
+            "5",
+            "--yes",
+        ],
         &chain,
         &account,
     );

@@ -36,6 +36,8 @@ const PRICING: &[&str] = &[
     "1",
     "-ticketEV",
     "27648000",
+    "-autoAdjustPrice",
+    "false",
 ];
 const WEI_PER_SECOND: f64 = PIXELS_PER_SECOND as f64;
 /// The signer's opening payment: 60 s of 720p30 (go-livepeer's gateway
@@ -115,9 +117,16 @@ async fn the_sdk_pays_for_a_live_video_stream_through_a_remote_signer_and_it_is_
     fund_sender(&chain.client(2).await, "1", "1").await;
     next_round(&orch_client).await;
     orch_client.initialize_round().await.unwrap();
-    cli(&["bond", "--amount", "500"], &chain, &account);
+    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
     cli(
-        &["register", "--reward-cut", "10", "--fee-share", "5"],
+        &[
+            "register",
+            "--reward-cut",
+            "10",
+            "--fee-share",
+            "5",
+            "--yes",
+        ],
         &chain,
         &account,
     );

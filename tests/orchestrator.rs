@@ -55,7 +55,11 @@ async fn submit(url: &str, seg: &net::SegData, payment: &str, body: Vec<u8>) -> 
 async fn gateway_gets_info_pays_nothing_off_chain_and_receives_renditions() {
     let dir = tempdir();
     let worker = ServeProcess::start(&["--max-sessions", "2"]);
-    let orch = OffChainShim::start(&worker.grpc.to_string(), &dir.path().join("data"), &[]);
+    let orch = OffChainShim::start(
+        &worker.grpc.to_string(),
+        &dir.path().join("data"),
+        &["-nodes", "node2.example:8935,https://node3.example:8936"],
+    );
     assert!(
         dir.path().join("data/cert.pem").is_file(),
         "self-signed identity generated on first start"
@@ -76,6 +80,11 @@ async fn gateway_gets_info_pays_nothing_off_chain_and_receives_renditions() {
     assert!(!token.session_id.is_empty() && token.token.len() == 32 && token.expiration > 0);
     let caps = info.capabilities.as_ref().unwrap();
     assert!(caps.bitstring[0] & 0b111 == 0b111, "H.264, MPEG-TS and MP4");
+    // The other instances of this orchestrator, for gateways to ask too.
+    assert_eq!(
+        info.nodes,
+        ["https://node2.example:8935", "https://node3.example:8936"]
+    );
     assert_eq!(info.price_info.as_ref().unwrap().pixels_per_unit, 1);
 
     let (_, body) = clip(
@@ -366,6 +375,7 @@ fn inconsistent_ticket_settings_are_refused_at_start() {
             vec!["-ticketEV", "1000", "-maxFaceValue", "999"],
             "max-face-value",
         ),
+        (vec!["-nodes", "http://node2.example"], "must be https"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_lpworker"))
             .args([

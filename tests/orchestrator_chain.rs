@@ -312,21 +312,42 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
 
     // The operator bonds and registers with the CLI; active from the next round.
+    // Without --yes each is a plan and a dry run: nothing is sent.
+    let before = common::chain::nonce(&orch_client, account.address).await;
     let out = cli(&["bond", "--amount", "500"], &chain, &account);
-    assert!(out.contains("bonded 500 LPT"), "{out}");
-    let out = cli(
-        &[
-            "register",
-            "--reward-cut",
-            "10",
-            "--fee-share",
-            "5",
-            "--service-uri",
-            &info.transcoder,
-        ],
-        &chain,
-        &account,
+    assert!(
+        out.contains("plan: LivepeerToken.approve")
+            && out.contains("plan: BondingManager.bond")
+            && out.contains("dry run: BondingManager.bond is checked when sent")
+            && out.contains("add --yes to send"),
+        "{out}"
     );
+    assert_eq!(
+        common::chain::nonce(&orch_client, account.address).await,
+        before
+    );
+    let out = cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
+    assert!(out.contains("bonded 500 LPT"), "{out}");
+    let register = [
+        "register",
+        "--reward-cut",
+        "10",
+        "--fee-share",
+        "5",
+        "--service-uri",
+        &info.transcoder,
+    ];
+    let out = cli(&register, &chain, &account);
+    assert!(
+        out.contains("plan: BondingManager.transcoder")
+            && out.contains("plan: ServiceRegistry.setServiceURI")
+            && out.contains("dry run: would succeed (gas estimate "),
+        "{out}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&cli(&["status", "--json"], &chain, &account)).unwrap();
+    assert_eq!(status["registered"], false, "a dry run registers nothing");
+    let out = cli(&[&register[..], &["--yes"]].concat(), &chain, &account);
     assert!(out.contains("registered"), "{out}");
     let status: serde_json::Value =
         serde_json::from_str(&cli(&["status", "--json"], &chain, &account)).unwrap();
@@ -718,6 +739,8 @@ async fn nobody_works_free_spends_another_gateways_credit_or_reads_the_rpc_key()
             "2000000",
             "-maxFaceValue",
             "2000000",
+            "-autoAdjustPrice",
+            "false",
         ],
         &["--ai-models", ai_models.to_str().unwrap()],
     );
@@ -1027,9 +1050,16 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     orch_client.initialize_round().await.unwrap();
     // Bonded and registered, active from the next round: the broker
     // credits a winning ticket's fees to an active transcoder's pool.
-    cli(&["bond", "--amount", "500"], &chain, &account);
+    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
     cli(
-        &["register", "--reward-cut", "10", "--fee-share", "5"],
+        &[
+            "register",
+            "--reward-cut",
+            "10",
+            "--fee-share",
+            "5",
+            "--yes",
+        ],
         &chain,
         &account,
     );
@@ -1078,11 +1108,18 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Video priced in USD too: $0.000002 a pixel is 1e9 wei at $2000.
+    // Video priced in USD too: $0.000002 a pixel is 1e9 wei at $2000; one
+    // gateway pays half that, also in USD (-pricePerGateway, go-livepeer's
+    // JSON with "currency": "USD").
     let usd_pricing: Vec<&str> = PRICING
         .iter()
         .map(|a| if *a == "2" { "0.000002USD" } else { a })
         .collect();
+    let favoured = GatewaySigner::new(&chain, 5);
+    let per_gateway = format!(
+        r#"{{"gateways":[{{"ethaddress":"{}","priceperunit":"0.000001","pixelsperunit":1,"currency":"USD"}}]}}"#,
+        favoured.address
+    );
     let shim = Shim::start_with(
         &chain,
         &account,
@@ -1100,6 +1137,8 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
             "1s",
             "--price-feed-refresh",
             "1s",
+            "-pricePerGateway",
+            &per_gateway,
         ],
     );
     let uri = format!("https://{}", shim.addr);
@@ -1159,18 +1198,22 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     })
     .await;
 
-    let price_request = gateway.orchestrator_request();
-    let video_price = || async {
-        let mut grpc = shim.grpc().await;
-        let info = grpc
-            .get_orchestrator(price_request.clone())
-            .await
-            .unwrap()
-            .into_inner();
-        info.price_info
-            .map(|p| (p.price_per_unit, p.pixels_per_unit))
+    let quote = |request: net::OrchestratorRequest| {
+        let shim = &shim;
+        async move {
+            let mut grpc = shim.grpc().await;
+            let info = grpc.get_orchestrator(request).await.unwrap().into_inner();
+            info.price_info
+                .map(|p| (p.price_per_unit, p.pixels_per_unit))
+        }
     };
+    let price_request = gateway.orchestrator_request();
+    let video_price = || quote(price_request.clone());
     assert_eq!(video_price().await, Some((1_000_000_000, 1)));
+    assert_eq!(
+        quote(favoured.orchestrator_request()).await,
+        Some((500_000_000, 1))
+    );
 
     // No payer: 402 with go-livepeer's JSON error; a payer: the challenge.
     let r = http().post(&reserve).send().await.unwrap();
@@ -1352,6 +1395,7 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     chain.command(&format!("setPrice {aggregator} 400000000000"));
     wait_until("the new ETH price", Duration::from_secs(15), || async {
         video_price().await == Some((500_000_000, 1))
+            && quote(favoured.orchestrator_request()).await == Some((250_000_000, 1))
     })
     .await;
     assert_eq!(discovery().await["price_info"]["price"], 500_000);

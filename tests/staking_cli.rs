@@ -82,9 +82,36 @@ async fn staking_and_sender_actions_change_chain_state_and_refusals_cost_nothing
     let key = key_file(&chain, 1, dir.path());
     new_round(&orch).await;
     orch.bond(parse_ether("1000").unwrap(), None).await.unwrap();
+    // Register plans, dry-runs and waits for --yes like every action.
+    let out = sends_nothing(&orch, me, async {
+        ok(cli(
+            &chain,
+            &key,
+            &["register", "--reward-cut", "10", "--fee-share", "5"],
+        ))
+    })
+    .await;
+    assert!(out.contains("BondingManager.transcoder"), "{out}");
+    assert!(out.contains("dry run: would succeed"), "{out}");
+    assert_eq!(
+        orch.stake_status().await.unwrap().reward_cut_percent,
+        0.0,
+        "a dry run sets nothing"
+    );
     // Bonded (not pending) from the next round on.
     new_round(&orch).await;
     let lpt = |v: &str| parse_ether(v).unwrap();
+
+    // So does bond; a bond of more LPT than the account holds is refused
+    // either way.
+    for yes in [false, true] {
+        let mut args = vec!["bond", "--amount", "1000000000"];
+        if yes {
+            args.push("--yes");
+        }
+        let err = sends_nothing(&orch, me, async { refused(cli(&chain, &key, &args)) }).await;
+        assert!(err.contains("LPT"), "{err}");
+    }
 
     // Without --yes: the plan and a dry run, nothing sent.
     let out = sends_nothing(&orch, me, async {

@@ -32,6 +32,10 @@ pub struct ChainConfig {
     pub receipt_timeout: Duration,
     /// Re-sends of one transaction after a receipt timeout.
     pub tx_retries: u32,
+    /// The orchestrator whose stake and tickets these are (go-livepeer's
+    /// -ethOrchAddr), when it is not the signing account: the staking key
+    /// stays cold and this node signs with a hot one. `None`: the account.
+    pub orchestrator: Option<Address>,
 }
 
 impl std::fmt::Debug for ChainConfig {
@@ -43,6 +47,7 @@ impl std::fmt::Debug for ChainConfig {
             .field("max_gas_price", &self.max_gas_price)
             .field("receipt_timeout", &self.receipt_timeout)
             .field("tx_retries", &self.tx_retries)
+            .field("orchestrator", &self.orchestrator)
             .finish()
     }
 }
@@ -55,6 +60,7 @@ impl ChainConfig {
             max_gas_price: None,
             receipt_timeout: Duration::from_secs(60),
             tx_retries: 3,
+            orchestrator: None,
         }
     }
 }
@@ -150,8 +156,21 @@ impl ChainClient {
         Ok(client)
     }
 
+    /// The account that signs and pays for transactions.
     pub fn account(&self) -> Address {
         self.account
+    }
+
+    /// The orchestrator whose stake gates video work and to which tickets
+    /// are paid: `-ethOrchAddr`, else the account.
+    pub fn orchestrator(&self) -> Address {
+        self.config.orchestrator.unwrap_or(self.account)
+    }
+
+    /// The account is the orchestrator itself: only then can it call
+    /// `reward()`, which the BondingManager credits to its sender.
+    pub fn signs_for_orchestrator(&self) -> bool {
+        self.orchestrator() == self.account
     }
 
     pub fn provider(&self) -> &DynProvider {

@@ -126,7 +126,7 @@ impl ChainClient {
         let claimable = if info.reserve.fundsRemaining.is_zero() {
             U256::ZERO
         } else {
-            tb.claimableReserve(sender, self.account())
+            tb.claimableReserve(sender, self.orchestrator())
                 .call()
                 .await
                 .map_err(|e| self.call_error("claimableReserve", e))?

@@ -28,10 +28,16 @@ pub enum RewardOutcome {
     RoundNotInitialized {
         round: u64,
     },
+    /// The account signs for another orchestrator (-ethOrchAddr): reward()
+    /// credits its sender, so only the orchestrator's own key can call it.
+    NotTheOrchestrator,
 }
 
 impl ChainClient {
     pub async fn reward_if_due(&self) -> Result<RewardOutcome, ChainError> {
+        if !self.signs_for_orchestrator() {
+            return Ok(RewardOutcome::NotTheOrchestrator);
+        }
         let rounds = self.round_info().await?;
         let round = rounds.current_round;
         if !rounds.initialized {

@@ -10,10 +10,11 @@
 //! and the sender's funds cover it. Otherwise it waits, until its validity
 //! period ends. Senders take turns, so one sender's backlog delays no one.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::{watch, Mutex};
 
@@ -58,6 +59,11 @@ pub struct ServiceOptions {
     /// A ticket waiting for its sender's funds or cheaper gas is looked at
     /// again after this, so waiting tickets do not take every turn.
     pub recheck_after: Duration,
+    /// Blocks past its params' expiry a winner waits before its
+    /// recipientRand is revealed on chain. 0 when the node that judges
+    /// params redeems (it knows its own block); a separate redeemer reads
+    /// the chain on its own clock and keeps a margin for the orchestrator's.
+    pub reveal_margin_blocks: u64,
 }
 
 impl Default for ServiceOptions {
@@ -71,6 +77,7 @@ impl Default for ServiceOptions {
             max_redeem_attempts: 20,
             redeem_gas: 1_200_000,
             recheck_after: Duration::from_secs(30),
+            reveal_margin_blocks: 0,
         }
     }
 }
@@ -152,7 +159,14 @@ pub struct ChainService {
     state: watch::Sender<Option<ChainState>>,
     last_round: Mutex<Option<u64>>,
     monitor: Arc<SenderMonitor>,
+    /// Winners another process redeems (a separate redeemer over the
+    /// shared store), with the face value per sender known settled so far.
+    settled_elsewhere: Option<SettledElsewhere>,
 }
+
+/// The shared store another process redeems from, and the face value per
+/// sender this node has seen it settle.
+type SettledElsewhere = (Arc<TicketStore>, std::sync::Mutex<HashMap<Address, U256>>);
 
 impl ChainService {
     pub fn new(
@@ -169,7 +183,45 @@ impl ChainService {
             state: watch::channel(None).0,
             last_round: Mutex::new(None),
             monitor: Arc::new(SenderMonitor::new()),
+            settled_elsewhere: None,
         }
+    }
+
+    /// Another process redeems the winners this node stores (built with no
+    /// store of its own to redeem from): the monitor learns from the shared
+    /// store which winners left its queue, so their senders owe them no
+    /// more. `settled` is the per-sender settled face value read together
+    /// with the pending figures the monitor started from.
+    pub fn with_settlement_elsewhere(
+        mut self,
+        store: Arc<TicketStore>,
+        settled: impl IntoIterator<Item = (Address, U256)>,
+    ) -> Self {
+        self.settled_elsewhere =
+            Some((store, std::sync::Mutex::new(settled.into_iter().collect())));
+        self
+    }
+
+    /// Reads what the other process settled since the last look and tells
+    /// the monitor; returns the senders whose winners settled. Tests drive
+    /// this directly.
+    pub fn sync_settled(&self) -> Result<usize, crate::pm::store::StoreError> {
+        let Some((store, known)) = &self.settled_elsewhere else {
+            return Ok(0);
+        };
+        let now = store.owed_and_settled_by_sender()?;
+        let mut known = known.lock().expect("settled lock");
+        let mut changed = 0;
+        for (sender, _, settled) in now {
+            let before = known.insert(sender, settled).unwrap_or_default();
+            // Rows are never deleted, so the figure only grows; a smaller one
+            // is a replaced store file, and is taken as the new start.
+            if settled > before {
+                self.monitor.resolved(sender, settled - before);
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Shares the payments' sender monitor: winners leaving the queue are
@@ -330,6 +382,7 @@ impl ChainService {
         if let Some(published) = self.state.borrow().as_ref() {
             block = block.min(published.round.block_number);
         }
+        let block = block.saturating_sub(self.options.reveal_margin_blocks);
         let due = store
             .redeemable(
                 block,
@@ -480,46 +533,20 @@ impl ChainService {
         Ok((status != Status::Queued).then_some(o))
     }
 
-    /// Ticks and redeems every poll interval until `shutdown` resolves;
-    /// errors are logged and the loops go on.
+    /// Ticks every poll interval until `shutdown` resolves, beside a
+    /// second loop on the same clock: redemption when this node redeems,
+    /// following the other process's settlements when a separate redeemer
+    /// does. Errors are logged and the loops go on.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let spawn_redeemer = |this: Arc<Self>| {
-            tokio::spawn(async move {
-                let mut interval = tokio::time::interval(this.options.poll_interval);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut failed = RateLimitedLog::new(REPEATED_FAILURE_LOG);
-                loop {
-                    interval.tick().await;
-                    this.monitor.sweep();
-                    // Drain what is due, a pass at a time, while passes settle
-                    // tickets (each settles at least one, so this ends).
-                    loop {
-                        match this.redeem_queued().await {
-                            Ok(n) if n > 0 => continue,
-                            Ok(_) => {
-                                failed.reset();
-                                break;
-                            }
-                            Err(e) => {
-                                if let Some(suppressed) = failed.check() {
-                                    tracing::warn!(error = %e, suppressed, "redemption pass failed (suppressed: like failures since the last line)");
-                                }
-                                break;
-                            }
-                        }
-                    }
-                }
-            })
-        };
-        let mut redeemer = spawn_redeemer(self.clone());
+        let mut background = self.clone().spawn_background();
         let mut interval = tokio::time::interval(self.options.poll_interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failed = RateLimitedLog::new(REPEATED_FAILURE_LOG);
         loop {
             tokio::select! {
                 _ = &mut shutdown => {
-                    redeemer.abort();
+                    background.abort();
                     return;
                 }
                 _ = interval.tick() => {
@@ -533,13 +560,56 @@ impl ChainService {
                             }
                         }
                     }
-                    if redeemer.is_finished() {
-                        // Only a panic ends it: say so, and redeem on.
+                    if background.is_finished() {
+                        // Only a panic ends it: say so, and go on.
                         tracing::error!("the redemption loop stopped; restarting it");
-                        redeemer = spawn_redeemer(self.clone());
+                        background = self.clone().spawn_background();
                     }
                 }
             }
         }
+    }
+
+    fn spawn_background(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(self.options.poll_interval);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failed = RateLimitedLog::new(REPEATED_FAILURE_LOG);
+            let follow_only = self.store.is_none() && self.settled_elsewhere.is_some();
+            loop {
+                interval.tick().await;
+                self.monitor.sweep();
+                if follow_only {
+                    match self.sync_settled() {
+                        Ok(_) => {
+                            failed.reset();
+                        }
+                        Err(e) => {
+                            if let Some(suppressed) = failed.check() {
+                                tracing::warn!(error = %e, suppressed, "reading the redeemer's settlements failed (suppressed: like failures since the last line)");
+                            }
+                        }
+                    }
+                    continue;
+                }
+                // Drain what is due, a pass at a time, while passes settle
+                // tickets (each settles at least one, so this ends).
+                loop {
+                    match self.redeem_queued().await {
+                        Ok(n) if n > 0 => continue,
+                        Ok(_) => {
+                            failed.reset();
+                            break;
+                        }
+                        Err(e) => {
+                            if let Some(suppressed) = failed.check() {
+                                tracing::warn!(error = %e, suppressed, "redemption pass failed (suppressed: like failures since the last line)");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        })
     }
 }

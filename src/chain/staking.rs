@@ -5,6 +5,7 @@ use alloy::providers::DynProvider;
 use alloy_primitives::{utils::format_ether, Address, U256};
 use serde::Serialize;
 
+use super::actions::{decimal, Planned};
 use super::client::ChainClient;
 use super::contracts::{BondingManager, LivepeerToken, ServiceRegistry};
 use super::ChainError;
@@ -76,7 +77,7 @@ impl ChainClient {
     pub async fn is_active(&self) -> Result<bool, ChainError> {
         self.bonding_manager()
             .await?
-            .isActiveTranscoder(self.account())
+            .isActiveTranscoder(self.orchestrator())
             .call()
             .await
             .map_err(|e| self.call_error("isActiveTranscoder", e))
@@ -87,7 +88,7 @@ impl ChainClient {
     pub async fn is_registered(&self) -> Result<bool, ChainError> {
         self.bonding_manager()
             .await?
-            .isRegisteredTranscoder(self.account())
+            .isRegisteredTranscoder(self.orchestrator())
             .call()
             .await
             .map_err(|e| self.call_error("isRegisteredTranscoder", e))
@@ -137,54 +138,86 @@ impl ChainClient {
     /// Bonds `amount` (wei of LPT) from the account to `to` (itself by
     /// default), approving the BondingManager first when needed.
     pub async fn bond(&self, amount: U256, to: Option<Address>) -> Result<(), ChainError> {
+        for step in self.plan_bond(amount, to).await? {
+            self.execute(step).await?;
+        }
+        Ok(())
+    }
+
+    /// The transactions of a bond: `LivepeerToken.approve` when the
+    /// BondingManager may not spend `amount` yet, then `bond(amount, to)`.
+    /// Refused before anything is sent when the account lacks the LPT.
+    pub async fn plan_bond(
+        &self,
+        amount: U256,
+        to: Option<Address>,
+    ) -> Result<Vec<Planned>, ChainError> {
         if amount.is_zero() {
             return Err(ChainError::Refused("bond amount must be above zero".into()));
         }
-        let to = to.unwrap_or(self.account());
+        let me = self.account();
+        let to = to.unwrap_or(me);
         let token = self.token().await?;
         let bm_addr = self.address("BondingManager").await?;
         let balance = token
-            .balanceOf(self.account())
+            .balanceOf(me)
             .call()
             .await
             .map_err(|e| self.call_error("balanceOf", e))?;
         if balance < amount {
             return Err(ChainError::Insufficient {
-                address: self.account(),
+                address: me,
                 what: "bonding".into(),
                 have: format!("{} LPT", format_ether(balance)),
                 need: format!("{} LPT", format_ether(amount)),
             });
         }
         let allowance = token
-            .allowance(self.account(), bm_addr)
+            .allowance(me, bm_addr)
             .call()
             .await
             .map_err(|e| self.call_error("allowance", e))?;
+        let mut steps = Vec::new();
         if allowance < amount {
-            self.send(
-                "LivepeerToken.approve",
-                token.approve(bm_addr, amount).into_transaction_request(),
-            )
-            .await?;
+            steps.push(Planned {
+                what: "LivepeerToken.approve".into(),
+                description: format!(
+                    "let the BondingManager take {} LPT from {me} (it may take {} now)",
+                    decimal(amount),
+                    decimal(allowance)
+                ),
+                tx: token.approve(bm_addr, amount).into_transaction_request(),
+            });
         }
         let bm = self.bonding_manager().await?;
-        self.send(
-            "BondingManager.bond",
-            bm.bond(amount, to).into_transaction_request(),
-        )
-        .await?;
-        Ok(())
+        steps.push(Planned {
+            what: "BondingManager.bond".into(),
+            description: format!("bond {} LPT from {me} to {to}", decimal(amount)),
+            tx: bm.bond(amount, to).into_transaction_request(),
+        });
+        Ok(steps)
     }
 
     /// Registers (or updates) the account as a transcoder with the given
-    /// reward cut and fee share, in percent. Refused before sending in the
-    /// round's lock period and when the account has not bonded to itself.
+    /// reward cut and fee share, in percent.
     pub async fn register_transcoder(
         &self,
         reward_cut_pct: f64,
         fee_share_pct: f64,
     ) -> Result<(), ChainError> {
+        let plan = self.plan_register(reward_cut_pct, fee_share_pct).await?;
+        self.execute(plan).await?;
+        Ok(())
+    }
+
+    /// `transcoder(rewardCut, feeShare)`, refused before sending in the
+    /// round's lock period and when the account has not bonded to itself
+    /// (the contract's own refusals, with a reason an operator can act on).
+    pub async fn plan_register(
+        &self,
+        reward_cut_pct: f64,
+        fee_share_pct: f64,
+    ) -> Result<Planned, ChainError> {
         let reward_cut = percent_to_ppm(reward_cut_pct)?;
         let fee_share = percent_to_ppm(fee_share_pct)?;
         let rounds = self.round_info().await?;
@@ -208,13 +241,15 @@ impl ChainClient {
                 "{me} has not bonded LPT to itself: run `lpworker orchestrator bond --amount LPT` first"
             )));
         }
-        self.send(
-            "BondingManager.transcoder",
-            bm.transcoder(reward_cut, fee_share)
+        Ok(Planned {
+            what: "BondingManager.transcoder".into(),
+            description: format!(
+                "register {me} as a transcoder keeping {reward_cut_pct}% of rewards and sharing {fee_share_pct}% of fees"
+            ),
+            tx: bm
+                .transcoder(reward_cut, fee_share)
                 .into_transaction_request(),
-        )
-        .await?;
-        Ok(())
+        })
     }
 
     pub async fn service_uri(&self, addr: Address) -> Result<String, ChainError> {
@@ -241,7 +276,8 @@ impl ChainClient {
     }
 
     pub async fn stake_status(&self) -> Result<StakeStatus, ChainError> {
-        let me = self.account();
+        // The orchestrator's state (the account's own unless -ethOrchAddr).
+        let me = self.orchestrator();
         let rounds = self.round_info().await?;
         let bm = self.bonding_manager().await?;
         let e = |what: &'static str| move |err| self.call_error(what, err);

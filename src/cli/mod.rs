@@ -5,6 +5,7 @@ pub mod attach;
 pub mod bench;
 pub mod health;
 pub mod orchestrator;
+pub mod redeemer;
 pub mod serve;
 pub mod transcode;
 pub mod video_backend;

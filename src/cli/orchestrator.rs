@@ -40,7 +40,7 @@ pub struct OrchestratorCmd {
 pub enum Action {
     /// Register (or update) this account as a transcoder: transcoder(rewardCut, feeShare).
     Register(RegisterArgs),
-    /// Bond LPT (to this account by default).
+    /// Bond LPT (to this account by default), approving the BondingManager first when needed.
     Bond(BondArgs),
     /// Round, stake, pool position, active set, last reward round, service URI.
     Status(StatusArgs),
@@ -191,7 +191,7 @@ pub struct EthArgs {
 
 impl EthArgs {
     /// The chain to use, or `None` off chain.
-    fn chain_config(&self) -> Result<Option<ChainConfig>> {
+    pub(crate) fn chain_config(&self) -> Result<Option<ChainConfig>> {
         let network = self
             .network
             .as_deref()
@@ -224,7 +224,7 @@ impl EthArgs {
         Ok(Some(config))
     }
 
-    fn key_source(&self) -> Result<KeySource> {
+    pub(crate) fn key_source(&self) -> Result<KeySource> {
         if let Some(path) = &self.eth_key_file {
             return Ok(KeySource::RawKeyFile(path.clone()));
         }
@@ -263,7 +263,7 @@ pub struct RegisterArgs {
     #[arg(long, alias = "serviceURI")]
     pub service_uri: Option<String>,
     #[command(flatten)]
-    pub eth: EthArgs,
+    pub tx: TxArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -275,7 +275,7 @@ pub struct BondArgs {
     #[arg(long)]
     pub to: Option<Address>,
     #[command(flatten)]
-    pub eth: EthArgs,
+    pub tx: TxArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -292,6 +292,11 @@ pub struct OrchestratorArgs {
     /// Public host:port gateways reach this node at (go-livepeer's -serviceAddr).
     #[arg(long, alias = "serviceAddr", env = "LP_SERVICEADDR", required = true)]
     pub service_addr: Option<String>,
+    /// Other instances of this orchestrator to advertise, comma-separated
+    /// URLs (go-livepeer's -nodes): gateways that find this node ask them
+    /// too. `https://` is assumed when no scheme is given.
+    #[arg(long, alias = "nodes", env = "LP_NODES")]
+    pub nodes: Option<String>,
     /// Listen address (go-livepeer's -httpAddr); default: all interfaces, the service port.
     #[arg(long, alias = "httpAddr", env = "LP_HTTPADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -405,6 +410,23 @@ pub struct OrchestratorArgs {
     /// Largest ticket face value offered, in wei (go-livepeer's -maxFaceValue).
     #[arg(long, alias = "maxFaceValue")]
     pub max_face_value: Option<U256>,
+    /// The registered orchestrator whose stake and tickets these are, when
+    /// the keystore account is another, hot one (go-livepeer's
+    /// -ethOrchAddr): tickets pay it and its stake gates video work; the
+    /// account signs results, and reward() is left to the orchestrator's
+    /// own key.
+    #[arg(long, alias = "ethOrchAddr", env = "LP_ETHORCHADDR")]
+    pub eth_orch_addr: Option<Address>,
+    /// Winning tickets are redeemed by a separate `lpworker redeemer` over
+    /// this node's ticket store (in --datadir): this node stores them and
+    /// follows what the redeemer settles, and sends no redemptions.
+    #[arg(long, env = "LPWORKER_EXTERNAL_REDEEMER")]
+    pub external_redeemer: bool,
+    /// Raise the price quoted to each gateway by what redeeming its winning
+    /// tickets costs against their face value (go-livepeer's
+    /// -autoAdjustPrice, on by default there and here).
+    #[arg(long, alias = "autoAdjustPrice", env = "LP_AUTOADJUSTPRICE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub auto_adjust_price: bool,
     /// Call reward() once per round while active (go-livepeer's -reward).
     #[arg(long, alias = "reward", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub reward: bool,
@@ -445,47 +467,10 @@ pub struct OrchestratorArgs {
 pub fn run(cmd: OrchestratorCmd) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cmd.action {
-        Some(Action::Register(a)) => runtime.block_on(register(a)),
-        Some(Action::Bond(a)) => runtime.block_on(bond(a)),
         Some(Action::Status(a)) => runtime.block_on(status(a)),
         Some(action) => runtime.block_on(transaction(action)),
         None => runtime.block_on(serve(cmd.serve)),
     }
-}
-
-async fn register(a: RegisterArgs) -> Result<()> {
-    let client = a.eth.connect().await?;
-    client
-        .register_transcoder(a.reward_cut, a.fee_share)
-        .await?;
-    println!(
-        "registered {} as a transcoder: reward cut {}%, fee share {}%",
-        client.account(),
-        a.reward_cut,
-        a.fee_share
-    );
-    if let Some(uri) = &a.service_uri {
-        if client.set_service_uri(uri).await? {
-            println!("service URI set to {uri}");
-        } else {
-            println!("service URI already {uri}");
-        }
-    }
-    Ok(())
-}
-
-async fn bond(a: BondArgs) -> Result<()> {
-    let amount = parse_ether(&a.amount)
-        .with_context(|| format!("--amount {:?}: expected LPT as a decimal", a.amount))?;
-    let client = a.eth.connect().await?;
-    client.bond(amount, a.to).await?;
-    println!(
-        "bonded {} LPT from {} to {}",
-        a.amount,
-        client.account(),
-        a.to.unwrap_or(client.account())
-    );
-    Ok(())
 }
 
 async fn status(a: StatusArgs) -> Result<()> {
@@ -556,6 +541,8 @@ fn parse_amount(text: &str, flag: &str, unit: &str) -> Result<U256> {
 /// then the state read back.
 async fn transaction(action: Action) -> Result<()> {
     let (tx, broker) = match &action {
+        Action::Register(a) => (&a.tx, false),
+        Action::Bond(a) => (&a.tx, false),
         Action::Unbond(a) => (&a.tx, false),
         Action::Rebond(a) => (&a.tx, false),
         Action::WithdrawStake(a) => (&a.tx, false),
@@ -564,12 +551,97 @@ async fn transaction(action: Action) -> Result<()> {
         Action::SetServiceUri(a) => (&a.tx, false),
         Action::Deposit(a) => (&a.tx, true),
         Action::Unlock(a) | Action::Withdraw(a) => (a, true),
-        Action::Register(_) | Action::Bond(_) | Action::Status(_) => {
-            unreachable!("not a transaction action")
-        }
+        Action::Status(_) => unreachable!("not a transaction action"),
     };
     let client = tx.eth.connect().await?;
-    let plan = match &action {
+    // Most actions are one transaction; bond may approve first, register
+    // may set the service URI after.
+    let plans = match &action {
+        Action::Bond(a) => {
+            client
+                .plan_bond(parse_amount(&a.amount, "--amount", "LPT")?, a.to)
+                .await?
+        }
+        Action::Register(a) => {
+            let mut plans = vec![client.plan_register(a.reward_cut, a.fee_share).await?];
+            if let Some(uri) = &a.service_uri {
+                match client.plan_set_service_uri(uri).await {
+                    Ok(p) => plans.push(p),
+                    // Already this URI: nothing to send for it.
+                    Err(lpworker::chain::ChainError::Refused(why)) => println!("{why}"),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            plans
+        }
+        other => vec![single_plan(&client, other).await?],
+    };
+    // A bond after its approval can only be checked once the approval is
+    // mined; every other step stands alone.
+    let dependent = matches!(action, Action::Bond(_)) && plans.len() > 1;
+    for plan in &plans {
+        println!("plan: {} from {}", plan.what, client.account());
+        println!("  {}", plan.description);
+    }
+    if !tx.yes {
+        let mut gas = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            if dependent && i > 0 {
+                println!(
+                    "dry run: {} is checked when sent, after the step before it",
+                    plan.what
+                );
+                continue;
+            }
+            gas.push(client.dry_run(plan).await?.to_string());
+        }
+        println!(
+            "dry run: would succeed (gas estimate {}); add --yes to send",
+            gas.join(" + ")
+        );
+        return Ok(());
+    }
+    for plan in plans {
+        let sent = client.execute(plan).await?;
+        println!(
+            "sent: transaction {} in block {}, gas used {}",
+            sent.tx,
+            sent.block.map_or("-".to_string(), |b| b.to_string()),
+            sent.gas_used
+        );
+    }
+    match &action {
+        Action::Bond(a) => println!(
+            "bonded {} LPT from {} to {}",
+            a.amount,
+            client.account(),
+            a.to.unwrap_or(client.account())
+        ),
+        Action::Register(a) => {
+            println!(
+                "registered {} as a transcoder: reward cut {}%, fee share {}%",
+                client.account(),
+                a.reward_cut,
+                a.fee_share
+            );
+            if a.service_uri.is_some() {
+                println!(
+                    "now: service URI {}",
+                    client.service_uri(client.account()).await?
+                );
+            }
+        }
+        _ => {}
+    }
+    read_back(&client, &action, broker).await
+}
+
+/// The one transaction of every action but bond and register.
+async fn single_plan(
+    client: &ChainClient,
+    action: &Action,
+) -> Result<lpworker::chain::actions::Planned> {
+    Ok(match action {
         Action::Unbond(a) => {
             client
                 .plan_unbond(parse_amount(&a.amount, "--amount", "LPT")?)
@@ -598,23 +670,13 @@ async fn transaction(action: Action) -> Result<()> {
         Action::Unlock(_) => client.plan_unlock().await?,
         Action::Withdraw(_) => client.plan_withdraw().await?,
         Action::Register(_) | Action::Bond(_) | Action::Status(_) => {
-            unreachable!("not a transaction action")
+            unreachable!("not a single transaction")
         }
-    };
-    println!("plan: {} from {}", plan.what, client.account());
-    println!("  {}", plan.description);
-    if !tx.yes {
-        let gas = client.dry_run(&plan).await?;
-        println!("dry run: would succeed (gas estimate {gas}); add --yes to send");
-        return Ok(());
-    }
-    let sent = client.execute(plan).await?;
-    println!(
-        "sent: transaction {} in block {}, gas used {}",
-        sent.tx,
-        sent.block.map_or("-".to_string(), |b| b.to_string()),
-        sent.gas_used
-    );
+    })
+}
+
+/// The account's state after an action, read back from the chain.
+async fn read_back(client: &ChainClient, action: &Action, broker: bool) -> Result<()> {
     if broker {
         let s = client.sender_state().await?;
         println!(
@@ -737,15 +799,31 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
     let mut chain_task = None;
     // ETH/USD for runners' USD prices; read on chain only.
     let mut eth_usd: Option<Arc<dyn lpworker::live_runner::price::EthUsdSource>> = None;
-    if let Some(chain_config) = args.eth.chain_config()? {
+    // Held while this node redeems: no second redeemer on the same store.
+    let mut _redemption_lock = None;
+    if let Some(mut chain_config) = args.eth.chain_config()? {
+        chain_config.orchestrator = args.eth_orch_addr;
         let signer = load_signer(&args.eth.key_source()?)?;
         let key = secp256k1::SecretKey::from_slice(signer.to_bytes().as_slice())
             .context("orchestrator key")?;
         let client = Arc::new(ChainClient::connect(chain_config, signer).await?);
+        if !client.signs_for_orchestrator() {
+            tracing::info!(
+                orchestrator = %client.orchestrator(),
+                account = %client.account(),
+                "tickets pay -ethOrchAddr; this account signs. reward() credits its sender, so the orchestrator's own key must call it"
+            );
+        }
         let store = Arc::new(
             TicketStore::open(&args.eth.datadir.join("tickets.sqlite"))
                 .context("opening the winning-ticket store")?,
         );
+        if !args.external_redeemer {
+            _redemption_lock =
+                Some(store.take_redemption().context(
+                    "this node redeems its winning tickets (without --external-redeemer)",
+                )?);
+        }
         let counts = store.counts()?;
         if let Some((_, n)) = counts.iter().find(|(s, _)| s == "queued") {
             tracing::info!(
@@ -753,15 +831,17 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
                 "winning tickets waiting for redemption from before the restart"
             );
         }
-        // What each sender still owes in winners, as the store has it.
+        // What each sender still owes in winners, and what the store has
+        // settled so far, in one read: a separate redeemer settles more.
+        let owed_and_settled = store
+            .owed_and_settled_by_sender()
+            .context("reading pending winners")?;
         let monitor = Arc::new(SenderMonitor::with_pending(
-            store
-                .pending_by_sender()
-                .context("reading pending winners")?,
+            owed_and_settled.iter().map(|(s, owed, _)| (*s, *owed)),
         ));
         let service = ChainService::new(
             client.clone(),
-            Some(store.clone()),
+            (!args.external_redeemer).then(|| store.clone()),
             ServiceOptions {
                 initialize_round: args.initialize_round,
                 reward: args.reward,
@@ -771,14 +851,23 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             ChainMetrics::new(&registry),
         )
         .with_monitor(monitor.clone());
+        let service = match args.external_redeemer {
+            true => service.with_settlement_elsewhere(
+                store.clone(),
+                owed_and_settled
+                    .iter()
+                    .map(|(s, _, settled)| (*s, *settled)),
+            ),
+            false => service,
+        };
         let service = Arc::new(service);
         // The first tick must succeed: payments need the round and block.
         let state = service.tick().await.context("reading the chain's state")?;
         let stake = client.stake_status().await?;
         if !stake.registered {
             tracing::warn!(
-                account = %client.account(),
-                "not a registered transcoder: the TicketBroker cannot credit tickets to this node, so winning tickets can not be redeemed. Bond LPT to yourself (`lpworker orchestrator bond`, then `register`); AI work needs no active-set membership, only registration"
+                orchestrator = %client.orchestrator(),
+                "not a registered transcoder: the TicketBroker cannot credit tickets to this orchestrator, so winning tickets can not be redeemed. Bond LPT to it from its own key (`lpworker orchestrator bond`, then `register`); AI work needs no active-set membership, only registration"
             );
         }
         if !state.active {
@@ -795,9 +884,10 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             Some(spec) => lpworker::ai::config::load(spec)?,
             None => Vec::new(),
         };
-        let prices =
-            lpworker::orchestrator::pricing::book(args.price_per_gateway.as_deref(), &models)?;
+        let specs =
+            lpworker::orchestrator::pricing::specs(args.price_per_gateway.as_deref(), &models)?;
         let wants_feed = matches!(base_price, Some(BasePrice::Usd(_)))
+            || specs.in_usd()
             || args.use_live_runners
             || args.live_runner_config.is_some();
         let feed = match wants_feed {
@@ -818,6 +908,15 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             }
             _ => Price::new(price_per_unit as u128, args.pixels_per_unit as u128)
                 .expect("pixels per unit checked"),
+        };
+        let prices = match (&feed, specs.in_usd()) {
+            (Some(feed), true) => {
+                let reading = feed.watcher.current().context(
+                    "-pricePerGateway or --ai-models in USD: the ETH/USD feed could not be read to convert them",
+                )?;
+                specs.resolve(Some(&reading.to_eth_usd()))?
+            }
+            _ => specs.resolve(None)?,
         };
         let others_priced = prices.per_gateway.values().any(|p| p.num != 0)
             || prices.per_model.values().any(|p| p.num != 0);
@@ -846,6 +945,8 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
             PaymentConfig {
                 ticket_ev: args.ticket_ev,
                 max_face_value: args.max_face_value,
+                recipient: Some(client.orchestrator()),
+                auto_adjust_price: args.auto_adjust_price,
                 ..PaymentConfig::default()
             },
             price,
@@ -855,24 +956,39 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         chain_task = Some(tokio::spawn(
             service.run(async move { stop.cancelled().await }),
         ));
-        if let (Some(BasePrice::Usd(usd)), Some(feed), Some(payments)) =
-            (&base_price, &feed, &payments)
-        {
-            // The base price follows ETH/USD; sessions keep theirs.
-            let (usd, feed, payments) = (usd.clone(), feed.clone(), payments.clone());
-            let pixels = args.pixels_per_unit;
-            let mut updates = feed.watcher.subscribe();
-            tokio::spawn(async move {
-                while updates.changed().await.is_ok() {
-                    let reading = updates.borrow_and_update().clone();
-                    if let Some(r) = reading {
-                        match usd_base_price(&usd, &r.to_eth_usd(), pixels) {
-                            Ok(p) => payments.set_price(p),
-                            Err(e) => tracing::warn!(error = %e, "price not updated"),
+        let usd_base = match &base_price {
+            Some(BasePrice::Usd(usd)) => Some(usd.clone()),
+            _ => None,
+        };
+        if let (Some(feed), Some(payments)) = (&feed, &payments) {
+            if usd_base.is_some() || specs.in_usd() {
+                // USD prices follow ETH/USD; sessions keep theirs.
+                let (feed, payments) = (feed.clone(), payments.clone());
+                let pixels = args.pixels_per_unit;
+                let mut updates = feed.watcher.subscribe();
+                tokio::spawn(async move {
+                    while updates.changed().await.is_ok() {
+                        let reading = updates.borrow_and_update().clone();
+                        let Some(eth) = reading.map(|r| r.to_eth_usd()) else {
+                            continue;
+                        };
+                        if let Some(usd) = &usd_base {
+                            match usd_base_price(usd, &eth, pixels) {
+                                Ok(p) => payments.set_price(p),
+                                Err(e) => tracing::warn!(error = %e, "price not updated"),
+                            }
+                        }
+                        if specs.in_usd() {
+                            match specs.resolve(Some(&eth)) {
+                                Ok(book) => payments.set_prices(book),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "per-gateway and per-model prices not updated")
+                                }
+                            }
                         }
                     }
-                }
-            });
+                });
+            }
         }
         if args.use_live_runners || args.live_runner_config.is_some() {
             eth_usd = feed.map(|f| f as Arc<dyn lpworker::live_runner::price::EthUsdSource>);
@@ -916,6 +1032,10 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         },
         body_read_timeout: super::serve::seconds("body-read-timeout", args.body_read_timeout)?,
         livepeer_version: args.livepeer_version.clone(),
+        nodes: match &args.nodes {
+            Some(list) => lpworker::orchestrator::parse_nodes(list).map_err(anyhow::Error::msg)?,
+            None => Vec::new(),
+        },
         payments,
         live_runners,
     };
@@ -959,7 +1079,7 @@ async fn eth_usd_feed(
         (Some(a), _) => a,
         (None, Some("arbitrum-one-mainnet")) => ARBITRUM_ONE_ETH_USD_FEED,
         (None, _) => bail!(
-            "on chain, Live Runners' USD prices need the Chainlink ETH/USD feed: give -priceFeedAddr"
+            "on chain, prices in USD (Live Runners', -pricePerUnit, -pricePerGateway, aiModels) need the Chainlink ETH/USD feed: give -priceFeedAddr"
         ),
     };
     let feed = PriceFeed::connect(client, address)

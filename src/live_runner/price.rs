@@ -151,6 +151,20 @@ impl UsdPrice {
         Ok(UsdPrice { num, den, unit })
     }
 
+    /// `num / den` dollars per unit of something the caller counts
+    /// (pixels, a model's units): go-livepeer's USD prices of
+    /// -pricePerGateway and aiModels.json.
+    pub fn fixed(num: U256, den: U256) -> Result<UsdPrice, PriceError> {
+        if num.is_zero() || den.is_zero() {
+            return Err(PriceError::NotPositive);
+        }
+        Ok(UsdPrice {
+            num,
+            den,
+            unit: UsdUnit::Fixed,
+        })
+    }
+
     /// The price as a decimal string, for storage and display.
     pub fn to_decimal_string(&self) -> String {
         let int = self.num / self.den;

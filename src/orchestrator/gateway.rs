@@ -25,6 +25,9 @@ use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 pub struct Gateway {
     /// Public URI gateways reach this node at (`https://host:port`).
     pub service_uri: String,
+    /// This orchestrator's other instances (`-nodes`), in every
+    /// OrchestratorInfo.
+    pub nodes: Vec<String>,
     pub auth: Arc<AuthTokens>,
     pub workers: Arc<WorkerPool>,
     pub media: MediaStore,
@@ -68,6 +71,7 @@ impl Gateway {
         }
         let mut info = net::OrchestratorInfo {
             transcoder: self.service_uri.clone(),
+            nodes: self.nodes.clone(),
             price_info: Some(self.price.clone()),
             capabilities: Some(capabilities),
             auth_token: Some(auth_token.unwrap_or_else(|| self.auth.issue(sender))),
@@ -75,7 +79,7 @@ impl Gateway {
         };
         if let Some(p) = &self.payments {
             info.address = p.address().to_vec();
-            let price = p.price_for(sender, work);
+            let price = p.quote(sender, work).await;
             info.price_info = Some(net::PriceInfo {
                 price_per_unit: i64::try_from(price.num).unwrap_or(i64::MAX),
                 pixels_per_unit: i64::try_from(price.den).unwrap_or(i64::MAX),

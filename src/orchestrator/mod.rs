@@ -56,6 +56,9 @@ pub struct OrchestratorConfig {
     pub max_buffered_bodies: usize,
     pub body_read_timeout: Duration,
     pub livepeer_version: String,
+    /// Other instances of this orchestrator advertised in OrchestratorInfo
+    /// (go-livepeer's -nodes): gateways discover them through this one.
+    pub nodes: Vec<String>,
     /// Ticket payments on a chain; `None` runs off chain.
     pub payments: Option<Arc<payments::Payments>>,
     /// Hosting Live Runners; `None` leaves their routes out.
@@ -113,6 +116,38 @@ pub fn service_uri(service_addr: &str, port: u16) -> String {
         None => rest.to_string(),
     };
     format!("{scheme}://{rest}")
+}
+
+/// go-livepeer's `-nodes`: comma-separated instance URLs, `https://` added
+/// where no scheme is given, anything but https refused, each in its
+/// canonical form (gateways compare them as strings to avoid asking one
+/// node twice).
+pub fn parse_nodes(list: &str) -> Result<Vec<String>, String> {
+    let mut nodes = Vec::new();
+    for node in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let with_scheme = match node.contains("://") {
+            true => node.to_string(),
+            false => format!("https://{node}"),
+        };
+        let url = reqwest::Url::parse(&with_scheme)
+            .map_err(|e| format!("-nodes {node:?}: not a URL ({e})"))?;
+        if url.scheme() != "https" {
+            return Err(format!("-nodes {node:?}: node URLs must be https"));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("-nodes {node:?}: no host"));
+        }
+        // As Go's url.String() writes it: no "/" added to a bare host.
+        let mut canonical = url.to_string();
+        if url.path() == "/" && url.query().is_none() && !with_scheme.ends_with('/') {
+            canonical.pop();
+        }
+        nodes.push(canonical);
+    }
+    if nodes.is_empty() {
+        return Err("-nodes is empty".into());
+    }
+    Ok(nodes)
 }
 
 /// The host name in `-serviceAddr` (for the TLS certificate).
@@ -359,6 +394,7 @@ impl BoundOrchestrator {
         };
         let gateway = Arc::new(Gateway {
             service_uri,
+            nodes: config.nodes.clone(),
             auth: auth.clone(),
             workers: pool,
             media: media::MediaStore::new(512 << 20),
@@ -457,7 +493,7 @@ impl BoundOrchestrator {
         };
         match &self.gateway.payments {
             Some(p) => {
-                info!(uri = %self.gateway.service_uri, address = %p.address(), "orchestrator serving (on chain, ticket payments)")
+                info!(uri = %self.gateway.service_uri, address = %p.address(), recipient = %p.recipient_address(), "orchestrator serving (on chain, ticket payments)")
             }
             None => info!(uri = %self.gateway.service_uri, "orchestrator serving (off chain)"),
         }
@@ -470,5 +506,25 @@ impl BoundOrchestrator {
             runners.save_state();
         }
         info!("orchestrator stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_nodes;
+
+    #[test]
+    fn nodes_are_https_urls_in_go_livepeers_form() {
+        assert_eq!(
+            parse_nodes(" a.example:8935, https://B.example/x ,,https://c.example/").unwrap(),
+            [
+                "https://a.example:8935",
+                "https://b.example/x",
+                "https://c.example/"
+            ]
+        );
+        for bad in ["", " , ", "http://a.example", "https://", "ftp://a.example"] {
+            assert!(parse_nodes(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -57,6 +57,13 @@ pub struct PaymentConfig {
     pub max_face_value: Option<U256>,
     /// Gas one redemption costs (1.2M on Arbitrum, go-livepeer's redeemGas).
     pub redeem_gas: u64,
+    /// Raise quoted prices by the redemption overhead of the sender's
+    /// winners (go-livepeer's -autoAdjustPrice, on by default there).
+    pub auto_adjust_price: bool,
+    /// The ticket recipient when it is not the signing key's address
+    /// (go-livepeer's -ethOrchAddr): tickets pay the orchestrator whose
+    /// stake this is, while the node signs with a hot key.
+    pub recipient: Option<Address>,
 }
 
 impl Default for PaymentConfig {
@@ -65,6 +72,8 @@ impl Default for PaymentConfig {
             ticket_ev: U256::from(8_000_000_000u64),
             max_face_value: None,
             redeem_gas: 1_200_000,
+            auto_adjust_price: false,
+            recipient: None,
         }
     }
 }
@@ -194,6 +203,8 @@ pub struct PaymentReceipt {
 }
 
 pub struct Payments {
+    /// The key's address: signs results and OrchestratorInfo.
+    signer: Address,
     recipient: Arc<Recipient>,
     monitor: Arc<SenderMonitor>,
     key: secp256k1::SecretKey,
@@ -204,7 +215,8 @@ pub struct Payments {
     /// This node's price for video (wei per pixel); moves with ETH/USD
     /// when it is set in USD.
     price: std::sync::RwLock<Price>,
-    prices: PriceBook,
+    /// Per-gateway and per-model prices; move with ETH/USD when in USD.
+    prices: std::sync::RwLock<PriceBook>,
     sessions: Mutex<Sessions>,
     /// Chain reads of senders' funds in flight (see [`FUNDS_LOOKUPS`]).
     funds_lookups: tokio::sync::Semaphore,
@@ -219,6 +231,7 @@ impl std::fmt::Debug for Payments {
         // Never the key.
         f.debug_struct("Payments")
             .field("address", &self.address())
+            .field("recipient", &self.recipient_address())
             .field("price", &self.price())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -237,9 +250,11 @@ impl Payments {
         price: Price,
         prices: PriceBook,
     ) -> Self {
-        let address = crate::pm::signature::address_of(&key.public_key(secp256k1::SECP256K1));
+        let signer = crate::pm::signature::address_of(&key.public_key(secp256k1::SECP256K1));
+        let recipient = config.recipient.unwrap_or(signer);
         Payments {
-            recipient: Arc::new(Recipient::new(address, rand::random())),
+            signer,
+            recipient: Arc::new(Recipient::new(recipient, rand::random())),
             monitor,
             key,
             client,
@@ -247,7 +262,7 @@ impl Payments {
             store,
             config,
             price: std::sync::RwLock::new(price),
-            prices,
+            prices: std::sync::RwLock::new(prices),
             sessions: Mutex::new(Sessions {
                 map: HashMap::new(),
                 swept: Instant::now(),
@@ -262,12 +277,30 @@ impl Payments {
 
     /// Whether any price is set (base, per gateway or per model).
     pub fn has_prices(&self) -> bool {
+        let prices = self.prices();
         self.price().num != 0
-            || self.prices.per_gateway.values().any(|p| p.num != 0)
-            || self.prices.per_model.values().any(|p| p.num != 0)
+            || prices.per_gateway.values().any(|p| p.num != 0)
+            || prices.per_model.values().any(|p| p.num != 0)
     }
 
+    fn prices(&self) -> std::sync::RwLockReadGuard<'_, PriceBook> {
+        self.prices.read().expect("prices lock")
+    }
+
+    /// New per-gateway and per-model prices (USD ones converted at a new
+    /// ETH/USD reading). Sessions keep the price they were first paid at.
+    pub fn set_prices(&self, prices: PriceBook) {
+        *self.prices.write().expect("prices lock") = prices;
+    }
+
+    /// The node's own address, which signs results (OrchestratorInfo's
+    /// `address`, as go-livepeer sets it).
     pub fn address(&self) -> Address {
+        self.signer
+    }
+
+    /// Whom tickets pay: the orchestrator (`-ethOrchAddr`), else the node.
+    pub fn recipient_address(&self) -> Address {
         self.recipient.address()
     }
 
@@ -288,19 +321,59 @@ impl Payments {
             return price;
         }
         if let Work::Ai { capability, model } = work {
-            if let Some(p) = self.prices.per_model.get(&(capability, model.to_string())) {
+            if let Some(p) = self
+                .prices()
+                .per_model
+                .get(&(capability, model.to_string()))
+            {
                 return *p;
             }
         }
         sender
-            .and_then(|s| self.prices.per_gateway.get(&s).copied())
+            .and_then(|s| self.prices().per_gateway.get(&s).copied())
             .unwrap_or_else(|| self.price())
+    }
+
+    /// The price quoted to `sender` for `work`: [`Payments::price_for`],
+    /// raised with -autoAdjustPrice by what redeeming this sender's winners
+    /// costs against their face value (gas price now, the sender's float).
+    /// Payments are held to `price_for`, the floor of every quote: the
+    /// quote itself is bound into the params' recipientRand, so a gateway
+    /// cannot pay at a price it was not quoted.
+    pub async fn quote(&self, sender: Option<Address>, work: Work<'_>) -> Price {
+        let base = self.price_for(sender, work);
+        if !self.config.auto_adjust_price || matches!(work, Work::LiveRunner(_)) {
+            return base;
+        }
+        let Some(sender) = sender.filter(|s| *s != Address::ZERO) else {
+            return base;
+        };
+        let overhead = async {
+            let funds = self.sender_funds(sender).await?;
+            let gas_price = self.client.gas_price().await?;
+            let tx_cost = U256::from(self.config.redeem_gas) * U256::from(gas_price);
+            let face_value = recipient::face_value(
+                self.config.ticket_ev,
+                tx_cost,
+                self.monitor.max_float(sender, &funds),
+                self.config.max_face_value,
+            );
+            Ok::<_, PaymentError>(face_value.map(|fv| (fv, tx_cost)))
+        };
+        match overhead.await {
+            // No face value for this sender: no params either, so nothing
+            // can be paid at the quote.
+            Ok(None) | Err(_) => base,
+            Ok(Some((face_value, tx_cost))) => {
+                recipient::auto_adjusted(base, face_value, tx_cost).unwrap_or(base)
+            }
+        }
     }
 
     /// The per-model prices, as OrchestratorInfo.capabilities_prices lists them.
     pub fn model_prices(&self) -> Vec<net::PriceInfo> {
         let mut out: Vec<net::PriceInfo> = self
-            .prices
+            .prices()
             .per_model
             .iter()
             .map(|((capability, model), p)| net::PriceInfo {

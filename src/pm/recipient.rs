@@ -435,6 +435,24 @@ pub fn face_value(
     (fv >= ev && !fv.is_zero() && fv > tx_cost).then_some(fv)
 }
 
+/// go-livepeer's -autoAdjustPrice: the price raised by what redeeming a
+/// winner costs against what it pays, `base × (1 + tx_cost / face_value)`,
+/// so the gas a sender's winners cost is charged to that sender. Rounded
+/// up to a thousandth of the base's unit (go-livepeer fixes prices to
+/// three decimals too, rounding down, which turns prices below 0.001 wei a
+/// pixel into 0). `None` when the result does not fit a PriceInfo's i64s.
+pub fn auto_adjusted(base: Price, face_value: U256, tx_cost: U256) -> Option<Price> {
+    if base.num == 0 || face_value.is_zero() || tx_cost.is_zero() {
+        return Some(base);
+    }
+    const SCALE: u128 = 1000;
+    let scaled = U256::from(base.num) * U256::from(SCALE) * (face_value + tx_cost);
+    let num = scaled.div_ceil(face_value);
+    let den = base.den.checked_mul(SCALE)?;
+    let price = Price::new(u128::try_from(num).ok()?, den)?;
+    (i64::try_from(price.num).is_ok() && i64::try_from(price.den).is_ok()).then_some(price)
+}
+
 /// Win probability giving `ev` at `face_value`: EV × ⌈(2^256 − 1) / faceValue⌉.
 pub fn win_prob(ev: U256, face_value: U256) -> U256 {
     if face_value.is_zero() {
@@ -451,6 +469,36 @@ pub fn win_prob(ev: U256, face_value: U256) -> U256 {
 mod tests {
     use super::super::ticket::expected_value;
     use super::*;
+
+    #[test]
+    fn auto_adjusted_prices_carry_the_redemption_overhead() {
+        let p = |n, d| Price::new(n, d).unwrap();
+        let wei = U256::from;
+        // 2 wei a pixel, winners of 2M wei costing 1.2M to redeem: 3.2.
+        assert_eq!(
+            auto_adjusted(p(2, 1), wei(2_000_000u64), wei(1_200_000u64)),
+            Some(p(16, 5))
+        );
+        // go-livepeer's usual 100× face value: 1% more.
+        assert_eq!(
+            auto_adjusted(p(1200, 1), wei(100u64), wei(1u64)),
+            Some(p(1212, 1))
+        );
+        // Rounded up, never below the exact price, by under a thousandth.
+        let up = auto_adjusted(p(1, 3), wei(3u64), wei(1u64)).unwrap();
+        assert!(up.num * 9 >= 4 * up.den && (up.num * 9 - 4 * up.den) * 1000 < up.den * 9);
+        // A small price per pixel stays above 0 (go-livepeer's would not).
+        let tiny = auto_adjusted(p(1, 1_000_000), wei(100u64), wei(1u64)).unwrap();
+        assert!(tiny.num > 0);
+        // Free stays free; no gas cost, no overhead.
+        assert_eq!(auto_adjusted(p(0, 1), wei(1u64), wei(1u64)), Some(p(0, 1)));
+        assert_eq!(auto_adjusted(p(5, 1), wei(1u64), U256::ZERO), Some(p(5, 1)));
+        // Too large for a PriceInfo.
+        assert_eq!(
+            auto_adjusted(p(i64::MAX as u128, 1), wei(1u64), wei(1u64)),
+            None
+        );
+    }
 
     #[test]
     fn price_is_reduced_and_costs_round_up() {

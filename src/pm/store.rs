@@ -88,10 +88,20 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("ticket store holds a malformed row: {0}")]
     Corrupt(String),
+    #[error("ticket store redeemer lock: {0}")]
+    Lock(String),
 }
 
 pub struct TicketStore {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
+}
+
+/// Held by the store's one redeemer; dropping it (or dying) lets another
+/// process take over.
+#[derive(Debug)]
+pub struct RedeemerLock {
+    _file: std::fs::File,
 }
 
 /// A stored sender column as an address.
@@ -112,8 +122,9 @@ fn now() -> i64 {
 }
 
 impl TicketStore {
-    /// Opens (creating if needed) the store at `path`. Tickets left
-    /// `redeeming` by a crash go back to `queued`.
+    /// Opens (creating if needed) the store at `path`. Several processes
+    /// may open one store (an orchestrator and its separate redeemer); only
+    /// the one holding [`TicketStore::take_redemption`] redeems.
     pub fn open(path: &Path) -> Result<TicketStore, StoreError> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -158,12 +169,46 @@ impl TicketStore {
                 ))?;
             }
         }
-        conn.execute_batch(
-            "UPDATE winning_tickets SET status = 'queued' WHERE status = 'redeeming';",
-        )?;
         Ok(TicketStore {
             conn: Mutex::new(conn),
+            path: path.to_path_buf(),
         })
+    }
+
+    /// Makes this process the store's one redeemer for as long as the
+    /// returned lock lives: two redeemers would send the same ticket twice
+    /// and each would take the other's claimed tickets for stranded ones.
+    /// The lock is the OS's (released when the process dies, however it
+    /// dies), so tickets a crashed redeemer left `redeeming` go back to
+    /// `queued` here, once it is known that nobody is redeeming them.
+    pub fn take_redemption(&self) -> Result<RedeemerLock, StoreError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".redeemer-lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Lock(format!("{}: {e}", Path::new(&lock_path).display())))?;
+        // flock(2): held per open file, dropped by the kernel with the
+        // process. (std's File::try_lock is newer than our minimum Rust.)
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(StoreError::Lock(format!(
+                    "another process redeems from {} (a separate `lpworker redeemer`, or an orchestrator that redeems itself)",
+                    self.path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(StoreError::Lock(format!(
+                    "{}: {e}",
+                    Path::new(&lock_path).display()
+                )))
+            }
+        }
+        self.requeue_stranded()?;
+        Ok(RedeemerLock { _file: file })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -280,6 +325,37 @@ impl TicketStore {
             *e = e.saturating_add(U256::from_be_slice(&fv));
         }
         Ok(sums.into_iter().collect())
+    }
+
+    /// Per sender: face value still owed (queued or mid-redemption) and
+    /// face value settled (left the queue for good, however), read in one
+    /// statement so the two agree. An orchestrator whose winners another
+    /// process redeems learns what was settled from the second figure's
+    /// growth: rows are never deleted, so it only grows.
+    pub fn owed_and_settled_by_sender(&self) -> Result<Vec<(Address, U256, U256)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT sender, face_value, status IN ('queued', 'redeeming') FROM winning_tickets",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })?;
+        let mut sums: std::collections::HashMap<Address, (U256, U256)> = Default::default();
+        for row in rows {
+            let (sender, fv, owed) = row?;
+            let e = sums.entry(sender_address(&sender)?).or_default();
+            let fv = U256::from_be_slice(&fv);
+            if owed {
+                e.0 = e.0.saturating_add(fv);
+            } else {
+                e.1 = e.1.saturating_add(fv);
+            }
+        }
+        Ok(sums.into_iter().map(|(s, (o, d))| (s, o, d)).collect())
     }
 
     /// Marks queued tickets created before `oldest_valid_round` expired
@@ -543,10 +619,16 @@ mod tests {
             store.status(winner(0).ticket.hash()).unwrap(),
             Some((Status::Redeemed, 0))
         );
+        // Opening alone changes nothing: another process may be redeeming.
+        assert_eq!(
+            store.status(winner(1).ticket.hash()).unwrap(),
+            Some((Status::Redeeming, 0))
+        );
+        let _redeemer = store.take_redemption().unwrap();
         assert_eq!(
             store.status(winner(1).ticket.hash()).unwrap(),
             Some((Status::Queued, 0)),
-            "back in the queue after restart"
+            "back in the queue once this process is the redeemer"
         );
         let queued = store.queued(100).unwrap();
         assert_eq!(queued.len(), 9);
@@ -634,5 +716,60 @@ mod tests {
         let expired = store.expire_before(101).unwrap();
         assert_eq!(expired.len(), 2, "rounds 100 of A (nonces 0 and 3)");
         assert_eq!(store.status(h).unwrap().unwrap().0, Status::Expired);
+    }
+
+    #[test]
+    fn one_process_redeems_from_a_store_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let orchestrator = TicketStore::open(&path).unwrap();
+        let redeemer = TicketStore::open(&path).unwrap();
+        orchestrator.insert(&winner(0)).unwrap();
+        let held = redeemer.take_redemption().unwrap();
+        assert!(redeemer.claim(winner(0).ticket.hash()).unwrap());
+        // A second redeemer is refused, and its refusal leaves the first
+        // one's claimed ticket alone.
+        let err = orchestrator.take_redemption().unwrap_err();
+        assert!(err.to_string().contains("another process redeems"), "{err}");
+        assert_eq!(
+            orchestrator.status(winner(0).ticket.hash()).unwrap(),
+            Some((Status::Redeeming, 0))
+        );
+        drop(held);
+        let _taken = orchestrator.take_redemption().unwrap();
+        assert_eq!(
+            orchestrator.status(winner(0).ticket.hash()).unwrap(),
+            Some((Status::Queued, 0)),
+            "the old redeemer's claim is released with its lock"
+        );
+    }
+
+    #[test]
+    fn owed_and_settled_face_value_per_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TicketStore::open(&dir.path().join("t.db")).unwrap();
+        for i in 0..4 {
+            store.insert(&winner(i)).unwrap();
+        }
+        let before = store.owed_and_settled_by_sender().unwrap();
+        let total = |rows: &[(Address, U256, U256)]| {
+            rows.iter()
+                .fold((U256::ZERO, U256::ZERO), |(o, d), r| (o + r.1, d + r.2))
+        };
+        let fv = |i| winner(i).ticket.face_value;
+        assert_eq!(total(&before), (fv(0) + fv(1) + fv(2) + fv(3), U256::ZERO));
+        let redeemed = winner(1).ticket.hash();
+        assert!(store.claim(redeemed).unwrap());
+        store
+            .finish(redeemed, Status::Redeemed, None, None, false)
+            .unwrap();
+        let claimed = winner(2).ticket.hash();
+        assert!(store.claim(claimed).unwrap());
+        let after = store.owed_and_settled_by_sender().unwrap();
+        // Mid-redemption is still owed; redeemed is settled.
+        assert_eq!(total(&after), (fv(0) + fv(2) + fv(3), fv(1)));
+        let sender = winner(1).ticket.sender;
+        let row = after.iter().find(|r| r.0 == sender).unwrap();
+        assert_eq!((row.1, row.2), (fv(0) + fv(2) + fv(3), fv(1)));
     }
 }

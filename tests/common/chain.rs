@@ -508,6 +508,10 @@ pub const PRICING: &[&str] = &[
     "2000000",
     "-maxFaceValue",
     "2000000",
+    // Quoted prices as given: the tests check amounts at these prices
+    // (the overhead go-livepeer adds by default is tested on its own).
+    "-autoAdjustPrice",
+    "false",
 ];
 
 impl ChainShim {
