@@ -241,6 +241,44 @@ async fn tickets_pay_the_cold_orchestrator_and_a_separate_redeemer_redeems_them(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(accepted, "a new winner is taken once the old ones settled");
+
+    // The operator, with A's key at hand once a round, calls reward and
+    // takes the earnings: claim-earnings moves the round's rewards into the
+    // bond, withdraw-fees pays out the fees C's redemptions earned A.
+    let rewarded = a_client.reward_if_due().await.unwrap();
+    assert!(
+        matches!(rewarded, lpworker::chain::RewardOutcome::Rewarded { .. }),
+        "{rewarded:?}"
+    );
+    let before = a_client.delegator_state().await.unwrap();
+    assert!(before.pending_stake > before.bonded, "{before:?}");
+    let out = cli(&["claim-earnings", "--yes"], &chain, &a);
+    assert!(out.contains("BondingManager.claimEarnings"), "{out}");
+    let claimed = a_client.delegator_state().await.unwrap();
+    assert_eq!(claimed.bonded, before.pending_stake, "rewards bonded");
+    assert_eq!(claimed.last_claim_round, claimed.current_round);
+    let fees = claimed.pending_fees;
+    assert!(fees > U256::ZERO);
+    let eth_before = common::chain::eth_balance(&a_client, a.address).await;
+    let out = cli(&["withdraw-fees", "--yes", "--json"], &chain, &a);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let tx: alloy_primitives::B256 = report["sent"][0]["tx"].as_str().unwrap().parse().unwrap();
+    let receipt = {
+        use alloy::providers::Provider as _;
+        a_client
+            .provider()
+            .get_transaction_receipt(tx)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let gas_cost = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+    let after = common::chain::eth_balance(&a_client, a.address).await;
+    assert_eq!(after + gas_cost, eth_before + fees, "{report}");
+    assert_eq!(
+        a_client.delegator_state().await.unwrap().pending_fees,
+        U256::ZERO
+    );
     let _ = running.kill();
     let _ = running.wait();
 }

@@ -321,6 +321,67 @@ async fn capacity_is_enforced_and_admitted_requests_succeed() {
         .is_ok());
 }
 
+/// `--max-sessions auto`: capacity measured at start (on a small clip and
+/// ladder here), admitted as measured and within the cap, and the levels
+/// tried are logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_sessions_auto_is_measured_at_start() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--preset",
+            "veryfast",
+            "--max-sessions",
+            "auto",
+            "--max-sessions-clip",
+            "320x180p30:2s",
+            "--max-sessions-ladder",
+            "P144p30fps16x9",
+            "--max-sessions-cap",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::ready_line(&mut child);
+    let capacity: u32 = common::line_field(&line, "capacity=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!((1..=3).contains(&capacity), "{line}");
+    let grpc = common::line_field(&line, "grpc=").unwrap().to_string();
+    let mut c = WorkerClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let caps = c
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.capacity, capacity);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(!log.contains('\x1b'), "no colour codes in a piped log");
+    assert!(
+        log.contains("--max-sessions auto: measured")
+            && log.contains(&format!("sessions={capacity}"))
+            || log.contains("even one stream falls behind"),
+        "{log}"
+    );
+    assert!(log.contains("levels=1:"), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_then_exits_zero() {
     let dir = tempdir();

@@ -269,11 +269,37 @@ async fn staking_and_sender_actions_change_chain_state_and_refusals_cost_nothing
         &["deposit", "--deposit", "1", "--reserve", "0.5", "--yes"],
     ));
     assert!(out.contains("TicketBroker.fundDepositAndReserve"), "{out}");
-    ok(cli(
+    // --json: one object with the plan, the dry run or receipt, the state.
+    let dry: serde_json::Value = serde_json::from_str(
+        &sends_nothing(&gw, gw_addr, async {
+            ok(cli(
+                &chain,
+                &gw_key,
+                &["deposit", "--deposit", "0.25", "--json"],
+            ))
+        })
+        .await,
+    )
+    .unwrap();
+    assert_eq!(dry["plans"][0]["what"], "TicketBroker.fundDeposit", "{dry}");
+    assert!(dry["dry_run"]["gas"][0].as_u64().unwrap() > 21_000, "{dry}");
+    assert!(
+        dry.get("sent").is_none() && dry.get("state").is_none(),
+        "{dry}"
+    );
+    let sent: serde_json::Value = serde_json::from_str(&ok(cli(
         &chain,
         &gw_key,
-        &["deposit", "--deposit", "0.25", "--yes"],
-    ));
+        &["deposit", "--deposit", "0.25", "--yes", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(sent["account"], gw_addr.to_string(), "{sent}");
+    assert!(
+        sent["sent"][0]["gas_used"].as_u64().unwrap() > 21_000,
+        "{sent}"
+    );
+    let deposit: U256 = sent["state"]["deposit"].as_str().unwrap().parse().unwrap();
+    assert_eq!(deposit, lpt("1.25"), "{sent}");
     let s = gw.sender_state().await.unwrap();
     assert_eq!((s.deposit, s.reserve), (lpt("1.25"), lpt("0.5")));
     assert_eq!(s.withdraw_round, 0);
@@ -283,6 +309,17 @@ async fn staking_and_sender_actions_change_chain_state_and_refusals_cost_nothing
     })
     .await;
     assert!(err.contains("not unlocked"), "{err}");
+    // Nothing unlocking: nothing to cancel. Unlock, cancel, unlock again.
+    let err = sends_nothing(&gw, gw_addr, async {
+        refused(cli(&chain, &gw_key, &["cancel-unlock", "--yes"]))
+    })
+    .await;
+    assert!(err.contains("nothing to cancel"), "{err}");
+    ok(cli(&chain, &gw_key, &["unlock", "--yes"]));
+    let out = ok(cli(&chain, &gw_key, &["cancel-unlock", "--yes"]));
+    assert!(out.contains("TicketBroker.cancelUnlock"), "{out}");
+    assert!(out.contains("locked (round"), "{out}");
+    assert_eq!(gw.sender_state().await.unwrap().withdraw_round, 0);
     ok(cli(&chain, &gw_key, &["unlock", "--yes"]));
     let s = gw.sender_state().await.unwrap();
     assert_eq!(s.withdraw_round, s.current_round + 2);

@@ -3,6 +3,7 @@
 //! streams, each transcoding every segment of the input in order, as a live
 //! stream arrives; optionally the FFmpeg CLI does the same work alongside.
 
+pub mod capacity;
 pub mod hardware;
 mod harness;
 pub mod input;

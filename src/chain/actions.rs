@@ -417,6 +417,30 @@ impl ChainClient {
         })
     }
 
+    /// `cancelUnlock()`: the deposit and reserve stay, and the account can
+    /// be paid with tickets again. Refused when nothing is unlocking.
+    pub async fn plan_cancel_unlock(&self) -> Result<Planned, ChainError> {
+        let s = self.sender_state().await?;
+        if s.withdraw_round == 0 {
+            return Err(ChainError::Refused(format!(
+                "{} is not unlocking its deposit and reserve: nothing to cancel",
+                self.account()
+            )));
+        }
+        let tb = self.ticket_broker().await?;
+        Ok(Planned {
+            what: "TicketBroker.cancelUnlock".into(),
+            description: format!(
+                "cancel the unlock of {}'s deposit ({} ETH) and reserve ({} ETH), due in round {}",
+                self.account(),
+                decimal(s.deposit),
+                decimal(s.reserve),
+                s.withdraw_round
+            ),
+            tx: tb.cancelUnlock().into_transaction_request(),
+        })
+    }
+
     /// `withdraw()`: the whole deposit and reserve back to the account,
     /// once unlocked.
     pub async fn plan_withdraw(&self) -> Result<Planned, ChainError> {

@@ -27,13 +27,17 @@ pub struct AttachArgs {
     )]
     pub orch_secret: String,
     /// Segments transcoded at once; registered as this worker's capacity.
+    /// `auto`: the streams this machine keeps in real time, measured at start.
     #[arg(
         long,
         alias = "maxSessions",
-        default_value_t = 10,
-        env = "LP_MAXSESSIONS"
+        default_value = "10",
+        env = "LP_MAXSESSIONS",
+        value_parser = super::max_sessions::parse
     )]
-    pub max_sessions: u32,
+    pub max_sessions: super::max_sessions::MaxSessions,
+    #[command(flatten)]
+    pub calibration: super::max_sessions::CalibrationArgs,
     /// Work as a remote transcoder (the default unless --ai is given).
     #[arg(long)]
     pub transcode: bool,
@@ -113,9 +117,6 @@ pub struct AttachArgs {
 }
 
 pub fn run(args: AttachArgs) -> Result<()> {
-    if args.max_sessions == 0 {
-        bail!("--max-sessions must be at least 1 (the orchestrator refuses zero capacity)");
-    }
     if args.orch_secret.is_empty() {
         bail!("--orch-secret must not be empty");
     }
@@ -134,8 +135,18 @@ pub fn run(args: AttachArgs) -> Result<()> {
             args.insecure_public,
         )?;
     }
+    // Measured (with `auto`) only where transcoding is registered.
+    let transcodes = if args.live_runner {
+        args.transcode
+    } else {
+        args.transcode || !(args.ai || args.models.ai_models.is_some())
+    };
+    let max_sessions = match transcodes {
+        true => args.max_sessions.resolve(&args.video, &args.calibration)?,
+        false => args.max_sessions.resolve_without_measuring(),
+    };
     if args.live_runner {
-        return live_runner(args);
+        return live_runner(args, max_sessions);
     }
     let ai_role = args.ai || args.models.ai_models.is_some();
     let transcode_role = args.transcode || !ai_role;
@@ -153,7 +164,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
     let config = AttachConfig {
         orch_addr: args.orch_addr.clone(),
         orch_secret: args.orch_secret.clone(),
-        max_sessions: args.max_sessions,
+        max_sessions,
         livepeer_version: args.livepeer_version.clone(),
         preset: args.video.preset.clone(),
         max_segment_bytes: 300_000_000,
@@ -168,7 +179,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
                 let worker = BoundWorker::bind(WorkerConfig {
                     addr,
                     metrics_addr: None,
-                    max_sessions: args.max_sessions,
+                    max_sessions,
                     drain_timeout: config.drain_timeout,
                     limits: RequestLimits {
                         timeout: Duration::from_secs(60),
@@ -258,7 +269,7 @@ const MIN_SECRET_PATH: usize = 16;
 
 /// `--live-runner`: the AI models as single-shot Live Runner apps, and
 /// with --transcode the live transcoding app.
-fn live_runner(args: AttachArgs) -> Result<()> {
+fn live_runner(args: AttachArgs, max_sessions: u32) -> Result<()> {
     let (models, live_models) = args.models.load_with_live()?;
     if models.is_none() && live_models.is_empty() && !args.transcode {
         bail!("--live-runner serves --ai-models (each model an app) and/or --transcode");
@@ -296,7 +307,7 @@ fn live_runner(args: AttachArgs) -> Result<()> {
                 ladder,
                 args.live_preset.clone(),
             ),
-            capacity: args.max_sessions,
+            capacity: max_sessions,
         });
     }
     let runner_url = args

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bench;
 pub mod health;
+pub mod max_sessions;
 pub mod orchestrator;
 pub mod redeemer;
 pub mod serve;
@@ -46,8 +47,11 @@ pub fn init_logging(json: bool, default_level: &str) {
     let filter = EnvFilter::try_from_env("LPWORKER_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Colours only for a person at a terminal: a log file or collector
+    // would get escape codes inside every field.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -2,7 +2,7 @@
 //! and its staking actions (`register`, `bond`, `status`, `unbond`,
 //! `rebond`, `withdraw-stake`, `withdraw-fees`, `claim-earnings`,
 //! `set-service-uri`) and a gateway account's TicketBroker funding
-//! (`deposit`, `unlock`, `withdraw`). The transaction actions print their
+//! (`deposit`, `unlock`, `cancel-unlock`, `withdraw`). The transaction actions print their
 //! plan and only check it (a dry run) unless given --yes.
 
 use std::net::SocketAddr;
@@ -60,6 +60,8 @@ pub enum Action {
     Deposit(DepositArgs),
     /// Start unlocking this account's TicketBroker deposit and reserve: unlock().
     Unlock(TxArgs),
+    /// Stop unlocking the deposit and reserve: cancelUnlock().
+    CancelUnlock(TxArgs),
     /// Withdraw the TicketBroker deposit and reserve after the unlock period: withdraw().
     Withdraw(TxArgs),
 }
@@ -70,6 +72,10 @@ pub struct TxArgs {
     /// Send the transaction; without it the plan is only checked (a dry run).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Print one JSON object for scripts: the plan, the dry run's gas or
+    /// the receipts, and the state read back.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub eth: EthArgs,
 }
@@ -550,10 +556,11 @@ async fn transaction(action: Action) -> Result<()> {
         Action::ClaimEarnings(a) => (&a.tx, false),
         Action::SetServiceUri(a) => (&a.tx, false),
         Action::Deposit(a) => (&a.tx, true),
-        Action::Unlock(a) | Action::Withdraw(a) => (a, true),
+        Action::Unlock(a) | Action::CancelUnlock(a) | Action::Withdraw(a) => (a, true),
         Action::Status(_) => unreachable!("not a transaction action"),
     };
     let client = tx.eth.connect().await?;
+    let mut out = Report::new(tx.json, client.account());
     // Most actions are one transaction; bond may approve first, register
     // may set the service URI after.
     let plans = match &action {
@@ -568,7 +575,7 @@ async fn transaction(action: Action) -> Result<()> {
                 match client.plan_set_service_uri(uri).await {
                     Ok(p) => plans.push(p),
                     // Already this URI: nothing to send for it.
-                    Err(lpworker::chain::ChainError::Refused(why)) => println!("{why}"),
+                    Err(lpworker::chain::ChainError::Refused(why)) => out.note(&why),
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -580,62 +587,141 @@ async fn transaction(action: Action) -> Result<()> {
     // mined; every other step stands alone.
     let dependent = matches!(action, Action::Bond(_)) && plans.len() > 1;
     for plan in &plans {
-        println!("plan: {} from {}", plan.what, client.account());
-        println!("  {}", plan.description);
+        out.plan(plan);
     }
     if !tx.yes {
         let mut gas = Vec::new();
         for (i, plan) in plans.iter().enumerate() {
             if dependent && i > 0 {
-                println!(
+                out.note(&format!(
                     "dry run: {} is checked when sent, after the step before it",
                     plan.what
-                );
+                ));
                 continue;
             }
-            gas.push(client.dry_run(plan).await?.to_string());
+            gas.push(client.dry_run(plan).await?);
         }
-        println!(
-            "dry run: would succeed (gas estimate {}); add --yes to send",
-            gas.join(" + ")
-        );
-        return Ok(());
+        out.dry_run(&gas);
+        return out.finish();
     }
     for plan in plans {
         let sent = client.execute(plan).await?;
-        println!(
-            "sent: transaction {} in block {}, gas used {}",
-            sent.tx,
-            sent.block.map_or("-".to_string(), |b| b.to_string()),
-            sent.gas_used
-        );
+        out.sent(&sent);
     }
     match &action {
-        Action::Bond(a) => println!(
+        Action::Bond(a) => out.note(&format!(
             "bonded {} LPT from {} to {}",
             a.amount,
             client.account(),
             a.to.unwrap_or(client.account())
-        ),
-        Action::Register(a) => {
-            println!(
-                "registered {} as a transcoder: reward cut {}%, fee share {}%",
-                client.account(),
-                a.reward_cut,
-                a.fee_share
-            );
-            if a.service_uri.is_some() {
-                println!(
-                    "now: service URI {}",
-                    client.service_uri(client.account()).await?
-                );
-            }
-        }
+        )),
+        Action::Register(a) => out.note(&format!(
+            "registered {} as a transcoder: reward cut {}%, fee share {}%",
+            client.account(),
+            a.reward_cut,
+            a.fee_share
+        )),
         _ => {}
     }
-    read_back(&client, &action, broker).await
+    read_back(&client, &action, broker, &mut out).await?;
+    out.finish()
 }
 
+/// What a transaction action says: lines for a person, or (--json) one
+/// object for scripts with the same facts.
+struct Report {
+    json: Option<serde_json::Map<String, serde_json::Value>>,
+    account: Address,
+}
+
+impl Report {
+    fn new(json: bool, account: Address) -> Report {
+        Report {
+            json: json.then(|| {
+                let mut m = serde_json::Map::new();
+                m.insert("account".into(), account.to_string().into());
+                m.insert("plans".into(), serde_json::Value::Array(Vec::new()));
+                m.insert("notes".into(), serde_json::Value::Array(Vec::new()));
+                m
+            }),
+            account,
+        }
+    }
+
+    fn push(&mut self, key: &str, value: serde_json::Value) {
+        if let Some(m) = &mut self.json {
+            if let Some(serde_json::Value::Array(a)) = m.get_mut(key) {
+                a.push(value);
+            } else {
+                m.insert(key.into(), serde_json::Value::Array(vec![value]));
+            }
+        }
+    }
+
+    fn note(&mut self, line: &str) {
+        match &self.json {
+            Some(_) => self.push("notes", line.into()),
+            None => println!("{line}"),
+        }
+    }
+
+    fn plan(&mut self, plan: &lpworker::chain::actions::Planned) {
+        match &self.json {
+            Some(_) => self.push(
+                "plans",
+                serde_json::json!({"what": plan.what, "description": plan.description}),
+            ),
+            None => {
+                println!("plan: {} from {}", plan.what, self.account);
+                println!("  {}", plan.description);
+            }
+        }
+    }
+
+    fn dry_run(&mut self, gas: &[u64]) {
+        match &mut self.json {
+            Some(m) => {
+                m.insert("dry_run".into(), serde_json::json!({ "gas": gas }));
+            }
+            None => println!(
+                "dry run: would succeed (gas estimate {}); add --yes to send",
+                gas.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" + ")
+            ),
+        }
+    }
+
+    fn sent(&mut self, sent: &lpworker::chain::actions::Sent) {
+        match &self.json {
+            Some(_) => self.push("sent", serde_json::to_value(sent).expect("serializable")),
+            None => println!(
+                "sent: transaction {} in block {}, gas used {}",
+                sent.tx,
+                sent.block.map_or("-".to_string(), |b| b.to_string()),
+                sent.gas_used
+            ),
+        }
+    }
+
+    /// The state read back: `value` for scripts, `lines` for a person.
+    fn state(&mut self, value: serde_json::Value, lines: &[String]) {
+        match &mut self.json {
+            Some(m) => {
+                m.insert("state".into(), value);
+            }
+            None => lines.iter().for_each(|l| println!("{l}")),
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        if let Some(m) = self.json {
+            println!("{}", serde_json::to_string_pretty(&m)?);
+        }
+        Ok(())
+    }
+}
 /// The one transaction of every action but bond and register.
 async fn single_plan(
     client: &ChainClient,
@@ -668,6 +754,7 @@ async fn single_plan(
                 .await?
         }
         Action::Unlock(_) => client.plan_unlock().await?,
+        Action::CancelUnlock(_) => client.plan_cancel_unlock().await?,
         Action::Withdraw(_) => client.plan_withdraw().await?,
         Action::Register(_) | Action::Bond(_) | Action::Status(_) => {
             unreachable!("not a single transaction")
@@ -676,10 +763,15 @@ async fn single_plan(
 }
 
 /// The account's state after an action, read back from the chain.
-async fn read_back(client: &ChainClient, action: &Action, broker: bool) -> Result<()> {
+async fn read_back(
+    client: &ChainClient,
+    action: &Action,
+    broker: bool,
+    out: &mut Report,
+) -> Result<()> {
     if broker {
         let s = client.sender_state().await?;
-        println!(
+        let line = format!(
             "now: deposit {} ETH, reserve {} ETH, {} (round {})",
             decimal(s.deposit),
             decimal(s.reserve),
@@ -690,31 +782,47 @@ async fn read_back(client: &ChainClient, action: &Action, broker: bool) -> Resul
             },
             s.current_round
         );
-    } else if let Action::SetServiceUri(_) = action {
-        println!(
-            "now: service URI {}",
-            client.service_uri(client.account()).await?
-        );
-    } else {
-        let d = client.delegator_state().await?;
-        println!(
-            "now: bonded {} LPT to {}, pending stake {} LPT, fees {} ETH, claimed through round {} (round {})",
-            decimal(d.bonded),
-            d.delegate,
-            decimal(d.pending_stake),
-            decimal(d.pending_fees),
-            d.last_claim_round,
-            d.current_round
-        );
-        for l in &d.unbonding_locks {
-            println!(
-                "  unbonding lock {}: {} LPT, withdrawable from round {}",
-                l.id,
-                decimal(l.amount),
-                l.withdraw_round
-            );
-        }
+        out.state(serde_json::to_value(&s)?, &[line]);
+        return Ok(());
     }
+    let uri_set = match action {
+        Action::SetServiceUri(_) => true,
+        Action::Register(a) => a.service_uri.is_some(),
+        _ => false,
+    };
+    if let Action::SetServiceUri(_) = action {
+        let uri = client.service_uri(client.account()).await?;
+        out.state(
+            serde_json::json!({ "service_uri": uri }),
+            &[format!("now: service URI {uri}")],
+        );
+        return Ok(());
+    }
+    let d = client.delegator_state().await?;
+    let mut lines = vec![format!(
+        "now: bonded {} LPT to {}, pending stake {} LPT, fees {} ETH, claimed through round {} (round {})",
+        decimal(d.bonded),
+        d.delegate,
+        decimal(d.pending_stake),
+        decimal(d.pending_fees),
+        d.last_claim_round,
+        d.current_round
+    )];
+    for l in &d.unbonding_locks {
+        lines.push(format!(
+            "  unbonding lock {}: {} LPT, withdrawable from round {}",
+            l.id,
+            decimal(l.amount),
+            l.withdraw_round
+        ));
+    }
+    let mut value = serde_json::to_value(&d)?;
+    if uri_set {
+        let uri = client.service_uri(client.account()).await?;
+        lines.push(format!("now: service URI {uri}"));
+        value["service_uri"] = uri.into();
+    }
+    out.state(value, &lines);
     Ok(())
 }
 

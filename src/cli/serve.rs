@@ -23,14 +23,19 @@ pub struct ServeArgs {
     /// Do not serve metrics.
     #[arg(long)]
     pub no_metrics: bool,
-    /// Concurrent transcode sessions admitted; more are refused with RESOURCE_EXHAUSTED.
+    /// Concurrent transcode sessions admitted; more are refused with
+    /// RESOURCE_EXHAUSTED. `auto`: the streams this machine keeps in real
+    /// time, measured at start.
     #[arg(
         long,
         alias = "maxSessions",
-        default_value_t = 10,
-        env = "LP_MAXSESSIONS"
+        default_value = "10",
+        env = "LP_MAXSESSIONS",
+        value_parser = super::max_sessions::parse
     )]
-    pub max_sessions: u32,
+    pub max_sessions: super::max_sessions::MaxSessions,
+    #[command(flatten)]
+    pub calibration: super::max_sessions::CalibrationArgs,
     /// Seconds a shutdown (SIGTERM) waits for in-flight work.
     #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
     pub drain_timeout: f64,
@@ -202,9 +207,6 @@ pub async fn shutdown_signal() {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    if args.max_sessions == 0 {
-        bail!("--max-sessions must be at least 1");
-    }
     if args.auth_secret.as_deref() == Some("") {
         bail!("--auth-secret must not be empty");
     }
@@ -225,10 +227,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.insecure_public,
         )?;
     }
+    let max_sessions = args.max_sessions.resolve(&args.video, &args.calibration)?;
     let config = WorkerConfig {
         addr: args.addr,
         metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
-        max_sessions: args.max_sessions,
+        max_sessions,
         drain_timeout: seconds("drain-timeout", args.drain_timeout)?,
         limits: RequestLimits {
             timeout: seconds("request-timeout", args.request_timeout)?,
@@ -262,7 +265,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // One machine-readable line for supervisors and tests.
         let show = |a: Option<SocketAddr>| a.map_or_else(|| "off".to_string(), |a| a.to_string());
         println!(
-            "lpworker serve listening grpc={} metrics={} http={}",
+            "lpworker serve listening grpc={} metrics={} http={} capacity={max_sessions}",
             worker.grpc_addr(),
             show(worker.metrics_addr()),
             show(worker.ai_http_addr()),
