@@ -17,7 +17,7 @@ use super::auth::AuthTokens;
 use super::media::MediaStore;
 use super::payments::{Payments, Reservation, Work};
 use super::workers::WorkerPool;
-use crate::attach::segment::job_from_seg_data;
+use crate::lp_rpc::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
 use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 
@@ -221,7 +221,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
     };
     let job = match job_from_seg_data(&seg, &gw.capabilities) {
         Ok(j) => j,
-        Err(e @ crate::attach::segment::SegmentError::Incompatible) => {
+        Err(e @ crate::lp_rpc::segment::SegmentError::Incompatible) => {
             return text(StatusCode::FORBIDDEN, e.to_string())
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
@@ -268,7 +268,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
                 gw.media.put(
                     path.clone(),
                     Bytes::from(data),
-                    crate::attach::results::mime(container),
+                    crate::lp_rpc::results::mime(container),
                 );
                 segments.push(net::TranscodedSegmentData {
                     url: format!("{}/{path}", gw.service_uri),
@@ -442,7 +442,7 @@ pub async fn ai(
         Err((status, msg)) => return text(status, msg),
     };
     let store_urls =
-        header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
+        header(request.headers(), "Authorization") == crate::lp_rpc::results::AI_WORKER_AUTH;
     let _room = match gw.bodies.reserve(request.headers(), gw.max_segment_bytes) {
         Ok(room) => room,
         Err(e) => return respond(e.status(), &AiError::Busy(e.to_string())),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::attach::capabilities;
+use crate::lp_rpc::capabilities;
 use crate::proto::lp_rpc as net;
 use gateway::{Gateway, OrchestratorService};
 
