@@ -340,7 +340,8 @@ pub struct OrchestratorArgs {
     /// as the last path segment (-liveRunnerProxyUrl); default {serviceURI}/run/{proxy}.
     #[arg(long, alias = "liveRunnerProxyUrl", env = "LP_LIVERUNNERPROXYURL")]
     pub live_runner_proxy_url: Option<String>,
-    /// Dynamic runners' bootstrap secret, or a file holding it (-orchSecret).
+    /// The secret remote transcoders register with and dynamic Live
+    /// Runners' bootstrap secret, or a file holding it (-orchSecret).
     #[arg(
         long,
         alias = "orchSecret",
@@ -918,6 +919,10 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         livepeer_version: args.livepeer_version.clone(),
         payments,
         live_runners,
+        orch_secret: args
+            .orch_secret
+            .as_deref()
+            .map(lpworker::chain::account::resolve_password),
     };
     let orch = BoundOrchestrator::bind(config).await?;
     match orch.cli_addr() {

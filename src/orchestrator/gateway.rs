@@ -40,9 +40,29 @@ pub struct Gateway {
     pub trickle: Arc<crate::trickle::TrickleServer>,
     /// Live Runners hosted here; `None` when not enabled.
     pub runners: Option<Arc<super::runners::LiveRunners>>,
+    /// go-livepeer remote transcoders; `None` without `-orchSecret`.
+    pub transcoders: Option<Arc<super::transcoders::RemoteTranscoders>>,
 }
 
 impl Gateway {
+    /// What this node offers now: the workers' capabilities and those of
+    /// the remote transcoders registered at the moment.
+    fn capabilities_now(&self) -> net::Capabilities {
+        let mut capabilities = self.capabilities.clone();
+        if let Some(pool) = &self.transcoders {
+            pool.add_capabilities(&mut capabilities);
+        }
+        capabilities
+    }
+
+    /// go-livepeer's `orchId` in task notifications: the node's address,
+    /// or "offchain".
+    pub fn orch_id(&self) -> String {
+        self.payments
+            .as_ref()
+            .map_or_else(|| "offchain".into(), |p| p.address().to_string())
+    }
+
     /// OrchestratorInfo for a gateway: with a chain, fresh ticket params for
     /// `sender` at this node's price and the node's address.
     async fn info(
@@ -61,7 +81,7 @@ impl Gateway {
         sender: Option<Address>,
         work: Work<'_>,
     ) -> net::OrchestratorInfo {
-        let mut capabilities = self.capabilities.clone();
+        let mut capabilities = self.capabilities_now();
         if let Some(runners) = &self.runners {
             // Live video: what the Live Runners registered now can take.
             super::runners::lv2v::add_capability(&mut capabilities, &runners.registry);
@@ -219,7 +239,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
-    let job = match job_from_seg_data(&seg, &gw.capabilities) {
+    let job = match job_from_seg_data(&seg, &gw.capabilities_now()) {
         Ok(j) => j,
         Err(e @ crate::lp_rpc::segment::SegmentError::Incompatible) => {
             return text(StatusCode::FORBIDDEN, e.to_string())
@@ -247,12 +267,12 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
 
     let request = pb::TranscodeRequest {
         request_id: format!("{session}-{}", seg.seq),
-        source: Some(pb::transcode_request::Source::Segment(Vec::from(body))),
+        source: Some(pb::transcode_request::Source::Segment(body.to_vec())),
         profiles: job.profiles.iter().map(worker_profile).collect(),
         timeout_ms: (u64::from(job.duration_ms) * 4).max(8000) as u32,
         ..Default::default()
     };
-    let result = match gw.workers.transcode(request).await {
+    let result = match super::routing::transcode(&gw, &seg, job.duration_ms, body, request).await {
         Ok(t) => {
             let mut segments = Vec::new();
             let mut hashes = Vec::new();
@@ -307,6 +327,14 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
 
 /// `GET /stream/<session>/<profile>/<seq>.<ext>`: a stored rendition.
 pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) -> Response {
+    // A remote transcoder fetching the input of its task.
+    if let Some(input) = gw
+        .transcoders
+        .as_ref()
+        .and_then(|pool| pool.input(&format!("stream/{path}")))
+    {
+        return ([(axum::http::header::CONTENT_TYPE, "video/mp2t")], input).into_response();
+    }
     match gw.media.get(&format!("stream/{path}")) {
         Some((data, mime)) => ([(axum::http::header::CONTENT_TYPE, mime)], data).into_response(),
         None => text(StatusCode::NOT_FOUND, "not found"),

@@ -12,8 +12,10 @@ pub mod gateway;
 pub mod media;
 pub mod payments;
 pub mod pricing;
+pub mod routing;
 pub mod runners;
 pub mod tls;
+pub mod transcoders;
 pub mod workers;
 
 use std::future::Future;
@@ -60,6 +62,9 @@ pub struct OrchestratorConfig {
     pub payments: Option<Arc<payments::Payments>>,
     /// Hosting Live Runners; `None` leaves their routes out.
     pub live_runners: Option<LiveRunnerOptions>,
+    /// `-orchSecret`: go-livepeer remote transcoders may register with it;
+    /// `None` leaves the `net.Transcoder` service and its routes out.
+    pub orch_secret: Option<String>,
 }
 
 /// go-livepeer's Live Runner flags.
@@ -376,6 +381,10 @@ impl BoundOrchestrator {
             payments: config.payments.clone(),
             trickle,
             runners,
+            transcoders: config
+                .orch_secret
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::new(transcoders::RemoteTranscoders::new(s))),
         });
         Ok(BoundOrchestrator {
             listener,
@@ -405,7 +414,7 @@ impl BoundOrchestrator {
         let grpc = net::orchestrator_server::OrchestratorServer::new(OrchestratorService(
             Arc::clone(&self.gateway),
         ));
-        let http = axum::Router::new()
+        let mut http = axum::Router::new()
             .route("/segment", axum::routing::post(gateway::segment))
             .route("/payment", axum::routing::post(gateway::payment))
             .route("/stream/{*path}", axum::routing::get(gateway::stream))
@@ -422,9 +431,22 @@ impl BoundOrchestrator {
             // them); the server streams bodies itself and caps segments.
             .nest(crate::trickle::BASE_PATH, self.gateway.trickle.router());
         let _sweeper = self.gateway.trickle.spawn_sweeper();
-        let mut app = tonic::service::Routes::new(grpc)
-            .into_axum_router()
-            .merge(http);
+        let mut grpc = tonic::service::Routes::new(grpc);
+        if let Some(pool) = &self.gateway.transcoders {
+            // As go-livepeer: remote transcoders only with -orchSecret.
+            grpc = grpc.add_service(
+                net::transcoder_server::TranscoderServer::new(
+                    transcoders::service::TranscoderService(Arc::clone(pool)),
+                )
+                .max_decoding_message_size(1 << 20),
+            );
+            http = http.route(
+                "/transcodeResults",
+                axum::routing::post(transcoders::results::transcode_results)
+                    .with_state(Arc::clone(&self.gateway)),
+            );
+        }
+        let mut app = grpc.into_axum_router().merge(http);
         let mut _maintenance = None;
         if let Some(runners) = &self.gateway.runners {
             // Proxy URLs are matched before every route, as go-livepeer does.
