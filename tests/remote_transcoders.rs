@@ -358,3 +358,141 @@ async fn a_transcoder_killed_mid_segment_hands_the_segment_to_a_worker() {
     assert!(shim.logged("remote transcoder left mid-segment"));
     assert!(shim.logged("remote transcoder removed"));
 }
+
+/// A gateway's segment as the shim answers it, submitted in the background.
+fn submit(addr: &str, body: Vec<u8>, seq: i64) -> tokio::task::JoinHandle<net::TranscodeResult> {
+    let addr = addr.to_string();
+    tokio::spawn(async move {
+        let info = offchain_info(&addr).await;
+        let seg = seg_data(&info, &body, seq, 1000);
+        let r = http()
+            .post(format!("{}/segment", info.transcoder))
+            .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        net::TranscodeResult::decode(r.bytes().await.unwrap()).unwrap()
+    })
+}
+
+/// The test plays a go-livepeer transcoder by hand: what it is sent, what
+/// it may fetch and when, and which of its posts count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_answered_once_from_its_transcoders_host() {
+    let dir = tempdir();
+    let worker = ServeProcess::start(&["--max-sessions", "1"]);
+    let (shim, addr) = shim(&worker, &dir.path().join("data"));
+    let channel = lpworker::attach::insecure_tls::grpc_channel(&addr, |e| e)
+        .await
+        .unwrap();
+    let mut jobs = net::transcoder_client::TranscoderClient::new(channel)
+        .register_transcoder(net::RegisterRequest {
+            secret: SECRET.into(),
+            capacity: 1,
+            capabilities: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    shim.wait_for("remote transcoder registered", Duration::from_secs(30))
+        .await;
+
+    let segment = b"not even video: the transcoder here is the test".to_vec();
+    let gateway = submit(&addr, segment.clone(), 4);
+    let notify = jobs.message().await.unwrap().expect("a task");
+    let seg = notify.seg_data.clone().unwrap();
+    assert_eq!((seg.seq, seg.duration), (4, 1000));
+    assert_eq!(seg.full_profiles2.len(), 2, "the gateway's profiles");
+    assert_eq!(seg.hash, vec![0; 32], "hash cleared, as go-livepeer does");
+    assert_eq!(
+        (notify.profiles.as_slice(), seg.profiles.as_slice()),
+        (&b"invalid"[..], &b"invalid"[..])
+    );
+    assert_eq!(notify.orch_id, "offchain");
+    let session = &seg.auth_token.as_ref().unwrap().session_id;
+    assert!(
+        notify
+            .url
+            .starts_with(&format!("https://{addr}/stream/{session}/4-"))
+            && notify.url.ends_with(".tempfile"),
+        "{}",
+        notify.url
+    );
+    let fetched = http().get(&notify.url).send().await.unwrap();
+    assert_eq!(fetched.status().as_u16(), 200);
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), segment.as_slice());
+
+    let mut body = lpworker::lp_rpc::results::Multipart::new();
+    let renditions = [vec![b'a'; 100], vec![b'b'; 200]];
+    for (data, pixels) in renditions.iter().zip(["111", "222"]) {
+        body.part(
+            &[
+                ("Content-Type", "video/mp2t".into()),
+                ("Pixels", pixels.into()),
+            ],
+            data,
+        );
+    }
+    let (content_type, body) = body.finish();
+    let post = |client: reqwest::Client, task_id: i64| {
+        let (url, content_type, body) = (
+            format!("https://{addr}/transcodeResults"),
+            content_type.clone(),
+            body.clone(),
+        );
+        async move {
+            client
+                .post(url)
+                .header("Authorization", "Livepeer-Transcoder-1.0")
+                .header("Credentials", SECRET)
+                .header("TaskId", task_id.to_string())
+                .header("Pixels", "999")
+                .header("Content-Type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let elsewhere = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    assert_eq!(post(elsewhere, notify.task_id).await, 404, "another host");
+    assert_eq!(post(http(), notify.task_id + 1).await, 404, "never sent");
+    assert_eq!(post(http(), notify.task_id).await, 200);
+    assert_eq!(post(http(), notify.task_id).await, 404, "a replay");
+    assert_eq!(
+        http()
+            .get(&notify.url)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        404,
+        "the input is gone with its task"
+    );
+
+    let result = gateway.await.unwrap();
+    let Some(net::transcode_result::Result::Data(data)) = result.result else {
+        panic!("no renditions: {:?}", result.result)
+    };
+    for (s, (data, pixels)) in data.segments.iter().zip(renditions.iter().zip([111, 222])) {
+        assert_eq!(s.pixels, pixels);
+        let served = http()
+            .get(&s.url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(served.as_ref(), data.as_slice());
+    }
+}
