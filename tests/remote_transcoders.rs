@@ -67,13 +67,21 @@ impl Drop for Logged {
 /// The shim, off chain, with `-orchSecret` and `worker` behind it; returns
 /// it and its host:port.
 fn shim(worker: &ServeProcess, datadir: &std::path::Path) -> (Logged, String) {
-    let mut child =
-        offchain_shim_command(&worker.grpc.to_string(), datadir, &["-orchSecret", SECRET])
-            .env("LPWORKER_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    start_shim(offchain_shim_command(
+        &worker.grpc.to_string(),
+        datadir,
+        &["-orchSecret", SECRET],
+    ))
+}
+
+/// Starts a shim command line; returns it and its host:port.
+fn start_shim(mut command: Command) -> (Logged, String) {
+    let mut child = command
+        .env("LPWORKER_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let line = common::ready_line(&mut child);
     let addr = common::line_field(&line, "addr=")
         .unwrap_or_else(|| panic!("the shim did not start: {line:?}"))
@@ -495,4 +503,30 @@ async fn a_task_is_answered_once_from_its_transcoders_host() {
             .unwrap();
         assert_eq!(served.as_ref(), data.as_slice());
     }
+}
+
+/// go-livepeer's standalone orchestrator: no `serve` workers, only the
+/// transcoders that register; what it offers is theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shim_without_workers_serves_through_its_transcoders() {
+    let dir = tempdir();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lpworker"));
+    command
+        .args(["orchestrator", "-serviceAddr", "127.0.0.1:0", "--http-addr"])
+        .args(["127.0.0.1:0", "-network", "offchain", "-pricePerUnit", "0"])
+        .args(["-orchSecret", SECRET, "-datadir"])
+        .arg(dir.path().join("data"));
+    let (shim, addr) = start_shim(command);
+    let h264 = |info: &net::OrchestratorInfo| {
+        info.capabilities
+            .as_ref()
+            .is_some_and(|c| c.bitstring.first().is_some_and(|w| w & 1 == 1))
+    };
+    assert!(!h264(&offchain_info(&addr).await), "nothing registered yet");
+    let _transcoder = attach(&addr);
+    shim.wait_for("remote transcoder registered", Duration::from_secs(30))
+        .await;
+    assert!(h264(&offchain_info(&addr).await), "the transcoder's H.264");
+    let (_, body) = clip(dir.path(), "seg", &Clip::default());
+    submit_and_check(&addr, dir.path(), body, 1, 1000).await;
 }

@@ -298,11 +298,11 @@ pub struct OrchestratorArgs {
     /// `lpworker serve` workers, comma-separated: `host:port` (plain gRPC,
     /// a name is resolved to all its addresses) or `https://host:port` (TLS,
     /// with --worker-ca or --worker-cert-pin). A shim that only hosts Live
-    /// Runners needs none.
+    /// Runners or remote transcoders (-orchSecret) needs none.
     #[arg(
         long,
         value_delimiter = ',',
-        required_unless_present_any = ["use_live_runners", "live_runner_config"]
+        required_unless_present_any = ["use_live_runners", "live_runner_config", "orch_secret"]
     )]
     pub workers: Vec<String>,
     /// The workers' `serve --auth-secret`, sent as `authorization: Bearer` on every call.

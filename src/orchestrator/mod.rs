@@ -292,7 +292,8 @@ impl BoundOrchestrator {
             &config.workers,
             config.worker_client.clone(),
         )?);
-        // A shim that only hosts Live Runners has no workers.
+        // A shim that only hosts Live Runners or remote transcoders has no
+        // workers.
         let caps = if config.workers.is_empty() {
             Default::default()
         } else {
