@@ -503,6 +503,28 @@ async fn a_task_is_answered_once_from_its_transcoders_host() {
             .unwrap();
         assert_eq!(served.as_ref(), data.as_slice());
     }
+
+    // The gateway ends its session: the transcoder that served it hears
+    // go-livepeer's teardown notice (no URL, only the session ID).
+    let channel = lpworker::attach::insecure_tls::grpc_channel(&addr, |e| e)
+        .await
+        .unwrap();
+    net::orchestrator_client::OrchestratorClient::new(channel)
+        .end_transcoding_session(net::EndTranscodingSessionRequest {
+            auth_token: seg.auth_token.clone(),
+        })
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(5), jobs.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a teardown notice");
+    assert!(notice.url.is_empty());
+    assert_eq!(
+        &notice.seg_data.unwrap().auth_token.unwrap().session_id,
+        session
+    );
 }
 
 /// go-livepeer's standalone orchestrator: no `serve` workers, only the

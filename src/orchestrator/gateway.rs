@@ -161,12 +161,17 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
         &self,
         request: Request<net::EndTranscodingSessionRequest>,
     ) -> Result<tonic::Response<net::EndTranscodingSessionResponse>, Status> {
-        // Workers are stateless: ending a session only needs a valid token.
+        // Workers are stateless: ending a session only needs a valid token;
+        // a remote transcoder that served it is told, as go-livepeer tells it.
         let token = request.into_inner().auth_token;
-        self.0
+        let session = self
+            .0
             .auth
             .verify(token.as_ref())
             .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if let Some(pool) = &self.0.transcoders {
+            pool.end_session(session);
+        }
         Ok(tonic::Response::new(net::EndTranscodingSessionResponse {}))
     }
 

@@ -34,6 +34,11 @@ pub const MAX_TRANSCODERS: usize = 256;
 pub const MAX_CAPACITY: i64 = 256;
 /// Capability words a registration may carry (go-livepeer's 38 fit in one).
 pub const MAX_CAPABILITY_WORDS: usize = 16;
+/// Sessions whose transcoder is remembered; past this the least recently
+/// used is forgotten (off chain anyone can open sessions).
+pub const MAX_SESSIONS: usize = 16_384;
+/// Job stream room beyond the capacity, for session teardown notices.
+const NOTICE_SLACK: usize = 64;
 /// go-livepeer's `common.HTTPTimeout`: the least a task is given.
 const MIN_TASK_TIMEOUT: Duration = Duration::from_secs(8);
 /// Smallest rendition go-livepeer accepts ("ZeroSegments").
@@ -99,6 +104,35 @@ struct Inner {
     tasks: HashMap<i64, Task>,
     /// Task by its input's path (the input GET is unauthenticated: no scan).
     inputs: HashMap<String, i64>,
+    /// Which transcoder a gateway session's segments last went to, and
+    /// when (a use counter): its next segments go there while it has room,
+    /// as go-livepeer keeps a session on one transcoder (its decoder and
+    /// encoder sessions stay warm there).
+    sessions: HashMap<String, (u64, u64)>,
+    uses: u64,
+}
+
+impl Inner {
+    fn remember(&mut self, session: &str, transcoder: u64) {
+        self.uses += 1;
+        let stamp = self.uses;
+        if let Some(entry) = self.sessions.get_mut(session) {
+            *entry = (transcoder, stamp);
+            return;
+        }
+        if self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(s, _)| s.clone());
+            if let Some(oldest) = oldest {
+                self.sessions.remove(&oldest);
+            }
+        }
+        self.sessions
+            .insert(session.to_string(), (transcoder, stamp));
+    }
 }
 
 /// The registered transcoders and their tasks in flight.
@@ -215,7 +249,9 @@ impl RemoteTranscoders {
         Status,
     > {
         let capacity = capacity.min(MAX_CAPACITY);
-        let (jobs, rx) = mpsc::channel(capacity as usize);
+        // Room for a teardown notice per session besides the tasks, so a
+        // notice never makes a task look undeliverable.
+        let (jobs, rx) = mpsc::channel(capacity as usize + NOTICE_SLACK);
         let id = self.next_transcoder.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
         if inner.transcoders.len() >= MAX_TRANSCODERS {
@@ -250,33 +286,79 @@ impl RemoteTranscoders {
 
     /// Removes a transcoder: its tasks wake as gone, its stream ends.
     fn remove(&self, id: u64, why: &str) {
-        let removed = self.lock().transcoders.remove(&id);
+        let removed = {
+            let mut inner = self.lock();
+            inner.sessions.retain(|_, (t, _)| *t != id);
+            inner.transcoders.remove(&id)
+        };
         if let Some(t) = removed {
             t.gone.cancel();
             info!(transcoder = id, why, "remote transcoder removed");
         }
     }
 
-    /// The compatible transcoder with room and the least load for its
-    /// capacity; its load is taken.
+    /// The transcoder `session` last used if it still has room, else the
+    /// compatible one with room and the least load for its capacity; its
+    /// load is taken.
     fn select(
         &self,
+        session: &str,
         wanted: Option<&net::Capabilities>,
     ) -> Option<(u64, JobSender, CancellationToken)> {
         let mut inner = self.lock();
-        let best = inner
-            .transcoders
-            .values_mut()
-            .filter(|t| t.load < t.capacity)
-            .filter(|t| wanted.is_none_or(|w| compatible(w, &t.capabilities)))
-            .min_by(|a, b| {
-                // load/capacity, compared without division.
-                (i128::from(a.load) * i128::from(b.capacity))
-                    .cmp(&(i128::from(b.load) * i128::from(a.capacity)))
-                    .then(a.id.cmp(&b.id))
-            })?;
-        best.load += 1;
-        Some((best.id, best.jobs.clone(), best.gone.clone()))
+        let usable = |t: &Transcoder| {
+            t.load < t.capacity && wanted.is_none_or(|w| compatible(w, &t.capabilities))
+        };
+        let last = inner
+            .sessions
+            .get(session)
+            .map(|(t, _)| *t)
+            .filter(|t| inner.transcoders.get(t).is_some_and(usable));
+        let id = match last {
+            Some(id) => id,
+            None => {
+                inner
+                    .transcoders
+                    .values()
+                    .filter(|t| usable(t))
+                    .min_by(|a, b| {
+                        // load/capacity, compared without division.
+                        (i128::from(a.load) * i128::from(b.capacity))
+                            .cmp(&(i128::from(b.load) * i128::from(a.capacity)))
+                            .then(a.id.cmp(&b.id))
+                    })?
+                    .id
+            }
+        };
+        if !session.is_empty() {
+            inner.remember(session, id);
+        }
+        let chosen = inner.transcoders.get_mut(&id)?;
+        chosen.load += 1;
+        Some((chosen.id, chosen.jobs.clone(), chosen.gone.clone()))
+    }
+
+    /// A gateway ended `session`: its transcoder gets go-livepeer's
+    /// teardown notice (no URL, only the session ID) and forgets it.
+    pub fn end_session(&self, session: &str) {
+        let mut inner = self.lock();
+        let Some((id, _)) = inner.sessions.remove(session) else {
+            return;
+        };
+        if let Some(t) = inner.transcoders.get(&id) {
+            let notice = net::NotifySegment {
+                seg_data: Some(net::SegData {
+                    auth_token: Some(net::AuthToken {
+                        session_id: session.to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            // Best effort, as go-livepeer's: a full stream skips it.
+            let _ = t.jobs.try_send(Ok(notice));
+        }
     }
 
     fn release(&self, transcoder: u64, task: i64) {
@@ -320,15 +402,17 @@ impl RemoteTranscoders {
         service_uri: &str,
         orch_id: &str,
     ) -> Attempt {
-        let Some((transcoder, jobs, gone)) = self.select(segment.seg.capabilities.as_ref()) else {
-            return Attempt::NoneFree;
-        };
-        let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
         let session = segment
             .seg
             .auth_token
             .as_ref()
             .map_or("", |t| t.session_id.as_str());
+        let Some((transcoder, jobs, gone)) =
+            self.select(session, segment.seg.capabilities.as_ref())
+        else {
+            return Attempt::NoneFree;
+        };
+        let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
         // An unguessable name: go-livepeer serves inputs to anyone holding
         // the URL, so the URL is the credential.
         let token: String = (0..32)
@@ -472,6 +556,8 @@ mod tests {
             pixels: 100,
         }
     }
+
+    type JobsRx = mpsc::Receiver<Result<net::NotifySegment, Status>>;
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))
@@ -646,5 +732,83 @@ mod tests {
         ));
         assert_eq!(started.elapsed(), Duration::from_secs(12), "4 × duration");
         assert_eq!(pool.count(), 0);
+    }
+    #[tokio::test]
+    async fn a_session_stays_on_its_transcoder_and_its_end_is_announced() {
+        let pool = Arc::new(RemoteTranscoders::new("s".into()));
+        let (_a, mut jobs_a) = pool.register(None, 4, caps(&[0])).unwrap();
+        let (_b, mut jobs_b) = pool.register(None, 1, caps(&[0])).unwrap();
+        let of_session = |id: &str| {
+            let mut seg = seg();
+            seg.auth_token.as_mut().unwrap().session_id = id.into();
+            seg
+        };
+        let (mine, other, fresh) = (of_session("abcd"), of_session("other"), of_session("new"));
+        let segment = |seg| Segment {
+            seg,
+            data: Bytes::new(),
+            renditions: 1,
+            duration_ms: 2000,
+        };
+        // Which transcoder a segment goes to, answered at once; `holding`
+        // is a segment left in flight meanwhile.
+        async fn sent_to_a(
+            pool: &RemoteTranscoders,
+            segment: &Segment<'_>,
+            jobs: (&mut JobsRx, &mut JobsRx),
+            holding: &mut (impl std::future::Future<Output = Attempt> + Unpin),
+        ) -> bool {
+            let waiting = pool.transcode(segment, URI, "offchain");
+            tokio::pin!(waiting);
+            let (to_a, notify) = tokio::select! {
+                _ = &mut waiting => panic!("answered early"),
+                _ = holding => panic!("answered early"),
+                n = jobs.0.recv() => (true, n.unwrap().unwrap()),
+                n = jobs.1.recv() => (false, n.unwrap().unwrap()),
+            };
+            pool.claim(notify.task_id, None)
+                .unwrap()
+                .answer(Outcome::Failed("x".into()));
+            assert!(matches!(waiting.await, Attempt::Answered(_)));
+            to_a
+        }
+        let mut idle = std::future::pending::<Attempt>();
+        let first = sent_to_a(
+            &pool,
+            &segment(&mine),
+            (&mut jobs_a, &mut jobs_b),
+            &mut idle,
+        )
+        .await;
+        assert!(first, "both idle: the first registered");
+        // Another session's segment in flight on a: a is now the busier.
+        let other = segment(&other);
+        let held = pool.transcode(&other, URI, "offchain");
+        tokio::pin!(held);
+        tokio::select! {
+            _ = &mut held => panic!("answered early"),
+            n = jobs_a.recv() => assert!(n.is_some()),
+        }
+        let jobs = (&mut jobs_a, &mut jobs_b);
+        assert!(
+            sent_to_a(&pool, &segment(&mine), jobs, &mut held).await,
+            "kept on a"
+        );
+        let jobs = (&mut jobs_a, &mut jobs_b);
+        assert!(
+            !sent_to_a(&pool, &segment(&fresh), jobs, &mut held).await,
+            "new: the idler b"
+        );
+
+        pool.end_session("abcd");
+        let notice = jobs_a.try_recv().unwrap().unwrap();
+        assert!(crate::lp_rpc::segment::is_session_end(&notice));
+        assert_eq!(
+            notice.seg_data.unwrap().auth_token.unwrap().session_id,
+            "abcd"
+        );
+        // Said once, to that transcoder only.
+        pool.end_session("abcd");
+        assert!(jobs_a.try_recv().is_err() && jobs_b.try_recv().is_err());
     }
 }
