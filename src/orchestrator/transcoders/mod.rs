@@ -413,6 +413,13 @@ impl RemoteTranscoders {
             return Attempt::NoneFree;
         };
         let task_id = self.next_task.fetch_add(1, Ordering::Relaxed);
+        // Frees the task, its input and the load however this ends, the
+        // gateway hanging up (this future dropped) included.
+        let _in_flight = InFlight {
+            pool: self,
+            transcoder,
+            task: task_id,
+        };
         // An unguessable name: go-livepeer serves inputs to anyone holding
         // the URL, so the URL is the credential.
         let token: String = (0..32)
@@ -443,42 +450,53 @@ impl RemoteTranscoders {
             profiles: b"invalid".to_vec(),
             orch_id: orch_id.to_string(),
         };
-        let attempt = if jobs.try_send(Ok(notify)).is_err() {
-            Attempt::Gone
-        } else {
-            info!(
-                transcoder,
-                task_id,
-                seq = segment.seg.seq,
-                "segment sent to remote transcoder"
-            );
-            let timeout =
-                Duration::from_millis(u64::from(segment.duration_ms) * 4).max(MIN_TASK_TIMEOUT);
-            tokio::select! {
-                outcome = answered => match outcome {
-                    Ok(o) => Attempt::Answered(o),
-                    Err(_) => Attempt::Gone,
-                },
-                _ = gone.cancelled() => Attempt::Gone,
-                _ = tokio::time::sleep(timeout) => Attempt::TimedOut,
-            }
-        };
-        self.release(transcoder, task_id);
-        match &attempt {
-            Attempt::Gone => {
-                warn!(transcoder, task_id, "remote transcoder left mid-segment");
-                self.remove(transcoder, "stream closed");
-            }
-            Attempt::TimedOut => {
-                warn!(
-                    transcoder,
-                    task_id, "remote transcoder took too long; dropping it"
-                );
-                self.remove(transcoder, "Remote transcoder took too long");
-            }
-            _ => {}
+        if jobs.try_send(Ok(notify)).is_err() {
+            // Its stream is closed, or so far behind it holds more than
+            // its capacity: either way it takes no more.
+            self.remove(transcoder, "job stream closed or stalled");
+            return Attempt::Gone;
         }
-        attempt
+        info!(
+            transcoder,
+            task_id,
+            seq = segment.seg.seq,
+            "segment sent to remote transcoder"
+        );
+        let timeout =
+            Duration::from_millis(u64::from(segment.duration_ms) * 4).max(MIN_TASK_TIMEOUT);
+        tokio::select! {
+            outcome = answered => match outcome {
+                Ok(o) => Attempt::Answered(o),
+                // Its result post broke off after claiming the task: the
+                // segment goes elsewhere, the transcoder stays.
+                Err(_) => {
+                    warn!(transcoder, task_id, "remote transcoder's result post broke off");
+                    Attempt::Gone
+                }
+            },
+            _ = gone.cancelled() => {
+                warn!(transcoder, task_id, "remote transcoder left mid-segment");
+                Attempt::Gone
+            }
+            _ = tokio::time::sleep(timeout) => {
+                warn!(transcoder, task_id, "remote transcoder took too long; dropping it");
+                self.remove(transcoder, "Remote transcoder took too long");
+                Attempt::TimedOut
+            }
+        }
+    }
+}
+
+/// A task in flight; dropped, it is released.
+struct InFlight<'a> {
+    pool: &'a RemoteTranscoders,
+    transcoder: u64,
+    task: i64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.pool.release(self.transcoder, self.task);
     }
 }
 
@@ -810,5 +828,36 @@ mod tests {
         // Said once, to that transcoder only.
         pool.end_session("abcd");
         assert!(jobs_a.try_recv().is_err() && jobs_b.try_recv().is_err());
+    }
+    #[tokio::test]
+    async fn a_gateway_hanging_up_frees_the_task_and_the_room() {
+        let pool = Arc::new(RemoteTranscoders::new("s".into()));
+        let (_reg, mut jobs) = pool.register(None, 1, caps(&[0])).unwrap();
+        let seg = seg();
+        let segment = Segment {
+            seg: &seg,
+            data: Bytes::from_static(b"input"),
+            renditions: 1,
+            duration_ms: 2000,
+        };
+        let notify = {
+            let waiting = pool.transcode(&segment, URI, "offchain");
+            tokio::pin!(waiting);
+            tokio::select! {
+                _ = &mut waiting => panic!("answered early"),
+                n = jobs.recv() => n.unwrap().unwrap(),
+            }
+            // The segment's future is dropped here, unanswered.
+        };
+        let path = notify.url.strip_prefix(&format!("{URI}/")).unwrap();
+        assert!(pool.input(path).is_none());
+        assert!(pool.claim(notify.task_id, None).is_err());
+        // Its one slot is free again.
+        let waiting = pool.transcode(&segment, URI, "offchain");
+        tokio::pin!(waiting);
+        tokio::select! {
+            a = &mut waiting => panic!("not sent: {a:?}"),
+            n = jobs.recv() => assert!(n.is_some()),
+        }
     }
 }
