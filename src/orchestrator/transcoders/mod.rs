@@ -69,8 +69,9 @@ pub enum Attempt {
     TimedOut,
 }
 
-/// The sending end of a transcoder's job stream.
+/// The two ends of a transcoder's job stream.
 type JobSender = mpsc::Sender<Result<net::NotifySegment, Status>>;
+type JobReceiver = mpsc::Receiver<Result<net::NotifySegment, Status>>;
 
 /// One registered transcoder.
 struct Transcoder {
@@ -241,16 +242,10 @@ impl RemoteTranscoders {
         peer: Option<IpAddr>,
         capacity: i64,
         capabilities: net::Capabilities,
-    ) -> Result<
-        (
-            Registration,
-            mpsc::Receiver<Result<net::NotifySegment, Status>>,
-        ),
-        Status,
-    > {
+    ) -> Result<(Registration, JobReceiver), Status> {
         let capacity = capacity.min(MAX_CAPACITY);
-        // Room for a teardown notice per session besides the tasks, so a
-        // notice never makes a task look undeliverable.
+        // Room for teardown notices besides the tasks, so a notice never
+        // makes a task look undeliverable.
         let (jobs, rx) = mpsc::channel(capacity as usize + NOTICE_SLACK);
         let id = self.next_transcoder.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();
@@ -575,8 +570,6 @@ mod tests {
         }
     }
 
-    type JobsRx = mpsc::Receiver<Result<net::NotifySegment, Status>>;
-
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))
     }
@@ -773,7 +766,7 @@ mod tests {
         async fn sent_to_a(
             pool: &RemoteTranscoders,
             segment: &Segment<'_>,
-            jobs: (&mut JobsRx, &mut JobsRx),
+            jobs: (&mut JobReceiver, &mut JobReceiver),
             holding: &mut (impl std::future::Future<Output = Attempt> + Unpin),
         ) -> bool {
             let waiting = pool.transcode(segment, URI, "offchain");

@@ -26,7 +26,7 @@ pub struct TranscoderService(pub Arc<RemoteTranscoders>);
 /// A transcoder's job stream; its registration ends when tonic drops it
 /// (the peer went away or the call ended).
 pub struct Jobs {
-    rx: tokio::sync::mpsc::Receiver<Result<net::NotifySegment, Status>>,
+    rx: super::JobReceiver,
     _registration: Registration,
 }
 
