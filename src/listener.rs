@@ -21,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
+/// How often an HTTP/2 peer is pinged, and how long its answer may take.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -116,6 +120,17 @@ async fn connection<Io>(
         inner: io,
         heard: Arc::clone(&heard),
     };
+    // Handlers may ask who is calling (results must come from the host a
+    // remote transcoder registered from).
+    let app = tower::util::MapRequest::new(
+        app,
+        move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            request
+        },
+    );
     let service = hyper_util::service::TowerToHyperService::new(app);
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -123,7 +138,15 @@ async fn connection<Io>(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    if !limits.http2 {
+    if limits.http2 {
+        // A peer gone without a word (a remote transcoder's host lost its
+        // network) is noticed, and its long-lived streams end.
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
+    } else {
         builder = builder.http1_only();
     }
     // Upgrades: WebSockets proxied to Live Runners.

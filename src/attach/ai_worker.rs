@@ -43,7 +43,7 @@ pub fn capabilities(registry: &Registry, version: &str) -> lp_rpc::Capabilities 
         *capacities.entry(cap).or_default() += e.capacity;
     }
     lp_rpc::Capabilities {
-        bitstring: super::capabilities::bitstring(capacities.keys().copied()),
+        bitstring: crate::lp_rpc::capabilities::bitstring(capacities.keys().copied()),
         mandatories: Vec::new(),
         capacities,
         version: version.to_string(),

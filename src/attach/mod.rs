@@ -4,10 +4,8 @@
 
 pub mod ai_worker;
 pub mod backoff;
-pub mod capabilities;
 pub mod insecure_tls;
 pub mod results;
-pub mod segment;
 pub mod session;
 pub mod transcoder;
 

@@ -1,112 +1,17 @@
 //! Posting results back to the orchestrator the way go-livepeer's workers do:
 //! `POST https://<orch>/transcodeResults` or `/aiResults`, over TLS (HTTP/2
 //! when offered), with the protocol marker and the shared secret as headers.
+//! The bodies themselves are `crate::lp_rpc::results`'.
 
 use std::time::Duration;
 
-use rand::Rng;
 use tracing::{error, warn};
 
 use crate::ai::PipelineOutput;
-use crate::video::{OutputContainer, TranscodeOutput};
-
-/// go-livepeer's protocol marker for remote transcoders (`protoVerLPT`).
-pub const TRANSCODER_AUTH: &str = "Livepeer-Transcoder-1.0";
-/// go-livepeer's protocol marker for remote AI workers.
-pub const AI_WORKER_AUTH: &str = "Livepeer-AI-Worker-1.0";
-/// Content type of a failed transcode.
-pub const TRANSCODE_ERROR: &str = "livepeer/transcoding-error";
-/// Content type of a failed AI job.
-pub const AI_ERROR: &str = "livepeer/ai-worker-error";
-
-/// MIME type of a rendition part (go-livepeer's `ext2mime`).
-pub fn mime(container: OutputContainer) -> &'static str {
-    match container {
-        OutputContainer::Mpegts => "video/mp2t",
-        OutputContainer::Mp4 => "video/mp4",
-    }
-}
-
-/// Builds a multipart/mixed body as Go's `mime/multipart` writes it.
-/// Hand-written because reqwest only writes multipart/form-data.
-struct Multipart {
-    boundary: String,
-    body: Vec<u8>,
-}
-
-impl Multipart {
-    fn new() -> Self {
-        let mut rng = rand::thread_rng();
-        let boundary = (0..30)
-            .map(|_| format!("{:x}", rng.gen_range(0..16u8)))
-            .collect();
-        Multipart {
-            boundary,
-            body: Vec::new(),
-        }
-    }
-
-    fn part(&mut self, headers: &[(&str, String)], data: &[u8]) {
-        self.body
-            .extend_from_slice(format!("--{}\r\n", self.boundary).as_bytes());
-        for (name, value) in headers {
-            self.body
-                .extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-        }
-        self.body.extend_from_slice(b"\r\n");
-        self.body.extend_from_slice(data);
-        self.body.extend_from_slice(b"\r\n");
-    }
-
-    fn finish(mut self) -> (String, Vec<u8>) {
-        self.body
-            .extend_from_slice(format!("--{}--\r\n", self.boundary).as_bytes());
-        (
-            format!("multipart/mixed; boundary={}", self.boundary),
-            self.body,
-        )
-    }
-}
-
-/// One part per rendition, in profile order, with its encoded `Pixels`.
-fn transcode_body(output: &TranscodeOutput) -> (String, Vec<u8>) {
-    let mut m = Multipart::new();
-    for r in &output.renditions {
-        let headers = [
-            ("Content-Type", mime(r.container).to_string()),
-            ("Content-Length", r.data.len().to_string()),
-            ("Pixels", r.encoded.pixels.to_string()),
-        ];
-        m.part(&headers, &r.data);
-    }
-    m.finish()
-}
-
-/// One attachment per output file, then the response JSON (whose media `url`s
-/// name the attachments), as go-livepeer's AI worker sends them.
-fn ai_body(output: &PipelineOutput) -> (String, Vec<u8>) {
-    let mut m = Multipart::new();
-    for f in &output.files {
-        let headers = [
-            ("Content-Type", f.mime.to_string()),
-            ("Content-Length", f.data.len().to_string()),
-            (
-                "Content-Disposition",
-                format!("attachment; filename={}", f.name),
-            ),
-        ];
-        m.part(&headers, &f.data);
-    }
-    let json = serde_json::to_vec(&output.body).expect("JSON values serialize");
-    m.part(
-        &[
-            ("Content-Type", "application/json".into()),
-            ("Content-Length", json.len().to_string()),
-        ],
-        &json,
-    );
-    m.finish()
-}
+use crate::lp_rpc::results::{
+    ai_body, transcode_body, AI_ERROR, AI_WORKER_AUTH, TRANSCODER_AUTH, TRANSCODE_ERROR,
+};
+use crate::video::TranscodeOutput;
 
 /// A transcode result to deliver.
 pub enum TaskResult {

@@ -10,8 +10,8 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn, Instrument};
 
 use super::results::{ResultPoster, TaskResult};
-use super::segment::{is_session_end, job_from_notify};
 use super::{session, AttachConfig};
+use crate::lp_rpc::segment::{is_session_end, job_from_notify};
 use crate::proto::lp_rpc;
 use crate::video::{Admission, Slot, TranscodeOptions, Transcoder, VideoService};
 use crate::worker::fetch::{AddressPolicy, Fetcher};

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
-use lpworker::attach::{ai_worker, capabilities, transcoder, AttachConfig};
+use lpworker::attach::{ai_worker, transcoder, AttachConfig};
+use lpworker::lp_rpc::capabilities;
 use lpworker::video::probe;
 use lpworker::video::Transcoder;
 use lpworker::worker::fetch::Cidr;

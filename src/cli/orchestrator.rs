@@ -309,11 +309,11 @@ pub struct OrchestratorArgs {
     /// `lpworker serve` workers, comma-separated: `host:port` (plain gRPC,
     /// a name is resolved to all its addresses) or `https://host:port` (TLS,
     /// with --worker-ca or --worker-cert-pin). A shim that only hosts Live
-    /// Runners needs none.
+    /// Runners or remote transcoders (-orchSecret) needs none.
     #[arg(
         long,
         value_delimiter = ',',
-        required_unless_present_any = ["use_live_runners", "live_runner_config"]
+        required_unless_present_any = ["use_live_runners", "live_runner_config", "orch_secret"]
     )]
     pub workers: Vec<String>,
     /// The workers' `serve --auth-secret`, sent as `authorization: Bearer` on every call.
@@ -351,7 +351,8 @@ pub struct OrchestratorArgs {
     /// as the last path segment (-liveRunnerProxyUrl); default {serviceURI}/run/{proxy}.
     #[arg(long, alias = "liveRunnerProxyUrl", env = "LP_LIVERUNNERPROXYURL")]
     pub live_runner_proxy_url: Option<String>,
-    /// Dynamic runners' bootstrap secret, or a file holding it (-orchSecret).
+    /// The secret remote transcoders register with and dynamic Live
+    /// Runners' bootstrap secret, or a file holding it (-orchSecret).
     #[arg(
         long,
         alias = "orchSecret",
@@ -1146,6 +1147,10 @@ async fn serve(args: OrchestratorArgs) -> Result<()> {
         },
         payments,
         live_runners,
+        orch_secret: args
+            .orch_secret
+            .as_deref()
+            .map(lpworker::chain::account::resolve_password),
     };
     let orch = BoundOrchestrator::bind(config).await?;
     match orch.cli_addr() {

@@ -17,7 +17,7 @@ use super::auth::AuthTokens;
 use super::media::MediaStore;
 use super::payments::{Payments, Reservation, Work};
 use super::workers::WorkerPool;
-use crate::attach::segment::job_from_seg_data;
+use crate::lp_rpc::segment::job_from_seg_data;
 use crate::proto::{lp_rpc as net, worker as pb};
 use crate::video::{Gop, H264Profile, OutputContainer, VideoCodec};
 
@@ -43,9 +43,29 @@ pub struct Gateway {
     pub trickle: Arc<crate::trickle::TrickleServer>,
     /// Live Runners hosted here; `None` when not enabled.
     pub runners: Option<Arc<super::runners::LiveRunners>>,
+    /// go-livepeer remote transcoders; `None` without `-orchSecret`.
+    pub transcoders: Option<Arc<super::transcoders::RemoteTranscoders>>,
 }
 
 impl Gateway {
+    /// What this node offers now: the workers' capabilities and those of
+    /// the remote transcoders registered at the moment.
+    fn capabilities_now(&self) -> net::Capabilities {
+        let mut capabilities = self.capabilities.clone();
+        if let Some(pool) = &self.transcoders {
+            pool.add_capabilities(&mut capabilities);
+        }
+        capabilities
+    }
+
+    /// go-livepeer's `orchId` in task notifications: the node's address,
+    /// or "offchain".
+    pub fn orch_id(&self) -> String {
+        self.payments
+            .as_ref()
+            .map_or_else(|| "offchain".into(), |p| p.address().to_string())
+    }
+
     /// OrchestratorInfo for a gateway: with a chain, fresh ticket params for
     /// `sender` at this node's price and the node's address.
     async fn info(
@@ -64,7 +84,7 @@ impl Gateway {
         sender: Option<Address>,
         work: Work<'_>,
     ) -> net::OrchestratorInfo {
-        let mut capabilities = self.capabilities.clone();
+        let mut capabilities = self.capabilities_now();
         if let Some(runners) = &self.runners {
             // Live video: what the Live Runners registered now can take.
             super::runners::lv2v::add_capability(&mut capabilities, &runners.registry);
@@ -145,12 +165,17 @@ impl net::orchestrator_server::Orchestrator for OrchestratorService {
         &self,
         request: Request<net::EndTranscodingSessionRequest>,
     ) -> Result<tonic::Response<net::EndTranscodingSessionResponse>, Status> {
-        // Workers are stateless: ending a session only needs a valid token.
+        // Workers are stateless: ending a session only needs a valid token;
+        // a remote transcoder that served it is told, as go-livepeer tells it.
         let token = request.into_inner().auth_token;
-        self.0
+        let session = self
+            .0
             .auth
             .verify(token.as_ref())
             .map_err(|e| Status::permission_denied(e.to_string()))?;
+        if let Some(pool) = &self.0.transcoders {
+            pool.end_session(session);
+        }
         Ok(tonic::Response::new(net::EndTranscodingSessionResponse {}))
     }
 
@@ -223,9 +248,9 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
         Ok(c) => c,
         Err((status, msg)) => return text(status, msg),
     };
-    let job = match job_from_seg_data(&seg, &gw.capabilities) {
+    let job = match job_from_seg_data(&seg, &gw.capabilities_now()) {
         Ok(j) => j,
-        Err(e @ crate::attach::segment::SegmentError::Incompatible) => {
+        Err(e @ crate::lp_rpc::segment::SegmentError::Incompatible) => {
             return text(StatusCode::FORBIDDEN, e.to_string())
         }
         Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
@@ -251,12 +276,12 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
 
     let request = pb::TranscodeRequest {
         request_id: format!("{session}-{}", seg.seq),
-        source: Some(pb::transcode_request::Source::Segment(Vec::from(body))),
+        source: Some(pb::transcode_request::Source::Segment(body.to_vec())),
         profiles: job.profiles.iter().map(worker_profile).collect(),
         timeout_ms: (u64::from(job.duration_ms) * 4).max(8000) as u32,
         ..Default::default()
     };
-    let result = match gw.workers.transcode(request).await {
+    let result = match super::routing::transcode(&gw, &seg, job.duration_ms, body, request).await {
         Ok(t) => {
             let mut segments = Vec::new();
             let mut hashes = Vec::new();
@@ -272,7 +297,7 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
                 gw.media.put(
                     path.clone(),
                     Bytes::from(data),
-                    crate::attach::results::mime(container),
+                    crate::lp_rpc::results::mime(container),
                 );
                 segments.push(net::TranscodedSegmentData {
                     url: format!("{}/{path}", gw.service_uri),
@@ -311,6 +336,14 @@ pub async fn segment(State(gw): State<Arc<Gateway>>, request: axum::extract::Req
 
 /// `GET /stream/<session>/<profile>/<seq>.<ext>`: a stored rendition.
 pub async fn stream(State(gw): State<Arc<Gateway>>, Path(path): Path<String>) -> Response {
+    // A remote transcoder fetching the input of its task.
+    if let Some(input) = gw
+        .transcoders
+        .as_ref()
+        .and_then(|pool| pool.input(&format!("stream/{path}")))
+    {
+        return ([(axum::http::header::CONTENT_TYPE, "video/mp2t")], input).into_response();
+    }
     match gw.media.get(&format!("stream/{path}")) {
         Some((data, mime)) => ([(axum::http::header::CONTENT_TYPE, mime)], data).into_response(),
         None => text(StatusCode::NOT_FOUND, "not found"),
@@ -446,7 +479,7 @@ pub async fn ai(
         Err((status, msg)) => return text(status, msg),
     };
     let store_urls =
-        header(request.headers(), "Authorization") == crate::attach::results::AI_WORKER_AUTH;
+        header(request.headers(), "Authorization") == crate::lp_rpc::results::AI_WORKER_AUTH;
     let _room = match gw.bodies.reserve(request.headers(), gw.max_segment_bytes) {
         Ok(room) => room,
         Err(e) => return respond(e.status(), &AiError::Busy(e.to_string())),

@@ -12,8 +12,10 @@ pub mod gateway;
 pub mod media;
 pub mod payments;
 pub mod pricing;
+pub mod routing;
 pub mod runners;
 pub mod tls;
+pub mod transcoders;
 pub mod workers;
 
 use std::future::Future;
@@ -25,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::attach::capabilities;
+use crate::lp_rpc::capabilities;
 use crate::proto::lp_rpc as net;
 use gateway::{Gateway, OrchestratorService};
 
@@ -63,6 +65,9 @@ pub struct OrchestratorConfig {
     pub payments: Option<Arc<payments::Payments>>,
     /// Hosting Live Runners; `None` leaves their routes out.
     pub live_runners: Option<LiveRunnerOptions>,
+    /// `-orchSecret`: go-livepeer remote transcoders may register with it;
+    /// `None` leaves the `net.Transcoder` service and its routes out.
+    pub orch_secret: Option<String>,
 }
 
 /// go-livepeer's Live Runner flags.
@@ -322,7 +327,8 @@ impl BoundOrchestrator {
             &config.workers,
             config.worker_client.clone(),
         )?);
-        // A shim that only hosts Live Runners has no workers.
+        // A shim that only hosts Live Runners or remote transcoders has no
+        // workers.
         let caps = if config.workers.is_empty() {
             Default::default()
         } else {
@@ -412,6 +418,10 @@ impl BoundOrchestrator {
             payments: config.payments.clone(),
             trickle,
             runners,
+            transcoders: config
+                .orch_secret
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::new(transcoders::RemoteTranscoders::new(s))),
         });
         Ok(BoundOrchestrator {
             listener,
@@ -441,7 +451,7 @@ impl BoundOrchestrator {
         let grpc = net::orchestrator_server::OrchestratorServer::new(OrchestratorService(
             Arc::clone(&self.gateway),
         ));
-        let http = axum::Router::new()
+        let mut http = axum::Router::new()
             .route("/segment", axum::routing::post(gateway::segment))
             .route("/payment", axum::routing::post(gateway::payment))
             .route("/stream/{*path}", axum::routing::get(gateway::stream))
@@ -458,9 +468,22 @@ impl BoundOrchestrator {
             // them); the server streams bodies itself and caps segments.
             .nest(crate::trickle::BASE_PATH, self.gateway.trickle.router());
         let _sweeper = self.gateway.trickle.spawn_sweeper();
-        let mut app = tonic::service::Routes::new(grpc)
-            .into_axum_router()
-            .merge(http);
+        let mut grpc = tonic::service::Routes::new(grpc);
+        if let Some(pool) = &self.gateway.transcoders {
+            // As go-livepeer: remote transcoders only with -orchSecret.
+            grpc = grpc.add_service(
+                net::transcoder_server::TranscoderServer::new(
+                    transcoders::service::TranscoderService(Arc::clone(pool)),
+                )
+                .max_decoding_message_size(1 << 20),
+            );
+            http = http.route(
+                "/transcodeResults",
+                axum::routing::post(transcoders::results::transcode_results)
+                    .with_state(Arc::clone(&self.gateway)),
+            );
+        }
+        let mut app = grpc.into_axum_router().merge(http);
         let mut _maintenance = None;
         if let Some(runners) = &self.gateway.runners {
             // Proxy URLs are matched before every route, as go-livepeer does.

@@ -540,7 +540,7 @@ pub fn add_capability(caps: &mut net::Capabilities, registry: &Registry) {
     if models.is_empty() {
         return;
     }
-    crate::attach::capabilities::add(&mut caps.bitstring, CAPABILITY);
+    crate::lp_rpc::capabilities::add(&mut caps.bitstring, CAPABILITY);
     let total = models
         .values()
         .map(|m| m.capacity)

@@ -1,5 +1,6 @@
-//! Reading a `NotifySegment` as go-livepeer's remote transcoder does: which
-//! profiles to produce, in what order, and whether this node may take it.
+//! Reading segment data (a gateway's `Livepeer-Segment`, an orchestrator's
+//! `NotifySegment`) as go-livepeer does: which profiles to produce, in what
+//! order, and whether this node may take it.
 
 use crate::proto::lp_rpc::{self, video_profile as net};
 use crate::video::profile::ProfileSpec;
