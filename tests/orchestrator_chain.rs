@@ -19,6 +19,39 @@ use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
 
+/// The shim's secret for go-livepeer remote transcoders (-orchSecret).
+const TRANSCODER_SECRET: &str = "transcoder-secret";
+
+/// `lpworker attach` registered with a shim, killed when dropped.
+struct Attached(std::process::Child);
+
+impl Attached {
+    fn start(addr: &str) -> Attached {
+        Attached(
+            Command::new(env!("CARGO_BIN_EXE_lpworker"))
+                .args([
+                    "attach",
+                    "-orchAddr",
+                    addr,
+                    "-orchSecret",
+                    TRANSCODER_SECRET,
+                ])
+                .args(["-maxSessions", "1", "--preset", "veryfast"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A signed segment's credentials, as a go-livepeer gateway sends them.
 fn seg_data(
     gateway: &GatewaySigner,
@@ -148,7 +181,12 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         &account,
         &worker.grpc.to_string(),
         &dir.path().join("data"),
-        &["--ai-models", ai_models.to_str().unwrap()],
+        &[
+            "--ai-models",
+            ai_models.to_str().unwrap(),
+            "-orchSecret",
+            TRANSCODER_SECRET,
+        ],
     );
     let mut grpc = shim.grpc().await;
 
@@ -393,6 +431,17 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         (400, "Insufficient balance")
     );
 
+    // A go-livepeer remote transcoder (lpworker attach, which speaks its
+    // protocol) registers with the shim and does the paid work.
+    let _transcoder = Attached::start(&shim.addr);
+    let shim_log = || std::fs::read_to_string(&shim.log).unwrap_or_default();
+    wait_until(
+        "the transcoder to register",
+        Duration::from_secs(30),
+        || async { shim_log().contains("remote transcoder registered") },
+    )
+    .await;
+
     // Paid: 12 tickets of EV 2e6 wei cover 12M pixels at 2 wei/pixel.
     let payment = gateway.payment(&info, 12);
     let video_tickets = gateway.tickets(&payment);
@@ -409,6 +458,10 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         panic!("transcode failed: {result:?}");
     };
     assert_eq!(data.segments.len(), 2);
+    assert!(
+        shim_log().contains("segment sent to remote transcoder"),
+        "the paid segment went to the remote transcoder"
+    );
     let mut hashes = Vec::new();
     let mut pixels = 0;
     for s in &data.segments {

@@ -445,7 +445,8 @@ pub struct OrchestratorArgs {
     pub chain_poll: u64,
     /// Per-gateway prices, go-livepeer's -pricePerGateway JSON (or a file):
     /// {"gateways":[{"ethaddress":"0x…","priceperunit":N,"pixelsperunit":N}]}.
-    #[arg(long, alias = "pricePerGateway")]
+    /// (-pricePerBroadcaster, go-livepeer's older name, is read too.)
+    #[arg(long, aliases = ["pricePerGateway", "pricePerBroadcaster"])]
     pub price_per_gateway: Option<String>,
     /// aiModels.json whose price_per_unit/pixels_per_unit price each model
     /// (go-livepeer's -aiModels; the models themselves run on the workers).
@@ -1335,6 +1336,43 @@ fn live_runner_options(
 #[cfg(test)]
 mod tests {
     use super::service_port;
+
+    #[test]
+    fn go_livepeers_flag_spellings_are_taken() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::OrchestratorArgs,
+        }
+        use clap::Parser as _;
+        for flag in ["-pricePerGateway", "-pricePerBroadcaster"] {
+            let argv = crate::cli::normalize_go_flags(
+                [
+                    "lpworker",
+                    "-serviceAddr",
+                    "o.example:8935",
+                    "-orchSecret",
+                    "s",
+                    flag,
+                    "{}",
+                    "-ethOrchAddr",
+                    "0x0000000000000000000000000000000000000001",
+                    "-autoAdjustPrice=false",
+                    "-nodes",
+                    "a.example:1",
+                ]
+                .map(String::from),
+            );
+            let cli = Cli::try_parse_from(argv).unwrap();
+            assert_eq!(cli.args.price_per_gateway.as_deref(), Some("{}"));
+            assert!(!cli.args.auto_adjust_price);
+            assert_eq!(cli.args.nodes.as_deref(), Some("a.example:1"));
+            assert_eq!(
+                cli.args.eth_orch_addr,
+                Some(alloy_primitives::Address::with_last_byte(1))
+            );
+        }
+    }
 
     #[test]
     fn a_base_price_is_wei_or_usd() {

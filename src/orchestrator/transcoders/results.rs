@@ -61,7 +61,17 @@ pub async fn transcode_results(
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     let Ok(task) = pool.claim(task_id, from) else {
-        warn!(task_id, ?from, "result for no task in flight refused");
+        // A holder of the secret can repeat this at will (replays, guesses).
+        static REFUSED: crate::log_limit::SharedRateLimitedLog =
+            crate::log_limit::SharedRateLimitedLog::new(crate::log_limit::REFUSAL_LOG_INTERVAL);
+        if let Some(suppressed) = REFUSED.check() {
+            warn!(
+                task_id,
+                ?from,
+                suppressed,
+                "result for no task in flight refused (suppressed: like lines since the last)"
+            );
+        }
         return text(StatusCode::NOT_FOUND, "Unknown Task ID");
     };
     let limit = if media == TRANSCODE_ERROR {

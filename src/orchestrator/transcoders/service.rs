@@ -64,7 +64,12 @@ impl net::transcoder_server::Transcoder for TranscoderService {
         let req = request.into_inner();
         // go-livepeer returns plain errors: gRPC code Unknown, its text.
         if !self.0.secret_matches(&req.secret) {
-            warn!(?peer, "transcoder registration refused: invalid secret");
+            // Anyone reaching the port can repeat this at will.
+            static REFUSED: crate::log_limit::SharedRateLimitedLog =
+                crate::log_limit::SharedRateLimitedLog::new(crate::log_limit::REFUSAL_LOG_INTERVAL);
+            if let Some(suppressed) = REFUSED.check() {
+                warn!(?peer, suppressed, "transcoder registration refused: invalid secret (suppressed: like lines since the last)");
+            }
             return Err(Status::unknown(INVALID_SECRET));
         }
         if req.capacity <= 0 {
