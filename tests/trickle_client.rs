@@ -106,8 +106,13 @@ impl TestServer {
             .collect()
     }
 
-    fn kill(&self) {
+    /// Stops accepting, then drops every connection. The accept loop is
+    /// waited for first: a connection it accepted while being aborted (a
+    /// subscriber's preconnected GET) would otherwise outlive the kill and
+    /// hold a request open, unanswered, for as long as the client waits.
+    async fn kill(&mut self) {
         self.accept.abort();
+        let _ = (&mut self.accept).await;
         self.connections.lock().unwrap().abort_all();
     }
 }
@@ -386,7 +391,7 @@ async fn a_deleted_channel_ends_the_subscriber_and_stops_the_publisher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_gone_mid_stream_gives_bounded_retries_then_a_clear_error() {
-    let ts = TestServer::start().await;
+    let mut ts = TestServer::start().await;
     let url = ts.channel("gone");
     let retry = RetryPolicy {
         max_attempts: 3,
@@ -424,7 +429,7 @@ async fn a_server_gone_mid_stream_gives_bounded_retries_then_a_clear_error() {
     let mut r1 = sub.next_segment().await.unwrap().unwrap();
     assert_eq!(&r1.chunk().await.unwrap().unwrap()[..], b"x");
 
-    ts.kill();
+    ts.kill().await;
     let started = Instant::now();
     // The reader's connection broke mid-segment.
     let e = within("the reader's error", r1.chunk()).await.unwrap_err();
