@@ -3,74 +3,37 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::orch::{parse_multipart, Posted, TestOrch};
-use common::{clip, ffprobe, tempdir, Clip};
+use common::{clip, ffprobe, tempdir, Clip, Logged};
 use lpworker::proto::lp_rpc as net;
 
 const SECRET: &str = "orch-secret";
 
 /// A running `lpworker attach`, with its log lines collected.
-struct Attach {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Attach {
-    fn start(orch: &TestOrch, secret: &str, extra: &[&str]) -> Attach {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpworker"));
-        // go-livepeer's flag spellings.
-        cmd.args([
-            "attach",
-            "-orchAddr",
-            &orch.addr.to_string(),
-            "-orchSecret",
-            secret,
-        ]);
-        if !extra.contains(&"--preset") {
-            cmd.args(["--preset", "veryfast"]);
-        }
-        let mut child = cmd
-            .args(extra)
-            .env("LPWORKER_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if std::env::var_os("LPWORKER_TEST_LOGS").is_some() {
-                    eprintln!("[attach] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Attach { child, log }
+fn start_attach(orch: &TestOrch, secret: &str, extra: &[&str]) -> Logged {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lpworker"));
+    // go-livepeer's flag spellings.
+    cmd.args([
+        "attach",
+        "-orchAddr",
+        &orch.addr.to_string(),
+        "-orchSecret",
+        secret,
+    ]);
+    if !extra.contains(&"--preset") {
+        cmd.args(["--preset", "veryfast"]);
     }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Attach {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let child = cmd
+        .args(extra)
+        .env("LPWORKER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Logged::collect(child, "attach")
 }
 
 fn profile(
@@ -161,7 +124,7 @@ async fn registers_transcodes_and_posts_results_as_go_livepeer_expects() {
     use net::video_profile::Format;
     let dir = tempdir();
     let orch = TestOrch::start(SECRET, dir.path()).await;
-    let _attach = Attach::start(&orch, SECRET, &["-maxSessions", "3"]);
+    let _attach = start_attach(&orch, SECRET, &["-maxSessions", "3"]);
     wait_registrations(&orch, 1).await;
     let reg = &orch.registrations()[0];
     assert!(reg.secret_ok);
@@ -241,7 +204,7 @@ async fn registers_transcodes_and_posts_results_as_go_livepeer_expects() {
 async fn a_burst_never_exceeds_the_registered_capacity() {
     let dir = tempdir();
     let orch = TestOrch::start(SECRET, dir.path()).await;
-    let _attach = Attach::start(&orch, SECRET, &["--max-sessions", "2"]);
+    let _attach = start_attach(&orch, SECRET, &["--max-sessions", "2"]);
     wait_registrations(&orch, 1).await;
     let (_, bytes) = clip(
         dir.path(),
@@ -286,7 +249,7 @@ async fn a_burst_never_exceeds_the_registered_capacity() {
 async fn a_wrong_secret_is_reported_and_retried_slowly() {
     let dir = tempdir();
     let orch = TestOrch::start(SECRET, dir.path()).await;
-    let mut attach = Attach::start(&orch, "not-the-secret", &[]);
+    let mut attach = start_attach(&orch, "not-the-secret", &[]);
     wait_registrations(&orch, 1).await;
     assert!(!orch.registrations()[0].secret_ok);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -307,7 +270,7 @@ async fn a_wrong_secret_is_reported_and_retried_slowly() {
 async fn bad_segments_post_errors_and_the_worker_stays_up() {
     let dir = tempdir();
     let orch = TestOrch::start(SECRET, dir.path()).await;
-    let mut attach = Attach::start(&orch, SECRET, &[]);
+    let mut attach = start_attach(&orch, SECRET, &[]);
     wait_registrations(&orch, 1).await;
     let p = || {
         vec![profile(
@@ -383,7 +346,7 @@ async fn bad_segments_post_errors_and_the_worker_stays_up() {
 async fn survives_an_orchestrator_restart_mid_job_and_drains_on_sigterm() {
     let dir = tempdir();
     let mut orch = TestOrch::start(SECRET, dir.path()).await;
-    let mut attach = Attach::start(&orch, SECRET, &["--preset", "medium"]);
+    let mut attach = start_attach(&orch, SECRET, &["--preset", "medium"]);
     wait_registrations(&orch, 1).await;
     let (_, heavy) = clip(
         dir.path(),
@@ -506,7 +469,7 @@ async fn ai_worker_registers_models_runs_jobs_and_posts_results() {
     let dir = tempdir();
     let orch = TestOrch::start(SECRET, dir.path()).await;
     // Both roles from one process.
-    let mut attach = Attach::start(
+    let mut attach = start_attach(
         &orch,
         SECRET,
         &[
@@ -626,7 +589,7 @@ async fn a_refusal_that_arrives_on_the_stream_is_still_a_refusal() {
     orch.shared
         .refuse_in_stream
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut attach = Attach::start(&orch, "not-the-secret", &[]);
+    let mut attach = start_attach(&orch, "not-the-secret", &[]);
     wait_registrations(&orch, 1).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -651,7 +614,7 @@ async fn a_refusal_that_arrives_on_the_stream_is_still_a_refusal() {
 async fn an_orchestrator_without_the_ai_worker_service_is_told_once() {
     let dir = tempdir();
     let orch = TestOrch::start_without_ai_service(SECRET, dir.path()).await;
-    let mut attach = Attach::start(
+    let mut attach = start_attach(
         &orch,
         SECRET,
         &[

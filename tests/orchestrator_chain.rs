@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{keccak256, utils::parse_ether, B256};
 use common::chain::{
-    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, rpc_proxy, used,
-    wait_until, ChainShim as Shim, GatewaySigner, LocalChain, PRICING, RPC_KEY,
+    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, post_paid, rpc_proxy,
+    used, wait_until, ChainShim as Shim, GatewaySigner, LocalChain, PRICING, RPC_KEY,
 };
 use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
@@ -23,33 +23,21 @@ use prost::Message;
 const TRANSCODER_SECRET: &str = "transcoder-secret";
 
 /// `lpworker attach` registered with a shim, killed when dropped.
-struct Attached(std::process::Child);
-
-impl Attached {
-    fn start(addr: &str) -> Attached {
-        Attached(
-            Command::new(env!("CARGO_BIN_EXE_lpworker"))
-                .args([
-                    "attach",
-                    "-orchAddr",
-                    addr,
-                    "-orchSecret",
-                    TRANSCODER_SECRET,
-                ])
-                .args(["-maxSessions", "1", "--preset", "veryfast"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn attach(addr: &str) -> common::Logged {
+    let child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
+        .args([
+            "attach",
+            "-orchAddr",
+            addr,
+            "-orchSecret",
+            TRANSCODER_SECRET,
+        ])
+        .args(["-maxSessions", "1", "--preset", "veryfast"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::Logged::collect(child, "attach")
 }
 
 /// A signed segment's credentials, as a go-livepeer gateway sends them.
@@ -433,7 +421,7 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
 
     // A go-livepeer remote transcoder (lpworker attach, which speaks its
     // protocol) registers with the shim and does the paid work.
-    let _transcoder = Attached::start(&shim.addr);
+    let _transcoder = attach(&shim.addr);
     let shim_log = || std::fs::read_to_string(&shim.log).unwrap_or_default();
     wait_until(
         "the transcoder to register",
@@ -1079,18 +1067,6 @@ async fn echo_runner() -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     format!("http://{addr}")
-}
-
-/// Posts `payment` and `seg` as a live payment's headers.
-async fn post_paid(url: &str, seg: &net::SegData, payment: &net::Payment) -> (u16, Vec<u8>) {
-    let r = http()
-        .post(url)
-        .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
-        .header("Livepeer-Payment", b64(&payment.encode_to_vec()))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

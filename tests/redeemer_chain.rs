@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use alloy_primitives::U256;
 use common::chain::{
-    eth_flags, fund_sender, keystore, mine, next_round, nonce, orchestrator_cli as cli, used,
-    wait_until, ChainShim as Shim, GatewaySigner, LocalChain,
+    eth_flags, fund_sender, keystore, mine, next_round, nonce, orchestrator_cli as cli, post_paid,
+    used, wait_until, ChainShim as Shim, GatewaySigner, LocalChain,
 };
-use common::{b64, insecure_http as http, tempdir, ServeProcess};
+use common::{insecure_http as http, tempdir, ServeProcess};
 use lpworker::proto::lp_rpc as net;
-use prost::Message;
 
 /// `lpworker redeemer` for `orchestrator` over `datadir`'s ticket store.
 fn redeemer(
@@ -53,15 +52,8 @@ async fn pay(
         auth_token: info.auth_token.clone(),
         ..Default::default()
     });
-    let r = http()
-        .post(format!("{}/payment", info.transcoder))
-        .header("Livepeer-Segment", b64(&seg.encode_to_vec()))
-        .header("Livepeer-Payment", b64(&payment.encode_to_vec()))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let body = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
+    let (status, body) = post_paid(&format!("{}/payment", info.transcoder), &seg, &payment).await;
+    let body = String::from_utf8_lossy(&body).into_owned();
     (status, body, gateway.tickets(&payment))
 }
 

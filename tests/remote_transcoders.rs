@@ -7,62 +7,16 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::keccak256;
 use common::shim::{offchain_info, offchain_shim_command};
-use common::{b64, clip, ffprobe, insecure_http as http, tempdir, Clip, ServeProcess};
+use common::{b64, clip, ffprobe, insecure_http as http, tempdir, Clip, Logged, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 use prost::Message;
 
 const SECRET: &str = "transcoder-secret";
-
-/// A child process with its stderr lines collected.
-struct Logged {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Logged {
-    fn collect(mut child: Child, tag: &'static str) -> Logged {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if std::env::var_os("LPWORKER_TEST_LOGS").is_some() {
-                    eprintln!("[{tag}] {line}");
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Logged { child, log }
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    async fn wait_for(&self, needle: &str, limit: Duration) {
-        let start = Instant::now();
-        while !self.logged(needle) {
-            assert!(start.elapsed() < limit, "never logged {needle:?}");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The shim, off chain, with `-orchSecret` and `worker` behind it; returns
 /// it and its host:port.

@@ -730,3 +730,21 @@ pub async fn rpc_proxy(upstream: &str) -> RpcProxy {
         methods,
     }
 }
+
+/// Posts `payment` and `seg` as a payment's headers, with no body (`POST
+/// /payment`, a Live Runner session's payment URL); the status and body.
+pub async fn post_paid(
+    url: &str,
+    seg: &lpworker::proto::lp_rpc::SegData,
+    payment: &lpworker::proto::lp_rpc::Payment,
+) -> (u16, Vec<u8>) {
+    use prost::Message as _;
+    let r = super::insecure_http()
+        .post(url)
+        .header("Livepeer-Segment", super::b64(&seg.encode_to_vec()))
+        .header("Livepeer-Payment", super::b64(&payment.encode_to_vec()))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}

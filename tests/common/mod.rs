@@ -335,3 +335,59 @@ pub fn models_dir_with_ocr(dir: &Path) -> PathBuf {
     }
     root
 }
+
+/// A child process (lpworker attach, a shim) with its stderr lines
+/// collected, killed when dropped. `LPWORKER_TEST_LOGS` echoes them,
+/// prefixed with `tag`.
+pub struct Logged {
+    pub child: std::process::Child,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Takes `child`'s piped stderr and collects it on a thread.
+    pub fn collect(mut child: std::process::Child, tag: &'static str) -> Logged {
+        use std::io::BufRead;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stderr, sink) = (
+            child.stderr.take().expect("stderr piped"),
+            std::sync::Arc::clone(&log),
+        );
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if std::env::var_os("LPWORKER_TEST_LOGS").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged { child, log }
+    }
+
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until a line contains `needle`; fails the test after `limit`.
+    pub async fn wait_for(&self, needle: &str, limit: std::time::Duration) {
+        let start = std::time::Instant::now();
+        while !self.logged(needle) {
+            assert!(start.elapsed() < limit, "never logged {needle:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
