@@ -5,7 +5,8 @@ steps left in the results folder (argv[1]); exits 1 when a check failed.
 Checks (each with the figure it rests on):
   kernels:   the NVRTC-built kernels match the Rust reference (|diff| <= 1)
   pixels:    NVDEC's frames equal libavcodec's and every GPU rendition's luma
-             PSNR against the CPU rendition is over the gate
+             PSNR against the CPU rendition is over the gate, for a ladder
+             (one launch for all renditions) and for one rendition alone
   memcheck:  compute-sanitizer found no error
   steps:     no step failed or ran out of time
 Figures reported against their targets (not pass/fail: they are the
@@ -72,10 +73,17 @@ if kernels:
 else:
     checks["kernels"] = False
 
-compare = load("compare-backends.json")
-if compare:
-    checks["pixels"] = not compare.get("failures")
-    figures["pixels"] = {
+# The ladder (the engine's ladder stage) and one rendition (the
+# per-rendition scaler): both must be there and pass.
+figures["pixels"] = {}
+checks["pixels"] = True
+for name, path in (("ladder", "compare-backends.json"), ("single", "compare-single.json")):
+    compare = load(path)
+    if not compare:
+        checks["pixels"] = False
+        continue
+    checks["pixels"] = checks["pixels"] and not compare.get("failures")
+    figures["pixels"][name] = {
         "decode": {p: compare["decode"][p] for p in ("y", "u", "v")},
         "decoded_frames": compare["decode"]["frames"],
         "rendition_luma_psnr_db": {
@@ -84,8 +92,6 @@ if compare:
         "min_luma_psnr_db": compare.get("min_luma_psnr_db"),
         "failures": compare.get("failures"),
     }
-else:
-    checks["pixels"] = False
 
 dc, tc = load("decode-cpu.json"), load("transcode-cpu.json")
 dg, tg = load("decode-nvidia.json"), load("transcode-nvidia.json")

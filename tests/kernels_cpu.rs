@@ -19,7 +19,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use lpworker::video::nvidia::ladder::{LpwLadder, LpwPlane, MAX_RENDITIONS};
-use lpworker::video::nvidia::launch::{ladder_launch_geometry, LaunchGeometry};
+use lpworker::video::nvidia::launch::{
+    ladder_launch_geometry, plan_ladder, rendition_filter, LaunchGeometry,
+};
 use lpworker::video::nvidia::reference::{self, fill_test_pattern, Depth, Filter, Plane};
 use lpworker::video::nvidia::KERNELS;
 use lpworker::video::profile::VideoProfile;
@@ -624,16 +626,6 @@ fn engine_renditions(width: usize, height: usize) -> Vec<(usize, usize)> {
     sizes
 }
 
-/// The filter the engine scales a rendition with, as the NVIDIA backend's
-/// FollowingScaler picks it: area to shrink, bilinear otherwise.
-fn engine_filter(src: (usize, usize), out: (usize, usize)) -> Filter {
-    if out.0 < src.0 || out.1 < src.1 {
-        Filter::Area
-    } else {
-        Filter::Bilinear
-    }
-}
-
 /// Jobs covering `sizes` from `src`, up to 8 renditions a launch, at the
 /// scaler's pitches.
 fn ladder_jobs(format: Format, filter: Filter, src: &Frame, sizes: &[(usize, usize)]) -> Vec<Job> {
@@ -679,8 +671,11 @@ fn kernels_on_the_cpu_are_the_entry_points_rust_launches() {
 }
 
 /// Every rendition the engine makes of 1080p, portrait and 4:3 sources,
-/// launched as the engine launches them: one rendition a launch, at the
-/// scaler's pitches, with its filter; every output byte as the reference.
+/// launched both ways the NVIDIA backend launches them: the whole ladder
+/// as its ladder stage plans it (video::nvidia::launch::plan_ladder), and
+/// one rendition a launch as its per-rendition scaler does (one rendition,
+/// or a transform stage), each with the filter the backend picks, at the
+/// scaler's pitches; every output byte as the reference.
 #[test]
 fn kernels_on_the_cpu_match_the_reference_on_engine_renditions() {
     let sources = [
@@ -689,6 +684,7 @@ fn kernels_on_the_cpu_match_the_reference_on_engine_renditions() {
         ((640, 480), Format::Nv12),
     ];
     let mut jobs = Vec::new();
+    let mut launches = Vec::new();
     for (i, &((width, height), format)) in sources.iter().enumerate() {
         // Source rows padded past the picture, as a decoder's are.
         let src = Frame::source(
@@ -698,11 +694,30 @@ fn kernels_on_the_cpu_match_the_reference_on_engine_renditions() {
             64 * format.bytes_per_sample(),
             i as u32 + 1,
         );
-        for size in engine_renditions(width, height) {
-            let filter = engine_filter((width, height), size);
+        let sizes = engine_renditions(width, height);
+        let as_u32: Vec<(u32, u32)> = sizes.iter().map(|&(w, h)| (w as u32, h as u32)).collect();
+        let plan = plan_ladder((width as u32, height as u32), &as_u32);
+        launches.push(plan.len());
+        for launch in plan {
+            let chosen: Vec<_> = launch.renditions.iter().map(|&r| sizes[r]).collect();
+            let planned = ladder_jobs(format, launch.filter, &src, &chosen);
+            assert_eq!(
+                planned.len(),
+                1,
+                "the plan keeps a launch to eight renditions"
+            );
+            jobs.extend(planned);
+        }
+        for size in sizes {
+            let filter = rendition_filter(
+                (width as u32, height as u32),
+                (size.0 as u32, size.1 as u32),
+            );
             jobs.extend(ladder_jobs(format, filter, &src, &[size]));
         }
     }
+    // Shrinking renditions in one launch, the source's own size in another.
+    assert_eq!(launches, [2, 2, 2]);
     check("engine renditions", &jobs);
 }
 

@@ -78,6 +78,54 @@ pub trait Scaler: Send {
     fn scale(&mut self, frame: &Frame) -> Result<Frame, VideoError>;
 }
 
+/// Resizes each frame to every rendition's size in one step, for a backend
+/// where one pass over the source is cheaper than one per rendition (a GPU
+/// kernel that writes the whole ladder in one launch). One per segment.
+pub trait LadderScaler: Send {
+    /// One frame per entry of `sizes`, in that order, each with `frame`'s
+    /// `pts`. `sizes` is the same on every call of one segment.
+    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError>;
+}
+
+/// A ladder scaler made of one [`Scaler`] per size: what a backend's ladder
+/// does with frames its one-pass scaler cannot take (host frames reaching
+/// the NVIDIA backend when the CPU decoded).
+pub struct ScalerPerSize {
+    make: Box<dyn Fn(u32, u32) -> Box<dyn Scaler> + Send>,
+    scalers: Vec<((u32, u32), Box<dyn Scaler>)>,
+}
+
+impl ScalerPerSize {
+    /// `make(width, height)` opens the scaler for one size, on first use.
+    pub fn new(make: impl Fn(u32, u32) -> Box<dyn Scaler> + Send + 'static) -> Self {
+        ScalerPerSize {
+            make: Box::new(make),
+            scalers: Vec::new(),
+        }
+    }
+}
+
+impl LadderScaler for ScalerPerSize {
+    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+        if self.scalers.len() != sizes.len()
+            || self
+                .scalers
+                .iter()
+                .zip(sizes)
+                .any(|((have, _), want)| have != want)
+        {
+            self.scalers = sizes
+                .iter()
+                .map(|&(w, h)| ((w, h), (self.make)(w, h)))
+                .collect();
+        }
+        self.scalers
+            .iter_mut()
+            .map(|(_, scaler)| scaler.scale(frame))
+            .collect()
+    }
+}
+
 /// What an encoder needs to know about one rendition.
 #[derive(Debug, Clone)]
 pub struct EncoderSettings {
@@ -117,4 +165,13 @@ pub trait VideoBackend: Send + Sync {
     fn decoder(&self, stream: &VideoStreamInfo) -> Result<Box<dyn Decoder>, VideoError>;
     fn scaler(&self, width: u32, height: u32) -> Result<Box<dyn Scaler>, VideoError>;
     fn encoder(&self, settings: &EncoderSettings) -> Result<Box<dyn Encoder>, VideoError>;
+
+    /// The backend's ladder scaler, if scaling every rendition in one step
+    /// pays on it: the engine then scales once per decoded frame, between
+    /// the decoder and the rendition threads, instead of in each rendition
+    /// thread. The CPU backend has none: its scalers already run in
+    /// parallel, one per rendition thread.
+    fn ladder_scaler(&self) -> Option<Box<dyn LadderScaler>> {
+        None
+    }
 }

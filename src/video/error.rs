@@ -56,6 +56,10 @@ pub enum VideoError {
     /// or the machine's fault, not the input's.
     #[error("frame transform failed: {0}")]
     Transform(String),
+    /// A backend's stage answered what the engine cannot use (a scaler's
+    /// frames of the wrong size): a bug of ours, reported, not a panic.
+    #[error("video backend broke its contract: {0}")]
+    Contract(String),
     /// The blocking task running the engine panicked or was torn down.
     #[error("transcode task failed: {0}")]
     Task(String),
@@ -80,6 +84,7 @@ impl VideoError {
             | VideoError::Gpu { .. }
             | VideoError::Internal { .. }
             | VideoError::Transform(_)
+            | VideoError::Contract(_)
             | VideoError::Task(_) => false,
             _ => true,
         }
@@ -105,6 +110,7 @@ impl VideoError {
             VideoError::Gpu { .. } => "gpu",
             VideoError::Internal { .. } => "internal",
             VideoError::Transform(_) => "transform",
+            VideoError::Contract(_) => "internal",
             VideoError::Task(_) => "task",
             VideoError::Rendition { source, .. } => source.kind(),
         }

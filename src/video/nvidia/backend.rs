@@ -1,6 +1,7 @@
 //! The NVIDIA video backend: NVDEC decodes into GPU memory, the resize
-//! kernels scale there, NVENC encodes from there; a frame stays on its GPU
-//! from decoder to encoder. A stage a GPU cannot do falls back to the CPU on
+//! kernels scale there (the engine's ladder stage: every rendition in one
+//! launch; a lone rendition's own scaler: one launch each), NVENC encodes
+//! from there; a frame stays on its GPU from decoder to encoder. A stage a GPU cannot do falls back to the CPU on
 //! its own:
 //! - no NVENC (H100, H200, A100): the scaled frames are downloaded and
 //!   encoded with libx264/libx265, still decoded and scaled on the GPU;
@@ -22,12 +23,13 @@ use ffmpeg_next as ff;
 use super::device::{GpuDevice, SessionGuard};
 use super::error::{failed, GpuError};
 use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
+use super::launch::{plan_ladder, rendition_filter};
 use super::probe::GpuInfo;
-use super::reference::Filter;
 use super::selection::{GpuSelection, GpuSet};
 use super::{nvdec, nvenc, resize};
 use crate::video::backend::{
-    Decoder, Encoder, EncoderSettings, Frame, FrameData, Scaler, VideoBackend, VideoStreamInfo,
+    Decoder, Encoder, EncoderSettings, Frame, FrameData, LadderScaler, Scaler, ScalerPerSize,
+    VideoBackend, VideoStreamInfo,
 };
 use crate::video::cpu::{CpuDecoder, CpuEncoder, CpuScaler};
 use crate::video::VideoError;
@@ -95,6 +97,13 @@ impl VideoBackend for NvidiaBackend {
         Ok(Box::new(FollowingEncoder {
             settings: settings.clone(),
             inner: None,
+        }))
+    }
+
+    fn ladder_scaler(&self) -> Option<Box<dyn LadderScaler>> {
+        Some(Box::new(GpuLadder {
+            stream: None,
+            cpu: ScalerPerSize::new(|width, height| Box::new(CpuScaler::new(width, height))),
         }))
     }
 }
@@ -199,16 +208,15 @@ struct FollowingScaler {
     stream: Option<Arc<CudaStream>>,
 }
 
-impl FollowingScaler {
-    /// The rendition's stream on `device`, made on first use (again if the
-    /// frames moved to another GPU).
-    fn stream_on(&mut self, device: &GpuDevice) -> Result<Arc<CudaStream>, GpuError> {
-        match &self.stream {
-            Some(stream) if Arc::ptr_eq(stream.context(), device.context()) => {
-                Ok(Arc::clone(stream))
-            }
-            _ => Ok(Arc::clone(self.stream.insert(device.new_stream()?))),
-        }
+/// A scaler's own stream on `device`, made on first use (again if the
+/// frames moved to another GPU).
+fn stream_on(
+    stream: &mut Option<Arc<CudaStream>>,
+    device: &GpuDevice,
+) -> Result<Arc<CudaStream>, GpuError> {
+    match stream {
+        Some(stream) if Arc::ptr_eq(stream.context(), device.context()) => Ok(Arc::clone(stream)),
+        _ => Ok(Arc::clone(stream.insert(device.new_stream()?))),
     }
 }
 
@@ -221,8 +229,7 @@ impl Scaler for FollowingScaler {
                 .get_or_insert_with(|| CpuScaler::new(width, height))
                 .scale(frame);
         };
-        let stream = self
-            .stream_on(&src.device)
+        let stream = stream_on(&mut self.stream, &src.device)
             .map_err(failure_on(&src.device, "stream creation"))?;
         let mut out = DeviceFrame::alloc(
             &stream,
@@ -231,11 +238,7 @@ impl Scaler for FollowingScaler {
             self.height as usize,
         )
         .map_err(failure_on(&src.device, "frame allocation"))?;
-        let filter = if self.width < frame.width || self.height < frame.height {
-            Filter::Area
-        } else {
-            Filter::Bilinear
-        };
+        let filter = rendition_filter((frame.width, frame.height), (self.width, self.height));
         resize::scale_ladder_on(
             src.device.gpu(),
             &stream,
@@ -259,6 +262,75 @@ impl Scaler for FollowingScaler {
                 stream,
             }),
         })
+    }
+}
+
+/// The engine's ladder stage on a GPU: a decoded GPU frame is scaled into
+/// every rendition in one kernel launch (two when the ladder both shrinks
+/// and enlarges, more past eight renditions: `launch::plan_ladder`), on
+/// the ladder's own stream; a host frame (the CPU decoded) by a CPU scaler
+/// per rendition.
+struct GpuLadder {
+    stream: Option<Arc<CudaStream>>,
+    cpu: ScalerPerSize,
+}
+
+impl LadderScaler for GpuLadder {
+    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+        let FrameData::Device(src) = &frame.data else {
+            return self.cpu.scale(frame, sizes);
+        };
+        let device = &src.device;
+        let stream =
+            stream_on(&mut self.stream, device).map_err(failure_on(device, "stream creation"))?;
+        let mut outputs: Vec<Option<DeviceFrame>> = sizes.iter().map(|_| None).collect();
+        for launch in plan_ladder((frame.width, frame.height), sizes) {
+            let mut frames = launch
+                .renditions
+                .iter()
+                .map(|&i| {
+                    let (width, height) = sizes[i];
+                    DeviceFrame::alloc(&stream, src.frame.format, width as usize, height as usize)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failure_on(device, "frame allocation"))?;
+            resize::scale_ladder_on(
+                device.gpu(),
+                &stream,
+                &src.frame,
+                &mut frames,
+                launch.filter,
+            )
+            .map_err(failure_on(device, "ladder scale"))?;
+            for (&i, out) in launch.renditions.iter().zip(frames) {
+                outputs[i] = Some(out);
+            }
+        }
+        // The source may be freed once this returns, in the order of the
+        // decoder's stream, which knows nothing of these reads: wait for
+        // them. The renditions then read their frames on this stream too.
+        stream
+            .synchronize()
+            .map_err(|e| failure_on(device, "ladder scale")(failed("cuStreamSynchronize")(e)))?;
+        outputs
+            .into_iter()
+            .zip(sizes)
+            .map(|(out, &(width, height))| {
+                let out = out.ok_or_else(|| {
+                    VideoError::Contract(format!("the launch plan left out {width}x{height}"))
+                })?;
+                Ok(Frame {
+                    pts: frame.pts,
+                    width,
+                    height,
+                    data: FrameData::Device(GpuFrame {
+                        device: Arc::clone(device),
+                        frame: out,
+                        stream: Arc::clone(&stream),
+                    }),
+                })
+            })
+            .collect()
     }
 }
 
@@ -376,7 +448,7 @@ mod tests {
     }
 
     fn ffmpeg_clip(pix_fmt: &str, ext: &str) -> Vec<u8> {
-        super::super::test_clip(320, 240, "libx264", pix_fmt, ext)
+        crate::video::test_clip(320, 240, "libx264", pix_fmt, ext)
     }
 
     #[test]

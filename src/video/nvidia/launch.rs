@@ -1,4 +1,5 @@
-//! The shape of a ladder launch of the resize kernels: the grid and block
+//! The shape of a ladder launch of the resize kernels: which renditions go
+//! in one launch with which filter, the grid and block
 //! `resize::scale_ladder` launches and the parameters it pushes, as
 //! plain data with no CUDA types, so that they build without the `nvidia`
 //! feature. The CPU run of the kernels (tests/kernels_cpu.rs) launches this
@@ -8,6 +9,7 @@
 use std::mem::{align_of, size_of};
 
 use super::ladder::{LpwLadder, MAX_RENDITIONS};
+use super::reference::Filter;
 
 /// Threads per block: 32 x 8 output samples, a warp per row segment.
 pub const BLOCK: (u32, u32) = (32, 8);
@@ -89,10 +91,93 @@ pub fn param_layout(params: &[KernelParam]) -> (Vec<(usize, usize)>, usize) {
     (layout, end)
 }
 
+/// The filter a rendition of `src` at `out` is scaled with: area averaging
+/// when it shrinks in either direction, bilinear otherwise.
+pub fn rendition_filter(src: (u32, u32), out: (u32, u32)) -> Filter {
+    if out.0 < src.0 || out.1 < src.1 {
+        Filter::Area
+    } else {
+        Filter::Bilinear
+    }
+}
+
+/// One launch of a ladder: its filter and the renditions it writes, as
+/// indices into the ladder's sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedLaunch {
+    pub filter: Filter,
+    pub renditions: Vec<usize>,
+}
+
+/// The launches that scale a `src` frame into every size of `sizes`: the
+/// renditions of one filter together, up to [`MAX_RENDITIONS`] a launch, in
+/// their order. A usual ladder only shrinks, so it is one launch.
+pub fn plan_ladder(src: (u32, u32), sizes: &[(u32, u32)]) -> Vec<PlannedLaunch> {
+    [Filter::Area, Filter::Bilinear]
+        .into_iter()
+        .flat_map(|filter| {
+            let renditions: Vec<usize> = (0..sizes.len())
+                .filter(|&i| rendition_filter(src, sizes[i]) == filter)
+                .collect();
+            renditions
+                .chunks(MAX_RENDITIONS)
+                .map(|chunk| PlannedLaunch {
+                    filter,
+                    renditions: chunk.to_vec(),
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::video::nvidia::ladder::LpwPlane;
+
+    #[test]
+    fn a_ladder_is_planned_in_launches_of_one_filter_and_at_most_eight_renditions() {
+        let src = (1920, 1080);
+        let usual = [(1280, 720), (854, 480), (640, 360), (426, 240)];
+        assert_eq!(
+            plan_ladder(src, &usual),
+            [PlannedLaunch {
+                filter: Filter::Area,
+                renditions: vec![0, 1, 2, 3]
+            }]
+        );
+        // The source's own size and an upscale go bilinear; a rendition
+        // narrower but taller still shrinks (area); order is kept.
+        let mixed = [(1920, 1080), (640, 360), (3840, 2160), (1280, 1440)];
+        assert_eq!(
+            plan_ladder(src, &mixed),
+            [
+                PlannedLaunch {
+                    filter: Filter::Area,
+                    renditions: vec![1, 3]
+                },
+                PlannedLaunch {
+                    filter: Filter::Bilinear,
+                    renditions: vec![0, 2]
+                },
+            ]
+        );
+        let ten = [(640, 360); 10];
+        let plan = plan_ladder(src, &ten);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0].renditions, (0..8).collect::<Vec<_>>());
+        assert_eq!(plan[1].renditions, [8, 9]);
+        assert!(plan_ladder(src, &[]).is_empty());
+        // Every rendition exactly once.
+        for sizes in [&usual[..], &mixed, &ten] {
+            let mut all: Vec<usize> = plan_ladder(src, sizes)
+                .into_iter()
+                .flat_map(|l| l.renditions)
+                .collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..sizes.len()).collect::<Vec<_>>());
+        }
+    }
 
     fn ladder(sizes: &[(i32, i32)]) -> LpwLadder {
         let mut ladder = LpwLadder {

@@ -67,31 +67,3 @@ pub const KERNELS: &[&str] = &[
     "lpw_p010_bilinear",
     "lpw_p010_area",
 ];
-
-/// A 1 s, 30 fps testsrc2 clip (GOP 30) encoded by the FFmpeg CLI, for the
-/// NVIDIA modules' tests.
-#[cfg(all(test, feature = "nvidia"))]
-pub(crate) fn test_clip(width: u32, height: u32, codec: &str, pix_fmt: &str, ext: &str) -> Vec<u8> {
-    let source = format!("testsrc2=size={width}x{height}:rate=30");
-    let mut args = vec!["-pix_fmt", pix_fmt, "-c:v", codec, "-g", "30"];
-    match codec {
-        "libx265" => args.extend(["-preset", "ultrafast", "-x265-params", "log-level=none"]),
-        _ => args.extend(["-preset", "veryfast"]),
-    }
-    test_stream(&source, &args, ext)
-}
-
-/// One second of the lavfi `source` (however `args` retime it) encoded by
-/// the FFmpeg CLI with `args` into a `.ext` file, whose bytes it returns.
-#[cfg(all(test, feature = "nvidia"))]
-pub(crate) fn test_stream(source: &str, args: &[&str], ext: &str) -> Vec<u8> {
-    crate::video::init_ffmpeg();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join(format!("clip.{ext}"));
-    let out_arg = out.to_string_lossy();
-    let mut all = vec!["-f", "lavfi", "-t", "1", "-i", source];
-    all.extend(args);
-    all.push(&out_arg);
-    crate::bench::input::ffmpeg(&all, "encode the test clip").expect("the ffmpeg CLI encodes");
-    std::fs::read(&out).expect("ffmpeg wrote the clip")
-}

@@ -247,7 +247,7 @@ fn clip(
     ext: &str,
 ) -> crate::video::container::DemuxedSegment {
     use crate::video::container::{demux, DemuxLimits};
-    let bytes = super::test_clip(width, height, codec, pix_fmt, ext);
+    let bytes = crate::video::test_clip(width, height, codec, pix_fmt, ext);
     demux(bytes.into(), &DemuxLimits::default(), None).expect("the clip demuxes")
 }
 

@@ -223,7 +223,7 @@ fn ffmpeg_view(segment: &DemuxedSegment) -> FfmpegView {
 
 /// A stream the FFmpeg CLI encodes from its test pattern, demuxed.
 fn stream(source: &str, args: &[&str], ext: &str) -> DemuxedSegment {
-    let bytes = crate::video::nvidia::test_stream(source, args, ext);
+    let bytes = crate::video::test_stream(source, args, ext);
     demux(bytes.into(), &DemuxLimits::default(), None).expect("the stream demuxes")
 }
 

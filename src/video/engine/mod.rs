@@ -1,21 +1,31 @@
 //! The transcode engine: one decode, then per rendition frame-rate conversion,
 //! scaling and encoding on its own thread, then muxing with the audio copied
-//! through. Backends are reached only through the traits in [`super::backend`].
+//! through. A backend with a ladder scaler (one GPU launch for every
+//! rendition) scales once per decoded frame on a stage of its own between
+//! the decoder and the rendition threads instead. Backends are reached only
+//! through the traits in [`super::backend`].
+
+mod fan_out;
+mod ladder;
+mod rendition;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ffmpeg_next as ff;
 use serde::Serialize;
 
-use super::backend::{Encoder, EncoderSettings, Frame, Scaler, VideoBackend};
-use super::container::{self, DemuxLimits, DemuxedSegment, MuxTrack};
-use super::fps::FpsConverter;
+use super::backend::{Frame, VideoBackend};
+use super::container::{self, DemuxLimits, DemuxedSegment};
 use super::profile::{OutputContainer, VideoProfile};
-use super::transform::{StageRun, TransformCount, TransformStage};
+use super::transform::{TransformCount, TransformStage};
 use super::VideoError;
+use fan_out::{Inboxes, Picture};
+use rendition::RenditionJob;
 
 /// Frames buffered between the decoder and each rendition thread: enough to
 /// ride out encoder stalls, small enough to bound memory.
@@ -147,6 +157,20 @@ impl Stop<'_> {
         }
         Ok(())
     }
+
+    /// Tells every other stage to stop when `result` is a failure.
+    fn fail_if<T>(&self, result: &Result<T, VideoError>) {
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `error` is only a stage stopping because another one failed
+    /// (not the caller's cancel, which is the story itself).
+    fn is_echo(&self, error: &VideoError) -> bool {
+        matches!(error, VideoError::Cancelled)
+            && self.cancel.is_none_or(|c| !c.load(Ordering::Relaxed))
+    }
 }
 
 impl Transcoder {
@@ -187,13 +211,20 @@ impl Transcoder {
             video_packets: segment.video_packets.len(),
         };
         let mut decoder = self.backend.decoder(&segment.video)?;
+        // One scaling step for the whole ladder pays with two renditions or
+        // more; a transform stage works on the decoded frame, so it keeps
+        // the per-rendition scalers.
+        let ladder_scaler = match (&options.transform, options.profiles.len()) {
+            (None, 2..) => self.backend.ladder_scaler(),
+            _ => None,
+        };
 
         let (decoded, decode_errors, renditions) = std::thread::scope(|scope| {
             let mut senders = Vec::new();
             let mut handles = Vec::new();
             for profile in &options.profiles {
-                let (tx, rx) = sync_channel::<Arc<Frame>>(FRAME_QUEUE);
-                senders.push(Some(tx));
+                let (tx, rx) = sync_channel::<Picture>(FRAME_QUEUE);
+                senders.push(tx);
                 let job = RenditionJob {
                     backend: self.backend.as_ref(),
                     profile,
@@ -208,47 +239,84 @@ impl Transcoder {
                 };
                 handles.push(scope.spawn(move || {
                     let result = job.run(rx);
-                    if result.is_err() {
-                        job.stop.failed.store(true, Ordering::Relaxed);
-                    }
+                    job.stop.fail_if(&result);
                     result
                 }));
             }
+            let mut inboxes = Inboxes::new(senders);
 
-            let decode_result = decode_all(&mut *decoder, &segment, &mut senders, &stop, progress);
-            if decode_result.is_err() {
-                stop.failed.store(true, Ordering::Relaxed);
-            }
-            drop(senders);
+            let (decode_result, ladder_result) = match ladder_scaler {
+                None => {
+                    let decoded = decode_all(
+                        &mut *decoder,
+                        &segment,
+                        &mut |index, frame| inboxes.share(index, frame),
+                        &stop,
+                        progress,
+                    );
+                    stop.fail_if(&decoded);
+                    drop(inboxes);
+                    (decoded, Ok(()))
+                }
+                Some(scaler) => {
+                    let (tx, rx) = sync_channel(ladder::LADDER_QUEUE);
+                    let (stop, profiles) = (&stop, &options.profiles);
+                    let ladder = scope.spawn(move || {
+                        let result = ladder::run(scaler, profiles, rx, inboxes, stop);
+                        stop.fail_if(&result);
+                        result
+                    });
+                    let decoded = decode_all(
+                        &mut *decoder,
+                        &segment,
+                        // A closed queue is a ladder stage that failed: its
+                        // error is the story, collected when it is joined.
+                        &mut |index, frame| {
+                            tx.send((index, frame)).map_err(|_| VideoError::Cancelled)
+                        },
+                        stop,
+                        progress,
+                    );
+                    // Before the queue closes, so that the ladder stage and
+                    // the renditions stop at once rather than finish a
+                    // segment cut short by a failed decode for nothing.
+                    stop.fail_if(&decoded);
+                    drop(tx);
+                    (decoded, ladder.join().expect("ladder thread panicked"))
+                }
+            };
             let results: Vec<_> = handles
                 .into_iter()
                 .map(|h| h.join().expect("rendition thread panicked"))
                 .collect();
-            let (decoded, errors) = decode_result?;
-            // A rendition's own failure is the story; "cancelled" echoes are not.
+
+            // In pipeline order: decode, ladder, then the renditions.
+            let mut failures = Vec::new();
+            let decoded = decode_result.map_err(|e| failures.push(e)).ok();
+            if let Err(e) = ladder_result {
+                failures.push(e);
+            }
             let mut renditions = Vec::new();
-            let mut first_err = None;
-            for (profile, r) in options.profiles.iter().zip(results) {
-                match r {
+            for (profile, result) in options.profiles.iter().zip(results) {
+                match result {
                     Ok(r) => renditions.push(r),
-                    Err(e) => {
-                        let cancelled = matches!(e, VideoError::Cancelled)
-                            && stop.cancel.is_none_or(|c| !c.load(Ordering::Relaxed));
-                        if first_err.is_none() || !cancelled {
-                            let wrapped = VideoError::Rendition {
-                                profile: profile.name.clone(),
-                                source: Box::new(e),
-                            };
-                            if first_err.as_ref().is_none_or(|(was_cancel, _)| *was_cancel) {
-                                first_err = Some((cancelled, wrapped));
-                            }
-                        }
-                    }
+                    Err(e) if stop.is_echo(&e) => failures.push(e),
+                    Err(e) => failures.push(VideoError::Rendition {
+                        profile: profile.name.clone(),
+                        source: Box::new(e),
+                    }),
                 }
             }
-            if let Some((_, e)) = first_err {
-                return Err(e);
+            // A stage that stopped because another failed answers
+            // "cancelled"; the failure that caused it is the story.
+            if let Some(i) = failures
+                .iter()
+                .position(|e| !stop.is_echo(e))
+                .or((!failures.is_empty()).then_some(0))
+            {
+                return Err(failures.swap_remove(i));
             }
+            let (decoded, errors) = decoded.expect("a decode failure is among the failures");
             Ok((decoded, errors, renditions))
         })?;
         // Inside the clock, as in `decode_only`: closing the decoder joins
@@ -276,8 +344,13 @@ impl Transcoder {
         let started = Instant::now();
         let (stop, segment) = admit(input.into(), options, started)?;
         let mut decoder = self.backend.decoder(&segment.video)?;
-        let (decoded, decode_errors) =
-            decode_all(&mut *decoder, &segment, &mut [], &stop, &mut |_| {})?;
+        let (decoded, decode_errors) = decode_all(
+            &mut *decoder,
+            &segment,
+            &mut |_, _| Ok(()),
+            &stop,
+            &mut |_| {},
+        )?;
         // Drop the decoder inside the clock: its last frames' release is work too.
         drop(decoder);
         Ok(DecodeOutput {
@@ -325,11 +398,12 @@ pub struct DecodeOutput {
     pub elapsed: Duration,
 }
 
-/// Decodes every video packet and fans the frames out to the rendition threads.
+/// Decodes every video packet and hands each frame, numbered in display
+/// order, to `deliver` (the rendition threads' inboxes or the ladder stage).
 fn decode_all(
     decoder: &mut dyn super::Decoder,
     segment: &DemuxedSegment,
-    senders: &mut [Option<SyncSender<Arc<Frame>>>],
+    deliver: &mut dyn FnMut(u64, Frame) -> Result<(), VideoError>,
     stop: &Stop<'_>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(PixelCount, usize), VideoError> {
@@ -342,23 +416,10 @@ fn decode_all(
         if frame.width == 0 || frame.height == 0 {
             return Ok(());
         }
+        let index = decoded.frames;
         decoded.frames += 1;
         decoded.pixels += frame.pixels();
-        let frame = Arc::new(frame);
-        for slot in senders.iter_mut() {
-            if let Some(tx) = slot {
-                // A closed channel means that rendition gave up; its error is
-                // collected when the thread is joined.
-                if tx.send(Arc::clone(&frame)).is_err() {
-                    *slot = None;
-                }
-            }
-        }
-        // Every rendition gave up (a decode-only run has none to begin with).
-        if !senders.is_empty() && senders.iter().all(Option::is_none) {
-            return Err(VideoError::Cancelled);
-        }
-        Ok(())
+        deliver(index, frame)
     };
     for (i, packet) in segment
         .video_packets
@@ -388,160 +449,4 @@ fn decode_all(
         });
     }
     Ok((decoded, errors))
-}
-
-/// Everything one rendition thread needs.
-struct RenditionJob<'a> {
-    backend: &'a dyn VideoBackend,
-    profile: &'a VideoProfile,
-    options: &'a TranscodeOptions,
-    time_base: ff::Rational,
-    input_fps: ff::Rational,
-    /// The audio track to copy: its own parameters, the shared packets.
-    audio: Option<(ff::codec::Parameters, ff::Rational, &'a [ff::Packet])>,
-    stop: &'a Stop<'a>,
-}
-
-/// The per-rendition pipeline, built when the first frame shows the input size.
-struct Pipeline {
-    scaler: Box<dyn Scaler>,
-    encoder: Box<dyn Encoder>,
-    width: u32,
-    height: u32,
-    /// The last source frame scaled and its result, reused when the frame-rate
-    /// converter repeats a frame (or the transform stage drops one).
-    last: Option<(Arc<Frame>, Frame)>,
-    stage: Option<StageRun>,
-}
-
-impl RenditionJob<'_> {
-    fn run(&self, frames: Receiver<Arc<Frame>>) -> Result<Rendition, VideoError> {
-        let time_base = self.time_base;
-        let out_rate = self
-            .profile
-            .frame_rate()
-            .map(|(n, d)| ff::Rational(n as i32, d as i32))
-            .unwrap_or(self.input_fps);
-        let mut converter = FpsConverter::new(
-            (time_base.numerator(), time_base.denominator()),
-            (out_rate.numerator() as u32, out_rate.denominator() as u32),
-        );
-        // One input frame's duration in the input time base.
-        let frame_ticks =
-            ((f64::from(time_base).recip() / f64::from(self.input_fps)).round() as i64).max(1);
-
-        let mut pipeline: Option<Pipeline> = None;
-        let mut packets = Vec::new();
-        let mut encoded = PixelCount::default();
-        let mut last_pts = None;
-        let mut emit = |src: &Arc<Frame>, pts: i64| -> Result<(), VideoError> {
-            self.stop.check()?;
-            let p = match pipeline.as_mut() {
-                Some(p) => p,
-                None => pipeline.insert(self.pipeline(src.width, src.height, out_rate)?),
-            };
-            let reuse = matches!(&p.last, Some((prev, _)) if Arc::ptr_eq(prev, src));
-            if !reuse {
-                let have_output = p.last.is_some();
-                let scaled = match p.stage.as_mut() {
-                    Some(stage) => {
-                        if stage.behind(src.pts, have_output) {
-                            // Behind real time: the frame is dropped at the
-                            // input and the last output shown again.
-                            stage.count.dropped += 1;
-                            None
-                        } else {
-                            Some(stage.apply(src, &mut *p.scaler, p.width, p.height)?)
-                        }
-                    }
-                    None => Some(p.scaler.scale(src)?),
-                };
-                match (scaled, p.last.as_mut()) {
-                    (Some(scaled), _) => p.last = Some((Arc::clone(src), scaled)),
-                    (None, Some(last)) => last.0 = Arc::clone(src),
-                    (None, None) => unreachable!("a frame is dropped only after an output"),
-                }
-            }
-            let (_, scaled) = p.last.as_mut().expect("scaled frame was just stored");
-            scaled.pts = pts;
-            p.encoder
-                .encode(Some(scaled), &mut |pkt| packets.push(pkt))?;
-            encoded.frames += 1;
-            encoded.pixels += u64::from(p.width) * u64::from(p.height);
-            Ok(())
-        };
-        for frame in frames {
-            last_pts = Some(frame.pts);
-            let pts = frame.pts;
-            converter.push(frame, pts, &mut emit)?;
-        }
-        self.stop.check()?;
-        converter.finish(last_pts.map(|p| p + frame_ticks), &mut emit)?;
-        let Some(mut pipeline) = pipeline else {
-            return Err(VideoError::NoFrames {
-                errors: 0,
-                last: None,
-            });
-        };
-        pipeline.last = None;
-        pipeline
-            .encoder
-            .encode(None, &mut |pkt| packets.push(pkt))?;
-
-        let mut tracks = vec![MuxTrack {
-            parameters: pipeline.encoder.parameters(),
-            time_base,
-            packets: &packets,
-        }];
-        if let Some((parameters, time_base, packets)) = &self.audio {
-            tracks.push(MuxTrack {
-                parameters: parameters.clone(),
-                time_base: *time_base,
-                packets,
-            });
-        }
-        let format = self.profile.format.unwrap_or(self.options.container);
-        let data = container::mux(format.muxer(), &tracks)?;
-        Ok(Rendition {
-            profile: self.profile.name.clone(),
-            width: pipeline.width,
-            height: pipeline.height,
-            container: format,
-            encoded,
-            transform: pipeline.stage.map(|s| s.count),
-            bytes: data.len(),
-            data,
-        })
-    }
-
-    fn pipeline(
-        &self,
-        in_w: u32,
-        in_h: u32,
-        out_rate: ff::Rational,
-    ) -> Result<Pipeline, VideoError> {
-        let (width, height) = self.profile.output_size(in_w, in_h);
-        let settings = EncoderSettings {
-            profile: self.profile.clone(),
-            width,
-            height,
-            time_base: self.time_base,
-            frame_rate: out_rate,
-            global_header: self.profile.format.unwrap_or(self.options.container)
-                == OutputContainer::Mp4,
-            preset: self.options.preset.clone(),
-            threads: self.options.encoder_threads,
-        };
-        Ok(Pipeline {
-            scaler: self.backend.scaler(width, height)?,
-            encoder: self.backend.encoder(&settings)?,
-            width,
-            height,
-            last: None,
-            stage: self.options.transform.clone().map(|stage| {
-                let tick = f64::from(self.time_base);
-                StageRun::new(stage, tick, 1.0 / f64::from(out_rate).max(1.0))
-            }),
-        })
-    }
 }
