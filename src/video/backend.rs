@@ -83,8 +83,9 @@ pub trait Scaler: Send {
 /// kernel that writes the whole ladder in one launch). One per segment.
 pub trait LadderScaler: Send {
     /// One frame per entry of `sizes`, in that order, each with `frame`'s
-    /// `pts`. `sizes` is the same on every call of one segment.
-    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError>;
+    /// `pts`. `sizes` is the same on every call of one segment. Takes the
+    /// frame: a GPU scaler keeps it until its queued reads are done.
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError>;
 }
 
 /// A ladder scaler made of one [`Scaler`] per size: what a backend's ladder
@@ -106,7 +107,7 @@ impl ScalerPerSize {
 }
 
 impl LadderScaler for ScalerPerSize {
-    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
         if self.scalers.len() != sizes.len()
             || self
                 .scalers
@@ -121,7 +122,7 @@ impl LadderScaler for ScalerPerSize {
         }
         self.scalers
             .iter_mut()
-            .map(|(_, scaler)| scaler.scale(frame))
+            .map(|(_, scaler)| scaler.scale(&frame))
             .collect()
     }
 }

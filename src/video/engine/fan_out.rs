@@ -40,11 +40,11 @@ impl Picture {
         }
     }
 
-    pub fn scaled(index: u64, source: &Frame, scaled: Frame) -> Picture {
+    pub fn scaled(index: u64, pts: i64, source_size: (u32, u32), scaled: Frame) -> Picture {
         Picture {
             index,
-            pts: source.pts,
-            source_size: (source.width, source.height),
+            pts,
+            source_size,
             content: Content::Scaled(Cell::new(Some(scaled))),
         }
     }

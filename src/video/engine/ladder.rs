@@ -35,12 +35,13 @@ pub(super) fn run(
                 .map(|p| p.output_size(frame.width, frame.height))
                 .collect()
         });
-        let scaled = scaler.scale(&frame, sizes)?;
+        let (pts, source_size) = (frame.pts, (frame.width, frame.height));
+        let scaled = scaler.scale(frame, sizes)?;
         check_ladder(sizes, &scaled)?;
         inboxes.send(
             scaled
                 .into_iter()
-                .map(|out| Picture::scaled(index, &frame, out)),
+                .map(|out| Picture::scaled(index, pts, source_size, out)),
         )?;
     }
     Ok(())

@@ -78,7 +78,7 @@ struct TestLadder {
 }
 
 impl LadderScaler for TestLadder {
-    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
         let n = self.frames.fetch_add(1, Ordering::Relaxed);
         if self.plan.ladder_fails_at == Some(n) {
             return Err(planted("ladder scale"));

@@ -17,12 +17,13 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{sys, CudaEvent, CudaStream, DriverError};
 use ffmpeg_next as ff;
 
 use super::device::{GpuDevice, SessionGuard};
 use super::error::{failed, GpuError};
 use super::frame::{nv12_to_yuv420p, DeviceFrame, GpuFrame};
+use super::in_flight::{Fence, InFlight};
 use super::launch::{plan_ladder, rendition_filter};
 use super::probe::GpuInfo;
 use super::selection::{GpuSelection, GpuSet};
@@ -103,6 +104,7 @@ impl VideoBackend for NvidiaBackend {
     fn ladder_scaler(&self) -> Option<Box<dyn LadderScaler>> {
         Some(Box::new(GpuLadder {
             stream: None,
+            reading: InFlight::new(LADDER_IN_FLIGHT),
             cpu: ScalerPerSize::new(|width, height| Box::new(CpuScaler::new(width, height))),
         }))
     }
@@ -265,24 +267,46 @@ impl Scaler for FollowingScaler {
     }
 }
 
+/// Decoded frames the ladder keeps while their launches may still read
+/// them. A few frames' worth: enough for launches to queue back to back,
+/// and a bound on the extra GPU memory held.
+const LADDER_IN_FLIGHT: usize = 3;
+
 /// The engine's ladder stage on a GPU: a decoded GPU frame is scaled into
 /// every rendition in one kernel launch (two when the ladder both shrinks
 /// and enlarges, more past eight renditions: `launch::plan_ladder`), on
 /// the ladder's own stream; a host frame (the CPU decoded) by a CPU scaler
 /// per rendition.
+///
+/// Nothing waits on the host per frame: the renditions use their frames on
+/// this stream, so after this launch, and the decoded frame is kept until
+/// an event recorded after the launch is done (see `in_flight`).
 struct GpuLadder {
     stream: Option<Arc<CudaStream>>,
+    reading: InFlight<CudaEvent, Frame>,
     cpu: ScalerPerSize,
 }
 
+impl Fence for CudaEvent {
+    type Error = DriverError;
+
+    fn is_done(&self) -> Result<bool, DriverError> {
+        self.try_is_complete()
+    }
+
+    fn wait(&self) -> Result<(), DriverError> {
+        self.synchronize()
+    }
+}
+
 impl LadderScaler for GpuLadder {
-    fn scale(&mut self, frame: &Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
         let FrameData::Device(src) = &frame.data else {
             return self.cpu.scale(frame, sizes);
         };
-        let device = &src.device;
+        let device = Arc::clone(&src.device);
         let stream =
-            stream_on(&mut self.stream, device).map_err(failure_on(device, "stream creation"))?;
+            stream_on(&mut self.stream, &device).map_err(failure_on(&device, "stream creation"))?;
         let mut outputs: Vec<Option<DeviceFrame>> = sizes.iter().map(|_| None).collect();
         for launch in plan_ladder((frame.width, frame.height), sizes) {
             let mut frames = launch
@@ -293,7 +317,7 @@ impl LadderScaler for GpuLadder {
                     DeviceFrame::alloc(&stream, src.frame.format, width as usize, height as usize)
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(failure_on(device, "frame allocation"))?;
+                .map_err(failure_on(&device, "frame allocation"))?;
             resize::scale_ladder_on(
                 device.gpu(),
                 &stream,
@@ -301,17 +325,27 @@ impl LadderScaler for GpuLadder {
                 &mut frames,
                 launch.filter,
             )
-            .map_err(failure_on(device, "ladder scale"))?;
+            .map_err(failure_on(&device, "ladder scale"))?;
             for (&i, out) in launch.renditions.iter().zip(frames) {
                 outputs[i] = Some(out);
             }
         }
-        // The source may be freed once this returns, in the order of the
-        // decoder's stream, which knows nothing of these reads: wait for
-        // them. The renditions then read their frames on this stream too.
-        stream
-            .synchronize()
-            .map_err(|e| failure_on(device, "ladder scale")(failed("cuStreamSynchronize")(e)))?;
+        // Blocking sync: a wait for the oldest frame sleeps, not spins.
+        let read_done = match stream.record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+        {
+            Ok(event) => event,
+            Err(e) => {
+                // No fence: wait here before the source may be freed.
+                let _ = stream.synchronize();
+                return Err(failure_on(&device, "ladder scale")(
+                    failed("cuEventRecord")(e),
+                ));
+            }
+        };
+        let pts = frame.pts;
+        self.reading
+            .push(read_done, frame)
+            .map_err(|e| failure_on(&device, "ladder scale")(failed("cuEventQuery")(e)))?;
         outputs
             .into_iter()
             .zip(sizes)
@@ -320,17 +354,27 @@ impl LadderScaler for GpuLadder {
                     VideoError::Contract(format!("the launch plan left out {width}x{height}"))
                 })?;
                 Ok(Frame {
-                    pts: frame.pts,
+                    pts,
                     width,
                     height,
                     data: FrameData::Device(GpuFrame {
-                        device: Arc::clone(device),
+                        device: Arc::clone(&device),
                         frame: out,
                         stream: Arc::clone(&stream),
                     }),
                 })
             })
             .collect()
+    }
+}
+
+impl Drop for GpuLadder {
+    fn drop(&mut self) {
+        // The kept frames are freed only once their reads are done. A GPU
+        // that failed is out of rotation already; its frames go with it.
+        if let Err(e) = self.reading.drain() {
+            tracing::warn!(error = %e, "a ladder launch did not finish");
+        }
     }
 }
 

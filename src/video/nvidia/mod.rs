@@ -17,6 +17,7 @@
 //! - the backend: `selection` (which GPUs, which one per session) and
 //!   `backend` (the `VideoBackend` over them all).
 
+pub mod in_flight;
 pub mod ladder;
 pub mod launch;
 pub mod reference;
