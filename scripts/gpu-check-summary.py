@@ -13,7 +13,8 @@ Figures reported against their targets (not pass/fail: they are the
 benchmark): kernel bandwidth vs a device-to-device copy (>= 85 %), ladder
 vs decode-only fps (>= 90 % where NVENC exists; without NVENC libx264
 encodes and bounds the ladder, so the CPU's ladder speed is shown beside
-it), GPU vs CPU ladder speed, host CPU seconds per second of one stream.
+it), GPU vs CPU ladder speed, the one-launch ladder stage vs scaling in
+each rendition's thread, host CPU seconds per second of one stream.
 """
 import json
 import os
@@ -107,6 +108,11 @@ if dg and tg:
         # Without NVENC the renditions are encoded by libx264: the ladder
         # cannot beat the CPU's encode speed, shown here as the bound.
         speed["cpu_encode_bound_fps"] = tc["median_fps"]
+# The engine's one-launch ladder against each rendition scaling on its own.
+pr = load("transcode-nvidia-per-rendition.json")
+if tg and pr:
+    speed["nvidia_per_rendition_scaling_fps"] = pr["median_fps"]
+    speed["ladder_stage_vs_per_rendition"] = tg["median_fps"] / pr["median_fps"]
 if dc and tc:
     speed["cpu_decode_only_fps"] = dc["median_fps"]
     speed["cpu_ladder_fps"] = tc["median_fps"]

@@ -43,6 +43,11 @@ pub struct TranscodeArgs {
     /// warm-up (GPU contexts, encoder sessions).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub repeat: u32,
+    /// Scale in each rendition's thread even where the backend scales the
+    /// whole ladder in one step (the NVIDIA backend): to measure what the
+    /// one-step ladder gains.
+    #[arg(long)]
+    pub per_rendition_scaling: bool,
 }
 
 /// `amount` (frames, seconds of video) per second of `seconds`; 0 for no time.
@@ -160,6 +165,7 @@ pub fn run(args: TranscodeArgs) -> Result<()> {
         container: args.container,
         timeout,
         preset: args.video.preset.clone(),
+        ladder_stage: !args.per_rendition_scaling,
         ..Default::default()
     };
 

@@ -51,6 +51,10 @@ pub struct TranscodeOptions {
     /// A per-frame picture stage before each rendition's scaling (live AI
     /// video).
     pub transform: Option<TransformStage>,
+    /// Scale every rendition in one step when the backend can (the NVIDIA
+    /// backend's one-launch ladder). Off, each rendition scales on its own
+    /// thread: only worth it to measure the difference.
+    pub ladder_stage: bool,
 }
 
 impl Default for TranscodeOptions {
@@ -65,6 +69,7 @@ impl Default for TranscodeOptions {
             encoder_threads: 0,
             cancel: None,
             transform: None,
+            ladder_stage: true,
         }
     }
 }
@@ -215,7 +220,7 @@ impl Transcoder {
         // more; a transform stage works on the decoded frame, so it keeps
         // the per-rendition scalers.
         let ladder_scaler = match (&options.transform, options.profiles.len()) {
-            (None, 2..) => self.backend.ladder_scaler(),
+            (None, 2..) if options.ladder_stage => self.backend.ladder_scaler(),
             _ => None,
         };
 

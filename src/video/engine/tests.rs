@@ -243,7 +243,7 @@ fn the_ladder_stage_makes_the_same_renditions_as_per_rendition_scaling() {
 }
 
 #[test]
-fn one_rendition_or_a_transform_stage_keeps_the_per_rendition_scalers() {
+fn one_rendition_a_transform_stage_or_the_stage_turned_off_keeps_the_per_rendition_scalers() {
     struct Identity;
     impl FrameTransform for Identity {
         fn is_identity(&self) -> bool {
@@ -259,6 +259,11 @@ fn one_rendition_or_a_transform_stage_keeps_the_per_rendition_scalers() {
     let out = run(&backend, &single).unwrap();
     assert_eq!(out.renditions[0].encoded.frames, 15);
 
+    let mut off = options();
+    off.ladder_stage = false;
+    let out = run(&backend, &off).unwrap();
+    assert_eq!(out.renditions.len(), 3);
+
     let mut transformed = options();
     transformed.transform = Some(TransformStage {
         transform: Arc::new(Identity),
@@ -270,7 +275,7 @@ fn one_rendition_or_a_transform_stage_keeps_the_per_rendition_scalers() {
     assert_eq!(backend.ladder_frames.load(Ordering::Relaxed), 0);
     assert_eq!(
         backend.rendition_scales.load(Ordering::Relaxed),
-        15 + (15 + 30 + 30)
+        15 + 2 * (15 + 30 + 30)
     );
 }
 
