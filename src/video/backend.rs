@@ -83,48 +83,17 @@ pub trait Scaler: Send {
 /// kernel that writes the whole ladder in one launch). One per segment.
 pub trait LadderScaler: Send {
     /// One frame per entry of `sizes`, in that order, each with `frame`'s
-    /// `pts`. `sizes` is the same on every call of one segment. Takes the
-    /// frame: a GPU scaler keeps it until its queued reads are done.
-    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError>;
+    /// `pts`; or the frame back when this scaler does not take it (a host
+    /// frame reaching a GPU ladder: the renditions then scale it, in
+    /// parallel). `sizes` is the same on every call of one segment. Takes
+    /// the frame: a GPU scaler keeps it until its queued reads are done.
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Ladder, VideoError>;
 }
 
-/// A ladder scaler made of one [`Scaler`] per size: what a backend's ladder
-/// does with frames its one-pass scaler cannot take (host frames reaching
-/// the NVIDIA backend when the CPU decoded).
-pub struct ScalerPerSize {
-    make: Box<dyn Fn(u32, u32) -> Box<dyn Scaler> + Send>,
-    scalers: Vec<((u32, u32), Box<dyn Scaler>)>,
-}
-
-impl ScalerPerSize {
-    /// `make(width, height)` opens the scaler for one size, on first use.
-    pub fn new(make: impl Fn(u32, u32) -> Box<dyn Scaler> + Send + 'static) -> Self {
-        ScalerPerSize {
-            make: Box::new(make),
-            scalers: Vec::new(),
-        }
-    }
-}
-
-impl LadderScaler for ScalerPerSize {
-    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
-        if self.scalers.len() != sizes.len()
-            || self
-                .scalers
-                .iter()
-                .zip(sizes)
-                .any(|((have, _), want)| have != want)
-        {
-            self.scalers = sizes
-                .iter()
-                .map(|&(w, h)| ((w, h), (self.make)(w, h)))
-                .collect();
-        }
-        self.scalers
-            .iter_mut()
-            .map(|(_, scaler)| scaler.scale(&frame))
-            .collect()
-    }
+/// What a [`LadderScaler`] made of one frame.
+pub enum Ladder {
+    Scaled(Vec<Frame>),
+    Declined(Frame),
 }
 
 /// What an encoder needs to know about one rendition.

@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 
 use super::fan_out::{Inboxes, Picture};
 use super::Stop;
-use crate::video::backend::{Frame, LadderScaler};
+use crate::video::backend::{Frame, Ladder, LadderScaler};
 use crate::video::{VideoError, VideoProfile};
 
 /// Decoded frames waiting for the ladder stage. Two let the decoder work one
@@ -18,31 +18,54 @@ pub(super) const LADDER_QUEUE: usize = 2;
 /// Scales every frame from `frames` with `scaler` and hands each rendition
 /// its copy, until the decoder is done or the run stops.
 pub(super) fn run(
-    mut scaler: Box<dyn LadderScaler>,
+    scaler: Box<dyn LadderScaler>,
     profiles: &[VideoProfile],
     frames: Receiver<(u64, Frame)>,
     mut inboxes: Inboxes,
     stop: &Stop<'_>,
 ) -> Result<(), VideoError> {
+    let result = scale_all(scaler, profiles, frames, &mut inboxes, stop);
+    // Before the inboxes close: a rendition that sees its input end must
+    // find the run failed, not flush a segment cut short.
+    stop.fail_if(&result);
+    result
+}
+
+fn scale_all(
+    mut scaler: Box<dyn LadderScaler>,
+    profiles: &[VideoProfile],
+    frames: Receiver<(u64, Frame)>,
+    inboxes: &mut Inboxes,
+    stop: &Stop<'_>,
+) -> Result<(), VideoError> {
     // Worked out at the first frame, as each rendition thread does: a
     // segment keeps its renditions' sizes when its resolution changes.
-    let mut sizes: Option<Vec<(u32, u32)>> = None;
+    // Scaled pictures carry that first size, so that a rendition whose
+    // first shown picture comes later sizes itself the same.
+    let mut first_size = None;
+    let mut sizes = Vec::new();
     for (index, frame) in frames {
         stop.check()?;
-        let sizes = sizes.get_or_insert_with(|| {
-            profiles
+        let first_size = *first_size.get_or_insert_with(|| {
+            sizes = profiles
                 .iter()
                 .map(|p| p.output_size(frame.width, frame.height))
-                .collect()
+                .collect();
+            (frame.width, frame.height)
         });
-        let (pts, source_size) = (frame.pts, (frame.width, frame.height));
-        let scaled = scaler.scale(frame, sizes)?;
-        check_ladder(sizes, &scaled)?;
-        inboxes.send(
-            scaled
-                .into_iter()
-                .map(|out| Picture::scaled(index, pts, source_size, out)),
-        )?;
+        let pts = frame.pts;
+        match scaler.scale(frame, &sizes)? {
+            Ladder::Scaled(scaled) => {
+                check_ladder(&sizes, &scaled)?;
+                inboxes.send(
+                    scaled
+                        .into_iter()
+                        .map(|out| Picture::scaled(index, pts, first_size, out)),
+                )?;
+            }
+            // Each rendition scales it, as without a ladder stage.
+            Ladder::Declined(frame) => inboxes.share(index, frame)?,
+        }
     }
     Ok(())
 }

@@ -266,11 +266,8 @@ impl Transcoder {
                 Some(scaler) => {
                     let (tx, rx) = sync_channel(ladder::LADDER_QUEUE);
                     let (stop, profiles) = (&stop, &options.profiles);
-                    let ladder = scope.spawn(move || {
-                        let result = ladder::run(scaler, profiles, rx, inboxes, stop);
-                        stop.fail_if(&result);
-                        result
-                    });
+                    let ladder =
+                        scope.spawn(move || ladder::run(scaler, profiles, rx, inboxes, stop));
                     let decoded = decode_all(
                         &mut *decoder,
                         &segment,

@@ -10,7 +10,7 @@ use ffmpeg_next as ff;
 
 use super::*;
 use crate::video::backend::{
-    Decoder, Encoder, EncoderSettings, LadderScaler, Scaler, ScalerPerSize, VideoStreamInfo,
+    Decoder, Encoder, EncoderSettings, Ladder, LadderScaler, Scaler, VideoStreamInfo,
 };
 use crate::video::cpu::{CpuBackend, CpuScaler};
 use crate::video::transform::FrameTransform;
@@ -24,6 +24,9 @@ struct Plan {
     ladder_fails_at: Option<usize>,
     /// The ladder scaler leaves out its last rendition.
     ladder_short: bool,
+    /// The ladder scaler hands every frame back (as a GPU ladder does with
+    /// a frame the CPU decoded).
+    ladder_declines: bool,
     /// This profile's encoder fails on this frame.
     encoder_fails_at: Option<(&'static str, usize)>,
     /// The decoder fails (not a damaged packet: the device) after this many
@@ -71,23 +74,34 @@ impl Scaler for CountingScaler {
     }
 }
 
+/// A ladder of CPU scalers, one per size.
 struct TestLadder {
-    inner: ScalerPerSize,
+    scalers: Vec<CpuScaler>,
     plan: Plan,
     frames: Arc<AtomicUsize>,
 }
 
 impl LadderScaler for TestLadder {
-    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Ladder, VideoError> {
         let n = self.frames.fetch_add(1, Ordering::Relaxed);
         if self.plan.ladder_fails_at == Some(n) {
             return Err(planted("ladder scale"));
         }
-        let mut out = self.inner.scale(frame, sizes)?;
+        if self.plan.ladder_declines {
+            return Ok(Ladder::Declined(frame));
+        }
+        if self.scalers.is_empty() {
+            self.scalers = sizes.iter().map(|&(w, h)| CpuScaler::new(w, h)).collect();
+        }
+        let mut out = self
+            .scalers
+            .iter_mut()
+            .map(|scaler| scaler.scale(&frame))
+            .collect::<Result<Vec<_>, _>>()?;
         if self.plan.ladder_short {
             out.pop();
         }
-        Ok(out)
+        Ok(Ladder::Scaled(out))
     }
 }
 
@@ -179,7 +193,7 @@ impl VideoBackend for TestBackend {
     fn ladder_scaler(&self) -> Option<Box<dyn LadderScaler>> {
         self.plan.ladder.then(|| {
             Box::new(TestLadder {
-                inner: ScalerPerSize::new(|w, h| Box::new(CpuScaler::new(w, h))),
+                scalers: Vec::new(),
                 plan: self.plan.clone(),
                 frames: Arc::clone(&self.ladder_frames),
             }) as Box<dyn LadderScaler>
@@ -240,6 +254,95 @@ fn the_ladder_stage_makes_the_same_renditions_as_per_rendition_scaling() {
     }
     let frames: Vec<_> = b.renditions.iter().map(|r| r.encoded.frames).collect();
     assert_eq!(frames, [15, 60, 30]);
+
+    // A ladder that hands every frame back (a GPU ladder given frames the
+    // CPU decoded): the renditions scale them, and nothing changes.
+    let declining = TestBackend::with(Plan {
+        ladder: true,
+        ladder_declines: true,
+        ..Plan::default()
+    });
+    let c = run(&declining, &options).expect("declined run");
+    assert_eq!(declining.ladder_frames.load(Ordering::Relaxed), 30);
+    assert_eq!(
+        declining.rendition_scales.load(Ordering::Relaxed),
+        15 + 30 + 30
+    );
+    for (x, z) in a.renditions.iter().zip(&c.renditions) {
+        assert_eq!(x.encoded, z.encoded, "{}", x.profile);
+        assert!(x.data == z.data, "{}: the bytes differ", x.profile);
+    }
+}
+
+/// One frame at 640x360 (16:9), then 29 at 480x360 (4:3), in one MPEG-TS
+/// segment.
+fn clip_changing_size_after_one_frame() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = Vec::new();
+    for (size, frames, offset) in [("640x360", "1", "0"), ("480x360", "29", "0.0333333")] {
+        let out = dir.path().join(format!("{size}.ts"));
+        let source = format!("testsrc2=size={size}:rate=30");
+        let out_arg = out.to_string_lossy();
+        crate::bench::input::ffmpeg(
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                &source,
+                "-frames:v",
+                frames,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                // No B-frames: the second part starts one frame after the
+                // first, not two.
+                "-bf",
+                "0",
+                "-output_ts_offset",
+                offset,
+                &out_arg,
+            ],
+            "encode a part of the test clip",
+        )
+        .unwrap();
+        bytes.extend(std::fs::read(&out).unwrap());
+    }
+    bytes
+}
+
+#[test]
+fn a_resolution_change_keeps_every_renditions_first_size_on_both_paths() {
+    // At 10 fps from 30, the first frame's slot goes to the second: that
+    // rendition's first shown picture already has the new size, while
+    // the ladder sized itself at the first frame.
+    let mut options = options();
+    options.profiles[0].fps = 10;
+    let input = clip_changing_size_after_one_frame();
+    let mut counts = Vec::new();
+    for backend in [TestBackend::default(), TestBackend::with_ladder()] {
+        let ladder = backend.plan.ladder;
+        let out = Transcoder::new(Arc::new(backend))
+            .transcode(input.clone(), &options, &mut |_| {})
+            .unwrap_or_else(|e| panic!("ladder {ladder}: {e}"));
+        assert_eq!(out.decoded.frames, 30);
+        if ladder {
+            // Every rendition sized from the first frame (640x360).
+            let sizes: Vec<_> = out.renditions.iter().map(|r| (r.width, r.height)).collect();
+            let first: Vec<_> = options
+                .profiles
+                .iter()
+                .map(|p| p.output_size(640, 360))
+                .collect();
+            assert_eq!(sizes, first);
+        }
+        counts.push(out.renditions.iter().map(|r| r.encoded).collect::<Vec<_>>());
+    }
+    assert_eq!(counts[0].len(), 3);
+    assert_eq!(
+        counts[0].iter().map(|c| c.frames).collect::<Vec<_>>(),
+        counts[1].iter().map(|c| c.frames).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -339,9 +442,10 @@ fn a_ladder_stage_that_fails_mid_segment_fails_the_run() {
     assert_eq!(err.kind(), "internal");
 }
 
+/// The decoder's own error, not a rendition's "cancelled" or a run that
+/// ends early as if the segment ended there.
 #[test]
 fn a_decoder_that_fails_mid_segment_fails_the_run_whole() {
-    // The renditions must not end as if the segment ended there.
     for ladder in [false, true] {
         let err = failure(Plan {
             ladder,
@@ -361,6 +465,8 @@ fn a_decoder_that_fails_mid_segment_fails_the_run_whole() {
     }
 }
 
+/// A cancel mid-segment stops the decoder, the ladder stage and the
+/// renditions (the run returns) and is reported as such.
 #[test]
 fn a_cancel_is_reported_as_one_on_the_ladder_path() {
     let backend = TestBackend::with_ladder();

@@ -29,7 +29,7 @@ use super::probe::GpuInfo;
 use super::selection::{GpuSelection, GpuSet};
 use super::{nvdec, nvenc, resize};
 use crate::video::backend::{
-    Decoder, Encoder, EncoderSettings, Frame, FrameData, LadderScaler, Scaler, ScalerPerSize,
+    Decoder, Encoder, EncoderSettings, Frame, FrameData, Ladder, LadderScaler, Scaler,
     VideoBackend, VideoStreamInfo,
 };
 use crate::video::cpu::{CpuDecoder, CpuEncoder, CpuScaler};
@@ -105,7 +105,6 @@ impl VideoBackend for NvidiaBackend {
         Some(Box::new(GpuLadder {
             stream: None,
             reading: InFlight::new(LADDER_IN_FLIGHT),
-            cpu: ScalerPerSize::new(|width, height| Box::new(CpuScaler::new(width, height))),
         }))
     }
 }
@@ -275,8 +274,8 @@ const LADDER_IN_FLIGHT: usize = 3;
 /// The engine's ladder stage on a GPU: a decoded GPU frame is scaled into
 /// every rendition in one kernel launch (two when the ladder both shrinks
 /// and enlarges, more past eight renditions: `launch::plan_ladder`), on
-/// the ladder's own stream; a host frame (the CPU decoded) by a CPU scaler
-/// per rendition.
+/// the ladder's own stream. A host frame (the CPU decoded) is declined: the
+/// renditions scale it on their own threads, in parallel.
 ///
 /// Nothing waits on the host per frame: the renditions use their frames on
 /// this stream, so after this launch, and the decoded frame is kept until
@@ -284,7 +283,6 @@ const LADDER_IN_FLIGHT: usize = 3;
 struct GpuLadder {
     stream: Option<Arc<CudaStream>>,
     reading: InFlight<CudaEvent, Frame>,
-    cpu: ScalerPerSize,
 }
 
 impl Fence for CudaEvent {
@@ -299,81 +297,115 @@ impl Fence for CudaEvent {
     }
 }
 
+impl GpuLadder {
+    /// Queues the launches that write every rendition of `src`, and an
+    /// event after them. On an error after a launch was queued the stream
+    /// is waited for, so that `src` may be freed (in its own stream's
+    /// order) when the caller drops it.
+    fn launch(
+        stream: &Arc<CudaStream>,
+        src: &GpuFrame,
+        source_size: (u32, u32),
+        sizes: &[(u32, u32)],
+    ) -> Result<(Vec<DeviceFrame>, CudaEvent), VideoError> {
+        let device = &src.device;
+        let mut outputs: Vec<Option<DeviceFrame>> = sizes.iter().map(|_| None).collect();
+        let mut queued = || -> Result<CudaEvent, VideoError> {
+            for launch in plan_ladder(source_size, sizes) {
+                let mut frames = launch
+                    .renditions
+                    .iter()
+                    .map(|&i| {
+                        let (width, height) = sizes[i];
+                        DeviceFrame::alloc(
+                            stream,
+                            src.frame.format,
+                            width as usize,
+                            height as usize,
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(failure_on(device, "frame allocation"))?;
+                resize::scale_ladder_on(
+                    device.gpu(),
+                    stream,
+                    &src.frame,
+                    &mut frames,
+                    launch.filter,
+                )
+                .map_err(failure_on(device, "ladder scale"))?;
+                for (&i, out) in launch.renditions.iter().zip(frames) {
+                    outputs[i] = Some(out);
+                }
+            }
+            // Blocking sync: a wait for the oldest frame sleeps, not spins.
+            stream
+                .record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
+                .map_err(|e| failure_on(device, "ladder scale")(failed("cuEventRecord")(e)))
+        };
+        let read_done = queued().inspect_err(|_| {
+            if let Err(e) = stream.synchronize() {
+                tracing::warn!(error = %e, "the ladder's stream did not finish after a failure");
+            }
+        })?;
+        let outputs = outputs
+            .into_iter()
+            .zip(sizes)
+            .map(|(out, &(width, height))| {
+                out.ok_or_else(|| {
+                    VideoError::Contract(format!("the launch plan left out {width}x{height}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((outputs, read_done))
+    }
+}
+
 impl LadderScaler for GpuLadder {
-    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Vec<Frame>, VideoError> {
+    fn scale(&mut self, frame: Frame, sizes: &[(u32, u32)]) -> Result<Ladder, VideoError> {
         let FrameData::Device(src) = &frame.data else {
-            return self.cpu.scale(frame, sizes);
+            return Ok(Ladder::Declined(frame));
         };
         let device = Arc::clone(&src.device);
         let stream =
             stream_on(&mut self.stream, &device).map_err(failure_on(&device, "stream creation"))?;
-        let mut outputs: Vec<Option<DeviceFrame>> = sizes.iter().map(|_| None).collect();
-        for launch in plan_ladder((frame.width, frame.height), sizes) {
-            let mut frames = launch
-                .renditions
-                .iter()
-                .map(|&i| {
-                    let (width, height) = sizes[i];
-                    DeviceFrame::alloc(&stream, src.frame.format, width as usize, height as usize)
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(failure_on(&device, "frame allocation"))?;
-            resize::scale_ladder_on(
-                device.gpu(),
-                &stream,
-                &src.frame,
-                &mut frames,
-                launch.filter,
-            )
-            .map_err(failure_on(&device, "ladder scale"))?;
-            for (&i, out) in launch.renditions.iter().zip(frames) {
-                outputs[i] = Some(out);
-            }
-        }
-        // Blocking sync: a wait for the oldest frame sleeps, not spins.
-        let read_done = match stream.record_event(Some(sys::CUevent_flags::CU_EVENT_BLOCKING_SYNC))
-        {
-            Ok(event) => event,
-            Err(e) => {
-                // No fence: wait here before the source may be freed.
-                let _ = stream.synchronize();
-                return Err(failure_on(&device, "ladder scale")(
-                    failed("cuEventRecord")(e),
-                ));
-            }
-        };
+        let (outputs, read_done) =
+            GpuLadder::launch(&stream, src, (frame.width, frame.height), sizes)?;
         let pts = frame.pts;
+        // On an error the frame stays in the queue: its launch may still
+        // be reading it.
         self.reading
             .push(read_done, frame)
             .map_err(|e| failure_on(&device, "ladder scale")(failed("cuEventQuery")(e)))?;
-        outputs
+        let scaled = outputs
             .into_iter()
             .zip(sizes)
-            .map(|(out, &(width, height))| {
-                let out = out.ok_or_else(|| {
-                    VideoError::Contract(format!("the launch plan left out {width}x{height}"))
-                })?;
-                Ok(Frame {
-                    pts,
-                    width,
-                    height,
-                    data: FrameData::Device(GpuFrame {
-                        device: Arc::clone(&device),
-                        frame: out,
-                        stream: Arc::clone(&stream),
-                    }),
-                })
+            .map(|(out, &(width, height))| Frame {
+                pts,
+                width,
+                height,
+                data: FrameData::Device(GpuFrame {
+                    device: Arc::clone(&device),
+                    frame: out,
+                    stream: Arc::clone(&stream),
+                }),
             })
-            .collect()
+            .collect();
+        Ok(Ladder::Scaled(scaled))
     }
 }
 
 impl Drop for GpuLadder {
     fn drop(&mut self) {
-        // The kept frames are freed only once their reads are done. A GPU
-        // that failed is out of rotation already; its frames go with it.
+        // The kept frames are freed only once their reads are done. A fence
+        // that fails to answer is a sticky error (an earlier launch faulted
+        // the context): the stream is waited for as a last resort, and the
+        // frames go with a context that is reset before it is used again.
         if let Err(e) = self.reading.drain() {
             tracing::warn!(error = %e, "a ladder launch did not finish");
+            if let Some(stream) = &self.stream {
+                let _ = stream.synchronize();
+            }
         }
     }
 }

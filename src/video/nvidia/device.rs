@@ -64,12 +64,13 @@ impl GpuContext {
         request_blocking_sync(ordinal);
         let ctx = CudaContext::new(ordinal).map_err(failed("cuDevicePrimaryCtxRetain"))?;
         keep_freed_memory_pooled(&ctx);
-        // SAFETY: a frame crosses streams only complete (its producer waited
-        // for its stream) and is dropped only after the reader on the other
-        // stream waited for its reads (see `GpuFrame`), so cudarc's
-        // cross-stream events are not needed; without them a launch is a
-        // bare cuLaunchKernel, which a CUDA graph can capture. Set before
-        // anything is allocated.
+        // SAFETY: every hand-off between streams is ordered by hand: a
+        // frame is read on the stream that wrote it or after a wait for it,
+        // and is dropped only once the reads on other streams are done (a
+        // host wait, or an event the ladder stage keeps it for; see
+        // `GpuFrame`), so cudarc's automatic cross-stream events are not
+        // needed; without them a launch is a bare cuLaunchKernel, which a
+        // CUDA graph can capture. Set before anything is allocated.
         unsafe { ctx.disable_event_tracking() };
         let mut driver_version = 0;
         // SAFETY: a valid out-pointer; the driver is initialised (cuInit above).

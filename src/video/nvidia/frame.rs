@@ -313,14 +313,19 @@ impl DeviceFrame {
 /// A decoded or scaled picture in a GPU's memory, with the GPU it lives on
 /// and the stream that wrote it.
 ///
-/// Every producer (the decoder, a scaler) has waited for its stream before
-/// handing the frame on, so the picture is complete whichever stream a
-/// consumer reads it on, and no event is needed between them: the decoder
-/// must wait anyway before unmapping NVDEC's surface, and the scaler's wait
-/// is what lets its source go (below). The planes are freed in the order of
-/// the stream that allocated them when the frame is dropped, so a consumer
-/// reading on another stream waits for its own reads before letting go of
-/// the frame; the scaler, NVENC's upload and the download all do.
+/// A consumer reads the frame on `stream`, or waits for `stream` first:
+/// the picture may still be being written when it is handed on. The ladder
+/// stage hands on its renditions right after queuing their launch (every
+/// consumer of them reads on the ladder's stream: NVENC's upload, the
+/// download). The decoder and a rendition's own scaler do wait for their
+/// streams before handing a frame on: the decoder must before unmapping
+/// NVDEC's surface, and the scaler so that its source may go.
+///
+/// The planes are freed in the order of the stream that allocated them when
+/// the frame is dropped, so a consumer reading on another stream makes sure
+/// its reads are done before letting go of the frame: a rendition's scaler
+/// waits for its stream; the ladder stage keeps the decoded frame until an
+/// event after its launch is done (`in_flight`).
 #[derive(Debug)]
 pub struct GpuFrame {
     pub device: Arc<GpuDevice>,
