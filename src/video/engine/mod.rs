@@ -311,12 +311,9 @@ impl Transcoder {
             }
             // A stage that stopped because another failed answers
             // "cancelled"; the failure that caused it is the story.
-            if let Some(i) = failures
-                .iter()
-                .position(|e| !stop.is_echo(e))
-                .or((!failures.is_empty()).then_some(0))
-            {
-                return Err(failures.swap_remove(i));
+            if !failures.is_empty() {
+                let story = failures.iter().position(|e| !stop.is_echo(e)).unwrap_or(0);
+                return Err(failures.swap_remove(story));
             }
             let (decoded, errors) = decoded.expect("a decode failure is among the failures");
             Ok((decoded, errors, renditions))
