@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::orch::{parse_multipart, Posted, TestOrch};
@@ -26,14 +26,7 @@ fn start_attach(orch: &TestOrch, secret: &str, extra: &[&str]) -> Logged {
     if !extra.contains(&"--preset") {
         cmd.args(["--preset", "veryfast"]);
     }
-    let child = cmd
-        .args(extra)
-        .env("LPWORKER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Logged::collect(child, "attach")
+    Logged::spawn(cmd.args(extra), "attach")
 }
 
 fn profile(

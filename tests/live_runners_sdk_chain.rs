@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::chain::{
-    fund_sender, keystore, next_round, orchestrator_cli as cli, used, wait_until, ChainShim,
+    bond_and_register, fund_sender, keystore, next_round, used, wait_until, ChainShim,
     GatewaySigner, LocalChain,
 };
 use common::live::{python, sdk_script, KillOnDrop};
@@ -68,19 +68,7 @@ async fn the_sdk_pays_for_a_live_runner_session_through_a_remote_signer_and_it_i
     orch_client.initialize_round().await.unwrap();
     // Bonded, registered and active from the next round: the broker
     // credits a winning ticket's fees to an active transcoder's pool.
-    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
-    cli(
-        &[
-            "register",
-            "--reward-cut",
-            "10",
-            "--fee-share",
-            "5",
-            "--yes",
-        ],
-        &chain,
-        &account,
-    );
+    bond_and_register(&chain, &account);
     next_round(&orch_client).await;
     orch_client.initialize_round().await.unwrap();
 
@@ -382,20 +370,8 @@ async fn the_sdk_pays_for_a_live_runner_session_through_a_remote_signer_and_it_i
         })
         .await;
     }
-    let metrics = http()
-        .get(&shim.metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let redeemed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("lpworker_ticket_redemptions_total{outcome=\"redeemed\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let metrics = shim.metrics_text().await;
+    let redeemed = ChainShim::redeemed(&metrics);
     assert!(redeemed >= tickets.len() as f64, "{metrics}");
     drop(runner);
     eprintln!("took {:.1} s", started.elapsed().as_secs_f64());

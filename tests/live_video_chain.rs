@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::chain::{
-    fund_sender, keystore, next_round, orchestrator_cli as cli, wait_until, ChainShim,
-    GatewaySigner, LocalChain,
+    bond_and_register, fund_sender, keystore, next_round, wait_until, ChainShim, GatewaySigner,
+    LocalChain,
 };
 use common::live::{models_dir, python, sdk_script, start_runner, SECRET};
 use common::remote_signer::RemoteSigner;
@@ -117,19 +117,7 @@ async fn the_sdk_pays_for_a_live_video_stream_through_a_remote_signer_and_it_is_
     fund_sender(&chain.client(2).await, "1", "1").await;
     next_round(&orch_client).await;
     orch_client.initialize_round().await.unwrap();
-    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
-    cli(
-        &[
-            "register",
-            "--reward-cut",
-            "10",
-            "--fee-share",
-            "5",
-            "--yes",
-        ],
-        &chain,
-        &account,
-    );
+    bond_and_register(&chain, &account);
     next_round(&orch_client).await;
     orch_client.initialize_round().await.unwrap();
 

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{keccak256, utils::parse_ether, B256};
 use common::chain::{
-    eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli, post_paid, rpc_proxy,
-    used, wait_until, ChainShim as Shim, GatewaySigner, LocalChain, PRICING, RPC_KEY,
+    bond_and_register, eth_flags, fund_sender, keystore, next_round, orchestrator_cli as cli,
+    post_paid, rpc_proxy, used, wait_until, ChainShim as Shim, GatewaySigner, LocalChain, PRICING,
+    RPC_KEY,
 };
 use common::{b64, clip, insecure_http as http, tempdir, Clip, ServeProcess};
 use lpworker::proto::lp_rpc as net;
@@ -24,20 +25,7 @@ const TRANSCODER_SECRET: &str = "transcoder-secret";
 
 /// `lpworker attach` registered with a shim, killed when dropped.
 fn attach(addr: &str) -> common::Logged {
-    let child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .args([
-            "attach",
-            "-orchAddr",
-            addr,
-            "-orchSecret",
-            TRANSCODER_SECRET,
-        ])
-        .args(["-maxSessions", "1", "--preset", "veryfast"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::Logged::collect(child, "attach")
+    common::Logged::attach(addr, TRANSCODER_SECRET)
 }
 
 /// A signed segment's credentials, as a go-livepeer gateway sends them.
@@ -532,20 +520,8 @@ async fn gateway_pays_with_tickets_video_is_gated_by_stake_and_winners_are_redee
         })
         .await;
     }
-    let metrics = http()
-        .get(&shim.metrics)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let redeemed: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("lpworker_ticket_redemptions_total{outcome=\"redeemed\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let metrics = shim.metrics_text().await;
+    let redeemed = Shim::redeemed(&metrics);
     assert!(redeemed >= 13.0, "{metrics}");
     assert!(
         metrics.contains("lpworker_chain_rewards_total 1"),
@@ -1085,19 +1061,7 @@ async fn live_runner_sessions_are_priced_in_usd_paid_metered_and_released_when_p
     orch_client.initialize_round().await.unwrap();
     // Bonded and registered, active from the next round: the broker
     // credits a winning ticket's fees to an active transcoder's pool.
-    cli(&["bond", "--amount", "500", "--yes"], &chain, &account);
-    cli(
-        &[
-            "register",
-            "--reward-cut",
-            "10",
-            "--fee-share",
-            "5",
-            "--yes",
-        ],
-        &chain,
-        &account,
-    );
+    bond_and_register(&chain, &account);
     next_round(&orch_client).await;
     orch_client.initialize_round().await.unwrap();
 

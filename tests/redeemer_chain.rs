@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use alloy_primitives::U256;
 use common::chain::{
-    eth_flags, fund_sender, keystore, mine, next_round, nonce, orchestrator_cli as cli, post_paid,
-    used, wait_until, ChainShim as Shim, GatewaySigner, LocalChain,
+    bond_and_register, eth_flags, fund_sender, keystore, mine, next_round, nonce,
+    orchestrator_cli as cli, post_paid, used, wait_until, ChainShim as Shim, GatewaySigner,
+    LocalChain,
 };
-use common::{insecure_http as http, tempdir, ServeProcess};
+use common::{tempdir, ServeProcess};
 use lpworker::proto::lp_rpc as net;
 
 /// `lpworker redeemer` for `orchestrator` over `datadir`'s ticket store.
@@ -77,21 +78,7 @@ async fn tickets_pay_the_cold_orchestrator_and_a_separate_redeemer_redeems_them(
     a_client.initialize_round().await.unwrap();
 
     // The operator bonds and registers A once, from A's key.
-    let out = cli(&["bond", "--amount", "500", "--yes"], &chain, &a);
-    assert!(out.contains("bonded 500 LPT"), "{out}");
-    let out = cli(
-        &[
-            "register",
-            "--reward-cut",
-            "10",
-            "--fee-share",
-            "5",
-            "--yes",
-        ],
-        &chain,
-        &a,
-    );
-    assert!(out.contains("registered"), "{out}");
+    bond_and_register(&chain, &a);
     next_round(&a_client).await;
     let a_nonce = nonce(&a_client, a.address).await;
 
@@ -118,15 +105,9 @@ async fn tickets_pay_the_cold_orchestrator_and_a_separate_redeemer_redeems_them(
         "the shim to see A active",
         Duration::from_secs(30),
         || async {
-            let metrics = http()
-                .get(&shim.metrics)
-                .send()
+            shim.metrics_text()
                 .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            metrics.contains("lpworker_chain_active 1")
+                .contains("lpworker_chain_active 1")
         },
     )
     .await;

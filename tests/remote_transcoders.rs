@@ -45,15 +45,7 @@ fn start_shim(mut command: Command) -> (Logged, String) {
 
 /// `lpworker attach` registered with the shim at `addr`, one segment at once.
 fn attach(addr: &str) -> Logged {
-    let child = Command::new(env!("CARGO_BIN_EXE_lpworker"))
-        .args(["attach", "-orchAddr", addr, "-orchSecret", SECRET])
-        .args(["-maxSessions", "1", "--preset", "veryfast"])
-        .env("LPWORKER_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    Logged::collect(child, "attach")
+    Logged::attach(addr, SECRET)
 }
 
 /// Segment data as go-livepeer's gateway sends it: a TS and an MP4 rendition.

@@ -458,6 +458,24 @@ pub fn orchestrator_cli(sub: &[&str], chain: &LocalChain, account: &Account) -> 
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Bonds 500 LPT and registers (10 % reward cut, 5 % fee share) with the
+/// operator's CLI, as every on-chain shim test's orchestrator does; active
+/// from the next round.
+pub fn bond_and_register(chain: &LocalChain, account: &Account) {
+    let out = orchestrator_cli(&["bond", "--amount", "500", "--yes"], chain, account);
+    assert!(out.contains("bonded 500 LPT"), "{out}");
+    let register = [
+        "register",
+        "--reward-cut",
+        "10",
+        "--fee-share",
+        "5",
+        "--yes",
+    ];
+    let out = orchestrator_cli(&register, chain, account);
+    assert!(out.contains("registered"), "{out}");
+}
+
 /// Whether the TicketBroker has redeemed the ticket with this hash.
 pub async fn used(client: &ChainClient, hash: alloy_primitives::B256) -> bool {
     client
@@ -515,6 +533,28 @@ pub const PRICING: &[&str] = &[
 ];
 
 impl ChainShim {
+    /// Its Prometheus metrics, as scraped.
+    pub async fn metrics_text(&self) -> String {
+        super::insecure_http()
+            .get(&self.metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Tickets its redeemer has redeemed on chain, by its metrics.
+    pub fn redeemed(metrics: &str) -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("lpworker_ticket_redemptions_total{outcome=\"redeemed\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn start(
         chain: &LocalChain,
         account: &Account,

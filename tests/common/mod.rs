@@ -367,6 +367,28 @@ impl Logged {
         Logged { child, log }
     }
 
+    /// Starts `command` at info level, its stdout dropped, its stderr
+    /// collected.
+    pub fn spawn(command: &mut std::process::Command, tag: &'static str) -> Logged {
+        let child = command
+            .env("LPWORKER_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Logged::collect(child, tag)
+    }
+
+    /// `lpworker attach` registered with the shim at `addr` with `secret`,
+    /// one segment at once.
+    pub fn attach(addr: &str, secret: &str) -> Logged {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_lpworker"));
+        command
+            .args(["attach", "-orchAddr", addr, "-orchSecret", secret])
+            .args(["-maxSessions", "1", "--preset", "veryfast"]);
+        Logged::spawn(&mut command, "attach")
+    }
+
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
