@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use lpworker::attach::{ai_worker, transcoder, AttachConfig};
 use lpworker::lp_rpc::capabilities;
-use lpworker::video::probe;
+use lpworker::video::probe::{self, Capabilities};
 use lpworker::video::Transcoder;
 use lpworker::worker::fetch::Cidr;
 use lpworker::worker::service::RequestLimits;
@@ -136,26 +136,27 @@ pub fn run(args: AttachArgs) -> Result<()> {
             args.insecure_public,
         )?;
     }
+    let ai_role = args.ai || args.models.ai_models.is_some();
+    // A Live Runner transcodes only with --transcode; a worker unless it
+    // only does AI.
+    let transcode_role = args.transcode || !(ai_role || args.live_runner);
+    // Once, for the capacity measurement, the backend and the capabilities
+    // registered (every role needs it).
+    let probe = probe::probe();
     // Measured (with `auto`) only where transcoding is registered.
-    let transcodes = if args.live_runner {
-        args.transcode
-    } else {
-        args.transcode || !(args.ai || args.models.ai_models.is_some())
-    };
-    let max_sessions = match transcodes {
-        true => args.max_sessions.resolve(&args.video, &args.calibration)?,
+    let max_sessions = match transcode_role {
+        true => args
+            .max_sessions
+            .resolve(&args.video, &args.calibration, || probe.clone())?,
         false => args.max_sessions.resolve_without_measuring(),
     };
     if args.live_runner {
-        return live_runner(args, max_sessions);
+        return live_runner(args, &probe, max_sessions);
     }
-    let ai_role = args.ai || args.models.ai_models.is_some();
-    let transcode_role = args.transcode || !ai_role;
     let registry = args.models.load()?;
     if ai_role && registry.is_none() {
         bail!("--ai needs --ai-models (aiModels.json or pipeline:model_id[:warm],...)");
     }
-    let probe = probe::probe();
     let backend = args.video.select(&probe)?;
     let transcoder = Transcoder::new(backend);
     let net_caps = capabilities::to_net(
@@ -270,7 +271,7 @@ const MIN_SECRET_PATH: usize = 16;
 
 /// `--live-runner`: the AI models as single-shot Live Runner apps, and
 /// with --transcode the live transcoding app.
-fn live_runner(args: AttachArgs, max_sessions: u32) -> Result<()> {
+fn live_runner(args: AttachArgs, probe: &Capabilities, max_sessions: u32) -> Result<()> {
     let (models, live_models) = args.models.load_with_live()?;
     if models.is_none() && live_models.is_empty() && !args.transcode {
         bail!("--live-runner serves --ai-models (each model an app) and/or --transcode");
@@ -281,8 +282,7 @@ fn live_runner(args: AttachArgs, max_sessions: u32) -> Result<()> {
     } else {
         // NVDEC decodes when there is one (frames go to host memory for the
         // model); NVENC encodes when the GPU has it, else x264.
-        let probe = probe::probe();
-        Some(args.video.select(&probe)?)
+        Some(args.video.select(probe)?)
     };
     for (config, model) in live_models {
         let backend = live_backend.clone().expect("a backend for live models");
@@ -298,8 +298,7 @@ fn live_runner(args: AttachArgs, max_sessions: u32) -> Result<()> {
         });
     }
     if args.transcode {
-        let probe = probe::probe();
-        let backend = args.video.select(&probe)?;
+        let backend = args.video.select(probe)?;
         let ladder = lpworker::video::VideoProfile::from_spec(&args.transcode_ladder)
             .with_context(|| format!("--transcode-ladder {:?}", args.transcode_ladder))?;
         persistent.push(lpworker::runner::Persistent {
@@ -347,7 +346,6 @@ fn live_runner(args: AttachArgs, max_sessions: u32) -> Result<()> {
         ),
         args.insecure_public,
     )?;
-    let probe = probe::probe();
     let gpu = match args.gpu {
         Some(id) => Some(probe.gpus.iter().find(|g| g.index == id).with_context(|| {
             format!(

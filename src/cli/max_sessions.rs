@@ -6,7 +6,8 @@
 use anyhow::{Context, Result};
 
 use lpworker::bench::capacity;
-use lpworker::video::{probe, Transcoder};
+use lpworker::video::probe::Capabilities;
+use lpworker::video::Transcoder;
 
 use super::video_backend::VideoBackendArgs;
 
@@ -47,12 +48,18 @@ pub struct CalibrationArgs {
 
 impl MaxSessions {
     /// The number to admit: as given, or the streams this machine keeps in
-    /// real time through the backend `video` selects.
-    pub fn resolve(self, video: &VideoBackendArgs, calibration: &CalibrationArgs) -> Result<u32> {
+    /// real time through the backend `video` selects among what `probe`
+    /// finds (called only for `auto`: the caller may have probed already).
+    pub fn resolve(
+        self,
+        video: &VideoBackendArgs,
+        calibration: &CalibrationArgs,
+        probe: impl FnOnce() -> Capabilities,
+    ) -> Result<u32> {
         if let MaxSessions::Fixed(n) = self {
             return Ok(n);
         }
-        let backend = video.select(&probe::probe())?;
+        let backend = video.select(&probe())?;
         let transcoder = Transcoder::new(backend);
         let dir = std::env::temp_dir().join(format!("lpworker-capacity-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

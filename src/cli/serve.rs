@@ -227,7 +227,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
             args.insecure_public,
         )?;
     }
-    let max_sessions = args.max_sessions.resolve(&args.video, &args.calibration)?;
+    let max_sessions = args.max_sessions.resolve(
+        &args.video,
+        &args.calibration,
+        lpworker::video::probe::probe,
+    )?;
     let config = WorkerConfig {
         addr: args.addr,
         metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
