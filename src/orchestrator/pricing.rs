@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use alloy_primitives::Address;
-
-use alloy_primitives::U256;
+use alloy_primitives::{Address, U256};
 
 use super::payments::PriceBook;
 use crate::ai::config::{AiModelConfig, Rational};
